@@ -1,0 +1,45 @@
+# make test  - install everything needed (venv, torch, the package with its testing extra,
+#              Xvfb and Qt's X libraries from Debian) and run the test suite under Xvfb.
+# make demo  - open napari on the bundled samples with the plugin's widgets; on a machine
+#              without a display, render them under Xvfb to demo_output/ (screenshots + files).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Qt's xcb platform plugin needs these on a bare Debian machine; xvfb-run gives tests a display.
+DEBIAN_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-cursor0 \
+	libxkbcommon-x11-0 libgl1 libegl1 libdbus-1-3 libfontconfig1
+DEMO_OUT ?= demo_output
+
+.PHONY: test demo install system-packages clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[testing]'
+	touch $@
+
+system-packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: install system-packages
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install system-packages
+	@if [ -n "$$DISPLAY" ]; then \
+		$(PY) -m napari_medit.demo; \
+	else \
+		xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m napari_medit.demo --headless --out $(DEMO_OUT); \
+	fi
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

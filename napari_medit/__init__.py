@@ -1,0 +1,16 @@
+"""napari-medit: diffusion-based editing of medical images in napari.
+
+Importing the package is cheap on purpose (napari scans plugins at start-up):
+torch, diffusers and MONAI load only when an edit runs.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("napari-medit")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0+unknown"
+
+from .io import ImageReadError, MedicalImage, read_image, write_image
+
+__all__ = ["ImageReadError", "MedicalImage", "__version__", "read_image", "write_image"]

@@ -1,0 +1,80 @@
+"""Reading and writing medical images with their spatial metadata.
+
+``read_image`` and ``write_image`` pick the format from the path; they work
+without napari and raise ``ImageReadError`` with a message naming the file
+and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .dicom import is_dicom_path, read_dicom_file, read_dicom_series
+from .image import NEUROLOGICAL_AXIAL, RADIOLOGICAL_AXIAL, ImageReadError, MedicalImage
+from .nifti import is_nifti_path, read_nifti, write_nifti
+from .raster import is_raster_path, read_raster, write_png
+
+__all__ = [
+    "ImageReadError",
+    "MedicalImage",
+    "NEUROLOGICAL_AXIAL",
+    "RADIOLOGICAL_AXIAL",
+    "SUPPORTED",
+    "read_image",
+    "write_image",
+]
+
+SUPPORTED = "NIfTI (.nii, .nii.gz), DICOM (a file, or a folder holding a series), PNG, JPEG"
+
+
+def read_image(path: str | os.PathLike) -> MedicalImage:
+    """Read a NIfTI file, a DICOM file or series folder, or a PNG/JPEG radiograph."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return read_dicom_series(path)
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: the file is empty")
+    if is_nifti_path(path):
+        return read_nifti(path)
+    if is_raster_path(path):
+        return read_raster(path)
+    if is_dicom_path(path):
+        return read_dicom_file(path)
+    raise ImageReadError(f"{path}: unsupported file type; napari-medit reads {SUPPORTED}")
+
+
+def write_image(path: str | os.PathLike, image: MedicalImage) -> Path:
+    """Write ``image`` as NIfTI (.nii/.nii.gz, any dimension) or PNG (2D only)."""
+    path = Path(path).expanduser()
+    if is_nifti_path(path):
+        return write_nifti(path, image)
+    if path.suffix.lower() == ".png":
+        return write_png(path, image)
+    raise ValueError(f"{path}: cannot write this file type; use .nii.gz (any image) or .png (2D)")
+
+
+def can_read(path: str | os.PathLike) -> bool:
+    """Cheap check used by napari's reader hook: never raises, never decodes pixels."""
+    try:
+        path = Path(path)
+        if path.is_dir():
+            return _folder_has_dicom(path)
+        return path.is_file() and (is_nifti_path(path) or is_raster_path(path) or is_dicom_path(path))
+    except OSError:
+        return False
+
+
+def _folder_has_dicom(folder: Path, probe: int = 50) -> bool:
+    from .dicom import has_dicom_preamble, SUFFIXES
+
+    for count, (root, _, files) in enumerate(os.walk(folder)):
+        for name in files[:probe]:
+            candidate = Path(root) / name
+            if candidate.suffix.lower() in SUFFIXES or has_dicom_preamble(candidate):
+                return True
+        if count > probe:
+            break
+    return False

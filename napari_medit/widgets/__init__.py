@@ -1,0 +1,1 @@
+"""Dock widgets. Qt only through qtpy; no torch and no maths here."""
