@@ -1,0 +1,160 @@
+"""The plugin inside a real napari viewer (needs a display: `make test` runs under Xvfb)."""
+
+import importlib
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.testing import data_path
+from npe2 import PluginManifest
+from pydicom.data import get_testdata_file
+
+from napari_medit._reader import get_reader
+from napari_medit.io import read_image
+
+PLUGIN = "napari-medit"
+SAMPLE_T1 = Path(__file__).parents[1] / "napari_medit" / "sample_data" / "brain_t1.nii.gz"
+
+
+def test_every_manifest_python_name_imports():
+    manifest = PluginManifest.from_distribution(PLUGIN)
+    assert manifest.contributions.commands
+    for command in manifest.contributions.commands:
+        module, _, attribute = command.python_name.partition(":")
+        assert callable(getattr(importlib.import_module(module), attribute)), command.python_name
+
+
+def test_import_is_light():
+    code = "import sys, napari_medit; print(sorted({'torch','diffusers','monai','napari','qtpy'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_reader_declines_what_it_cannot_read(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "empty").mkdir()
+    assert get_reader(str(tmp_path / "notes.txt")) is None
+    assert get_reader(str(tmp_path / "empty")) is None
+    assert get_reader(str(tmp_path / "missing.nii.gz")) is None
+    assert get_reader(12) is None
+    assert get_reader(str(SAMPLE_T1)) is not None
+
+
+def test_brain_sample_opens_axial_and_aligned(make_napari_viewer):
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample(PLUGIN, "brain")
+    by_name = {layer.name: layer for layer in layers}
+    assert set(by_name) == {"t1", "brain_mask", "lesion_mask"}
+    t1 = by_name["t1"]
+    assert type(t1).__name__ == "Image"
+    assert type(by_name["lesion_mask"]).__name__ == "Labels"
+    source = read_image(SAMPLE_T1)
+    assert t1.data.shape == source.array.shape[::-1]  # RAS file shown as (S, P, L): axial slices
+    for layer in layers:
+        np.testing.assert_array_equal(layer.scale, [1.5, 1.5, 1.5])
+        np.testing.assert_array_equal(layer.translate, t1.translate)
+    assert np.all(by_name["lesion_mask"].data <= by_name["brain_mask"].data)
+
+
+def test_cxr_sample_opens_with_masks(make_napari_viewer):
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample(PLUGIN, "cxr")
+    names = [layer.name for layer in layers]
+    assert names == ["cxr", "edit_mask", "keep_mask", "lung_mask"]
+    shapes = {layer.data.shape for layer in layers}
+    assert shapes == {(512, 512)}
+    edit, keep = layers[1].data.astype(bool), layers[2].data.astype(bool)
+    assert edit.any() and keep.any() and not (edit & keep).any()
+
+
+@pytest.mark.parametrize(
+    "path, shape",
+    [
+        (SAMPLE_T1, (126, 155, 131)),
+        (get_testdata_file("MR_small.dcm"), (64, 64)),
+        (Path(data_path) / "example4d.nii.gz", (2, 24, 96, 128)),
+    ],
+)
+def test_open_files_through_napari(make_napari_viewer, path, shape):
+    viewer = make_napari_viewer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # oblique example4d must not trigger napari slicing warnings
+        layers = viewer.open(str(path), plugin=PLUGIN)
+        viewer.dims.current_step = tuple(s // 2 for s in layers[0].data.shape)
+    assert layers[0].data.shape == shape
+    assert layers[0].metadata["affine"].shape == (4, 4)
+
+
+def test_open_dicom_series_folder(make_napari_viewer, oblique_series):
+    viewer = make_napari_viewer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (layer,) = viewer.open(str(oblique_series["folder"]), plugin=PLUGIN)
+    assert layer.data.ndim == 3
+    assert sorted(layer.scale) == pytest.approx(sorted([2.5, 0.9, 0.8]))
+
+
+def test_open_png(make_napari_viewer, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(tmp_path / "cxr.png")
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "cxr.png"), plugin=PLUGIN)
+    np.testing.assert_array_equal(layer.data, np.arange(64).reshape(8, 8))
+
+
+def test_corrupt_file_reports_and_adds_nothing(make_napari_viewer, tmp_path):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"\x1f\x8b" + b"garbage" * 50)
+    viewer = make_napari_viewer()
+    with pytest.raises(Exception, match="broken.nii.gz"):
+        viewer.open(str(bad), plugin=PLUGIN)
+    assert len(viewer.layers) == 0
+
+
+@pytest.mark.parametrize("name", ["example4d.nii.gz", "anatomical.nii"])
+def test_layer_saved_through_writer_reproduces_file(make_napari_viewer, tmp_path, name):
+    import napari
+
+    source = Path(data_path) / name
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(source), plugin=PLUGIN)
+    (written,) = napari.save_layers(str(tmp_path / "saved.nii.gz"), [layer], plugin=PLUGIN)
+    left, right = nib.load(source), nib.load(written)
+    np.testing.assert_array_equal(left.affine, right.affine)
+    np.testing.assert_array_equal(np.asanyarray(left.dataobj), np.asanyarray(right.dataobj))
+    assert int(left.header["qform_code"]) == int(right.header["qform_code"])
+
+
+def test_painted_mask_saved_in_file_voxel_order(make_napari_viewer, tmp_path):
+    """A voxel painted in the display orientation lands on the same world point in the file."""
+    import napari
+
+    viewer = make_napari_viewer()
+    (image_layer,) = viewer.open(str(SAMPLE_T1), plugin=PLUGIN)
+    labels = viewer.add_labels(
+        np.zeros(image_layer.data.shape, np.uint8), scale=image_layer.scale,
+        translate=image_layer.translate, metadata=dict(image_layer.metadata), name="lesion",
+    )
+    labels.data[60, 70, 20] = 1  # (slice, row, col) as shown
+    (written,) = napari.save_layers(str(tmp_path / "lesion.nii.gz"), [labels], plugin=PLUGIN)
+    saved = nib.load(written)
+    voxel = np.argwhere(np.asanyarray(saved.dataobj))[0]
+    world_saved = saved.affine @ [*voxel, 1]
+    world_shown = image_layer.metadata["affine"] @ [60, 70, 20, 1]
+    np.testing.assert_allclose(world_saved, world_shown)
+    np.testing.assert_array_equal(saved.affine, nib.load(SAMPLE_T1).affine)
+
+
+def test_image_info_widget_describes_selected_layer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "brain")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Image info")
+    viewer.layers.selection.active = viewer.layers["t1"]
+    text = widget.details.toPlainText()
+    assert '"orientation": "SPL"' in text and "file_affine" in text
+    assert "t1" in widget.title.text()
