@@ -156,5 +156,6 @@ def test_image_info_widget_describes_selected_layer(make_napari_viewer):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Image info")
     viewer.layers.selection.active = viewer.layers["t1"]
     text = widget.details.toPlainText()
-    assert '"orientation": "SPL"' in text and "file_affine" in text
+    assert "orientation: SPL" in text and "file_affine:" in text
+    assert "spacing: [1.5, 1.5, 1.5]" in text
     assert "t1" in widget.title.text()

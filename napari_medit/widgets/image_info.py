@@ -35,8 +35,23 @@ class ImageInfoWidget(QWidget):
             self.title.setText("Select a layer")
             self.details.setPlainText("")
             return
-        self.title.setText(f"<b>{layer.name}</b> ({type(layer).__name__})")
-        self.details.setPlainText(json.dumps(describe_layer(layer), indent=1))
+        self.title.setText(f"<b>{layer.name}</b> ({layer.__class__.__name__})")
+        self.details.setPlainText(format_description(describe_layer(layer)))
+
+
+def format_description(description: dict) -> str:
+    """One line per field; matrices one row per line."""
+    lines = []
+    for key, value in description.items():
+        if key in ("file_affine", "affine"):
+            lines.append(f"{key}:")
+            lines.extend("  " + "  ".join(f"{v:9.3f}" for v in row) for row in value)
+        elif isinstance(value, dict):
+            lines.append(f"{key}:")
+            lines.extend(f"  {k}: {json.dumps(v)}" for k, v in value.items())
+        else:
+            lines.append(f"{key}: {value if isinstance(value, str) else json.dumps(value)}")
+    return "\n".join(lines)
 
 
 def describe_layer(layer) -> dict:
@@ -56,8 +71,8 @@ def describe_layer(layer) -> dict:
     extra_axes = metadata.get("_extra_axes_first", 0)
     spatial = np.moveaxis(data, tuple(range(extra_axes)), tuple(range(data.ndim - extra_axes, data.ndim)))
     summary = MedicalImage(spatial, metadata["affine"], metadata).summary()
-    summary.pop("affine")
     source = metadata.get("_source_affine")
     if source is not None:
+        summary.pop("affine")  # the display affine; the file's own is what users compare
         summary["file_affine"] = np.asarray(source).round(6).tolist()
     return summary
