@@ -1,0 +1,15 @@
+"""The editing engine: RadEdit, MedEdit, PIE and baselines on one Denoiser protocol.
+
+Nothing here imports Qt or napari; torch is imported when this package is.
+"""
+
+from .control import EditCancelled, NoiseSource, Progress
+from .ddpm import NoiseSchedule
+from .denoiser import Denoiser, DiffusersDenoiser, GaussianDenoiser, MonaiDenoiser
+from .methods import METHODS
+from .run import EditError, EditProgress, EditResult, edit
+
+__all__ = [
+    "METHODS", "Denoiser", "DiffusersDenoiser", "EditCancelled", "EditError", "EditProgress", "EditResult",
+    "GaussianDenoiser", "MonaiDenoiser", "NoiseSchedule", "NoiseSource", "Progress", "edit",
+]

@@ -1,0 +1,77 @@
+"""Noise, progress and cancellation: what a running edit shares with its caller."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+class EditCancelled(Exception):
+    """Raised within one denoising step of a cancel request; nothing partial is returned."""
+
+
+class NoiseSource:
+    """Standard normal noise, one CPU generator per batch item.
+
+    Each image (slice) owns its generator, seeded from the run's seed and the
+    slice index, so a slice gets the same noise whatever the batch size, and
+    the same seed gives bit-identical output. Noise is drawn on the CPU and
+    then moved, so a seed means the same thing on every device.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.device = torch.device(device)
+
+    def draw(self, shape: Sequence[int], kind: str = "") -> torch.Tensor:
+        """A (B, *shape) tensor; ``kind`` names the draw (tests use it to script the noise)."""
+        return torch.stack([torch.randn(tuple(shape), generator=g) for g in self.generators]).to(self.device)
+
+    def like(self, x: torch.Tensor, kind: str = "") -> torch.Tensor:
+        return self.draw(x.shape[1:], kind).to(x.dtype)
+
+
+@dataclass
+class StepInfo:
+    step: int  # steps done so far, over the whole run
+    total: int
+    x0_estimate: torch.Tensor  # the current estimate of the clean batch, in diffusion space
+    chunk: int  # which batch of slices this is
+
+
+class Progress:
+    """Counts denoising steps across batches, reports them, honours cancel requests."""
+
+    def __init__(
+        self,
+        callback: Callable[[StepInfo], None] | None = None,
+        cancel: threading.Event | None = None,
+        chunks: int = 1,
+    ):
+        self.callback, self.cancel, self.chunks = callback, cancel, chunks
+        self.chunk, self.done, self.per_chunk = 0, 0, 0
+
+    def start(self, steps_per_chunk: int) -> None:
+        """Called by a method before its loop; the total is known from the first batch on."""
+        self.per_chunk = steps_per_chunk
+        self.check()
+
+    def next_chunk(self) -> None:
+        self.chunk += 1
+
+    @property
+    def total(self) -> int:
+        return self.per_chunk * self.chunks
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise EditCancelled("edit cancelled")
+
+    def step(self, x0_estimate: torch.Tensor) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(StepInfo(self.done, self.total, x0_estimate.detach(), self.chunk))
+        self.check()

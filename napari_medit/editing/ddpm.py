@@ -1,0 +1,107 @@
+"""The DDPM/DDIM step maths every editing method shares.
+
+Notation follows DDIM (Song et al. 2021, Eq. 12) as used by RadEdit's
+Algorithm 1: with a_t = alpha_bar_t,
+
+    x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
+    x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps + sigma z
+    sigma  = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)
+
+eta = 1 on consecutive steps is the DDPM ancestral sampler, eta = 0 is DDIM.
+The noise schedule itself (alpha_bar, the inference timesteps) always comes
+from a diffusers or MONAI scheduler object; nothing here is tabulated by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+FINAL = -1  # the timestep after the last one: x_prev is the clean sample there
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    alphas_cumprod: torch.Tensor  # float64, one per training timestep
+    final_alpha_cumprod: float  # alpha_bar "after" t = 0 (1.0 when the scheduler sets alpha to one)
+    prediction_type: str = "epsilon"
+    scheduler: object = None  # the diffusers/MONAI scheduler it came from (timestep spacing lives there)
+
+    @classmethod
+    def from_scheduler(cls, scheduler) -> NoiseSchedule:
+        """Read a diffusers (DDPM/DDIM/...) or MONAI scheduler."""
+        config = getattr(scheduler, "config", None)
+        prediction = getattr(config, "prediction_type", None) or getattr(scheduler, "prediction_type", "epsilon")
+        final = getattr(scheduler, "final_alpha_cumprod", None)
+        alphas = scheduler.alphas_cumprod.detach().to(torch.float64).cpu()
+        # DDPM schedulers step to the clean sample after t = 0 (alpha_bar = 1); DDIM ones say.
+        return cls(alphas, 1.0 if final is None else float(final), str(prediction), scheduler)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def alpha_bar(self, t: int) -> float:
+        return self.final_alpha_cumprod if t == FINAL else float(self.alphas_cumprod[t])
+
+    def timesteps(self, num_steps: int) -> list[int]:
+        """Descending inference timesteps as the scheduler spaces them (its own config decides)."""
+        if not 1 <= num_steps <= self.num_train_timesteps:
+            raise ValueError(f"steps must be between 1 and {self.num_train_timesteps}, got {num_steps}")
+        scheduler = self.scheduler
+        if scheduler is None:
+            stride = self.num_train_timesteps // num_steps
+            return list(range((num_steps - 1) * stride, -1, -stride))
+        scheduler.set_timesteps(num_steps)
+        return [int(t) for t in scheduler.timesteps]
+
+    def sigma(self, t: int, t_prev: int, eta: float) -> float:
+        if eta == 0:
+            return 0.0
+        a_t, a_prev = self.alpha_bar(t), self.alpha_bar(t_prev)
+        return eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
+
+    def to_epsilon(self, model_output: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """The noise estimate, whatever the model was trained to predict."""
+        if self.prediction_type == "epsilon":
+            return model_output
+        a_t = self.alpha_bar(t)
+        if self.prediction_type == "v_prediction":
+            return a_t**0.5 * model_output + (1 - a_t) ** 0.5 * x_t
+        if self.prediction_type == "sample":
+            return (x_t - a_t**0.5 * model_output) / (1 - a_t) ** 0.5
+        raise ValueError(f"unsupported prediction type '{self.prediction_type}'")
+
+    def predict_x0(self, x_t: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
+        a_t = self.alpha_bar(t)
+        return (x_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+        """Sample q(x_t | x_0) with the given standard normal noise."""
+        a_t = self.alpha_bar(t)
+        return a_t**0.5 * x0 + (1 - a_t) ** 0.5 * noise
+
+    def step_mean(self, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, eta: float) -> torch.Tensor:
+        """mu_t(x_t, eps): x_prev without its noise term."""
+        a_prev = self.alpha_bar(t_prev)
+        sigma = self.sigma(t, t_prev, eta)
+        direction = max(1 - a_prev - sigma**2, 0.0) ** 0.5
+        return a_prev**0.5 * self.predict_x0(x_t, eps, t) + direction * eps
+
+    def step(self, x_t, eps, t: int, t_prev: int, eta: float, noise: torch.Tensor | None) -> torch.Tensor:
+        """x_prev = mu + sigma z (z ignored when sigma = 0)."""
+        mean = self.step_mean(x_t, eps, t, t_prev, eta)
+        sigma = self.sigma(t, t_prev, eta)
+        return mean if sigma == 0 or noise is None else mean + sigma * noise
+
+    def forward_step(self, x: torch.Tensor, t_from: int, t_to: int, noise: torch.Tensor) -> torch.Tensor:
+        """q(x_to | x_from) for t_to > t_from: RePaint's jump back up the chain."""
+        a_from, a_to = self.alpha_bar(t_from), self.alpha_bar(t_to)
+        ratio = a_to / a_from
+        return ratio**0.5 * x + (1 - ratio) ** 0.5 * noise
+
+
+def pairs(timesteps: list[int]) -> list[tuple[int, int]]:
+    """(t, t_prev) for each step of a descending timestep list, ending at FINAL."""
+    return list(zip(timesteps, [*timesteps[1:], FINAL]))

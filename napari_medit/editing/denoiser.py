@@ -1,0 +1,263 @@
+"""One protocol every editing method runs on, whatever the model.
+
+A ``Denoiser`` predicts the noise in a batch ``x_t`` at timestep ``t`` given
+text embeddings (cross-attention) and/or mask images concatenated as input
+channels, and says what it needs: resolution, channels, intensity range,
+pixel or latent space. Its noise schedule is a diffusers or MONAI scheduler
+object, wrapped in ``NoiseSchedule``.
+
+Implemented here: diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` (+ an
+optional VAE), MONAI ``DiffusionModelUNet``, and an analytic Gaussian
+denoiser whose exact answers make strong tests possible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .ddpm import NoiseSchedule
+
+TextEncoder = Callable[[Sequence[str]], torch.Tensor]  # prompts -> (B, tokens, dim)
+
+
+class Denoiser:
+    """Base class: pixel-space, unconditional. Subclasses override what differs."""
+
+    name: str = "unnamed"
+    resolution: int = 64
+    image_channels: int = 1  # channels of the images the method sees (grayscale)
+    latent_channels: int = 1  # channels the diffusion runs on (== image_channels in pixel space)
+    latent_factor: int = 1  # image pixels per diffusion cell (8 for Stable Diffusion VAEs)
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    condition_names: tuple[str, ...] = ()  # masks concatenated to x_t, in this order
+    schedule: NoiseSchedule
+    evaluations: int = 0  # forward passes so far, counted per batch item
+
+    @property
+    def text_conditioned(self) -> bool:
+        return False
+
+    @property
+    def latent(self) -> bool:
+        return self.latent_factor > 1
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def weights_hash(self) -> str:
+        return "none"
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor | None:
+        return None
+
+    def model_output(self, x_t, t: int, text: torch.Tensor | None, conditions: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x_t, t: int, text=None, conditions=None) -> torch.Tensor:
+        """The noise estimate eps(x_t, t, c)."""
+        self.evaluations += x_t.shape[0]
+        out = self.model_output(x_t, t, text, conditions)
+        return self.schedule.to_epsilon(out, x_t, t)
+
+    def guided(self, x_t, t: int, text: torch.Tensor, null_text: torch.Tensor, conditions=None):
+        """(eps_unconditional, eps_conditional) from one forward pass of the doubled batch."""
+        both = self(
+            torch.cat([x_t, x_t]),
+            t,
+            torch.cat([null_text, text]),
+            None if conditions is None else torch.cat([conditions, conditions]),
+        )
+        return both.chunk(2)
+
+
+def state_hash(module: torch.nn.Module) -> str:
+    """A short SHA-256 over a module's tensors: identifies the weights in provenance."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class DiffusersDenoiser(Denoiser):
+    """diffusers ``UNet2DModel`` (pixel space, optional mask channels) or
+    ``UNet2DConditionModel`` (cross-attention text), optionally inside a VAE."""
+
+    def __init__(
+        self,
+        unet,
+        scheduler,
+        *,
+        name: str = "diffusers-unet",
+        condition_names: Sequence[str] = (),
+        text_encoder: TextEncoder | None = None,
+        vae=None,
+        value_range: tuple[float, float] = (-1.0, 1.0),
+    ):
+        self.unet, self.vae, self.text_encoder = unet.eval(), vae, text_encoder
+        self.schedule = NoiseSchedule.from_scheduler(scheduler)
+        self.name, self.value_range = name, value_range
+        self.condition_names = tuple(condition_names)
+        in_channels = unet.config.in_channels - len(self.condition_names)
+        self.latent_channels = in_channels
+        if vae is not None:
+            self.vae = vae.eval()
+            self.latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+            self.resolution = unet.config.sample_size * self.latent_factor
+        else:
+            self.image_channels = in_channels
+            self.resolution = unet.config.sample_size
+        if isinstance(self.resolution, (tuple, list)):
+            self.resolution = int(self.resolution[0])
+        self._hash = None
+
+    @property
+    def text_conditioned(self) -> bool:
+        return self.text_encoder is not None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def weights_hash(self) -> str:
+        if self._hash is None:
+            self._hash = state_hash(self.unet)
+        return self._hash
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return images
+        rgb = images.expand(-1, self.vae.config.in_channels, -1, -1)
+        # The posterior mean, not a sample: inversion must see the same latent every time.
+        latents = self.vae.encode(rgb.to(self.vae.dtype)).latent_dist.mean
+        return latents * self.vae.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return latents
+        rgb = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
+        return rgb.mean(dim=1, keepdim=True).float()
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor | None:
+        return None if self.text_encoder is None else self.text_encoder(list(prompts))
+
+    def model_output(self, x_t, t, text, conditions):
+        x = x_t if conditions is None else torch.cat([x_t, conditions], dim=1)
+        timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        dtype = self.unet.dtype
+        if text is None:
+            return self.unet(x.to(dtype), timestep).sample.float()
+        return self.unet(x.to(dtype), timestep, encoder_hidden_states=text.to(dtype)).sample.float()
+
+
+class MonaiDenoiser(Denoiser):
+    """MONAI ``DiffusionModelUNet`` with mask channels concatenated (MedEdit's model)."""
+
+    def __init__(
+        self,
+        model,
+        scheduler,
+        *,
+        resolution: int,
+        name: str = "monai-unet",
+        condition_names: Sequence[str] = (),
+        value_range: tuple[float, float] = (0.0, 1.0),
+        text_encoder: TextEncoder | None = None,
+    ):
+        self.model, self.text_encoder = model.eval(), text_encoder
+        self.schedule = NoiseSchedule.from_scheduler(scheduler)
+        self.name, self.resolution, self.value_range = name, resolution, value_range
+        self.condition_names = tuple(condition_names)
+        self.image_channels = self.latent_channels = model.out_channels
+        self._hash = None
+
+    @property
+    def text_conditioned(self) -> bool:
+        return self.text_encoder is not None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def weights_hash(self) -> str:
+        if self._hash is None:
+            self._hash = state_hash(self.model)
+        return self._hash
+
+    def encode_text(self, prompts):
+        return None if self.text_encoder is None else self.text_encoder(list(prompts))
+
+    def model_output(self, x_t, t, text, conditions):
+        x = x_t if conditions is None else torch.cat([x_t, conditions], dim=1)
+        timesteps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        return self.model(x, timesteps=timesteps, context=text).float()
+
+
+class GaussianDenoiser(Denoiser):
+    """The exact MMSE denoiser for data x0 ~ N(mean_c, std^2 I).
+
+    With x_t = sqrt(a) x0 + sqrt(1 - a) eps, E[eps | x_t] =
+    sqrt(1 - a) (x_t - sqrt(a) mean_c) / (a std^2 + 1 - a). The mean depends
+    on the prompt (a table, '' being unconditional) and, when mask channels
+    are given, shifts by ``condition_shift`` inside the first mask, so every
+    method can be checked against closed-form answers.
+    """
+
+    def __init__(
+        self,
+        scheduler,
+        *,
+        resolution: int = 16,
+        means: dict[str, float] | None = None,
+        std: float = 0.5,
+        condition_names: Sequence[str] = (),
+        condition_shift: float = 0.0,
+        value_range: tuple[float, float] = (-1.0, 1.0),
+    ):
+        self.schedule = NoiseSchedule.from_scheduler(scheduler)
+        self.resolution, self.std, self.value_range = resolution, std, value_range
+        self.means = dict(means or {"": 0.0})
+        self.prompts = list(self.means)
+        self.condition_names = tuple(condition_names)
+        self.condition_shift = condition_shift
+        self.name = "gaussian-analytic"
+
+    @property
+    def text_conditioned(self) -> bool:
+        return len(self.prompts) > 1
+
+    def encode_text(self, prompts):
+        if not self.text_conditioned:
+            return None
+        unknown = [p for p in prompts if p not in self.means]
+        if unknown:
+            raise ValueError(f"the analytic denoiser knows no prompt {unknown[0]!r}")
+        # One-hot "embeddings": the conditional mean is a lookup in the table.
+        return torch.nn.functional.one_hot(
+            torch.tensor([self.prompts.index(p) for p in prompts]), len(self.prompts)
+        ).to(torch.float32)[:, None, :]
+
+    def mean(self, text, conditions, like: torch.Tensor) -> torch.Tensor:
+        table = torch.tensor([self.means[p] for p in self.prompts], dtype=like.dtype)
+        mean = torch.zeros_like(like) + (0.0 if text is None else (text[:, 0, :] @ table)[:, None, None, None])
+        if conditions is not None and self.condition_shift:
+            mean = mean + self.condition_shift * conditions[:, :1]
+        return mean
+
+    def model_output(self, x_t, t, text, conditions):
+        a = self.schedule.alpha_bar(t)
+        mean = self.mean(text, conditions, x_t)
+        return (1 - a) ** 0.5 * (x_t - a**0.5 * mean) / (a * self.std**2 + 1 - a)

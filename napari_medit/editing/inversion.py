@@ -1,0 +1,53 @@
+"""Edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2024; RadEdit Algorithm 1).
+
+Every x_hat_t is drawn independently from q(x_t | x_0); the noise maps z_t
+are whatever makes the DDPM reverse step land exactly on x_hat_{t-1}:
+
+    x_hat_{t-1} = mu_t(x_hat_t, eps(x_hat_t, t, c)) + sigma_t z_t
+
+We store the residual sigma_t z_t = x_hat_{t-1} - mu_t rather than z_t: on the
+last step sigma is 0 and the reference code's division gives NaN, whereas the
+residual is finite and lands the reverse pass exactly on x_0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .control import NoiseSource, Progress
+from .ddpm import FINAL
+from .denoiser import Denoiser
+
+ETA = 1.0  # DDPM: the edit-friendly inversion is defined on the stochastic sampler
+
+
+@dataclass
+class Inversion:
+    x_hat: dict[int, torch.Tensor]  # timestep -> x_hat_t (FINAL -> x_0)
+    residual: dict[int, torch.Tensor]  # timestep t -> sigma_t z_t for the step t -> t_prev
+
+
+def invert(
+    denoiser: Denoiser,
+    x0: torch.Tensor,
+    steps: list[tuple[int, int]],
+    *,
+    text: torch.Tensor | None,
+    conditions: torch.Tensor | None,
+    noise: NoiseSource,
+    progress: Progress,
+) -> Inversion:
+    """Invert ``x0`` over the (t, t_prev) pairs in ``steps`` (descending)."""
+    schedule = denoiser.schedule
+    x_hat = {FINAL: x0}
+    for t, _ in steps:
+        x_hat[t] = schedule.add_noise(x0, noise.like(x0, "inversion"), t)
+    residual = {}
+    for t, t_prev in steps:
+        eps = denoiser(x_hat[t], t, text, conditions)
+        mean = schedule.step_mean(x_hat[t], eps, t, t_prev, ETA)
+        residual[t] = x_hat[t_prev] - mean
+        progress.step(schedule.predict_x0(x_hat[t], eps, t))
+    return Inversion(x_hat, residual)

@@ -1,0 +1,303 @@
+"""``edit()``: one request, from a source image and masks to a counterfactual with provenance."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..io import MedicalImage
+from .control import NoiseSource, Progress, StepInfo
+from .denoiser import Denoiser
+from .mededit import inpainting_mask
+from .methods import METHODS, Method
+from .slicing import Grid, IntensityWindow, slices_to_edit, to_dtype, to_latent_grid
+
+MASK_NAMES = ("edit_mask", "keep_mask", "pathology_mask", "brain_mask", "roi_mask")
+DEFAULT_CPU_BATCH = 4  # batching helps little on 2 CPU cores and costs memory (see benchmarks/)
+
+
+class EditError(ValueError):
+    """A request that cannot run: the message names the problem and the fix."""
+
+
+@dataclass
+class EditProgress:
+    step: int
+    total: int
+    slices: list[int]  # the slices being edited right now
+    axis: int
+    render: Callable[[], np.ndarray] = field(repr=False)
+
+    def preview(self) -> np.ndarray:
+        """The current estimate of the slices in ``slices``, (n, H, W) in source units."""
+        return self.render()
+
+
+@dataclass
+class EditResult:
+    image: MedicalImage  # the counterfactual, on the source's grid and affine
+    difference: np.ndarray  # float32, result - source
+    edited_slices: list[int]
+    axis: int
+    provenance: dict[str, Any]
+    progression: list[MedicalImage] | None = None  # PIE: every step, the last one is ``image``
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # masks as used (MedEdit: inpaint_mask)
+
+
+def edit(
+    method: str,
+    image: MedicalImage | np.ndarray,
+    *,
+    model: Denoiser,
+    seed: int = 0,
+    axis: int = 0,
+    slices: tuple[int, int] | None = None,
+    batch_size: int | None = None,
+    shared_noise: bool = False,
+    callback: Callable[[EditProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    **options: Any,
+) -> EditResult:
+    """Run ``method`` on ``image`` (2D, or slice-wise along ``axis`` for 3D) with ``model``.
+
+    Masks are passed by name (``edit_mask``, ``keep_mask``, ``pathology_mask``,
+    ``brain_mask``, ``roi_mask``) as arrays or MedicalImages on the image's grid;
+    every other option is a parameter of the method (see ``METHODS[method].params``).
+    Raises ``EditError`` for bad requests and ``EditCancelled`` when ``cancel`` is set.
+    """
+    spec = _method(method)
+    source = image if isinstance(image, MedicalImage) else MedicalImage(np.asarray(image), np.eye(4))
+    masks = {name: _mask(name, options.pop(name), source) for name in MASK_NAMES if options.get(name) is not None}
+    for name in MASK_NAMES:
+        options.pop(name, None)
+    params = _params(spec, options)
+    _check_request(spec, source, masks, model, options)
+
+    volume = source.array
+    planar = volume.ndim == 2
+    if not planar and not -3 <= axis < 3:
+        raise EditError(f"axis must be 0, 1 or 2 for a volume, got {axis}")
+    axis = 0 if planar else axis % 3
+    stack = volume[None] if planar else np.moveaxis(volume, axis, 0)
+    stacked_masks = {k: (m[None] if planar else np.moveaxis(m, axis, 0)) for k, m in masks.items()}
+    if spec.name == "mededit":
+        stacked_masks["inpaint_mask"] = _mededit_inpaint(stacked_masks, params, model, stack.shape[1:])
+    region = stacked_masks.get(spec.slice_region) if spec.slice_region else None
+    chosen = slices_to_edit(stack.shape[0], region, slices)
+    if not chosen:
+        raise EditError(f"the {spec.slice_region} touches no slice along axis {axis}: nothing to edit")
+
+    try:
+        window = IntensityWindow.of(volume)
+    except ValueError as exc:
+        raise EditError(str(exc)) from None
+    grid = Grid(stack.shape[1], stack.shape[2], model.resolution)
+    batch = batch_size or _default_batch(model, len(chosen))
+    chunks = [chosen[i : i + batch] for i in range(0, len(chosen), batch)]
+    progress = Progress(cancel=cancel, chunks=len(chunks))
+    editable = spec.editable(stacked_masks)
+    seeds = [_slice_seed(seed, 0 if shared_noise else i) for i in range(stack.shape[0])]
+
+    outputs: list[np.ndarray] | None = None
+    started = time.perf_counter()
+    evaluations_before = model.evaluations
+    for chunk in chunks:
+        x0 = _to_model(model, stack[chunk], window, grid)
+        masks_model = {
+            k: to_latent_grid(grid.to_model(m[chunk], soft=True), model.latent_factor).to(model.device)
+            for k, m in stacked_masks.items()
+        }
+        conditions = _conditions(model, masks_model)
+        if callback is not None:
+            progress.callback = _reporter(callback, model, chunk, axis, window, grid)
+        noise = NoiseSource([seeds[i] for i in chunk], model.device)
+        with torch.no_grad():
+            edited = spec.run(model, x0, masks_model, params, noise, progress, conditions)
+            versions = edited if isinstance(edited, list) else [edited]
+            native = [_from_model(model, v, window, grid) for v in versions]
+        if outputs is None:
+            outputs = [stack.astype(np.float64) for _ in native]
+        for out, values in zip(outputs, native):
+            out[chunk] = values
+        progress.next_chunk()
+    seconds = time.perf_counter() - started
+
+    results = [_composite(stack, out, editable, chosen, source.array.dtype, planar, axis) for out in outputs]
+    provenance = {
+        "method": spec.name,
+        "reference": spec.reference,
+        "parameters": dataclasses.asdict(params),
+        "model": {"name": model.name, "weights_sha256": model.weights_hash, "resolution": model.resolution,
+                  "latent": model.latent},
+        "seed": seed,
+        "shared_noise": shared_noise,
+        "axis": axis,
+        "slices": chosen,
+        "masks": sorted(masks),
+        "intensity_window": [window.low, window.high],
+        "source": source.metadata.get("path"),
+        "napari_medit": __version__,
+        "torch": torch.__version__,
+        "device": str(model.device),
+        "platform": platform.platform(),
+        "model_evaluations": model.evaluations - evaluations_before,
+        "seconds": round(seconds, 3),
+    }
+    images = [source.with_array(r, edit=provenance) for r in results]
+    return EditResult(
+        image=images[-1],
+        difference=(results[-1].astype(np.float32) - source.array.astype(np.float32)),
+        edited_slices=chosen,
+        axis=axis,
+        provenance=provenance,
+        progression=images if len(images) > 1 else None,
+        masks={k: (m[0] if planar else np.moveaxis(m, 0, axis)) for k, m in stacked_masks.items()},
+    )
+
+
+# ---------------------------------------------------------------- request checks
+
+
+def _method(name: str) -> Method:
+    if name not in METHODS:
+        raise EditError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def _params(spec: Method, options: dict[str, Any]):
+    known = {f.name for f in dataclasses.fields(spec.params)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise EditError(f"{spec.name} has no parameter {unknown[0]!r}; its parameters: {', '.join(sorted(known))}")
+    params = spec.params(**{k: v for k, v in options.items() if v is not None})
+    try:
+        params.validate()
+    except ValueError as exc:
+        raise EditError(f"{spec.name}: {exc}") from None
+    return params
+
+
+def _mask(name: str, value, source: MedicalImage) -> np.ndarray:
+    if isinstance(value, MedicalImage):
+        if value.array.shape != source.array.shape:
+            raise EditError(f"{name} has shape {value.array.shape} but the image has {source.array.shape}")
+        if not np.allclose(value.affine, source.affine, atol=1e-3):
+            raise EditError(f"{name} is not on the image's grid (different affine): resample it to the image first")
+        value = value.array
+    mask = np.asarray(value)
+    if mask.shape != source.array.shape:
+        raise EditError(f"{name} has shape {mask.shape} but the image has {source.array.shape}")
+    if mask.dtype.kind == "f" and not np.all(np.isfinite(mask)):
+        raise EditError(f"{name} contains NaN or Inf values")
+    mask = mask > 0
+    if not mask.any():
+        raise EditError(f"{name} is empty: paint the region first")
+    return mask
+
+
+def _check_request(spec: Method, source: MedicalImage, masks: dict, model: Denoiser, options: dict) -> None:
+    array = source.array
+    if array.ndim not in (2, 3):
+        raise EditError(
+            f"napari-medit edits 2D images and 3D volumes; this image has shape {array.shape}: "
+            "pick one volume (time point or channel) first"
+        )
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        raise EditError(f"the image has {bad} NaN/Inf voxels: replace them (e.g. with 0) before editing")
+    if array.dtype.kind not in "biuf":
+        raise EditError(f"cannot edit an image of dtype {array.dtype}")
+    missing = [m for m in spec.required_masks if m not in masks]
+    if missing:
+        raise EditError(f"{spec.name} needs a {' and a '.join(missing)}")
+    unused = sorted(set(masks) - set(spec.required_masks) - set(spec.optional_masks))
+    if unused:
+        raise EditError(f"{spec.name} does not use a {unused[0]}; it takes: "
+                        f"{', '.join(spec.required_masks + spec.optional_masks) or 'no masks'}")
+    if spec.needs_text and not model.text_conditioned:
+        raise EditError(f"{spec.name} edits with a text prompt, but model '{model.name}' has no text conditioning; "
+                        "use mededit, repaint or sdedit with it, or pick a text-conditioned model")
+    if not spec.needs_text and options.get("prompt"):
+        raise EditError(f"{spec.name} takes no prompt")
+    needed = [c for c in model.condition_names if c not in masks]
+    if needed:
+        raise EditError(f"model '{model.name}' is conditioned on {', '.join(model.condition_names)}: "
+                        f"give {' and '.join(needed)}")
+    if spec.name == "mededit":
+        if set(model.condition_names) != {"pathology_mask", "brain_mask"}:
+            raise EditError(f"mededit needs a model conditioned on a pathology mask and a brain mask; "
+                            f"model '{model.name}' takes {list(model.condition_names) or 'no masks'}")
+        if not (masks["pathology_mask"] & masks["brain_mask"]).any():
+            raise EditError("the pathology mask lies entirely outside the brain mask: nothing to inpaint")
+
+
+def _mededit_inpaint(stacked_masks: dict, params, model: Denoiser, shape: tuple[int, int]) -> np.ndarray:
+    """The inpainting mask at native resolution: the dilation kernel scales from the model grid."""
+    kernel = params.kernel_size(model.resolution)
+    native_kernel = max(1, round(kernel * max(shape) / model.resolution) | 1)
+    return inpainting_mask(stacked_masks["pathology_mask"], stacked_masks["brain_mask"], native_kernel)
+
+
+# ---------------------------------------------------------------- model space
+
+
+def _to_model(model: Denoiser, slices: np.ndarray, window: IntensityWindow, grid: Grid) -> torch.Tensor:
+    low, high = model.value_range
+    unit = grid.to_model(window.to_unit(slices))
+    return model.encode((unit * (high - low) + low).to(model.device))
+
+
+def _from_model(model: Denoiser, x: torch.Tensor, window: IntensityWindow, grid: Grid) -> np.ndarray:
+    low, high = model.value_range
+    unit = (model.decode(x) - low) / (high - low)
+    return window.from_unit(grid.from_model(unit.cpu()))
+
+
+def _conditions(model: Denoiser, masks_model: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    if not model.condition_names:
+        return None
+    return torch.cat([masks_model[name] for name in model.condition_names], dim=1)
+
+
+def _composite(stack, edited, editable, chosen, dtype, planar, axis) -> np.ndarray:
+    """Edited values where the method may change the image, the source's own values elsewhere."""
+    out = stack.copy()
+    values = to_dtype(edited[chosen], dtype)
+    if editable is not None:
+        values = np.where(editable[chosen], values, stack[chosen])
+    out[chosen] = values
+    return out[0] if planar else np.moveaxis(out, 0, axis)
+
+
+def _reporter(callback, model, chunk, axis, window, grid):
+    def report(info: StepInfo) -> None:
+        def render() -> np.ndarray:
+            with torch.no_grad():
+                return _from_model(model, info.x0_estimate, window, grid)
+
+        callback(EditProgress(info.step, info.total, list(chunk), axis, render))
+
+    return report
+
+
+def _default_batch(model: Denoiser, count: int) -> int:
+    if model.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(model.device)
+        # ~ 60 MB per 64x64 item for a small UNet with CFG; scaled by area.
+        per_item = 60e6 * (model.resolution / 64) ** 2 / model.latent_factor**2
+        return max(1, min(count, int(0.5 * free / per_item)))
+    return min(count, DEFAULT_CPU_BATCH)
+
+
+def _slice_seed(seed: int, index: int) -> int:
+    """Independent, reproducible seeds per slice (so batching never changes a slice's noise)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
