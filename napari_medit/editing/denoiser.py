@@ -154,7 +154,7 @@ class DiffusersDenoiser(Denoiser):
         return None if self.text_encoder is None else self.text_encoder(list(prompts))
 
     def model_output(self, x_t, t, text, conditions):
-        x = x_t if conditions is None else torch.cat([x_t, conditions], dim=1)
+        x = x_t if conditions is None else torch.cat([x_t, conditions.to(x_t.dtype)], dim=1)
         timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         dtype = self.unet.dtype
         if text is None:
@@ -201,9 +201,11 @@ class MonaiDenoiser(Denoiser):
         return None if self.text_encoder is None else self.text_encoder(list(prompts))
 
     def model_output(self, x_t, t, text, conditions):
-        x = x_t if conditions is None else torch.cat([x_t, conditions], dim=1)
+        x = x_t if conditions is None else torch.cat([x_t, conditions.to(x_t.dtype)], dim=1)
         timesteps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        return self.model(x, timesteps=timesteps, context=text).float()
+        dtype = next(self.model.parameters()).dtype
+        context = None if text is None else text.to(dtype)
+        return self.model(x.to(dtype), timesteps=timesteps, context=context).float()
 
 
 class GaussianDenoiser(Denoiser):
@@ -252,7 +254,8 @@ class GaussianDenoiser(Denoiser):
 
     def mean(self, text, conditions, like: torch.Tensor) -> torch.Tensor:
         table = torch.tensor([self.means[p] for p in self.prompts], dtype=like.dtype)
-        mean = torch.zeros_like(like) + (0.0 if text is None else (text[:, 0, :] @ table)[:, None, None, None])
+        unconditional = self.means.get("", 0.0)
+        mean = torch.zeros_like(like) + (unconditional if text is None else (text[:, 0, :].to(like.dtype) @ table)[:, None, None, None])
         if conditions is not None and self.condition_shift:
             mean = mean + self.condition_shift * conditions[:, :1]
         return mean

@@ -79,8 +79,10 @@ def edit(
     masks = {name: _mask(name, options.pop(name), source) for name in MASK_NAMES if options.get(name) is not None}
     for name in MASK_NAMES:
         options.pop(name, None)
+    if not spec.needs_text and options.get("prompt"):
+        raise EditError(f"{spec.name} takes no prompt: it does not edit by text")
     params = _params(spec, options)
-    _check_request(spec, source, masks, model, options)
+    _check_request(spec, source, masks, model)
 
     volume = source.array
     planar = volume.ndim == 2
@@ -204,7 +206,7 @@ def _mask(name: str, value, source: MedicalImage) -> np.ndarray:
     return mask
 
 
-def _check_request(spec: Method, source: MedicalImage, masks: dict, model: Denoiser, options: dict) -> None:
+def _check_request(spec: Method, source: MedicalImage, masks: dict, model: Denoiser) -> None:
     array = source.array
     if array.ndim not in (2, 3):
         raise EditError(
@@ -226,8 +228,6 @@ def _check_request(spec: Method, source: MedicalImage, masks: dict, model: Denoi
     if spec.needs_text and not model.text_conditioned:
         raise EditError(f"{spec.name} edits with a text prompt, but model '{model.name}' has no text conditioning; "
                         "use mededit, repaint or sdedit with it, or pick a text-conditioned model")
-    if not spec.needs_text and options.get("prompt"):
-        raise EditError(f"{spec.name} takes no prompt")
     needed = [c for c in model.condition_names if c not in masks]
     if needed:
         raise EditError(f"model '{model.name}' is conditioned on {', '.join(model.condition_names)}: "
@@ -253,7 +253,10 @@ def _mededit_inpaint(stacked_masks: dict, params, model: Denoiser, shape: tuple[
 def _to_model(model: Denoiser, slices: np.ndarray, window: IntensityWindow, grid: Grid) -> torch.Tensor:
     low, high = model.value_range
     unit = grid.to_model(window.to_unit(slices))
-    return model.encode((unit * (high - low) + low).to(model.device))
+    x = model.encode((unit * (high - low) + low).to(model.device))
+    # The sampler's own arithmetic runs in float64 (the networks in their own precision): an
+    # inversion's residuals then cancel to ~1e-12 instead of float32's ~1e-4 after 1/sqrt(alpha_bar).
+    return x.to(torch.float32 if model.device.type == "mps" else torch.float64)
 
 
 def _from_model(model: Denoiser, x: torch.Tensor, window: IntensityWindow, grid: Grid) -> np.ndarray:
