@@ -13,4 +13,13 @@ except PackageNotFoundError:  # running from a source tree without installing
 
 from .io import ImageReadError, MedicalImage, read_image, write_image
 
-__all__ = ["ImageReadError", "MedicalImage", "__version__", "read_image", "write_image"]
+__all__ = ["ImageReadError", "MedicalImage", "__version__", "edit", "read_image", "write_image"]
+
+
+def __getattr__(name: str):
+    # ``napari_medit.edit`` pulls in torch: load it on first use, not at import.
+    if name == "edit":
+        from .editing import edit
+
+        return edit
+    raise AttributeError(f"module 'napari_medit' has no attribute {name!r}")

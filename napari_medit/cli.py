@@ -2,6 +2,7 @@
 
     napari-medit sample {brain,cxr} --out DIR
     napari-medit info PATH [--json]
+    napari-medit edit METHOD --image PATH --out PATH --model PATH [masks] [parameters]
 
 Errors in the input print one line naming the file and the problem and exit
 with status 2; nothing is written then.
@@ -46,6 +47,25 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("path")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(run=_info)
+
+    edit = commands.add_parser("edit", help="edit an image or volume (writes the result and a JSON provenance file)")
+    edit.add_argument("method", help="radedit, mededit, pie, sdedit, repaint or diffedit")
+    edit.add_argument("--image", required=True, help="NIfTI, DICOM file or folder, PNG/JPEG")
+    edit.add_argument("--out", required=True, help=".nii.gz/.nii (any input) or .png (2D inputs)")
+    edit.add_argument("--model", required=True, help="a napari-medit model folder")
+    for mask in ("edit", "keep", "pathology", "brain", "roi"):
+        edit.add_argument(f"--{mask}-mask", help=f"{mask} mask file on the image's grid")
+    edit.add_argument("--prompt")
+    edit.add_argument("--inversion-prompt")
+    for name, kind in (("steps", int), ("guidance", float), ("skip", int), ("strength", float),
+                       ("iterations", int), ("dilation", int), ("jump-length", int), ("jump-n-sample", int)):
+        edit.add_argument(f"--{name}", type=kind, help="method parameter (default: the paper's)")
+    edit.add_argument("--seed", type=int, default=0)
+    edit.add_argument("--axis", type=int, default=0, help="slice axis of a volume, in the file's voxel order")
+    edit.add_argument("--slices", help="A:B, the slices to edit (default: those the mask touches)")
+    edit.add_argument("--batch-size", type=int)
+    edit.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cpu)")
+    edit.set_defaults(run=_edit)
     return parser
 
 
@@ -55,6 +75,78 @@ def _sample(args) -> int:
     for path in write_sample(args.name, args.out):
         print(path)
     return 0
+
+
+def _edit(args) -> int:
+    from pathlib import Path
+
+    from .backends import ModelLoadError, load_model
+    from .editing import EditError, edit
+    from .io import write_image
+
+    out = Path(args.out)
+    if not out.name.lower().endswith((".nii", ".nii.gz", ".png")):
+        raise ValueError(f"{out}: the output must end in .nii.gz, .nii or .png")
+    image = read_image(args.image)
+    if out.suffix.lower() == ".png" and image.array.ndim != 2:
+        raise ValueError(f"{out}: PNG holds 2D images and the input has shape {image.array.shape}; use .nii.gz")
+    masks = {
+        f"{name}_mask": read_image(path)
+        for name in ("edit", "keep", "pathology", "brain", "roi")
+        if (path := getattr(args, f"{name}_mask")) is not None
+    }
+    options = {
+        key: getattr(args, key)
+        for key in ("prompt", "inversion_prompt", "steps", "guidance", "skip", "strength", "iterations",
+                    "dilation", "jump_length", "jump_n_sample")
+        if getattr(args, key) is not None
+    }
+    try:
+        model = load_model(args.model, args.device)
+        result = edit(args.method, image, model=model, seed=args.seed, axis=args.axis,
+                      slices=_slice_range(args.slices), batch_size=args.batch_size, **masks, **options)
+    except (EditError, ModelLoadError) as exc:
+        raise ValueError(str(exc)) from None
+    versions = result.progression or [result.image]
+    written = []
+    for index, version in enumerate(versions[:-1], start=1):
+        written.append(_write_atomically(write_image, _suffixed(out, f"_step{index:02d}"), version))
+    written.append(_write_atomically(write_image, out, result.image))
+    sidecar = _suffixed(out, "", ".json")
+    sidecar.write_text(json.dumps({"outputs": [str(p) for p in written], **result.provenance}, indent=2))
+    for path in [*written, sidecar]:
+        print(path)
+    return 0
+
+
+def _slice_range(text: str | None):
+    if text is None:
+        return None
+    try:
+        start, stop = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--slices must look like 10:20, got {text!r}") from None
+    return start, stop
+
+
+def _suffixed(path, suffix: str, ending: str | None = None):
+    """result.nii.gz + '_step01' -> result_step01.nii.gz; with ``ending`` '.json' -> result.json."""
+    name = path.name
+    for known in (".nii.gz", ".nii", ".png"):
+        if name.lower().endswith(known):
+            return path.with_name(name[: -len(known)] + suffix + (ending or name[-len(known):]))
+    return path.with_name(name + suffix + (ending or ""))
+
+
+def _write_atomically(writer, path, image):
+    """Write beside the target, then rename: a failed run never leaves a half-written result."""
+    temporary = path.with_name(f".partial-{path.name}")
+    try:
+        writer(temporary, image)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
 
 
 def _info(args) -> int:

@@ -59,3 +59,37 @@ def test_sample_cxr_writes_pngs(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     findings = json.loads((tmp_path / "cxr_phantom.json").read_text())
     assert findings["effusion"] == "right"
+
+
+def test_edit_writes_result_with_source_geometry_and_provenance(tmp_path, capsys):
+    import tiny_models
+    from napari_medit.backends import save_model
+    from test_model_folder import MONAI_CONFIG
+
+    model = save_model(tmp_path / "model", tiny_models.monai_unet(), MONAI_CONFIG)
+    assert main(["sample", "brain", "--out", str(tmp_path / "brain")]) == 0
+    brain = tmp_path / "brain"
+    out = tmp_path / "out" / "cf.nii.gz"
+    args = ["edit", "mededit", "--image", str(brain / "t1.nii.gz"), "--pathology-mask", str(brain / "lesion_mask.nii.gz"),
+            "--brain-mask", str(brain / "brain_mask.nii.gz"), "--model", str(model), "--steps", "3", "--axis", "2",
+            "--slices", "62:64", "--seed", "4", "--out", str(out)]
+    assert main(args) == 0
+    source, result = nib.load(brain / "t1.nii.gz"), nib.load(out)
+    np.testing.assert_array_equal(source.affine, result.affine)
+    assert result.get_data_dtype() == source.get_data_dtype()
+    changed = np.argwhere(np.asanyarray(source.dataobj) != np.asanyarray(result.dataobj))
+    assert changed.size and set(changed[:, 2]) <= {62, 63}
+    provenance = json.loads((tmp_path / "out" / "cf.json").read_text())
+    assert provenance["method"] == "mededit" and provenance["slices"] == [62, 63] and provenance["seed"] == 4
+    assert provenance["parameters"]["steps"] == 3
+
+
+def test_edit_bad_input_writes_nothing(tmp_path):
+    assert main(["sample", "brain", "--out", str(tmp_path / "brain")]) == 0
+    brain = tmp_path / "brain"
+    out = tmp_path / "out" / "cf.nii.gz"
+    common = ["--image", str(brain / "t1.nii.gz"), "--out", str(out)]
+    assert main(["edit", "mededit", *common, "--model", str(tmp_path / "nowhere")]) == 2
+    assert main(["edit", "mededit", "--image", str(brain / "t1.nii.gz"), "--out", str(tmp_path / "x.png"),
+                 "--model", "m"]) == 2
+    assert not out.exists() and not (tmp_path / "x.png").exists()

@@ -1,0 +1,143 @@
+"""The napari-medit model folder: weights in safetensors plus a small config.
+
+    my-model/
+      medit.json            what the model is (below)
+      unet/                 diffusers backend: a diffusers model folder (config.json + safetensors)
+      scheduler/            diffusers backend: scheduler_config.json
+      model.safetensors     monai backend: the DiffusionModelUNet state dict
+
+medit.json:
+    {"format": "napari-medit-model/1", "name": "...", "backend": "diffusers" | "monai",
+     "resolution": 64, "value_range": [0, 1], "condition_names": ["pathology_mask", "brain_mask"],
+     "network": {...DiffusionModelUNet arguments (monai)...},
+     "scheduler": {"class": "DDPMScheduler", ...its config (monai)...}}
+
+Everything is read from local files: nothing touches the network, and no pickle is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..editing.denoiser import Denoiser, DiffusersDenoiser, MonaiDenoiser
+
+CONFIG_NAME = "medit.json"
+FORMAT = "napari-medit-model/1"
+
+
+class ModelLoadError(Exception):
+    """A model that cannot be loaded; the message names what is missing and how to get it."""
+
+
+def load_model(path: str | Path, device: str | torch.device | None = None) -> Denoiser:
+    folder = Path(path).expanduser()
+    config_path = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder}: no such model folder")
+    if not config_path.is_file():
+        raise ModelLoadError(f"{folder}: not a napari-medit model folder (no {CONFIG_NAME})")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{config_path}: not valid JSON ({exc})") from None
+    if config.get("format") != FORMAT:
+        raise ModelLoadError(f"{config_path}: unknown format {config.get('format')!r}; expected {FORMAT!r}")
+    backend = config.get("backend")
+    try:
+        if backend == "monai":
+            denoiser = _load_monai(folder, config)
+        elif backend == "diffusers":
+            denoiser = _load_diffusers(folder, config)
+        else:
+            raise ModelLoadError(f"{config_path}: backend must be 'diffusers' or 'monai', got {backend!r}")
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, ModelLoadError):
+            raise
+        raise ModelLoadError(f"{folder}: cannot load the model ({str(exc).splitlines()[0]})") from exc
+    return _to_device(denoiser, device)
+
+
+def save_model(folder: str | Path, denoiser: Denoiser, config: dict[str, Any]) -> Path:
+    """Write a Denoiser built from diffusers or MONAI parts as a model folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"format": FORMAT, **config}
+    if isinstance(denoiser, MonaiDenoiser):
+        from safetensors.torch import save_file
+
+        config["backend"] = "monai"
+        state = {k: v.detach().cpu().contiguous() for k, v in denoiser.model.state_dict().items()}
+        save_file(state, folder / "model.safetensors")
+    elif isinstance(denoiser, DiffusersDenoiser):
+        config["backend"] = "diffusers"
+        denoiser.unet.save_pretrained(folder / "unet", safe_serialization=True)
+        denoiser.schedule.scheduler.save_pretrained(folder / "scheduler")
+    else:
+        raise TypeError(f"cannot save a {type(denoiser).__name__}")
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def _load_monai(folder: Path, config: dict) -> MonaiDenoiser:
+    from monai.networks import schedulers
+    from monai.networks.nets import DiffusionModelUNet
+    from safetensors.torch import load_file
+
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(f"{folder}: no model.safetensors weights")
+    model = DiffusionModelUNet(**config["network"])
+    state = load_file(weights)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{weights}: weights do not match the network in {CONFIG_NAME} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected tensors, e.g. {(missing + unexpected)[0]})"
+        )
+    scheduler_config = dict(config["scheduler"])
+    scheduler = getattr(schedulers, scheduler_config.pop("class"))(**scheduler_config)
+    return MonaiDenoiser(
+        model, scheduler, resolution=int(config["resolution"]), name=config.get("name", folder.name),
+        condition_names=config.get("condition_names", ()), value_range=tuple(config.get("value_range", (0, 1))),
+    )
+
+
+def _load_diffusers(folder: Path, config: dict) -> DiffusersDenoiser:
+    import diffusers
+
+    unet_folder = folder / "unet"
+    if not (unet_folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder}: no unet/config.json")
+    unet_class = json.loads((unet_folder / "config.json").read_text()).get("_class_name", "UNet2DModel")
+    if unet_class not in ("UNet2DModel", "UNet2DConditionModel"):
+        raise ModelLoadError(f"{unet_folder}: unsupported network {unet_class}")
+    unet = getattr(diffusers, unet_class).from_pretrained(unet_folder, use_safetensors=True, local_files_only=True)
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    if not scheduler_file.is_file():
+        raise ModelLoadError(f"{folder}: no scheduler/scheduler_config.json")
+    scheduler_class = json.loads(scheduler_file.read_text()).get("_class_name", "DDPMScheduler")
+    scheduler = getattr(diffusers, scheduler_class).from_pretrained(folder / "scheduler", local_files_only=True)
+    if unet_class == "UNet2DConditionModel":
+        raise ModelLoadError(
+            f"{folder}: text-conditioned models need a text encoder, which the model folder format "
+            "does not describe yet"
+        )
+    return DiffusersDenoiser(
+        unet, scheduler, name=config.get("name", folder.name), condition_names=config.get("condition_names", ()),
+        value_range=tuple(config.get("value_range", (-1, 1))),
+    )
+
+
+def _to_device(denoiser: Denoiser, device) -> Denoiser:
+    if device is None:
+        return denoiser
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("a CUDA device was requested but none is available here; use --device cpu")
+    module = getattr(denoiser, "unet", None) or getattr(denoiser, "model", None)
+    module.to(device)
+    return denoiser

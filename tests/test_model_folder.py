@@ -1,0 +1,60 @@
+import json
+
+import pytest
+import torch
+
+import tiny_models
+from napari_medit.backends import CONFIG_NAME, ModelLoadError, load_model, save_model
+
+MONAI_CONFIG = {
+    "name": "tiny-monai", "resolution": 16, "value_range": [0, 1], "condition_names": ["pathology_mask", "brain_mask"],
+    "network": dict(spatial_dims=2, in_channels=3, out_channels=1, channels=[8, 16], attention_levels=[False, True],
+                    num_res_blocks=1, num_head_channels=8, norm_num_groups=4),
+    "scheduler": {"class": "DDPMScheduler", "num_train_timesteps": 1000, "schedule": "linear_beta",
+                  "beta_start": 1e-4, "beta_end": 2e-2},
+}
+
+
+def same_outputs(a, b, channels):
+    x = torch.randn(2, channels, 16, 16, generator=torch.Generator().manual_seed(0))
+    conditions = torch.rand(2, len(a.condition_names), 16, 16) if a.condition_names else None
+    with torch.no_grad():
+        torch.testing.assert_close(a(x, 321, None, conditions), b(x, 321, None, conditions))
+
+
+def test_monai_model_round_trips(tmp_path):
+    model = tiny_models.monai_unet()
+    loaded = load_model(save_model(tmp_path / "m", model, MONAI_CONFIG))
+    assert loaded.condition_names == ("pathology_mask", "brain_mask")
+    assert loaded.weights_hash == model.weights_hash
+    same_outputs(model, loaded, 1)
+
+
+def test_diffusers_model_round_trips(tmp_path):
+    model = tiny_models.pixel_unet(conditions=("pathology_mask",))
+    folder = save_model(tmp_path / "d", model, {"name": "tiny", "condition_names": ["pathology_mask"],
+                                                "value_range": [-1, 1]})
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = load_model(folder)
+    assert loaded.resolution == 16 and loaded.condition_names == ("pathology_mask",)
+    same_outputs(model, loaded, 1)
+
+
+def test_bad_model_folders(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such model folder"):
+        load_model(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="not a napari-medit model folder"):
+        load_model(tmp_path / "empty")
+    folder = save_model(tmp_path / "m", tiny_models.monai_unet(), MONAI_CONFIG)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="no model.safetensors"):
+        load_model(folder)
+    folder = save_model(tmp_path / "m2", tiny_models.monai_unet(), MONAI_CONFIG)
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    config["network"]["channels"] = [8, 32]
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="cannot load the model|do not match"):
+        load_model(folder)
+    with pytest.raises(ModelLoadError, match="no CUDA|none is available") if not torch.cuda.is_available() else pytest.raises(Exception):
+        load_model(save_model(tmp_path / "m3", tiny_models.monai_unet(), MONAI_CONFIG), device="cuda")
