@@ -1,0 +1,205 @@
+"""Editing engine benchmark: wall time against the floor of model evaluations.
+
+    python benchmarks/engine.py [--device cpu] [--out benchmarks/results/engine-cpu.md]
+
+For each method, the run's wall time is compared with its floor: the sum, over
+the network calls it made, of the time one forward pass takes at that batch
+size (measured here, median of repeats). The ratio is the sampler's overhead
+(resampling, masks, noise, compositing). Then the same MedEdit job on 8
+slices, batched against one slice at a time.
+
+Models are randomly initialised networks of the demo models' size (no weights
+are needed to time them): a MONAI DiffusionModelUNet with mask channels and a
+diffusers UNet2DConditionModel with cross-attention, both at 64 x 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_medit.editing import DiffusersDenoiser, MonaiDenoiser, edit
+
+RESOLUTION = 64
+
+
+class WordEncoder:
+    """Fixed random vectors per word: stands in for a text encoder when timing."""
+
+    def __call__(self, prompts):
+        out = torch.zeros(len(prompts), 8, 64)
+        for i, prompt in enumerate(prompts):
+            for j, word in enumerate(prompt.lower().split()[:8]):
+                out[i, j] = torch.randn(64, generator=torch.Generator().manual_seed(zlib.crc32(word.encode())))
+        return out
+
+
+def mask_model(device) -> MonaiDenoiser:
+    from monai.networks.nets import DiffusionModelUNet
+    from monai.networks.schedulers import DDPMScheduler
+
+    torch.manual_seed(0)
+    net = DiffusionModelUNet(spatial_dims=2, in_channels=3, out_channels=1, channels=(32, 64, 64),
+                             attention_levels=(False, False, True), num_res_blocks=1, num_head_channels=32)
+    return MonaiDenoiser(net.to(device), DDPMScheduler(num_train_timesteps=1000), resolution=RESOLUTION,
+                         name="monai-64", condition_names=("pathology_mask", "brain_mask"))
+
+
+def text_model(device) -> DiffusersDenoiser:
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=RESOLUTION, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
+        attention_head_dim=8,
+    )
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
+                              set_alpha_to_one=True)
+    return DiffusersDenoiser(unet.to(device), scheduler, name="diffusers-text-64", text_encoder=WordEncoder())
+
+
+class CallLog:
+    """Records the batch size of every network call a denoiser makes."""
+
+    def __init__(self, denoiser):
+        self.sizes = []
+        inner = denoiser.model_output
+
+        def logged(x_t, t, text, conditions):
+            self.sizes.append(x_t.shape[0])
+            return inner(x_t, t, text, conditions)
+
+        denoiser.model_output = logged
+        self.inner = inner
+
+
+def forward_seconds(denoiser, inner, batch: int, repeats: int = 15) -> float:
+    side = denoiser.resolution // denoiser.latent_factor
+    x = torch.randn(batch, denoiser.latent_channels, side, side, device=denoiser.device)
+    text = denoiser.encode_text(["pleural effusion"] * batch)
+    text = None if text is None else text.to(denoiser.device)
+    conditions = torch.rand(batch, len(denoiser.condition_names), side, side, device=denoiser.device) \
+        if denoiser.condition_names else None
+    times = []
+    with torch.no_grad():
+        inner(x, 500, text, conditions)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            inner(x, 500, text, conditions)
+            _sync(denoiser.device)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sample_image():
+    yy, xx = np.mgrid[:RESOLUTION, :RESOLUTION]
+    image = (400 + 200 * np.sin(xx / 5) * np.cos(yy / 7)).astype(np.float32)
+    region = np.zeros(image.shape, bool)
+    region[20:40, 24:44] = True
+    return image, region
+
+
+def run_method(method, model, options, image_shape=None):
+    image, region = sample_image()
+    edit(method, image, model=model, **_masks(method, model, region), **options)  # warm-up: first calls are slow
+    log = CallLog(model)
+    start = time.perf_counter()
+    result = edit(method, image, model=model, **_masks(method, model, region), **options)
+    wall = time.perf_counter() - start
+    model.model_output = log.inner
+    floors = {b: forward_seconds(model, log.inner, b) for b in sorted(set(log.sizes))}
+    floor = sum(floors[b] for b in log.sizes)
+    return result.provenance["model_evaluations"], len(log.sizes), wall, floor
+
+
+def _masks(method, model, region):
+    masks = {"pathology_mask": region, "brain_mask": np.ones_like(region)} if model.condition_names else {}
+    if method in ("radedit", "diffedit", "sdedit"):
+        masks["edit_mask"] = region
+    if method == "pie":
+        masks["roi_mask"] = region
+    return masks
+
+
+def batched_against_single(model, slices: int = 8, steps: int = 25):
+    image, region = sample_image()
+    volume = np.stack([image] * slices)
+    lesion = np.stack([region] * slices)
+    brain = np.ones_like(lesion)
+    times = {}
+    for batch in (slices, 1):
+        start = time.perf_counter()
+        edit("mededit", volume, model=model, pathology_mask=lesion, brain_mask=brain, steps=steps, batch_size=batch)
+        times[batch] = time.perf_counter() - start
+    return times[slices], times[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    masks, text = mask_model(device), text_model(device)
+    jobs = [
+        ("radedit", text, dict(prompt="pleural effusion", steps=50, skip=18)),
+        ("mededit", masks, dict(steps=100)),
+        ("pie", text, dict(prompt="pleural effusion", iterations=3, steps=50)),
+        ("sdedit", masks, dict(strength=0.5, steps=100)),
+        ("repaint", masks, dict(steps=50, jump_length=10, jump_n_sample=2)),
+        ("diffedit", text, dict(prompt="pleural effusion", steps=50, strength=0.5)),
+    ]
+    lines = [
+        f"# Editing engine benchmark ({device.type})",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+        f"Command: `python benchmarks/engine.py --device {args.device}`",
+        "",
+        f"One {RESOLUTION}x{RESOLUTION} image per method. Floor = sum over the run's network calls of one "
+        "forward pass at that call's batch size.",
+        "",
+        "| method | model | parameters | evaluations | network calls | wall s | floor s | wall / floor |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for method, model, options in jobs:
+        evaluations, calls, wall, floor = run_method(method, model, options)
+        described = ", ".join(f"{k}={v}" for k, v in options.items() if k != "prompt")
+        lines.append(f"| {method} | {model.name} | {described} | {evaluations} | {calls} | {wall:.2f} | "
+                     f"{floor:.2f} | {wall / floor:.2f} |")
+        print(lines[-1], flush=True)
+    batched, single = batched_against_single(masks)
+    lines += [
+        "",
+        "MedEdit, 8 slices of 64x64, 25 steps:",
+        "",
+        "| batched (8 per call) s | one slice at a time s | batched / single |",
+        "|---:|---:|---:|",
+        f"| {batched:.2f} | {single:.2f} | {batched / single:.2f} |",
+    ]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
