@@ -21,7 +21,9 @@ def open_sample(viewer, name: str) -> None:
     layers = viewer.open_sample(PLUGIN, name)
     masks = [layer for layer in layers if type(layer).__name__ == "Labels"]
     for layer in masks:
-        layer.opacity = 0.45
+        layer.opacity = 0.5
+    if "keep_mask" in viewer.layers:
+        viewer.layers["keep_mask"].opacity = 0.25  # it covers most of the image
     if name == "brain":
         viewer.layers["brain_mask"].visible = False
         lesion = viewer.layers["lesion_mask"]
@@ -58,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         viewer.window.add_plugin_dock_widget(PLUGIN, "Image info")
         open_sample(viewer, name)
         viewer.layers.selection.active = viewer.layers[0]
-        QApplication.processEvents()  # let the dock widget lay itself out before the screenshot
+        QApplication.processEvents()  # let the dock widget lay itself out, then fit the image
+        viewer.reset_view()
+        QApplication.processEvents()
         shot = out / f"napari_{name}.png"
         viewer.screenshot(str(shot), canvas_only=False)
         written.append(shot)

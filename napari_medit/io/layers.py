@@ -17,6 +17,16 @@ import numpy as np
 from .image import RADIOLOGICAL_AXIAL, MedicalImage
 
 _MASK_NAME = re.compile(r"mask|seg|label|roi", re.IGNORECASE)
+# One colour per mask role, the same wherever the mask appears (label 1; 0 stays transparent).
+MASK_COLORS = {
+    "edit": "#ff4fd8",  # magenta: where the edit happens
+    "keep": "#3ddc84",  # green: what must not change
+    "lesion": "#ff5a36",
+    "pathology": "#ff5a36",
+    "brain": "#3d8bff",
+    "roi": "#ffb000",
+    "lung": "#00c8ff",
+}
 
 
 def guess_layer_type(image: MedicalImage, name: str) -> str:
@@ -48,6 +58,9 @@ def to_layer_data(
         kwargs.update(colormap="gray", contrast_limits=display_range(image), rgb=False)
     else:
         data = data.astype(np.uint8) if data.dtype == bool else data
+        color = next((c for role, c in MASK_COLORS.items() if role in name.lower()), None)
+        if color is not None:
+            kwargs["colormap"] = {0: "transparent", 1: color, None: color}
     return data, kwargs, layer_type
 
 
