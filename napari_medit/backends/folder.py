@@ -138,6 +138,5 @@ def _to_device(denoiser: Denoiser, device) -> Denoiser:
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("a CUDA device was requested but none is available here; use --device cpu")
-    module = getattr(denoiser, "unet", None) or getattr(denoiser, "model", None)
-    module.to(device)
+    denoiser.network.to(device)
     return denoiser

@@ -56,6 +56,10 @@ class NoiseSchedule:
         scheduler.set_timesteps(num_steps)
         return [int(t) for t in scheduler.timesteps]
 
+    def final_steps(self, num_steps: int, strength: float) -> list[tuple[int, int]]:
+        """The last ``strength`` of a ``num_steps`` schedule: where img2img and SDEdit start."""
+        return pairs(self.timesteps(num_steps))[-strength_steps(num_steps, strength) :]
+
     def sigma(self, t: int, t_prev: int, eta: float) -> float:
         if eta == 0:
             return 0.0
@@ -100,6 +104,17 @@ class NoiseSchedule:
         a_from, a_to = self.alpha_bar(t_from), self.alpha_bar(t_to)
         ratio = a_to / a_from
         return ratio**0.5 * x + (1 - ratio) ** 0.5 * noise
+
+
+def strength_steps(num_steps: int, strength: float) -> int:
+    """How many of ``num_steps`` a run started at ``strength`` (in (0, 1]) denoises; validated."""
+    if num_steps < 1:
+        raise ValueError(f"steps must be at least 1, got {num_steps}")
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if int(num_steps * strength) < 1:
+        raise ValueError(f"strength {strength} of {num_steps} steps leaves no step to run")
+    return int(num_steps * strength)
 
 
 def pairs(timesteps: list[int]) -> list[tuple[int, int]]:

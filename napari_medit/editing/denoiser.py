@@ -70,15 +70,26 @@ class Denoiser:
         out = self.model_output(x_t, t, text, conditions)
         return self.schedule.to_epsilon(out, x_t, t)
 
-    def guided(self, x_t, t: int, text: torch.Tensor, null_text: torch.Tensor, conditions=None):
-        """(eps_unconditional, eps_conditional) from one forward pass of the doubled batch."""
+    def embed(self, prompts: Sequence[str], batch: int) -> list[torch.Tensor | None]:
+        """Each prompt's embedding repeated over a batch (None for models without text)."""
+        if not self.text_conditioned:
+            return [None] * len(prompts)
+        return [e[None].expand(batch, *e.shape).to(self.device) for e in self.encode_text(prompts)]
+
+    def guided(self, x_t, t: int, text, null_text, guidance: float, conditions=None):
+        """Classifier-free guidance: (eps_u + w (eps_c - eps_u), eps_u), both passes in one
+        forward call of the doubled batch. Without text, both are the model's eps."""
+        if text is None:
+            eps = self(x_t, t, None, conditions)
+            return eps, eps
         both = self(
             torch.cat([x_t, x_t]),
             t,
             torch.cat([null_text, text]),
             None if conditions is None else torch.cat([conditions, conditions]),
         )
-        return both.chunk(2)
+        eps_u, eps_c = both.chunk(2)
+        return eps_u + guidance * (eps_c - eps_u), eps_u
 
 
 def state_hash(module: torch.nn.Module) -> str:
@@ -90,7 +101,32 @@ def state_hash(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-class DiffusersDenoiser(Denoiser):
+class NetworkDenoiser(Denoiser):
+    """A Denoiser around a torch network (``self.network``) with an optional text encoder."""
+
+    network: torch.nn.Module
+    text_encoder: TextEncoder | None = None
+    _hash: str | None = None
+
+    @property
+    def text_conditioned(self) -> bool:
+        return self.text_encoder is not None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @property
+    def weights_hash(self) -> str:
+        if self._hash is None:
+            self._hash = state_hash(self.network)
+        return self._hash
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor | None:
+        return None if self.text_encoder is None else self.text_encoder(list(prompts))
+
+
+class DiffusersDenoiser(NetworkDenoiser):
     """diffusers ``UNet2DModel`` (pixel space, optional mask channels) or
     ``UNet2DConditionModel`` (cross-attention text), optionally inside a VAE."""
 
@@ -120,21 +156,7 @@ class DiffusersDenoiser(Denoiser):
             self.resolution = unet.config.sample_size
         if isinstance(self.resolution, (tuple, list)):
             self.resolution = int(self.resolution[0])
-        self._hash = None
-
-    @property
-    def text_conditioned(self) -> bool:
-        return self.text_encoder is not None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
-    def weights_hash(self) -> str:
-        if self._hash is None:
-            self._hash = state_hash(self.unet)
-        return self._hash
+        self.network = self.unet
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
@@ -150,9 +172,6 @@ class DiffusersDenoiser(Denoiser):
         rgb = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
         return rgb.mean(dim=1, keepdim=True).float()
 
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor | None:
-        return None if self.text_encoder is None else self.text_encoder(list(prompts))
-
     def model_output(self, x_t, t, text, conditions):
         x = x_t if conditions is None else torch.cat([x_t, conditions.to(x_t.dtype)], dim=1)
         timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
@@ -162,7 +181,7 @@ class DiffusersDenoiser(Denoiser):
         return self.unet(x.to(dtype), timestep, encoder_hidden_states=text.to(dtype)).sample.float()
 
 
-class MonaiDenoiser(Denoiser):
+class MonaiDenoiser(NetworkDenoiser):
     """MONAI ``DiffusionModelUNet`` with mask channels concatenated (MedEdit's model)."""
 
     def __init__(
@@ -181,24 +200,7 @@ class MonaiDenoiser(Denoiser):
         self.name, self.resolution, self.value_range = name, resolution, value_range
         self.condition_names = tuple(condition_names)
         self.image_channels = self.latent_channels = model.out_channels
-        self._hash = None
-
-    @property
-    def text_conditioned(self) -> bool:
-        return self.text_encoder is not None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def weights_hash(self) -> str:
-        if self._hash is None:
-            self._hash = state_hash(self.model)
-        return self._hash
-
-    def encode_text(self, prompts):
-        return None if self.text_encoder is None else self.text_encoder(list(prompts))
+        self.network = self.model
 
     def model_output(self, x_t, t, text, conditions):
         x = x_t if conditions is None else torch.cat([x_t, conditions.to(x_t.dtype)], dim=1)

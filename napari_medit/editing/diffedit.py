@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from .control import NoiseSource, Progress
-from .ddpm import FINAL, pairs
+from .ddpm import FINAL, strength_steps
 from .denoiser import Denoiser
-from .radedit import _embed
 
 
 @dataclass(frozen=True)
@@ -31,10 +30,7 @@ class DiffEditParams:
     guidance: float = 7.5
 
     def validate(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if not 0 < self.strength <= 1 or int(self.steps * self.strength) < 1:
-            raise ValueError(f"strength must leave at least one of {self.steps} steps, got {self.strength}")
+        strength_steps(self.steps, self.strength)
 
 
 def diffedit(
@@ -48,9 +44,9 @@ def diffedit(
     conditions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     schedule = denoiser.schedule
-    steps = pairs(schedule.timesteps(params.steps))[-int(params.steps * params.strength) :]
+    steps = schedule.final_steps(params.steps, params.strength)
     progress.start(2 * len(steps))
-    c_inv, c_edit, null = _embed(denoiser, [params.inversion_prompt, params.prompt, ""], x0.shape[0])
+    c_inv, c_edit, null = denoiser.embed([params.inversion_prompt, params.prompt, ""], x0.shape[0])
 
     # DDIM inversion: walk the deterministic sampler backwards, eps taken at the level reached.
     inverted = {FINAL: x0}
@@ -63,11 +59,7 @@ def diffedit(
 
     x = inverted[steps[0][0]]
     for t, t_prev in steps:
-        if c_edit is None:
-            eps = denoiser(x, t, None, conditions)
-        else:
-            eps_u, eps_c = denoiser.guided(x, t, c_edit, null, conditions)
-            eps = eps_u + params.guidance * (eps_c - eps_u)
+        eps, _ = denoiser.guided(x, t, c_edit, null, params.guidance, conditions)
         x0_estimate = schedule.predict_x0(x, eps, t)
         x = schedule.step(x, eps, t, t_prev, 0.0, None)
         x = edit_mask * x + (1 - edit_mask) * inverted[t_prev]

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from .control import NoiseSource, Progress
-from .ddpm import pairs
+from .ddpm import strength_steps
 from .denoiser import Denoiser
-from .radedit import _embed
 
 OUTSIDE_ROI_KEEP, INSIDE_ROI_KEEP = 0.01, 0.75  # the end-of-step blend of PIE's code
 
@@ -37,16 +36,9 @@ class PIEParams:
     eta: float = 0.0  # DDIM
 
     def validate(self) -> None:
-        if self.iterations < 1 or self.steps < 1:
-            raise ValueError("iterations and steps must be at least 1")
-        if not 0 < self.strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
-        if self.denoising_steps < 1:
-            raise ValueError(f"strength {self.strength} of {self.steps} steps leaves no step to run")
-
-    @property
-    def denoising_steps(self) -> int:
-        return int(self.steps * self.strength)
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be at least 1, got {self.iterations}")
+        strength_steps(self.steps, self.strength)
 
 
 def pie(
@@ -60,19 +52,15 @@ def pie(
     conditions: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     schedule = denoiser.schedule
-    steps = pairs(schedule.timesteps(params.steps))[-params.denoising_steps :]
+    steps = schedule.final_steps(params.steps, params.strength)
     progress.start(params.iterations * len(steps))
-    text, null = _embed(denoiser, [params.prompt, ""], x0.shape[0])
+    text, null = denoiser.embed([params.prompt, ""], x0.shape[0])
     z, progression = x0, []
     for _ in range(params.iterations):
         start_noise = noise.like(x0, "img2img")
         x = schedule.add_noise(z, start_noise, steps[0][0])
         for t, t_prev in steps:
-            if text is None:
-                eps = denoiser(x, t, None, conditions)
-            else:
-                eps_u, eps_c = denoiser.guided(x, t, text, null, conditions)
-                eps = eps_u + params.guidance * (eps_c - eps_u)
+            eps, _ = denoiser.guided(x, t, text, null, params.guidance, conditions)
             x0_estimate = schedule.predict_x0(x, eps, t)
             step_noise = noise.like(x, "ddim") if params.eta > 0 else None
             x = schedule.step(x, eps, t, t_prev, params.eta, step_noise)

@@ -56,16 +56,12 @@ def radedit(
     steps = pairs(schedule.timesteps(params.steps))[params.skip :]
     progress.start(2 * len(steps))
     batch = x0.shape[0]
-    c_inv, c_edit, null = _embed(denoiser, [params.inversion_prompt, params.prompt, ""], batch)
+    c_inv, c_edit, null = denoiser.embed([params.inversion_prompt, params.prompt, ""], batch)
 
     inversion = invert(denoiser, x0, steps, text=c_inv, conditions=conditions, noise=noise, progress=progress)
     x = inversion.x_hat[steps[0][0]]
     for t, t_prev in steps:
-        if c_edit is None:  # a model without text: guidance has nothing to act on
-            eps = eps_u = denoiser(x, t, None, conditions)
-        else:
-            eps_u, eps_c = denoiser.guided(x, t, c_edit, null, conditions)
-            eps = eps_u + params.guidance * (eps_c - eps_u)
+        eps, eps_u = denoiser.guided(x, t, c_edit, null, params.guidance, conditions)
         eps = edit_mask * eps + (1 - edit_mask) * eps_u
         x0_estimate = schedule.predict_x0(x, eps, t)
         x = schedule.step_mean(x, eps, t, t_prev, ETA) + inversion.residual[t]
@@ -73,10 +69,3 @@ def radedit(
         progress.step(x0_estimate)
     return x
 
-
-def _embed(denoiser: Denoiser, prompts: list[str], batch: int):
-    """Each prompt's embedding repeated over the batch (None for models without text)."""
-    if not denoiser.text_conditioned:
-        return [None] * len(prompts)
-    embeddings = denoiser.encode_text(prompts)
-    return [e[None].expand(batch, *e.shape).to(denoiser.device) for e in embeddings]

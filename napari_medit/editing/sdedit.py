@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .control import NoiseSource, Progress
-from .ddpm import pairs
+from .ddpm import strength_steps
 from .denoiser import Denoiser
 
 ETA = 1.0  # SDEdit's reverse SDE, discretised as DDPM
@@ -25,12 +25,7 @@ class SDEditParams:
     steps: int = 1000  # on the full chain, as the baseline; fewer gives a strided DDPM
 
     def validate(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if not 0 < self.strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
-        if int(self.steps * self.strength) < 1:
-            raise ValueError(f"strength {self.strength} of {self.steps} steps leaves no step to run")
+        strength_steps(self.steps, self.strength)
 
 
 def sdedit(
@@ -44,7 +39,7 @@ def sdedit(
     conditions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     schedule = denoiser.schedule
-    steps = pairs(schedule.timesteps(params.steps))[-int(params.steps * params.strength) :]
+    steps = schedule.final_steps(params.steps, params.strength)
     progress.start(len(steps))
     x = schedule.add_noise(x0, noise.like(x0, "start"), steps[0][0])
     for t, t_prev in steps:
