@@ -61,11 +61,26 @@ def _parser() -> argparse.ArgumentParser:
                        ("iterations", int), ("dilation", int), ("jump-length", int), ("jump-n-sample", int)):
         edit.add_argument(f"--{name}", type=kind, help="method parameter (default: the paper's)")
     edit.add_argument("--seed", type=int, default=0)
-    edit.add_argument("--axis", type=int, default=0, help="slice axis of a volume, in the file's voxel order")
+    edit.add_argument("--axis", default="axial",
+                      help="axial, coronal, sagittal (from the affine), or 0/1/2 (array axis); default axial")
     edit.add_argument("--slices", help="A:B, the slices to edit (default: those the mask touches)")
     edit.add_argument("--batch-size", type=int)
     edit.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cpu)")
     edit.set_defaults(run=_edit)
+
+    train = commands.add_parser("train", help="train a model folder: brain (MedEdit-style) or cxr (text-conditioned)")
+    train.add_argument("kind", choices=("brain", "cxr"))
+    train.add_argument("--out", required=True, help="the model folder to write (checkpoints go there too)")
+    train.add_argument("--data", help="brain: a folder of NIfTI volumes or a CSV (default: the bundled sample)")
+    train.add_argument("--steps", type=int, default=2000)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--resolution", type=int, default=64)
+    train.add_argument("--learning-rate", type=float, default=2e-4)
+    train.add_argument("--validate-every", type=int, default=500)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.set_defaults(run=_train)
     return parser
 
 
@@ -103,7 +118,8 @@ def _edit(args) -> int:
     }
     try:
         model = load_model(args.model, args.device)
-        result = edit(args.method, image, model=model, seed=args.seed, axis=args.axis,
+        axis = int(args.axis) if args.axis.lstrip("-").isdigit() else args.axis
+        result = edit(args.method, image, model=model, seed=args.seed, axis=axis,
                       slices=_slice_range(args.slices), batch_size=args.batch_size, **masks, **options)
     except (EditError, ModelLoadError) as exc:
         raise ValueError(str(exc)) from None
@@ -116,6 +132,28 @@ def _edit(args) -> int:
     sidecar.write_text(json.dumps({"outputs": [str(p) for p in written], **result.provenance}, indent=2))
     for path in [*written, sidecar]:
         print(path)
+    return 0
+
+
+def _train(args) -> int:
+    from pathlib import Path
+
+    from .training.loop import TrainConfig
+
+    if args.steps < 1 or args.batch_size < 1 or args.resolution < 16:
+        raise ValueError("steps and batch size must be at least 1, resolution at least 16")
+    config = TrainConfig(out=Path(args.out), steps=args.steps, batch_size=args.batch_size,
+                         learning_rate=args.learning_rate, seed=args.seed, device=args.device,
+                         validate_every=args.validate_every)
+    if args.kind == "brain":
+        from .training.brain import train_brain
+
+        folder = train_brain(config, args.data, args.resolution, args.resume)
+    else:
+        from .training.cxr import train_cxr
+
+        folder = train_cxr(config, args.resolution, args.resume)
+    print(folder)
     return 0
 
 

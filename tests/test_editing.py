@@ -337,3 +337,17 @@ def test_source_is_never_modified():
     before = image.copy()
     run_case("radedit", image=image)
     np.testing.assert_array_equal(image, before)
+
+
+def test_named_plane_gives_the_model_the_same_slices_whatever_the_voxel_order():
+    volume, _, lesion = volume_with_lesion((12, 14, 6))
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])  # RAS voxels: axial slices lie along array axis 2
+    image = MedicalImage(volume, affine)
+    options = dict(strength=0.5, steps=4, seed=2)
+    by_name = edit("sdedit", image, model=tiny_models.pixel_unet(), axis="axial", edit_mask=lesion, **options)
+    shown = image.reoriented()  # (S, P, L): axial slices along axis 0, radiological view
+    by_index = edit("sdedit", shown, model=tiny_models.pixel_unet(), axis=0,
+                    edit_mask=MedicalImage(lesion, affine).reoriented().array, **options)
+    np.testing.assert_array_equal(by_name.image.array, shown.with_array(by_index.image.array).in_source_orientation().array)
+    assert by_name.provenance["axis"] == "axial" and by_name.edited_slices == [2, 3]
+    np.testing.assert_array_equal(by_name.masks["edit_mask"], lesion)

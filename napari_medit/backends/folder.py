@@ -4,13 +4,15 @@
       medit.json            what the model is (below)
       unet/                 diffusers backend: a diffusers model folder (config.json + safetensors)
       scheduler/            diffusers backend: scheduler_config.json
+      text_encoder/, tokenizer/   text-conditioned diffusers models: transformers folders
       model.safetensors     monai backend: the DiffusionModelUNet state dict
 
 medit.json:
     {"format": "napari-medit-model/1", "name": "...", "backend": "diffusers" | "monai",
      "resolution": 64, "value_range": [0, 1], "condition_names": ["pathology_mask", "brain_mask"],
      "network": {...DiffusionModelUNet arguments (monai)...},
-     "scheduler": {"class": "DDPMScheduler", ...its config (monai)...}}
+     "scheduler": {"class": "DDPMScheduler", ...its config (monai)...},
+     "text_encoder": {"max_length": 77, "use_attention_mask": false}}
 
 Everything is read from local files: nothing touches the network, and no pickle is loaded.
 """
@@ -33,7 +35,9 @@ class ModelLoadError(Exception):
     """A model that cannot be loaded; the message names what is missing and how to get it."""
 
 
-def load_model(path: str | Path, device: str | torch.device | None = None) -> Denoiser:
+def load_model(path: str | Path, device: str | torch.device | None = None, trust_remote_code: bool = False) -> Denoiser:
+    """Load a model folder. ``trust_remote_code`` lets a text encoder run code shipped with its
+    weights (BioViL-T needs it); it stays off unless the user opts in."""
     folder = Path(path).expanduser()
     config_path = folder / CONFIG_NAME
     if not folder.is_dir():
@@ -51,7 +55,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> De
         if backend == "monai":
             denoiser = _load_monai(folder, config)
         elif backend == "diffusers":
-            denoiser = _load_diffusers(folder, config)
+            denoiser = _load_diffusers(folder, config, trust_remote_code)
         else:
             raise ModelLoadError(f"{config_path}: backend must be 'diffusers' or 'monai', got {backend!r}")
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
@@ -76,6 +80,8 @@ def save_model(folder: str | Path, denoiser: Denoiser, config: dict[str, Any]) -
         config["backend"] = "diffusers"
         denoiser.unet.save_pretrained(folder / "unet", safe_serialization=True)
         denoiser.schedule.scheduler.save_pretrained(folder / "scheduler")
+        if denoiser.text_encoder is not None:
+            denoiser.text_encoder.save(folder)
     else:
         raise TypeError(f"cannot save a {type(denoiser).__name__}")
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
@@ -106,7 +112,7 @@ def _load_monai(folder: Path, config: dict) -> MonaiDenoiser:
     )
 
 
-def _load_diffusers(folder: Path, config: dict) -> DiffusersDenoiser:
+def _load_diffusers(folder: Path, config: dict, trust_remote_code: bool) -> DiffusersDenoiser:
     import diffusers
 
     unet_folder = folder / "unet"
@@ -121,14 +127,20 @@ def _load_diffusers(folder: Path, config: dict) -> DiffusersDenoiser:
         raise ModelLoadError(f"{folder}: no scheduler/scheduler_config.json")
     scheduler_class = json.loads(scheduler_file.read_text()).get("_class_name", "DDPMScheduler")
     scheduler = getattr(diffusers, scheduler_class).from_pretrained(folder / "scheduler", local_files_only=True)
+    text_encoder = None
     if unet_class == "UNet2DConditionModel":
-        raise ModelLoadError(
-            f"{folder}: text-conditioned models need a text encoder, which the model folder format "
-            "does not describe yet"
+        from .text import TransformersTextEncoder
+
+        missing = [name for name in ("text_encoder", "tokenizer") if not (folder / name).is_dir()]
+        if missing:
+            raise ModelLoadError(f"{folder}: a text-conditioned UNet needs {' and '.join(missing)}/ beside it")
+        options = config.get("text_encoder", {})
+        text_encoder = TransformersTextEncoder.from_folder(
+            folder, options.get("max_length"), options.get("use_attention_mask", False), trust_remote_code
         )
     return DiffusersDenoiser(
         unet, scheduler, name=config.get("name", folder.name), condition_names=config.get("condition_names", ()),
-        value_range=tuple(config.get("value_range", (-1, 1))),
+        text_encoder=text_encoder, value_range=tuple(config.get("value_range", (-1, 1))),
     )
 
 
@@ -139,4 +151,6 @@ def _to_device(denoiser: Denoiser, device) -> Denoiser:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("a CUDA device was requested but none is available here; use --device cpu")
     denoiser.network.to(device)
+    if denoiser.text_encoder is not None:
+        denoiser.text_encoder.model.to(device)
     return denoiser

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..io import MedicalImage
+from ..io import RADIOLOGICAL_AXIAL, MedicalImage
+from ..io.image import apply_orientation, plane_transforms
 from .control import NoiseSource, Progress, StepInfo
 from .denoiser import Denoiser
 from .mededit import inpainting_mask
@@ -22,6 +23,13 @@ from .methods import METHODS, Method
 from .slicing import Grid, IntensityWindow, slices_to_edit, to_dtype, to_latent_grid
 
 MASK_NAMES = ("edit_mask", "keep_mask", "pathology_mask", "brain_mask", "roi_mask")
+# Anatomical planes, each as the orientation its slices are given to the model in: the slice axis
+# first, then rows and columns as a radiologist looks at them (radiological left-right).
+PLANES = {
+    "axial": RADIOLOGICAL_AXIAL,  # feet -> head; anterior up, patient's right on the left
+    "coronal": ("A", "I", "L"),  # back -> front; head up, patient's right on the left
+    "sagittal": ("L", "I", "P"),  # right -> left; head up, anterior on the left
+}
 DEFAULT_CPU_BATCH = 4  # batching helps little on 2 CPU cores and costs memory (see benchmarks/)
 
 
@@ -46,8 +54,8 @@ class EditProgress:
 class EditResult:
     image: MedicalImage  # the counterfactual, on the source's grid and affine
     difference: np.ndarray  # float32, result - source
-    edited_slices: list[int]
-    axis: int
+    edited_slices: list[int]  # indices along the slice axis (of the plane's orientation for a named plane)
+    axis: int | str
     provenance: dict[str, Any]
     progression: list[MedicalImage] | None = None  # PIE: every step, the last one is ``image``
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # masks as used (MedEdit: inpaint_mask)
@@ -59,7 +67,7 @@ def edit(
     *,
     model: Denoiser,
     seed: int = 0,
-    axis: int = 0,
+    axis: int | str = 0,
     slices: tuple[int, int] | None = None,
     batch_size: int | None = None,
     shared_noise: bool = False,
@@ -68,6 +76,11 @@ def edit(
     **options: Any,
 ) -> EditResult:
     """Run ``method`` on ``image`` (2D, or slice-wise along ``axis`` for 3D) with ``model``.
+
+    ``axis`` is an array axis (0, 1, 2: slices as they lie in the array) or an anatomical
+    plane ('axial', 'coronal', 'sagittal'): the volume's affine then decides which array axis
+    that is, and slices reach the model in the orientation it was trained on (exact flips and
+    transposes; the result comes back in the image's own voxel order).
 
     Masks are passed by name (``edit_mask``, ``keep_mask``, ``pathology_mask``,
     ``brain_mask``, ``roi_mask``) as arrays or MedicalImages on the image's grid;
@@ -86,9 +99,18 @@ def edit(
 
     volume = source.array
     planar = volume.ndim == 2
-    if not planar and not -3 <= axis < 3:
+    back = None
+    if not planar and isinstance(axis, str):
+        if axis not in PLANES:
+            raise EditError(f"axis must be 0, 1, 2 or one of {', '.join(PLANES)}; got {axis!r}")
+        there, back = plane_transforms(source.affine, PLANES[axis])
+        volume = apply_orientation(volume, there)
+        masks = {k: apply_orientation(m, there) for k, m in masks.items()}
+    plane = axis if isinstance(axis, str) else None
+    axis = 0 if planar or plane else axis
+    if not -3 <= axis < 3:
         raise EditError(f"axis must be 0, 1 or 2 for a volume, got {axis}")
-    axis = 0 if planar else axis % 3
+    axis %= 3
     stack = volume[None] if planar else np.moveaxis(volume, axis, 0)
     stacked_masks = {k: (m[None] if planar else np.moveaxis(m, axis, 0)) for k, m in masks.items()}
     if spec.name == "mededit":
@@ -134,6 +156,10 @@ def edit(
     seconds = time.perf_counter() - started
 
     results = [_composite(stack, out, editable, chosen, source.array.dtype, planar, axis) for out in outputs]
+    used_masks = {k: (m[0] if planar else np.moveaxis(m, 0, axis)) for k, m in stacked_masks.items()}
+    if back is not None:  # from the plane's orientation back to the image's voxel order
+        results = [apply_orientation(r, back) for r in results]
+        used_masks = {k: apply_orientation(m, back) for k, m in used_masks.items()}
     provenance = {
         "method": spec.name,
         "reference": spec.reference,
@@ -142,7 +168,7 @@ def edit(
                   "latent": model.latent},
         "seed": seed,
         "shared_noise": shared_noise,
-        "axis": axis,
+        "axis": plane or axis,
         "slices": chosen,
         "masks": sorted(masks),
         "intensity_window": [window.low, window.high],
@@ -159,10 +185,10 @@ def edit(
         image=images[-1],
         difference=(results[-1].astype(np.float32) - source.array.astype(np.float32)),
         edited_slices=chosen,
-        axis=axis,
+        axis=plane or axis,
         provenance=provenance,
         progression=images if len(images) > 1 else None,
-        masks={k: (m[0] if planar else np.moveaxis(m, 0, axis)) for k, m in stacked_masks.items()},
+        masks=used_masks,
     )
 
 

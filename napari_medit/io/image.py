@@ -118,6 +118,17 @@ class MedicalImage:
         }
 
 
+def plane_transforms(affine: np.ndarray, axcodes: tuple[str, str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """nibabel orientation transforms (there, back) between an affine's voxel axes and ``axcodes``."""
+    start, target = io_orientation(affine), axcodes2ornt(axcodes)
+    return ornt_transform(start, target), ornt_transform(target, start)
+
+
+def apply_orientation(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """Flip/transpose the first three axes of ``array`` as ``ornt`` says (exact, no resampling)."""
+    return _apply_spatial_ornt(array, ornt)
+
+
 def _apply_spatial_ornt(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
     """nibabel's apply_orientation on the first three axes only (extra axes ride along)."""
     return np.ascontiguousarray(nib.orientations.apply_orientation(array, ornt))

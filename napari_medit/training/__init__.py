@@ -1,0 +1,1 @@
+"""`napari-medit train`: the models the editing methods drive, trained on your data or ours."""

@@ -1,0 +1,119 @@
+"""The training loop every model shares: epsilon-prediction DDPM loss, AdamW,
+checkpoints that resume exactly, a progress bar, a loss log and validation samples."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    out: Path
+    steps: int = 2000
+    batch_size: int = 8
+    learning_rate: float = 2e-4
+    warmup: int = 100
+    seed: int = 0
+    validate_every: int = 500
+    checkpoint_every: int = 250
+    device: str = "cpu"
+
+
+def train(
+    config: TrainConfig,
+    modules: dict[str, torch.nn.Module],
+    loss_fn: Callable[[dict, torch.Generator], torch.Tensor],
+    batches: Callable[[int], Iterator[dict]],
+    validate: Callable[[int], None] | None = None,
+    resume: bool = False,
+) -> list[float]:
+    """Run ``config.steps`` optimisation steps of ``loss_fn`` over ``batches(start_step)``.
+
+    ``modules`` are the trained networks (their parameters share one AdamW).
+    With ``resume``, training continues from ``out/checkpoint.pt``: the weights,
+    the optimiser, the step count, the noise generator and the loss log.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parameters = [p for m in modules.values() for p in m.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
+    generator = torch.Generator().manual_seed(config.seed)
+    step, losses = 0, []
+    if resume:
+        step, losses = _load_checkpoint(out / CHECKPOINT, modules, optimizer, schedule, generator)
+    for module in modules.values():
+        module.train()
+    data = batches(step)  # seeded by the step it starts at, so a resumed run sees fresh batches
+    started = time.perf_counter()
+    with tqdm(total=config.steps, initial=step, desc="training", unit="step") as bar:
+        while step < config.steps:
+            batch = next(data)
+            loss = loss_fn(batch, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                _save_checkpoint(out / CHECKPOINT, step, losses, modules, optimizer, schedule, generator)
+            if validate is not None and (step % config.validate_every == 0 or step == config.steps):
+                for module in modules.values():
+                    module.eval()
+                with torch.no_grad():
+                    validate(step)
+                for module in modules.values():
+                    module.train()
+    (out / "training_log.json").write_text(json.dumps({
+        "steps": step, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+        "seed": config.seed, "seconds_this_run": round(time.perf_counter() - started, 1),
+        "loss_first_100": _mean(losses[:100]), "loss_last_100": _mean(losses[-100:]),
+        "loss_per_100_steps": [_mean(losses[i : i + 100]) for i in range(0, len(losses), 100)],
+    }, indent=2))
+    for module in modules.values():
+        module.eval()
+    return losses
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 5) if values else None
+
+
+def _save_checkpoint(path, step, losses, modules, optimizer, schedule, generator) -> None:
+    temporary = path.with_suffix(".partial")
+    torch.save({
+        "step": step,
+        "losses": losses,
+        "modules": {name: m.state_dict() for name, m in modules.items()},
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "generator": generator.get_state(),
+    }, temporary)
+    temporary.replace(path)  # a crash mid-write never leaves a broken checkpoint
+
+
+def _load_checkpoint(path, modules, optimizer, schedule, generator):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+    # Tensors and plain containers only: no pickled code runs.
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for name, module in modules.items():
+        module.load_state_dict(state["modules"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    generator.set_state(state["generator"])
+    return int(state["step"]), list(state["losses"])
