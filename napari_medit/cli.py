@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("method", help="radedit, mededit, pie, sdedit, repaint or diffedit")
     edit.add_argument("--image", required=True, help="NIfTI, DICOM file or folder, PNG/JPEG")
     edit.add_argument("--out", required=True, help=".nii.gz/.nii (any input) or .png (2D inputs)")
-    edit.add_argument("--model", required=True, help="a napari-medit model folder")
+    edit.add_argument("--model", required=True, help="a model name (see `napari-medit models`) or folder")
     for mask in ("edit", "keep", "pathology", "brain", "roi"):
         edit.add_argument(f"--{mask}-mask", help=f"{mask} mask file on the image's grid")
     edit.add_argument("--prompt")
@@ -66,7 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--slices", help="A:B, the slices to edit (default: those the mask touches)")
     edit.add_argument("--batch-size", type=int)
     edit.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cpu)")
+    edit.add_argument("--download", action="store_true", help="let a hub model download (default: offline)")
+    edit.add_argument("--trust-remote-code", action="store_true",
+                      help="let a model's text encoder run code from its repository (BioViL-T needs it)")
     edit.set_defaults(run=_edit)
+
+    models = commands.add_parser("models", help="list the bundled and locally found models")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(run=_models)
 
     train = commands.add_parser("train", help="train a model folder: brain (MedEdit-style) or cxr (text-conditioned)")
     train.add_argument("kind", choices=("brain", "cxr"))
@@ -117,7 +124,7 @@ def _edit(args) -> int:
         if getattr(args, key) is not None
     }
     try:
-        model = load_model(args.model, args.device)
+        model = load_model(args.model, args.device, trust_remote_code=args.trust_remote_code, download=args.download)
         axis = int(args.axis) if args.axis.lstrip("-").isdigit() else args.axis
         result = edit(args.method, image, model=model, seed=args.seed, axis=axis,
                       slices=_slice_range(args.slices), batch_size=args.batch_size, **masks, **options)
@@ -132,6 +139,27 @@ def _edit(args) -> int:
     sidecar.write_text(json.dumps({"outputs": [str(p) for p in written], **result.provenance}, indent=2))
     for path in [*written, sidecar]:
         print(path)
+    return 0
+
+
+def _models(args) -> int:
+    from .backends import describe, describe_presets, model_folders
+
+    described = [describe(folder) for folder in model_folders().values()] + describe_presets()
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return 0
+    if not described:
+        print("no models found")
+    for model in described:
+        conditioning = ["text"] * model["text_conditioned"] + model["mask_conditions"]
+        print(f"{model['name']:<16} {model['backend']:<9} {model['resolution']}px  "
+              f"conditioned on: {', '.join(conditioning) or 'nothing'}  methods: {', '.join(model['methods'])}")
+        if model.get("preset"):
+            missing = [repo for repo, here in model["cached"].items() if not here]
+            print(f"{'':<16} preset; " + (f"not in the local cache: {', '.join(missing)}" if missing else "cached"))
+        else:
+            print(f"{'':<16} {model['path']}")
     return 0
 
 

@@ -1,37 +1,100 @@
-"""`make demo`: napari on the bundled samples with the plugin's widgets.
+"""`make demo`: real edits with the bundled demo models on the bundled samples, shown in napari.
 
-    python -m napari_medit.demo                      # interactive
-    python -m napari_medit.demo --headless --out DIR # under Xvfb: sample files + screenshots
+    python -m napari_medit.demo                      # interactive napari
+    python -m napari_medit.demo --headless --out DIR # under Xvfb: files + screenshots, then quit
 
-Headless, it writes the samples' files to DIR/brain and DIR/cxr and screenshots of
-napari with each sample to DIR/napari_brain.png and DIR/napari_cxr.png.
+Three edits run (on the CPU in about two minutes):
+
+- MedEdit on the brain sample: a lesion where the lesion mask is (demo-brain, axial slices);
+- RadEdit on the chest phantom: its right pleural effusion removed inside the edit mask,
+  the keep mask untouched (demo-cxr, prompt 'No findings');
+- PIE on the chest phantom without findings: an effusion growing step by step in the ROI.
+
+Each result appears as a layer aligned with its source, with a difference map. Headless,
+DIR gets the sample files, the results (NIfTI/PNG with their provenance JSON) and one
+screenshot per edit (napari_mededit.png, napari_radedit.png, napari_pie.png).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 
 PLUGIN = "napari-medit"
+MEDEDIT_STEPS = 250  # strided DDPM: a CPU-friendly quarter of the published 1000
+RADEDIT = dict(prompt="No findings", steps=100, skip=30, guidance=4.0)
+PIE = dict(prompt="Pleural effusion", iterations=5, steps=50, strength=0.5, guidance=4.0)
 
 
-def open_sample(viewer, name: str) -> None:
-    layers = viewer.open_sample(PLUGIN, name)
-    masks = [layer for layer in layers if type(layer).__name__ == "Labels"]
-    for layer in masks:
-        layer.opacity = 0.5
-    if "keep_mask" in viewer.layers:
-        viewer.layers["keep_mask"].opacity = 0.25  # it covers most of the image
-    if name == "brain":
-        viewer.layers["brain_mask"].visible = False
-        lesion = viewer.layers["lesion_mask"]
-        centre = np.argwhere(lesion.data).mean(axis=0)
-        viewer.dims.set_point(0, lesion.data_to_world(centre)[0])  # the axial slice through the lesion
-    if name == "cxr":
-        viewer.layers["lung_mask"].visible = False
-    viewer.reset_view()
+def run_edits(out: Path | None = None, progress=print) -> dict:
+    """The three demo edits (no napari needed): name -> (source, masks, EditResult)."""
+    from scipy.ndimage import binary_dilation
+
+    from .backends import load_model
+    from .editing import edit
+    from .sample_data import load_brain, load_cxr
+    from .sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
+
+    runs = {}
+    brain = load_brain()
+    progress(f"MedEdit on the brain sample ({MEDEDIT_STEPS} steps, axial slices through the lesion)...")
+    runs["mededit"] = (brain["t1"], {"lesion_mask": brain["lesion_mask"]}, edit(
+        "mededit", brain["t1"], model=load_model("demo-brain"), pathology_mask=brain["lesion_mask"],
+        brain_mask=brain["brain_mask"], axis="axial", steps=MEDEDIT_STEPS, seed=0,
+    ))
+    cxr = load_cxr()
+    progress("RadEdit on the chest phantom: removing the effusion...")
+    model = load_model("demo-cxr")
+    runs["radedit"] = (cxr["cxr"], {"edit_mask": cxr["edit_mask"], "keep_mask": cxr["keep_mask"]}, edit(
+        "radedit", cxr["cxr"], model=model, edit_mask=cxr["edit_mask"], keep_mask=cxr["keep_mask"], seed=0, **RADEDIT,
+    ))
+    progress("PIE on a phantom without findings: an effusion progressing in the right lower zone...")
+    healthy = cxr["cxr"].with_array(to_uint8(generate_cxr_phantom(512, 0).image))
+    roi = cxr["cxr"].with_array(binary_dilation(cxr["edit_mask"].array > 0, iterations=4).astype(np.uint8))
+    runs["pie"] = (healthy, {"roi_mask": roi}, edit("pie", healthy, model=model, roi_mask=roi, seed=0, **PIE))
+    if out is not None:
+        _write(out, runs)
+    return runs
+
+
+def _write(out: Path, runs: dict) -> None:
+    from .io import write_image
+
+    for name, (source, _, result) in runs.items():
+        suffix = ".png" if source.array.ndim == 2 else ".nii.gz"
+        versions = result.progression or [result.image]
+        for index, version in enumerate(versions, start=1):
+            tail = f"_step{index:02d}" if len(versions) > 1 else ""
+            write_image(out / f"{name}_result{tail}{suffix}", version)
+        (out / f"{name}_provenance.json").write_text(json.dumps(result.provenance, indent=2))
+
+
+def show(viewer, name: str, source, masks: dict, result) -> None:
+    """Source, masks, result and difference as aligned layers."""
+    from .io.layers import to_layer_data
+
+    def add(data, kwargs, kind):
+        return getattr(viewer, f"add_{kind}")(data, **kwargs)
+
+    add(*to_layer_data(source, "source", "image"))
+    for mask_name, mask in masks.items():
+        layer = add(*to_layer_data(mask, mask_name, "labels"))
+        layer.opacity = 0.25 if mask_name == "keep_mask" else 0.4
+    if result.progression:  # PIE: one plane per step, on a slider
+        _, kwargs, _ = to_layer_data(result.image, f"{name} progression", "image")
+        stack = np.stack([to_layer_data(v, "", "image")[0] for v in result.progression])
+        kwargs.update(scale=(1, *kwargs["scale"]), translate=(0, *kwargs["translate"]), metadata={})
+        add(stack, kwargs, "image")
+    else:
+        add(*to_layer_data(result.image, f"{name} result", "image"))
+    difference = source.with_array(result.difference)
+    data, kwargs, _ = to_layer_data(difference, f"{name} difference", "image")
+    limit = float(np.abs(result.difference).max()) or 1.0
+    kwargs.update(colormap="PiYG", contrast_limits=(-limit, limit), visible=False)
+    add(data, kwargs, "image")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,28 +108,36 @@ def main(argv: list[str] | None = None) -> int:
 
     from .sample_data import write_sample
 
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = run_edits(out if args.headless else None)
     if not args.headless:
         viewer = napari.Viewer(title="napari-medit demo")
         viewer.window.add_plugin_dock_widget(PLUGIN, "Image info")
-        open_sample(viewer, "brain")
+        for name, run in runs.items():
+            show(viewer, name, *run)
         napari.run()
         return 0
 
-    out = Path(args.out)
     written = [p for name in ("brain", "cxr") for p in write_sample(name, out / name)]
-    for name in ("brain", "cxr"):
+    for name, run in runs.items():
         viewer = napari.Viewer(title=f"napari-medit demo: {name}")
         viewer.window.resize(1400, 900)
         viewer.window.add_plugin_dock_widget(PLUGIN, "Image info")
-        open_sample(viewer, name)
+        show(viewer, name, *run)
+        if name == "mededit":  # the axial slice through the lesion
+            lesion = viewer.layers["lesion_mask"]
+            viewer.dims.set_point(0, lesion.data_to_world(np.argwhere(lesion.data).mean(axis=0))[0])
+        viewer.grid.enabled = True  # source and result side by side
         viewer.layers.selection.active = viewer.layers[0]
-        QApplication.processEvents()  # let the dock widget lay itself out, then fit the image
+        QApplication.processEvents()  # let the dock widget lay itself out, then fit the view
         viewer.reset_view()
         QApplication.processEvents()
         shot = out / f"napari_{name}.png"
         viewer.screenshot(str(shot), canvas_only=False)
         written.append(shot)
         viewer.close()
+    written += sorted(out.glob("*_result*")) + sorted(out.glob("*_provenance.json"))
     print(f"napari-medit demo wrote {len(written)} files to {out}/:")
     for path in written:
         print(f"  {path}")

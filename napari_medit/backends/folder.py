@@ -35,10 +35,29 @@ class ModelLoadError(Exception):
     """A model that cannot be loaded; the message names what is missing and how to get it."""
 
 
-def load_model(path: str | Path, device: str | torch.device | None = None, trust_remote_code: bool = False) -> Denoiser:
-    """Load a model folder. ``trust_remote_code`` lets a text encoder run code shipped with its
-    weights (BioViL-T needs it); it stays off unless the user opts in."""
-    folder = Path(path).expanduser()
+def load_model(
+    path: str | Path,
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+    download: bool = False,
+) -> Denoiser:
+    """Load a model: a napari-medit model folder, a bundled or NAPARI_MEDIT_MODELS name
+    (``demo-brain``, ``demo-cxr``), a preset (``radedit``), a Stable Diffusion-style folder, or
+    ``hub:ORG/NAME``. Only ``download=True`` lets anything reach the network, and
+    ``trust_remote_code`` (off unless the user opts in) lets a text encoder run code shipped
+    with its weights (BioViL-T needs it)."""
+    from . import presets
+    from .registry import resolve
+
+    spec = str(path)
+    if spec in presets.PRESETS:
+        return _to_device(presets.load_radedit(download, trust_remote_code), device)
+    if spec.startswith("hub:"):
+        folder = presets.fetch(spec[4:], download)
+        return _to_device(presets.load_pipeline_folder(folder, trust_remote_code), device)
+    folder = resolve(path)
+    if not (folder / CONFIG_NAME).is_file() and (folder / "model_index.json").is_file():
+        return _to_device(presets.load_pipeline_folder(folder, trust_remote_code), device)
     config_path = folder / CONFIG_NAME
     if not folder.is_dir():
         raise ModelLoadError(f"{folder}: no such model folder")
@@ -153,4 +172,6 @@ def _to_device(denoiser: Denoiser, device) -> Denoiser:
     denoiser.network.to(device)
     if denoiser.text_encoder is not None:
         denoiser.text_encoder.model.to(device)
+    if getattr(denoiser, "vae", None) is not None:
+        denoiser.vae.to(device)
     return denoiser

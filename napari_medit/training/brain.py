@@ -125,17 +125,20 @@ def synthetic_lesion(image: np.ndarray, brain: np.ndarray, rng: np.random.Genera
 
 
 def batches(subjects: list[Subject], resolution: int, batch_size: int, seed: int, start_step: int) -> Iterator[dict]:
+    """Batch ``step`` depends on (seed, step) alone, so a resumed run sees what an unbroken one would."""
     from monai.transforms import Compose, RandAffined, RandFlipd
 
-    rng = np.random.default_rng([seed, start_step])
+    keys = ("image", "pathology", "brain")
     augment = Compose([
-        RandFlipd(keys=("image", "pathology", "brain"), prob=0.5, spatial_axis=1),
-        RandAffined(keys=("image", "pathology", "brain"), prob=0.7, rotate_range=0.15, scale_range=0.1,
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+        RandAffined(keys=keys, prob=0.7, rotate_range=0.15, scale_range=0.1,
                     mode=("bilinear", "nearest", "nearest"), padding_mode="zeros"),
     ])
-    augment.set_random_state(seed=int(rng.integers(2**31)))
     candidates = [(i, k) for i, s in enumerate(subjects) for k in np.flatnonzero(s.brain.reshape(len(s.brain), -1).sum(1) > 200)]
+    step = start_step
     while True:
+        rng = np.random.default_rng([seed, step])
+        augment.set_random_state(seed=int(rng.integers(2**31)))
         items = []
         for _ in range(batch_size):
             i, k = candidates[rng.integers(len(candidates))]
@@ -148,8 +151,9 @@ def batches(subjects: list[Subject], resolution: int, batch_size: int, seed: int
             sample = {name: grid.to_model(array[None], soft=name != "image")[0].numpy() for name, array in
                       (("image", image), ("pathology", lesion.astype(np.float32)), ("brain", brain.astype(np.float32)))}
             sample = augment(sample)
-            items.append(torch.cat([torch.as_tensor(np.asarray(sample[k])) for k in ("image", "pathology", "brain")]))
+            items.append(torch.cat([torch.as_tensor(np.asarray(sample[k])) for k in keys]))
         stacked = torch.stack(items).float()
+        step += 1
         # Masks stay coverage fractions on the model grid, as the editing engine gives them.
         yield {"image": stacked[:, :1], "conditions": stacked[:, 1:]}
 

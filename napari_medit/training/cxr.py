@@ -57,9 +57,12 @@ def random_case(rng: np.random.Generator, size: int):
 
 
 def batches(resolution: int, batch_size: int, seed: int, start_step: int) -> Iterator[dict]:
-    rng = np.random.default_rng([seed, start_step])
+    """Batch ``step`` depends on (seed, step) alone, so a resumed run sees what an unbroken one would."""
     grid = Grid(2 * resolution, 2 * resolution, resolution)
+    step = start_step
     while True:
+        rng = np.random.default_rng([seed, step])
+        step += 1
         images, prompts = [], []
         for _ in range(batch_size):
             phantom, prompt = random_case(rng, 2 * resolution)

@@ -82,7 +82,7 @@ def train(
         "steps": step, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
         "seed": config.seed, "seconds_this_run": round(time.perf_counter() - started, 1),
         "loss_first_100": _mean(losses[:100]), "loss_last_100": _mean(losses[-100:]),
-        "loss_per_100_steps": [_mean(losses[i : i + 100]) for i in range(0, len(losses), 100)],
+        "loss_per_10_steps": [_mean(losses[i : i + 10]) for i in range(0, len(losses), 10)],
     }, indent=2))
     for module in modules.values():
         module.eval()

@@ -1,0 +1,92 @@
+"""The published models, loaded offline-first from local folders or the Hugging Face cache.
+
+- ``radedit``: microsoft/radedit (UNet, gated: accept its licence on the hub first),
+  stabilityai/sdxl-vae and microsoft/BiomedVLP-BioViL-T (text encoder; it runs code shipped
+  with its weights, so it loads only with ``trust_remote_code=True``), with the model card's
+  DDIM scheduler. 512 x 512 images, 4 x 64 x 64 latents; the VAE stays in float32.
+- A Stable Diffusion 1.x-style folder (model_index.json, unet/, vae/, text_encoder/,
+  tokenizer/, scheduler/), e.g. the PIE MIMIC-CXR fine-tune, from a path or ``hub:ORG/NAME``.
+  (PIE's official script loads its UNet from the text_encoder subfolder; here unet/ is unet/.)
+
+Nothing is downloaded unless ``download=True``; without it a model missing from the cache
+fails at once, naming what is missing and how to get it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .folder import ModelLoadError
+
+RADEDIT_UNET, RADEDIT_VAE, RADEDIT_TEXT = "microsoft/radedit", "stabilityai/sdxl-vae", "microsoft/BiomedVLP-BioViL-T"
+RADEDIT_SCHEDULER = dict(beta_schedule="linear", clip_sample=False, prediction_type="epsilon",
+                         timestep_spacing="trailing", steps_offset=1)  # the model card's DDIMScheduler
+BIOVIL_MAX_TOKENS = 128
+PRESETS = {
+    "radedit": f"RadEdit: {RADEDIT_UNET} + {RADEDIT_VAE} + {RADEDIT_TEXT} (needs trust_remote_code)",
+}
+
+
+def fetch(repo_id: str, download: bool = False) -> Path:
+    """A hub repository's snapshot folder: from the local cache, or downloaded if allowed."""
+    from huggingface_hub import snapshot_download
+
+    cache = os.environ.get("HF_HUB_CACHE")  # read now, so a changed cache location is honoured
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=cache))
+    except Exception as exc:  # not cached (LocalEntryNotFoundError and friends)
+        if not download:
+            raise ModelLoadError(
+                f"{repo_id} is not in the local Hugging Face cache ({cache or 'default location'}); "
+                f"allow a download (CLI --download, API download=True; gated models need `hf auth login` and "
+                f"their licence accepted on the hub), or copy it there with `hf download {repo_id}`"
+            ) from exc
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=cache, etag_timeout=10))
+    except Exception as exc:
+        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise ModelLoadError(f"could not download {repo_id}: {reason} (check the network and your hub login)") from exc
+
+
+def load_radedit(download: bool = False, trust_remote_code: bool = False):
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    from ..editing import DiffusersDenoiser
+    from .text import TransformersTextEncoder
+
+    if not trust_remote_code:
+        raise ModelLoadError(
+            f"the radedit preset's text encoder, {RADEDIT_TEXT}, runs code shipped with its weights; "
+            "allow it explicitly (CLI --trust-remote-code, API trust_remote_code=True) if you trust that repository"
+        )
+    unet_dir, vae_dir, text_dir = (fetch(r, download) for r in (RADEDIT_UNET, RADEDIT_VAE, RADEDIT_TEXT))
+    unet = UNet2DConditionModel.from_pretrained(unet_dir / "unet", local_files_only=True)
+    # float32 VAE: third-party reports of black images with an fp16 SDXL VAE.
+    vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True)
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(text_dir, local_files_only=True, trust_remote_code=True,
+                                              model_max_length=BIOVIL_MAX_TOKENS)
+    text_model = AutoModel.from_pretrained(text_dir, local_files_only=True, trust_remote_code=True)
+    text = TransformersTextEncoder(tokenizer, text_model, BIOVIL_MAX_TOKENS, use_attention_mask=True)
+    return DiffusersDenoiser(unet, DDIMScheduler(**RADEDIT_SCHEDULER), name="radedit", text_encoder=text, vae=vae)
+
+
+def load_pipeline_folder(folder: Path, trust_remote_code: bool = False):
+    """A Stable Diffusion-style folder: UNet2DConditionModel, AutoencoderKL, text encoder, scheduler."""
+    import diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from ..editing import DiffusersDenoiser
+    from .text import TransformersTextEncoder
+
+    missing = [p for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / p).is_dir()]
+    if missing:
+        raise ModelLoadError(f"{folder}: a Stable Diffusion-style folder needs {', '.join(missing)}/")
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
+    scheduler_config = diffusers.DDIMScheduler.load_config(folder / "scheduler")
+    scheduler = getattr(diffusers, scheduler_config.get("_class_name", "DDIMScheduler")).from_config(scheduler_config)
+    text = TransformersTextEncoder.from_folder(folder, trust_remote_code=trust_remote_code)
+    return DiffusersDenoiser(unet, scheduler, name=folder.name, text_encoder=text, vae=vae)

@@ -1,0 +1,84 @@
+"""Model names: the bundled demo models, folders on NAPARI_MEDIT_MODELS, and paths."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .folder import CONFIG_NAME, ModelLoadError
+
+BUNDLED = Path(__file__).resolve().parents[1] / "models"
+SEARCH_PATH_VARIABLE = "NAPARI_MEDIT_MODELS"  # extra folders holding model folders, os.pathsep-separated
+
+
+def model_folders() -> dict[str, Path]:
+    """Every known model folder by name: bundled first, then the search path's."""
+    roots = [BUNDLED] + [Path(p).expanduser() for p in os.environ.get(SEARCH_PATH_VARIABLE, "").split(os.pathsep) if p]
+    found: dict[str, Path] = {}
+    for root in roots:
+        if root.is_dir():
+            for config in sorted(root.glob(f"*/{CONFIG_NAME}")):
+                found.setdefault(config.parent.name, config.parent)
+    return found
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A model folder from a path or a known name; the error lists what is known."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    folders = model_folders()
+    if str(name_or_path) in folders:
+        return folders[str(name_or_path)]
+    from .presets import PRESETS
+
+    known = ", ".join([*folders, *PRESETS]) or "none"
+    raise ModelLoadError(
+        f"unknown model '{name_or_path}': not a folder, and not a known name (known: {known}); "
+        f"a Stable Diffusion-style hub repository is hub:ORG/NAME; add model folders of your own "
+        f"with {SEARCH_PATH_VARIABLE}=/path/to/models"
+    )
+
+
+def describe_presets() -> list[dict]:
+    """The published-model presets and whether their parts are in the local cache (no network)."""
+    from .folder import ModelLoadError as Missing
+    from .presets import PRESETS, RADEDIT_TEXT, RADEDIT_UNET, RADEDIT_VAE, fetch
+
+    cached = {}
+    for repo in (RADEDIT_UNET, RADEDIT_VAE, RADEDIT_TEXT):
+        try:
+            fetch(repo, download=False)
+            cached[repo] = True
+        except Missing:
+            cached[repo] = False
+    return [{"name": "radedit", "description": PRESETS["radedit"], "backend": "diffusers (latent)",
+             "resolution": 512, "text_conditioned": True, "mask_conditions": [],
+             "methods": ["radedit", "pie", "sdedit", "diffedit"], "cached": cached, "preset": True}]
+
+
+def describe(folder: Path) -> dict:
+    """What a model folder is, read from its config alone (no weights are loaded)."""
+    from ..editing.methods import METHODS
+
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    conditions = list(config.get("condition_names", []))
+    text = (folder / "text_encoder").is_dir() or "text_encoder" in config
+    methods = [
+        m.name for m in METHODS.values()
+        if (text or not m.needs_text)
+        and set(conditions) <= set(m.required_masks + m.optional_masks)
+        and (m.name != "mededit" or set(conditions) == {"pathology_mask", "brain_mask"})
+    ]
+    return {
+        "name": folder.name,
+        "path": str(folder),
+        "backend": config.get("backend"),
+        "resolution": config.get("resolution"),
+        "text_conditioned": text,
+        "mask_conditions": conditions,
+        "methods": methods,
+        "prompts": config.get("prompts"),
+        "bundled": folder.parent == BUNDLED,
+    }

@@ -1,0 +1,102 @@
+"""Published-model presets, offline: tiny random models saved in the real file layouts."""
+
+import json
+import socket
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import BertConfig, BertModel, BertTokenizer
+
+from napari_medit.backends import ModelLoadError, load_model
+from napari_medit.backends.presets import RADEDIT_TEXT, RADEDIT_UNET, RADEDIT_VAE
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "acute", "cardiopulmonary", "process", "effusion"]
+
+
+def tiny_parts(latent_size=8, text_dim=32):
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=text_dim, attention_head_dim=4, norm_num_groups=4,
+    )
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=4, layers_per_block=1)
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)}, model_max_length=16)
+    text = BertModel(BertConfig(vocab_size=len(WORDS), hidden_size=text_dim, num_hidden_layers=1,
+                                num_attention_heads=4, intermediate_size=64, max_position_embeddings=128))
+    return unet, vae, tokenizer, text
+
+
+def cache_snapshot(cache, repo_id):
+    """The Hugging Face cache layout: models--ORG--NAME/{refs/main, snapshots/<commit>/...}."""
+    root = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    return snapshot
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("something tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_radedit_preset_loads_from_the_cache_offline(tmp_path, monkeypatch, no_network):
+    unet, vae, tokenizer, text = tiny_parts()
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    unet.save_pretrained(cache_snapshot(tmp_path, RADEDIT_UNET) / "unet")
+    vae.save_pretrained(cache_snapshot(tmp_path, RADEDIT_VAE))
+    text_dir = cache_snapshot(tmp_path, RADEDIT_TEXT)
+    tokenizer.save_pretrained(text_dir)
+    text.save_pretrained(text_dir)
+    model = load_model("radedit", trust_remote_code=True)
+    assert model.latent and model.latent_factor == 2 and model.resolution == 16
+    assert model.text_encoder.use_attention_mask and model.text_encoder.max_length == 128
+    config = model.schedule.scheduler.config
+    assert config.timestep_spacing == "trailing" and config.steps_offset == 1 and not config.clip_sample
+    embedding = model.encode_text(["no acute cardiopulmonary process", ""])
+    assert embedding.shape == (2, 128, 32)
+    assert next(model.vae.parameters()).dtype == torch.float32
+
+
+def test_missing_cache_fails_at_once_offline_with_instructions(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache.*--download"):
+        load_model("radedit", trust_remote_code=True)
+    with pytest.raises(ModelLoadError, match="hf download someone/sd-cxr"):
+        load_model("hub:someone/sd-cxr")
+
+
+def test_remote_code_needs_an_explicit_opt_in(no_network):
+    with pytest.raises(ModelLoadError, match="--trust-remote-code"):
+        load_model("radedit")
+
+
+def test_stable_diffusion_folder_loads(tmp_path, no_network):
+    unet, vae, tokenizer, text = tiny_parts()
+    folder = tmp_path / "pie-sd"
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    text.save_pretrained(folder / "text_encoder")
+    DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False).save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    model = load_model(folder)
+    assert model.text_conditioned and model.latent and model.resolution == 16
+    (folder / "vae" / "config.json").unlink()
+    with pytest.raises(Exception):
+        load_model(folder)
+
+
+def test_unknown_model_names_the_known_ones():
+    with pytest.raises(ModelLoadError, match="known: .*radedit"):
+        load_model("radedti")
