@@ -75,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
     models.set_defaults(run=_models)
 
+    mededit_import = commands.add_parser("import-mededit", help="turn an official MedEdit checkpoint into a model folder")
+    mededit_import.add_argument("checkpoint")
+    mededit_import.add_argument("--out", required=True)
+    mededit_import.add_argument("--num-head-channels", type=int, help="if your checkpoint differs from 256")
+    mededit_import.add_argument("--resolution", type=int, default=128)
+    mededit_import.set_defaults(run=_import_mededit)
+
     train = commands.add_parser("train", help="train a model folder: brain (MedEdit-style) or cxr (text-conditioned)")
     train.add_argument("kind", choices=("brain", "cxr"))
     train.add_argument("--out", required=True, help="the model folder to write (checkpoints go there too)")
@@ -160,6 +167,18 @@ def _models(args) -> int:
             print(f"{'':<16} preset; " + (f"not in the local cache: {', '.join(missing)}" if missing else "cached"))
         else:
             print(f"{'':<16} {model['path']}")
+    return 0
+
+
+def _import_mededit(args) -> int:
+    from .backends import ModelLoadError
+    from .backends.mededit_checkpoint import import_mededit
+
+    network = {"num_head_channels": args.num_head_channels} if args.num_head_channels else None
+    try:
+        print(import_mededit(args.checkpoint, args.out, network, args.resolution))
+    except ModelLoadError as exc:
+        raise ValueError(str(exc)) from None
     return 0
 
 

@@ -351,3 +351,24 @@ def test_named_plane_gives_the_model_the_same_slices_whatever_the_voxel_order():
     np.testing.assert_array_equal(by_name.image.array, shown.with_array(by_index.image.array).in_source_orientation().array)
     assert by_name.provenance["axis"] == "axial" and by_name.edited_slices == [2, 3]
     np.testing.assert_array_equal(by_name.masks["edit_mask"], lesion)
+
+
+def test_out_of_gpu_memory_retries_with_smaller_batches_and_says_so():
+    """Simulated: a model that runs out of memory above two slices per call."""
+    volume, _, lesion = volume_with_lesion((16, 16, 4))
+    lesion[..., :] = lesion[..., 2:3]
+    model = tiny_models.pixel_unet()
+    inner = model.model_output
+
+    def limited(x_t, t, text, conditions):
+        if x_t.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return inner(x_t, t, text, conditions)
+
+    model.model_output = limited
+    options = dict(axis=2, strength=0.5, steps=4, edit_mask=lesion, seed=5)
+    with pytest.warns(UserWarning, match="out of GPU memory with 4 slices per batch; retrying with 2"):
+        retried = edit("sdedit", volume, model=model, batch_size=4, **options)
+    model.model_output = inner
+    reference = edit("sdedit", volume, model=model, batch_size=2, **options)
+    np.testing.assert_array_equal(retried.image.array, reference.image.array)

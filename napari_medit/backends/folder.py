@@ -163,13 +163,29 @@ def _load_diffusers(folder: Path, config: dict, trust_remote_code: bool) -> Diff
     )
 
 
-def _to_device(denoiser: Denoiser, device) -> Denoiser:
-    if device is None:
-        return denoiser
-    device = torch.device(device)
+def pick_device(requested: str | torch.device | None) -> torch.device:
+    """``None``/'auto': CUDA, else Apple MPS, else the CPU; an explicit device must exist."""
+    if requested in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("a CUDA device was requested but none is available here; use --device cpu")
+        raise ModelLoadError(f"device '{requested}' was requested but this machine has no CUDA GPU; use --device cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"device '{requested}' was requested but MPS is not available here; use --device cpu")
+    return device
+
+
+def _to_device(denoiser: Denoiser, device) -> Denoiser:
+    device = pick_device(device)
+    if device.type == "cpu":
+        return denoiser
     denoiser.network.to(device)
+    if device.type == "cuda":
+        # Half precision for the UNet only: VAEs are kept in float32 (fp16 SDXL VAEs decode to black).
+        denoiser.network.half()
     if denoiser.text_encoder is not None:
         denoiser.text_encoder.model.to(device)
     if getattr(denoiser, "vae", None) is not None:

@@ -33,6 +33,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         return folders[str(name_or_path)]
     from .presets import PRESETS
 
+    if os.sep in str(name_or_path) or str(name_or_path).startswith((".", "~")):
+        raise ModelLoadError(f"{path}: no such model folder")
     known = ", ".join([*folders, *PRESETS]) or "none"
     raise ModelLoadError(
         f"unknown model '{name_or_path}': not a folder, and not a known name (known: {known}); "

@@ -6,6 +6,7 @@ import dataclasses
 import platform
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,20 +135,25 @@ def edit(
     outputs: list[np.ndarray] | None = None
     started = time.perf_counter()
     evaluations_before = model.evaluations
-    for chunk in chunks:
-        x0 = _to_model(model, stack[chunk], window, grid)
-        masks_model = {
-            k: to_latent_grid(grid.to_model(m[chunk], soft=True), model.latent_factor).to(model.device)
-            for k, m in stacked_masks.items()
-        }
-        conditions = _conditions(model, masks_model)
-        if callback is not None:
-            progress.callback = _reporter(callback, model, chunk, axis, window, grid)
-        noise = NoiseSource([seeds[i] for i in chunk], model.device)
-        with torch.no_grad():
-            edited = spec.run(model, x0, masks_model, params, noise, progress, conditions)
-            versions = edited if isinstance(edited, list) else [edited]
-            native = [_from_model(model, v, window, grid) for v in versions]
+    pending = list(chunks)
+    while pending:
+        chunk = pending.pop(0)
+        done_before = progress.done
+        try:
+            native = _edit_chunk(spec, model, params, stack, stacked_masks, chunk, seeds, window, grid, axis,
+                                 progress, callback)
+        except torch.OutOfMemoryError:
+            if len(chunk) == 1:
+                raise
+            # Retry this batch as two smaller ones; each slice keeps its own noise, so nothing changes.
+            half = len(chunk) // 2
+            warnings.warn(f"out of GPU memory with {len(chunk)} slices per batch; retrying with {half}",
+                          stacklevel=2)
+            torch.cuda.empty_cache()
+            pending[:0] = [chunk[:half], chunk[half:]]
+            progress.chunks += 1
+            progress.done = done_before
+            continue
         if outputs is None:
             outputs = [stack.astype(np.float64) for _ in native]
         for out, values in zip(outputs, native):
@@ -274,6 +280,23 @@ def _mededit_inpaint(stacked_masks: dict, params, model: Denoiser, shape: tuple[
 
 
 # ---------------------------------------------------------------- model space
+
+
+def _edit_chunk(spec, model, params, stack, stacked_masks, chunk, seeds, window, grid, axis, progress, callback):
+    """One batch of slices through the method; returns the native-resolution versions."""
+    x0 = _to_model(model, stack[chunk], window, grid)
+    masks_model = {
+        k: to_latent_grid(grid.to_model(m[chunk], soft=True), model.latent_factor).to(model.device)
+        for k, m in stacked_masks.items()
+    }
+    conditions = _conditions(model, masks_model)
+    if callback is not None:
+        progress.callback = _reporter(callback, model, chunk, axis, window, grid)
+    noise = NoiseSource([seeds[i] for i in chunk], model.device)
+    with torch.no_grad():
+        edited = spec.run(model, x0, masks_model, params, noise, progress, conditions)
+        versions = edited if isinstance(edited, list) else [edited]
+        return [_from_model(model, v, window, grid) for v in versions]
 
 
 def _to_model(model: Denoiser, slices: np.ndarray, window: IntensityWindow, grid: Grid) -> torch.Tensor:
