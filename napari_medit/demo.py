@@ -35,6 +35,7 @@ def run_edits(out: Path | None = None, progress=print) -> dict:
 
     from .backends import load_model
     from .editing import edit
+    from .io import MedicalImage
     from .sample_data import load_brain, load_cxr
     from .sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
 
@@ -52,7 +53,9 @@ def run_edits(out: Path | None = None, progress=print) -> dict:
         "radedit", cxr["cxr"], model=model, edit_mask=cxr["edit_mask"], keep_mask=cxr["keep_mask"], seed=0, **RADEDIT,
     ))
     progress("PIE on a phantom without findings: an effusion progressing in the right lower zone...")
-    healthy = cxr["cxr"].with_array(to_uint8(generate_cxr_phantom(512, 0).image))
+    normal = generate_cxr_phantom(512, 0)
+    healthy = MedicalImage(to_uint8(normal.image), cxr["cxr"].affine,
+                           {"format": "phantom", "modality": "DX", "phantom": normal.findings, "path": "phantom, no findings"})
     roi = cxr["cxr"].with_array(binary_dilation(cxr["edit_mask"].array > 0, iterations=4).astype(np.uint8))
     runs["pie"] = (healthy, {"roi_mask": roi}, edit("pie", healthy, model=model, roi_mask=roi, seed=0, **PIE))
     if out is not None:
@@ -72,11 +75,16 @@ def _write(out: Path, runs: dict) -> None:
         (out / f"{name}_provenance.json").write_text(json.dumps(result.provenance, indent=2))
 
 
-def show(viewer, name: str, source, masks: dict, result) -> None:
-    """Source, masks, result and difference as aligned layers."""
+def show(viewer, name: str, source, masks: dict, result, beside: bool = False) -> None:
+    """Source, masks, result and difference as aligned layers (``beside``: the result and the
+    difference shifted one image-width to the right, for a side-by-side screenshot)."""
     from .io.layers import to_layer_data
 
     def add(data, kwargs, kind):
+        if beside and kwargs["name"].startswith(name):
+            shift = np.zeros(len(kwargs["translate"]))
+            shift[-1] = 1.05 * data.shape[-1] * kwargs["scale"][-1]
+            kwargs = {**kwargs, "translate": tuple(np.asarray(kwargs["translate"]) + shift)}
         return getattr(viewer, f"add_{kind}")(data, **kwargs)
 
     add(*to_layer_data(source, "source", "image"))
@@ -124,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         viewer = napari.Viewer(title=f"napari-medit demo: {name}")
         viewer.window.resize(1400, 900)
         viewer.window.add_plugin_dock_widget(PLUGIN, "Image info")
-        show(viewer, name, *run)
+        show(viewer, name, *run, beside=True)
+        if result_steps := len(run[2].progression or []):
+            viewer.dims.set_point(0, result_steps - 1)  # PIE: show its last step
         if name == "mededit":  # the axial slice through the lesion
             lesion = viewer.layers["lesion_mask"]
             viewer.dims.set_point(0, lesion.data_to_world(np.argwhere(lesion.data).mean(axis=0))[0])
-        viewer.grid.enabled = True  # source and result side by side
         viewer.layers.selection.active = viewer.layers[0]
         QApplication.processEvents()  # let the dock widget lay itself out, then fit the view
         viewer.reset_view()
