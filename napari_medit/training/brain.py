@@ -24,7 +24,7 @@ from scipy.ndimage import binary_erosion, binary_fill_holes, gaussian_filter, ma
 
 from ..editing.slicing import Grid, IntensityWindow
 from ..io import RADIOLOGICAL_AXIAL, MedicalImage, read_image
-from .loop import TrainConfig, train
+from .loop import TrainConfig, noised, train
 
 NETWORK = dict(spatial_dims=2, in_channels=3, out_channels=1, channels=[32, 64, 64],
                attention_levels=[False, False, True], num_res_blocks=1, num_head_channels=32)
@@ -172,11 +172,7 @@ def train_brain(config: TrainConfig, data=None, resolution: int = 64, resume: bo
     alphas = scheduler.alphas_cumprod.to(config.device)
 
     def loss_fn(batch, generator):
-        x0 = batch["image"].to(config.device)
-        noise = torch.randn(x0.shape, generator=generator).to(config.device)
-        t = torch.randint(0, len(alphas), (x0.shape[0],), generator=generator).to(config.device)
-        a = alphas[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        x_t, t, noise = noised(batch["image"].to(config.device), alphas, generator)
         eps = network(torch.cat([x_t, batch["conditions"].to(config.device)], dim=1), timesteps=t)
         return torch.nn.functional.mse_loss(eps, noise)
 

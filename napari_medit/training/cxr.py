@@ -20,7 +20,7 @@ import torch
 
 from ..editing.slicing import Grid, IntensityWindow
 from ..sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
-from .loop import TrainConfig, train
+from .loop import TrainConfig, noised, train
 
 PROMPTS = {  # finding -> the words a prompt uses for it
     "effusion": "Pleural effusion",
@@ -109,12 +109,8 @@ def train_cxr(config: TrainConfig, resolution: int = 64, resume: bool = False) -
     alphas = scheduler.alphas_cumprod.to(config.device)
 
     def loss_fn(batch, generator):
-        x0 = batch["image"].to(config.device)
-        noise = torch.randn(x0.shape, generator=generator).to(config.device)
-        t = torch.randint(0, len(alphas), (x0.shape[0],), generator=generator).to(config.device)
-        a = alphas[t].view(-1, 1, 1, 1)
-        text = text_encoder(batch["prompts"])
-        eps = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=text).sample
+        x_t, t, noise = noised(batch["image"].to(config.device), alphas, generator)
+        eps = unet(x_t, t, encoder_hidden_states=text_encoder(batch["prompts"])).sample
         return torch.nn.functional.mse_loss(eps, noise)
 
     denoiser = DiffusersDenoiser(unet, scheduler, name="demo-cxr", text_encoder=text_encoder)

@@ -89,6 +89,14 @@ def train(
     return losses
 
 
+def noised(x0: torch.Tensor, alphas_cumprod: torch.Tensor, generator: torch.Generator):
+    """The DDPM training input: (x_t, t, noise) with t uniform over the training timesteps."""
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    t = torch.randint(0, len(alphas_cumprod), (x0.shape[0],), generator=generator).to(x0.device)
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise, t, noise
+
+
 def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 5) if values else None
 
