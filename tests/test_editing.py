@@ -372,3 +372,16 @@ def test_out_of_gpu_memory_retries_with_smaller_batches_and_says_so():
     model.model_output = inner
     reference = edit("sdedit", volume, model=model, batch_size=2, **options)
     np.testing.assert_array_equal(retried.image.array, reference.image.array)
+
+
+def test_mask_only_methods_run_unconditionally_on_text_models():
+    """SDEdit and RePaint take no prompt: a text model is driven with the empty prompt."""
+    image = phantom_slice()
+    region = np.zeros(image.shape, bool)
+    region[4:10, 5:11] = True
+    model = tiny_models.text_unet()
+    for method, options in (("sdedit", dict(strength=0.5, steps=4, edit_mask=region)),
+                            ("repaint", dict(steps=3, jump_length=1, jump_n_sample=1, pathology_mask=region))):
+        out = edit(method, image, model=model, **options).image.array
+        assert np.all(np.isfinite(out)) and not np.array_equal(out[region], image[region])
+        np.testing.assert_array_equal(out[~region], image[~region])

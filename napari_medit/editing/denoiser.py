@@ -65,7 +65,10 @@ class Denoiser:
         raise NotImplementedError
 
     def __call__(self, x_t, t: int, text=None, conditions=None) -> torch.Tensor:
-        """The noise estimate eps(x_t, t, c)."""
+        """The noise estimate eps(x_t, t, c); without text, a text-conditioned model is asked
+        unconditionally (the empty prompt), so methods that edit by masks alone run on it too."""
+        if text is None and self.text_conditioned:
+            text = self.embed([""], x_t.shape[0])[0]
         self.evaluations += x_t.shape[0]
         out = self.model_output(x_t, t, text, conditions)
         return self.schedule.to_epsilon(out, x_t, t)
