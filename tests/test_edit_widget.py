@@ -58,3 +58,27 @@ def test_bad_input_notifies_and_changes_nothing(brain_widget, qtbot, monkeypatch
     qtbot.waitUntil(lambda: bool(shown) and widget.run_button.enabled, timeout=60_000)
     assert "needs a pathology_mask" in shown[0]
     assert [layer.name for layer in viewer.layers] == names
+
+
+def test_layers_not_read_by_napari_medit_keep_their_layout(make_napari_viewer, qtbot):
+    """A plain numpy volume is edited in its own axis order and the result lies on it."""
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    volume = (rng.random((4, 24, 40)) * 200).astype(np.uint8)
+    viewer.add_image(volume, name="scan", scale=(3.0, 1.0, 0.5))
+    region = np.zeros(volume.shape, np.uint8)
+    region[1:3, 8:16, 10:30] = 1
+    viewer.add_labels(region, name="edit_mask", scale=(3.0, 1.0, 0.5))
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Edit")
+    widget.method.value, widget.model.value, widget.image.value = "sdedit", "demo-cxr", "scan"
+    assert widget.masks["edit_mask"].value == "edit_mask"
+    widget.steps.value = 40  # SDEdit's default strength 0.1: 4 denoising steps
+    widget.run()
+    qtbot.waitUntil(lambda: widget.run_button.enabled and widget.status.value != "", timeout=120_000)
+    assert widget.status.value.startswith("sdedit: done"), widget.status.value
+    result = viewer.layers["scan sdedit"]
+    assert result.data.shape == volume.shape
+    np.testing.assert_array_equal(result.scale, [3.0, 1.0, 0.5])
+    outside = region == 0
+    np.testing.assert_array_equal(result.data[outside], volume[outside])
+    assert (result.data[region > 0] != volume[region > 0]).any()

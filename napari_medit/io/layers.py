@@ -64,8 +64,11 @@ def to_layer_data(
     return data, kwargs, layer_type
 
 
-def from_layer(data: np.ndarray, metadata: dict[str, Any] | None, scale=None, translate=None) -> MedicalImage:
-    """The MedicalImage behind a layer, in the file's voxel order when it came from one."""
+def from_layer(
+    data: np.ndarray, metadata: dict[str, Any] | None, scale=None, translate=None, file_order: bool = True
+) -> MedicalImage:
+    """The MedicalImage behind a layer: in the file's voxel order when it came from one (for
+    writers), or with ``file_order=False`` in the layer's own order (for editing what is shown)."""
     metadata = dict(metadata or {})
     affine = metadata.pop("affine", None)
     data = np.asarray(data)
@@ -74,7 +77,8 @@ def from_layer(data: np.ndarray, metadata: dict[str, Any] | None, scale=None, tr
         data = np.moveaxis(data, tuple(range(extra_axes)), tuple(range(data.ndim - extra_axes, data.ndim)))
     if affine is None:
         affine = _affine_from_scale(data.ndim, scale, translate)
-    return MedicalImage(data, np.asarray(affine), metadata).in_source_orientation()
+    image = MedicalImage(data, np.asarray(affine), metadata)
+    return image.in_source_orientation() if file_order else image
 
 
 def display_range(image: MedicalImage) -> tuple[float, float]:

@@ -15,7 +15,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 from qtpy.QtCore import QObject, Signal
 
-from ..io.layers import from_layer, to_layer_data
+from ..io.layers import display_range, from_layer
 
 if TYPE_CHECKING:
     import napari
@@ -120,16 +120,13 @@ class EditWidget(Container):
         layer = self.viewer.layers[self.image.value] if self.image.value != NONE else None
         if layer is None:
             raise ValueError("open or select an image layer first")
-        source = from_layer(layer.data, layer.metadata, layer.scale, layer.translate).reoriented()
-        # The layer's own (display) orientation: axial slices along axis 0 for volumes.
+        # The layer's own orientation (axial slices along axis 0 for volumes napari-medit read),
+        # so masks painted on the layers line up and results go back without reorienting.
+        source = from_layer(layer.data, layer.metadata, layer.scale, layer.translate, file_order=False)
         kwargs = {"image": source, "seed": self.seed.value, "steps": self.steps.value, "axis": 0}
         for name in METHOD_MASKS[self.method.value]:
             if self.masks[name].value != NONE:
-                mask_layer = self.viewer.layers[self.masks[name].value]
-                if np.shape(mask_layer.data) != np.shape(layer.data):
-                    raise ValueError(f"{mask_layer.name} has shape {np.shape(mask_layer.data)} but "
-                                     f"{layer.name} has {np.shape(layer.data)}: draw it on this image")
-                kwargs[name] = np.asarray(mask_layer.data)
+                kwargs[name] = np.asarray(self.viewer.layers[self.masks[name].value].data)
         if self.method.value in TEXT_METHODS:
             kwargs["guidance"] = self.guidance.value
             if self.prompt.value:
@@ -193,14 +190,15 @@ class EditWidget(Container):
         if isinstance(result, _Failed):
             self._on_error(result.error)
             return
+        source = self.viewer.layers[source_name]
+        placement = {"scale": source.scale, "translate": source.translate,
+                     "metadata": {**source.metadata, "edit": result.provenance}}
         name = f"{source_name} {method}"
-        for image, layer_name in ((result.image, name), (result.image.with_array(result.difference), f"{name} difference")):
-            data, kwargs, _ = to_layer_data(image, layer_name, "image")
-            if layer_name.endswith("difference"):
-                limit = float(np.abs(data).max()) or 1.0
-                kwargs.update(colormap="PiYG", contrast_limits=(-limit, limit), visible=False)
-            kwargs["metadata"] = {**kwargs["metadata"], "edit": result.provenance}
-            self.viewer.add_image(data, **kwargs)
+        self.viewer.add_image(result.image.array, name=name, colormap="gray",
+                              contrast_limits=display_range(result.image), **placement)
+        limit = float(np.abs(result.difference).max()) or 1.0
+        self.viewer.add_image(result.difference, name=f"{name} difference", colormap="PiYG",
+                              contrast_limits=(-limit, limit), visible=False, **placement)
         self.status.value = f"{method}: done in {result.provenance['seconds']:.1f} s"
 
     def _on_error(self, exc):
