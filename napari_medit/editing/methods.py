@@ -31,6 +31,7 @@ class Method:
     slice_region: str | None  # the mask whose slices get edited by default (None: every slice)
     run: Callable
     editable: Callable[[dict[str, np.ndarray]], np.ndarray | None]  # native region that may change
+    region: Callable[[dict[str, np.ndarray]], np.ndarray | None]  # the region it is asked to edit (metrics)
     reference: str
 
 
@@ -80,16 +81,16 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("radedit", RadEditParams, (), ("edit_mask", "keep_mask"), True, "edit_mask", _radedit,
-               _outside_keep, "Bond-Taylor et al., RadEdit, ECCV 2024, Algorithm 3"),
+               _outside_keep, lambda m: m.get("edit_mask"), "Bond-Taylor et al., RadEdit, ECCV 2024, Algorithm 3"),
         Method("mededit", MedEditParams, ("pathology_mask", "brain_mask"), (), False, "pathology_mask", _mededit,
-               lambda m: m["inpaint_mask"], "Ben Alaya et al., MedEdit, 2024"),
+               lambda m: m["inpaint_mask"], lambda m: m["inpaint_mask"], "Ben Alaya et al., MedEdit, 2024"),
         Method("pie", PIEParams, ("roi_mask",), (), True, "roi_mask", _pie,
-               lambda m: m["roi_mask"], "Liang et al., PIE, 2023"),
+               lambda m: m["roi_mask"], lambda m: m["roi_mask"], "Liang et al., PIE, 2023"),
         Method("sdedit", SDEditParams, (), ("edit_mask", "pathology_mask", "brain_mask"), False, "edit_mask",
-               _sdedit, lambda m: m.get("edit_mask"), "Meng et al., SDEdit, ICLR 2022"),
+               _sdedit, lambda m: m.get("edit_mask"), lambda m: m.get("edit_mask"), "Meng et al., SDEdit, ICLR 2022"),
         Method("repaint", RePaintParams, ("pathology_mask",), ("brain_mask",), False, "pathology_mask", _repaint,
-               lambda m: m["pathology_mask"], "Lugmayr et al., RePaint, CVPR 2022"),
+               lambda m: m["pathology_mask"], lambda m: m["pathology_mask"], "Lugmayr et al., RePaint, CVPR 2022"),
         Method("diffedit", DiffEditParams, ("edit_mask",), (), True, "edit_mask", _diffedit,
-               lambda m: m["edit_mask"], "Couairon et al., DiffEdit, ICLR 2023 (given mask)"),
+               lambda m: m["edit_mask"], lambda m: m["edit_mask"], "Couairon et al., DiffEdit, ICLR 2023 (given mask)"),
     )
 }

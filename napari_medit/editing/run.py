@@ -17,6 +17,7 @@ import torch
 from .. import __version__
 from ..io import RADIOLOGICAL_AXIAL, MedicalImage
 from ..io.image import apply_orientation, plane_transforms
+from ..metrics import edit_metrics, jsonable
 from .control import NoiseSource, Progress, StepInfo
 from .denoiser import Denoiser
 from .mededit import inpainting_mask
@@ -60,6 +61,7 @@ class EditResult:
     provenance: dict[str, Any]
     progression: list[MedicalImage] | None = None  # PIE: every step, the last one is ``image``
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # masks as used (MedEdit: inpaint_mask)
+    metrics: dict = field(default_factory=dict)  # napari_medit.metrics.edit_metrics; JSON form in provenance
 
 
 def edit(
@@ -161,7 +163,12 @@ def edit(
         progress.next_chunk()
     seconds = time.perf_counter() - started
 
-    results = [_composite(stack, out, editable, chosen, source.array.dtype, planar, axis) for out in outputs]
+    stacked_results = [_composite(stack, out, editable, chosen, source.array.dtype) for out in outputs]
+    # Measured in the slicing orientation (slices along axis 0), where "edited slices" are defined.
+    metrics = edit_metrics(stack, stacked_results[-1], region=spec.region(stacked_masks),
+                           keep_mask=stacked_masks.get("keep_mask"), slice_axis=0,
+                           slices=None if planar else chosen)
+    results = [r[0] if planar else np.moveaxis(r, 0, axis) for r in stacked_results]
     used_masks = {k: (m[0] if planar else np.moveaxis(m, 0, axis)) for k, m in stacked_masks.items()}
     if back is not None:  # from the plane's orientation back to the image's voxel order
         results = [apply_orientation(r, back) for r in results]
@@ -185,6 +192,7 @@ def edit(
         "platform": platform.platform(),
         "model_evaluations": model.evaluations - evaluations_before,
         "seconds": round(seconds, 3),
+        "metrics": jsonable(metrics),
     }
     images = [source.with_array(r, edit=provenance) for r in results]
     return EditResult(
@@ -195,6 +203,7 @@ def edit(
         provenance=provenance,
         progression=images if len(images) > 1 else None,
         masks=used_masks,
+        metrics=metrics,
     )
 
 
@@ -320,14 +329,14 @@ def _conditions(model: Denoiser, masks_model: dict[str, torch.Tensor]) -> torch.
     return torch.cat([masks_model[name] for name in model.condition_names], dim=1)
 
 
-def _composite(stack, edited, editable, chosen, dtype, planar, axis) -> np.ndarray:
+def _composite(stack, edited, editable, chosen, dtype) -> np.ndarray:
     """Edited values where the method may change the image, the source's own values elsewhere."""
     out = stack.copy()
     values = to_dtype(edited[chosen], dtype)
     if editable is not None:
         values = np.where(editable[chosen], values, stack[chosen])
     out[chosen] = values
-    return out[0] if planar else np.moveaxis(out, 0, axis)
+    return out
 
 
 def _reporter(callback, model, chunk, axis, window, grid):
