@@ -3,6 +3,7 @@
     napari-medit sample {brain,cxr} --out DIR
     napari-medit info PATH [--json]
     napari-medit edit METHOD --image PATH --out PATH --model PATH [masks] [parameters]
+    napari-medit batch MANIFEST.csv --out DIR [--workers N | --scheduler ADDRESS]
 
 Errors in the input print one line naming the file and the problem and exit
 with status 2; nothing is written then.
@@ -71,6 +72,20 @@ def _parser() -> argparse.ArgumentParser:
                       help="let a model's text encoder run code from its repository (BioViL-T needs it)")
     edit.set_defaults(run=_edit)
 
+    batch = commands.add_parser("batch", help="run the edits of a manifest (CSV) on a dask cluster; resumable")
+    batch.add_argument("manifest", help="CSV: id,image,method and the edit options with underscores "
+                                        "(edit_mask, prompt, steps, seed, ...); paths relative to the manifest")
+    batch.add_argument("--out", required=True, help="folder for ID.nii.gz/ID.png, ID.json and summary.csv/.json")
+    batch.add_argument("--model", help="the model for rows whose 'model' cell is empty")
+    where = batch.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per two cores; "
+                                                   "0: run here, one item after another)")
+    where.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://10.0.0.5:8786")
+    batch.add_argument("--device", help="cpu, cuda, mps (default: auto on each worker)")
+    batch.add_argument("--download", action="store_true", help="let hub models download (default: offline)")
+    batch.add_argument("--trust-remote-code", action="store_true")
+    batch.set_defaults(run=_batch)
+
     models = commands.add_parser("models", help="list the bundled and locally found models")
     models.add_argument("--json", action="store_true")
     models.set_defaults(run=_models)
@@ -110,43 +125,37 @@ def _edit(args) -> int:
     from pathlib import Path
 
     from .backends import ModelLoadError, load_model
-    from .editing import EditError, edit
-    from .io import write_image
+    from .editing import EditError
+    from .jobs import MASK_OPTIONS, PARAMETER_TYPES, EditJob, parse_axis, parse_slices, run_job
 
-    out = Path(args.out)
-    if not out.name.lower().endswith((".nii", ".nii.gz", ".png")):
-        raise ValueError(f"{out}: the output must end in .nii.gz, .nii or .png")
-    image = read_image(args.image)
-    if out.suffix.lower() == ".png" and image.array.ndim != 2:
-        raise ValueError(f"{out}: PNG holds 2D images and the input has shape {image.array.shape}; use .nii.gz")
-    masks = {
-        f"{name}_mask": read_image(path)
-        for name in ("edit", "keep", "pathology", "brain", "roi")
-        if (path := getattr(args, f"{name}_mask")) is not None
-    }
-    options = {
-        key: getattr(args, key)
-        for key in ("prompt", "inversion_prompt", "steps", "guidance", "skip", "strength", "iterations",
-                    "dilation", "jump_length", "jump_n_sample")
-        if getattr(args, key) is not None
-    }
+    job = EditJob(
+        method=args.method, image=Path(args.image), out=Path(args.out),
+        masks={name: Path(path) for name in MASK_OPTIONS if (path := getattr(args, name)) is not None},
+        parameters={k: getattr(args, k) for k in PARAMETER_TYPES if getattr(args, k) is not None},
+        seed=args.seed, axis=parse_axis(args.axis), slices=parse_slices(args.slices), batch_size=args.batch_size,
+    )
+    job.check()
+    read_image(job.image)  # a bad image fails before a model loads
     try:
         model = load_model(args.model, args.device, trust_remote_code=args.trust_remote_code, download=args.download)
-        axis = int(args.axis) if args.axis.lstrip("-").isdigit() else args.axis
-        result = edit(args.method, image, model=model, seed=args.seed, axis=axis,
-                      slices=_slice_range(args.slices), batch_size=args.batch_size, **masks, **options)
+        record = run_job(job, model)
     except (EditError, ModelLoadError) as exc:
         raise ValueError(str(exc)) from None
-    versions = result.progression or [result.image]
-    written = []
-    for index, version in enumerate(versions[:-1], start=1):
-        written.append(_write_atomically(write_image, _suffixed(out, f"_step{index:02d}"), version))
-    written.append(_write_atomically(write_image, out, result.image))
-    sidecar = _suffixed(out, "", ".json")
-    sidecar.write_text(json.dumps({"outputs": [str(p) for p in written], **result.provenance}, indent=2))
-    for path in [*written, sidecar]:
+    for path in [*record["outputs"], job.sidecar]:
         print(path)
     return 0
+
+
+def _batch(args) -> int:
+    from .batch import run_batch
+
+    summary = run_batch(args.manifest, args.out, model=args.model, workers=args.workers, scheduler=args.scheduler,
+                        device=args.device, download=args.download, trust_remote_code=args.trust_remote_code)
+    done, skipped, failed = (summary.count(s) for s in ("done", "skipped", "failed"))
+    print(f"{done} edited, {skipped} already finished, {failed} failed; summary: {summary.out / 'summary.csv'}")
+    for record in summary.failed:
+        print(f"  {record['id']}: {record['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _models(args) -> int:
@@ -202,36 +211,6 @@ def _train(args) -> int:
         folder = train_cxr(config, args.resolution, args.resume)
     print(folder)
     return 0
-
-
-def _slice_range(text: str | None):
-    if text is None:
-        return None
-    try:
-        start, stop = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise ValueError(f"--slices must look like 10:20, got {text!r}") from None
-    return start, stop
-
-
-def _suffixed(path, suffix: str, ending: str | None = None):
-    """result.nii.gz + '_step01' -> result_step01.nii.gz; with ``ending`` '.json' -> result.json."""
-    name = path.name
-    for known in (".nii.gz", ".nii", ".png"):
-        if name.lower().endswith(known):
-            return path.with_name(name[: -len(known)] + suffix + (ending or name[-len(known):]))
-    return path.with_name(name + suffix + (ending or ""))
-
-
-def _write_atomically(writer, path, image):
-    """Write beside the target, then rename: a failed run never leaves a half-written result."""
-    temporary = path.with_name(f".partial-{path.name}")
-    try:
-        writer(temporary, image)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
 
 
 def _info(args) -> int:
