@@ -31,6 +31,7 @@ METHOD_MASKS = {
 }
 TEXT_METHODS = ("radedit", "pie", "diffedit")
 NONE = "(none)"
+GUI_TASK_GAP_MS = 20  # between layer insertions: long enough for queued input and paint events to run
 
 
 class _Failed:
@@ -75,8 +76,40 @@ class EditWidget(Container):
         self._relay.step.connect(self._on_step)
         self._cancel = threading.Event()
         self._preview = None
+        self._models_loaded: dict[str, object] = {}  # kept between runs: a second Run starts at once
+        self._models_lock = threading.Lock()
+        self._gui_tasks: list = []
         self.worker = None
         self._show_relevant()
+        self.warmup = self._warm_up()
+
+    def _warm_up(self) -> threading.Event:
+        """Import the engine and load the selected model in the background while the user sets up:
+        imports hold Python's lock for up to ~0.4 s at a time, which would stall the GUI mid-run."""
+        from napari.qt.threading import create_worker
+
+        done = threading.Event()
+        model_name = self.model.value
+
+        def load():
+            try:
+                self._model(model_name)
+            except Exception:  # noqa: BLE001 - a broken model is reported when the user runs it
+                pass
+            finally:
+                done.set()
+
+        create_worker(load).start()
+        return done
+
+    def _model(self, name: str):
+        """The named model, loaded once and kept between runs."""
+        from ..backends import load_model
+
+        with self._models_lock:
+            if name not in self._models_loaded:
+                self._models_loaded[name] = load_model(name)
+            return self._models_loaded[name]
 
     # ------------------------------------------------------------ choices
 
@@ -146,13 +179,13 @@ class EditWidget(Container):
         self._cancel = threading.Event()
 
         def job():
-            from ..backends import ModelLoadError, load_model
+            from ..backends import ModelLoadError
             from ..editing import EditCancelled, EditError, edit
 
             # Expected failures come back wrapped: napari re-raises a worker's exceptions,
             # and even treats a returned exception as one.
             try:
-                model = load_model(model_name)
+                model = self._model(model_name)
                 return edit(method, kwargs.pop("image"), model=model, cancel=self._cancel,
                             callback=self._relay.step.emit, **kwargs)
             except (EditCancelled, EditError, ModelLoadError) as failure:
@@ -164,6 +197,15 @@ class EditWidget(Container):
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = f"{method}: loading {model_name}..."
         self.worker.start()
+        self._add_preview(self.viewer.layers[source_name])
+
+    def _add_preview(self, source):
+        """The preview layer, added now (in answer to the click) rather than mid-run; it starts as the
+        source slice in view and shows the current estimate as the run goes."""
+        plane = np.asarray(source.data[self.viewer.dims.current_step[0]] if source.ndim == 3 else source.data)
+        self._preview = self.viewer.add_image(plane.astype(np.float32), name="preview", colormap="gray",
+                                              opacity=0.8, scale=source.scale[-2:], translate=source.translate[-2:],
+                                              contrast_limits=tuple(source.contrast_limits))
 
     def cancel(self, _=None):
         self._cancel.set()
@@ -177,14 +219,12 @@ class EditWidget(Container):
         self.status.value = f"step {progress.step} / {progress.total}"
         if progress.step % 5 and progress.step != progress.total:
             return  # a preview every 5 steps keeps the GUI responsive
-        source = self.viewer.layers[self.image.value]
         estimate = progress.preview()
-        plane = estimate[0] if estimate.ndim == 3 else estimate
-        if self._preview is None or self._preview not in self.viewer.layers:
-            self._preview = self.viewer.add_image(plane, name="preview", colormap="gray", opacity=0.8,
-                                                  scale=source.scale[-2:], translate=source.translate[-2:])
-        else:
-            self._preview.data = plane
+        if estimate.ndim == 3:  # the slice in view when it is being edited, else the batch's first
+            in_view = self.viewer.dims.current_step[progress.axis] if len(self.viewer.dims.current_step) == 3 else -1
+            estimate = estimate[progress.slices.index(in_view) if in_view in progress.slices else 0]
+        if self._preview is not None and self._preview in self.viewer.layers:
+            self._preview.data = estimate
 
     def _on_result(self, result, source_name, method):
         if isinstance(result, _Failed):
@@ -194,11 +234,15 @@ class EditWidget(Container):
         placement = {"scale": source.scale, "translate": source.translate,
                      "metadata": {**source.metadata, "edit": result.provenance}}
         name = f"{source_name} {method}"
-        self.viewer.add_image(result.image.array, name=name, colormap="gray",
-                              contrast_limits=display_range(result.image), **placement)
         limit = float(np.abs(result.difference).max()) or 1.0
-        self.viewer.add_image(result.difference, name=f"{name} difference", colormap="PiYG",
-                              contrast_limits=(-limit, limit), visible=False, **placement)
+        # napari takes ~0.1-0.3 s per layer added or removed: one per event-loop turn, so the GUI
+        # keeps answering between them (benchmarks/gui_stall.py).
+        self._queue_gui(
+            lambda: self.viewer.add_image(result.image.array, name=name, colormap="gray",
+                                          contrast_limits=display_range(result.image), **placement),
+            lambda: self.viewer.add_image(result.difference, name=f"{name} difference", colormap="PiYG",
+                                          contrast_limits=(-limit, limit), visible=False, **placement),
+        )
         self.status.value = f"{method}: done in {result.provenance['seconds']:.1f} s"
 
     def _on_error(self, exc):
@@ -214,7 +258,29 @@ class EditWidget(Container):
             self.status.value = "failed"
 
     def _on_finished(self):
-        if self._preview is not None and self._preview in self.viewer.layers:
-            self.viewer.layers.remove(self._preview)
-        self._preview = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False
+        def remove_preview():
+            if self._preview is not None and self._preview in self.viewer.layers:
+                self.viewer.layers.remove(self._preview)
+            self._preview = None
+
+        def ready():
+            self.run_button.enabled, self.cancel_button.enabled = True, False
+
+        self._queue_gui(remove_preview, ready)
+
+    def _queue_gui(self, *tasks):
+        """Run ``tasks`` on the GUI thread one per event-loop turn, after what is already queued."""
+        from qtpy.QtCore import QTimer
+
+        self._gui_tasks.extend(tasks)
+
+        def next_task():
+            task = self._gui_tasks.pop(0)
+            try:
+                task()
+            finally:
+                if self._gui_tasks:
+                    QTimer.singleShot(GUI_TASK_GAP_MS, next_task)
+
+        if len(self._gui_tasks) == len(tasks):  # nothing was pending: start the chain
+            QTimer.singleShot(GUI_TASK_GAP_MS, next_task)
