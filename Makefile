@@ -11,7 +11,7 @@ DEBIAN_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 lib
 	libxkbcommon-x11-0 libgl1 libegl1 libdbus-1-3 libfontconfig1
 DEMO_OUT ?= demo_output
 
-.PHONY: test demo install system-packages clean
+.PHONY: test demo benchmark install system-packages clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ system-packages:
 
 test: install system-packages
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest $(PYTEST_ARGS)
+
+# benchmark - the benchmark suite (CPU; several minutes): figures and ratios into benchmarks/results/cpu.md
+benchmark: install system-packages
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) benchmarks/suite.py --out benchmarks/results/cpu.md
 
 demo: install system-packages
 	@if [ -n "$$DISPLAY" ]; then \

@@ -8,18 +8,18 @@ size (measured here, median of repeats). The ratio is the sampler's overhead
 (resampling, masks, noise, compositing). Then the same MedEdit job on 8
 slices, batched against one slice at a time.
 
-Models are randomly initialised networks of the demo models' size (no weights
-are needed to time them): a MONAI DiffusionModelUNet with mask channels and a
-diffusers UNet2DConditionModel with cross-attention, both at 64 x 64.
+Models are the bundled demo models: demo-brain (MONAI DiffusionModelUNet with
+mask channels) and demo-cxr (diffusers UNet2DConditionModel with a CLIP text
+encoder), both at 64 x 64.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,41 +30,11 @@ from napari_medit.editing import DiffusersDenoiser, MonaiDenoiser, edit
 RESOLUTION = 64
 
 
-class WordEncoder:
-    """Fixed random vectors per word: stands in for a text encoder when timing."""
+def demo_models(device):
+    """The bundled demo models: MedEdit-style MONAI UNet (demo-brain) and text UNet (demo-cxr), 64 x 64."""
+    from napari_medit.backends import load_model
 
-    def __call__(self, prompts):
-        out = torch.zeros(len(prompts), 8, 64)
-        for i, prompt in enumerate(prompts):
-            for j, word in enumerate(prompt.lower().split()[:8]):
-                out[i, j] = torch.randn(64, generator=torch.Generator().manual_seed(zlib.crc32(word.encode())))
-        return out
-
-
-def mask_model(device) -> MonaiDenoiser:
-    from monai.networks.nets import DiffusionModelUNet
-    from monai.networks.schedulers import DDPMScheduler
-
-    torch.manual_seed(0)
-    net = DiffusionModelUNet(spatial_dims=2, in_channels=3, out_channels=1, channels=(32, 64, 64),
-                             attention_levels=(False, False, True), num_res_blocks=1, num_head_channels=32)
-    return MonaiDenoiser(net.to(device), DDPMScheduler(num_train_timesteps=1000), resolution=RESOLUTION,
-                         name="monai-64", condition_names=("pathology_mask", "brain_mask"))
-
-
-def text_model(device) -> DiffusersDenoiser:
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=RESOLUTION, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
-        attention_head_dim=8,
-    )
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
-                              set_alpha_to_one=True)
-    return DiffusersDenoiser(unet.to(device), scheduler, name="diffusers-text-64", text_encoder=WordEncoder())
+    return load_model("demo-brain", device), load_model("demo-cxr", device)
 
 
 class CallLog:
@@ -148,14 +118,10 @@ def batched_against_single(model, slices: int = 8, steps: int = 25):
     return times[slices], times[1]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
-    args = parser.parse_args()
-    device = torch.device(args.device)
+def sections(device: torch.device) -> list[str]:
+    """Markdown: wall against floor per method, then batched against one slice at a time."""
     torch.manual_seed(0)
-    masks, text = mask_model(device), text_model(device)
+    masks, text = demo_models(device)
     jobs = [
         ("radedit", text, dict(prompt="pleural effusion", steps=50, skip=18)),
         ("mededit", masks, dict(steps=100)),
@@ -165,15 +131,10 @@ def main() -> int:
         ("diffedit", text, dict(prompt="pleural effusion", steps=50, strength=0.5)),
     ]
     lines = [
-        f"# Editing engine benchmark ({device.type})",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}"
-        + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
-        f"Command: `python benchmarks/engine.py --device {args.device}`",
+        "## Wall time against the floor of model evaluations",
         "",
         f"One {RESOLUTION}x{RESOLUTION} image per method. Floor = sum over the run's network calls of one "
-        "forward pass at that call's batch size.",
+        "forward pass at that call's batch size (median of 15).",
         "",
         "| method | model | parameters | evaluations | network calls | wall s | floor s | wall / floor |",
         "|---|---|---|---:|---:|---:|---:|---:|",
@@ -187,12 +148,38 @@ def main() -> int:
     batched, single = batched_against_single(masks)
     lines += [
         "",
-        "MedEdit, 8 slices of 64x64, 25 steps:",
+        "## Batched slices against one slice at a time",
+        "",
+        "MedEdit on demo-brain, 8 slices of 64x64, 25 steps:",
         "",
         "| batched (8 per call) s | one slice at a time s | batched / single |",
         "|---:|---:|---:|",
         f"| {batched:.2f} | {single:.2f} | {batched / single:.2f} |",
     ]
+    return lines
+
+
+def machine(device: torch.device) -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or platform.machine()) \
+        if Path("/proc/cpuinfo").exists() else platform.processor() or platform.machine()
+    memory = ""
+    if Path("/proc/meminfo").exists():
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f", {kib / 2**20:.0f} GiB RAM"
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    return (f"{cpu}, {os.cpu_count()} cores{memory}{gpu}; {torch.get_num_threads()} torch threads, "
+            f"torch {torch.__version__}, Python {platform.python_version()}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    lines = [f"# Editing engine benchmark ({device.type})", "", f"Machine: {machine(device)}",
+             f"Command: `python benchmarks/engine.py --device {args.device}`", "", *sections(device)]
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:

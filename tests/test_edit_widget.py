@@ -82,3 +82,88 @@ def test_layers_not_read_by_napari_medit_keep_their_layout(make_napari_viewer, q
     outside = region == 0
     np.testing.assert_array_equal(result.data[outside], volume[outside])
     assert (result.data[region > 0] != volume[region > 0]).any()
+
+
+@pytest.fixture
+def cxr_viewer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "cxr")
+    _, edit_widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Edit")
+    _, masks_widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Masks")
+    return viewer, edit_widget, masks_widget
+
+
+def run_and_wait(widget, qtbot, layer_name):
+    widget.run()
+    qtbot.waitUntil(lambda: widget.run_button.enabled and widget.status.value.split(":")[0] in (
+        widget.method.value, "failed", "cancelled"), timeout=180_000)
+    assert widget.status.value.startswith(f"{widget.method.value}: done"), widget.status.value
+    return widget.viewer.layers[layer_name]
+
+
+@pytest.mark.parametrize("method, settings", [
+    ("radedit", dict(steps=4, prompt="No findings")),
+    ("diffedit", dict(steps=4, prompt="No findings")),
+    ("repaint", dict(steps=3)),
+])
+def test_cxr_methods_through_the_widget(cxr_viewer, qtbot, method, settings):
+    viewer, widget, _ = cxr_viewer
+    widget.method.value, widget.model.value, widget.image.value = method, "demo-cxr", "cxr"
+    if method == "repaint":
+        widget.masks["pathology_mask"].value = "edit_mask"
+    for key, value in settings.items():
+        getattr(widget, key).value = value
+    source = viewer.layers["cxr"]
+    before = source.data.copy()
+    result = run_and_wait(widget, qtbot, f"cxr {method}")
+    assert result.data.shape == source.data.shape and result.data.dtype == source.data.dtype
+    np.testing.assert_array_equal(result.scale, source.scale)
+    np.testing.assert_array_equal(result.translate, source.translate)
+    np.testing.assert_array_equal(source.data, before)
+    unchanged = (viewer.layers["keep_mask"].data > 0) if method == "radedit" else (viewer.layers["edit_mask"].data == 0)
+    np.testing.assert_array_equal(result.data[unchanged], before[unchanged])
+    assert result.metadata["edit"]["metrics"]["changed_voxels"] > 0
+
+
+def test_pie_through_the_masks_and_edit_widgets_adds_a_progression_stack(cxr_viewer, qtbot):
+    viewer, widget, masks = cxr_viewer
+    masks.image.value, masks.method.value = "cxr", "pie"
+    masks.create_masks()
+    roi = viewer.layers["cxr roi_mask"]
+    assert roi.data.shape == viewer.layers["cxr"].data.shape and not roi.data.any()
+    np.testing.assert_array_equal(roi.scale, viewer.layers["cxr"].scale)
+    assert masks.check() == ["roi_mask ('cxr roi_mask') is empty: paint the region first"]
+    roi.data = (viewer.layers["edit_mask"].data > 0).astype(np.uint8)  # "painting" the ROI
+    assert masks.check() == []
+    widget.method.value, widget.model.value, widget.image.value = "pie", "demo-cxr", "cxr"
+    assert widget.masks["roi_mask"].value == "cxr roi_mask"
+    widget.steps.value, widget.prompt.value = 4, "Pleural effusion"
+    result = run_and_wait(widget, qtbot, "cxr pie")
+    qtbot.waitUntil(lambda: "cxr pie progression" in viewer.layers, timeout=10_000)
+    stack = viewer.layers["cxr pie progression"]
+    assert stack.data.shape == (10, *result.data.shape)  # PIE's 10 progressive steps, the last = the result
+    np.testing.assert_array_equal(stack.data[-1], result.data)
+    np.testing.assert_array_equal(stack.scale[1:], result.scale)
+
+
+def test_masks_widget_brain_mask_and_inpainting_mask(brain_widget, qtbot):
+    from napari_medit.editing.mededit import MedEditParams, native_inpainting_mask
+
+    viewer, _ = brain_widget
+    _, masks = viewer.window.add_plugin_dock_widget(PLUGIN, "Masks")
+    masks.image.value, masks.method.value = "t1", "mededit"
+    masks.add_brain_mask()
+    auto = viewer.layers["t1 brain_mask (auto)"].data > 0
+    reference = viewer.layers["brain_mask"].data > 0
+    dice = 2 * (auto & reference).sum() / (auto.sum() + reference.sum())
+    assert dice > 0.85, dice
+    np.testing.assert_array_equal(viewer.layers["t1 brain_mask (auto)"].scale, viewer.layers["t1"].scale)
+    masks.show_inpainting_mask()
+    shown = viewer.layers["t1 inpainting_mask"].data > 0
+    lesion = viewer.layers["lesion_mask"].data > 0
+    expected = native_inpainting_mask(lesion, reference, MedEditParams(), 64)
+    np.testing.assert_array_equal(shown, expected)
+    assert (shown & ~lesion).any() and not (shown & ~reference).any()  # dilated, within the brain
+    assert masks.check() == []
+    viewer.layers["brain_mask"].data = np.zeros_like(viewer.layers["brain_mask"].data)
+    assert masks.check() == ["brain_mask ('brain_mask') is empty: paint the region first"]

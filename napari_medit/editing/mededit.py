@@ -55,6 +55,15 @@ def inpainting_mask(pathology: np.ndarray, brain: np.ndarray, kernel_size: int) 
     return binary_dilation(pathology.astype(bool), structure=structure) & brain.astype(bool)
 
 
+def native_inpainting_mask(pathology: np.ndarray, brain: np.ndarray, params: MedEditParams,
+                           model_resolution: int) -> np.ndarray:
+    """The inpainting mask on slices at their own size, (..., H, W): the dilation kernel, defined
+    on the model's grid, is scaled by the slice's longer side (slices are padded to a square)."""
+    kernel = params.kernel_size(model_resolution)
+    native_kernel = max(1, round(kernel * max(pathology.shape[-2:]) / model_resolution) | 1)
+    return inpainting_mask(pathology, brain, native_kernel)
+
+
 def mededit(
     denoiser: Denoiser,
     x0: torch.Tensor,

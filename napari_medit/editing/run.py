@@ -17,10 +17,11 @@ import torch
 from .. import __version__
 from ..io import RADIOLOGICAL_AXIAL, MedicalImage
 from ..io.image import apply_orientation, plane_transforms
+from ..masks import mask_problem, outside_brain_problem
 from ..metrics import edit_metrics, jsonable
 from .control import NoiseSource, Progress, StepInfo
 from .denoiser import Denoiser
-from .mededit import inpainting_mask
+from .mededit import native_inpainting_mask
 from .methods import METHODS, Method
 from .slicing import Grid, IntensityWindow, slices_to_edit, to_dtype, to_latent_grid
 
@@ -237,14 +238,10 @@ def _mask(name: str, value, source: MedicalImage) -> np.ndarray:
             raise EditError(f"{name} is not on the image's grid (different affine): resample it to the image first")
         value = value.array
     mask = np.asarray(value)
-    if mask.shape != source.array.shape:
-        raise EditError(f"{name} has shape {mask.shape} but the image has {source.array.shape}")
-    if mask.dtype.kind == "f" and not np.all(np.isfinite(mask)):
-        raise EditError(f"{name} contains NaN or Inf values")
-    mask = mask > 0
-    if not mask.any():
-        raise EditError(f"{name} is empty: paint the region first")
-    return mask
+    problem = mask_problem(name, mask, source.array.shape)
+    if problem:
+        raise EditError(problem)
+    return mask > 0
 
 
 def _check_request(spec: Method, source: MedicalImage, masks: dict, model: Denoiser) -> None:
@@ -278,14 +275,12 @@ def _check_request(spec: Method, source: MedicalImage, masks: dict, model: Denoi
             raise EditError(f"mededit needs a model conditioned on a pathology mask and a brain mask; "
                             f"model '{model.name}' takes {list(model.condition_names) or 'no masks'}")
         if not (masks["pathology_mask"] & masks["brain_mask"]).any():
-            raise EditError("the pathology mask lies entirely outside the brain mask: nothing to inpaint")
+            raise EditError(outside_brain_problem(masks["pathology_mask"], masks["brain_mask"]))
 
 
 def _mededit_inpaint(stacked_masks: dict, params, model: Denoiser, shape: tuple[int, int]) -> np.ndarray:
-    """The inpainting mask at native resolution: the dilation kernel scales from the model grid."""
-    kernel = params.kernel_size(model.resolution)
-    native_kernel = max(1, round(kernel * max(shape) / model.resolution) | 1)
-    return inpainting_mask(stacked_masks["pathology_mask"], stacked_masks["brain_mask"], native_kernel)
+    return native_inpainting_mask(stacked_masks["pathology_mask"], stacked_masks["brain_mask"], params,
+                                  model.resolution)
 
 
 # ---------------------------------------------------------------- model space

@@ -186,6 +186,11 @@ class EditWidget(Container):
             # and even treats a returned exception as one.
             try:
                 model = self._model(model_name)
+                if method == "radedit":  # keep the paper's skip / steps ratio (36 / 100) at any step count
+                    from ..editing.radedit import RadEditParams
+
+                    paper = RadEditParams()
+                    kwargs["skip"] = round(kwargs["steps"] * paper.skip / paper.steps)
                 return edit(method, kwargs.pop("image"), model=model, cancel=self._cancel,
                             callback=self._relay.step.emit, **kwargs)
             except (EditCancelled, EditError, ModelLoadError) as failure:
@@ -237,13 +242,22 @@ class EditWidget(Container):
         limit = float(np.abs(result.difference).max()) or 1.0
         # napari takes ~0.1-0.3 s per layer added or removed: one per event-loop turn, so the GUI
         # keeps answering between them (benchmarks/gui_stall.py).
-        self._queue_gui(
+        tasks = [
             lambda: self.viewer.add_image(result.image.array, name=name, colormap="gray",
                                           contrast_limits=display_range(result.image), **placement),
             lambda: self.viewer.add_image(result.difference, name=f"{name} difference", colormap="PiYG",
                                           contrast_limits=(-limit, limit), visible=False, **placement),
-        )
-        self.status.value = f"{method}: done in {result.provenance['seconds']:.1f} s"
+        ]
+        if result.progression:  # PIE: every step as one stack, its first axis a slider
+            steps = np.stack([version.array for version in result.progression])
+            tasks.append(lambda: self.viewer.add_image(
+                steps, name=f"{name} progression", colormap="gray", contrast_limits=display_range(result.image),
+                visible=False, scale=(1, *source.scale), translate=(0, *source.translate),
+                metadata={"edit": result.provenance}))
+        self._queue_gui(*tasks)
+        ssim = result.metrics.get("outside", {}).get("ssim")
+        fidelity = f"; SSIM outside the region {ssim:.3f}" if isinstance(ssim, float) and np.isfinite(ssim) else ""
+        self.status.value = f"{method}: done in {result.provenance['seconds']:.1f} s{fidelity}"
 
     def _on_error(self, exc):
         from napari.utils import notifications

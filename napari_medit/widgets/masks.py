@@ -1,0 +1,176 @@
+"""The Masks dock widget: make the masks a method needs, a starting brain mask, and check them.
+
+Layers are made on the image's grid (its shape, scale and translate) so what is painted lines
+up with what is edited; nothing here changes an existing layer. The maths is in
+``napari_medit.masks`` and ``napari_medit.editing.mededit``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, Label, PushButton
+
+from ..io.layers import MASK_COLORS
+from .edit import METHOD_MASKS, NONE
+
+if TYPE_CHECKING:
+    import napari
+
+# Masks a method cannot run without (the others in METHOD_MASKS are optional).
+REQUIRED = {"radedit": ("edit_mask", "keep_mask"), "mededit": ("pathology_mask", "brain_mask"),
+            "pie": ("roi_mask",), "sdedit": ("edit_mask",), "repaint": ("pathology_mask",),
+            "diffedit": ("edit_mask",)}
+ROLE_COLORS = {"edit_mask": MASK_COLORS["edit"], "keep_mask": MASK_COLORS["keep"],
+               "pathology_mask": MASK_COLORS["pathology"], "brain_mask": MASK_COLORS["brain"],
+               "roi_mask": MASK_COLORS["roi"]}
+INPAINT_COLOR = "#ffe14d"
+
+
+class MasksWidget(Container):
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.image = ComboBox(label="image", choices=self._image_layers)
+        self.method = ComboBox(label="method", choices=list(METHOD_MASKS), value="mededit")
+        self.create_button = PushButton(text="Create empty masks",
+                                        tooltip="Labels layers on the image's grid, one per mask the method needs")
+        self.brain_button = PushButton(text="Automatic brain mask",
+                                       tooltip="Otsu threshold, 3 mm opening, largest component, holes filled: "
+                                               "a starting point to correct by hand")
+        self.inpaint_button = PushButton(text="Show MedEdit inpainting mask",
+                                         tooltip="dilate(pathology) AND brain, the region MedEdit regenerates "
+                                                 "(dilation 25 px at 128 px, scaled to the slice)")
+        self.check_button = PushButton(text="Check masks")
+        self.status = Label(value="")
+        self.extend([self.image, self.method, self.create_button, self.brain_button, self.inpaint_button,
+                     self.check_button, self.status])
+        self.create_button.changed.connect(self.create_masks)
+        self.brain_button.changed.connect(self.add_brain_mask)
+        self.inpaint_button.changed.connect(self.show_inpainting_mask)
+        self.check_button.changed.connect(self.check)
+        self.viewer.layers.events.inserted.connect(lambda _: self.image.reset_choices())
+        self.viewer.layers.events.removed.connect(lambda _: self.image.reset_choices())
+
+    def _image_layers(self, _=None):
+        return [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Image"] or [NONE]
+
+    def _source(self):
+        if self.image.value == NONE:
+            raise ValueError("open or select an image layer first")
+        return self.viewer.layers[self.image.value]
+
+    def _add_labels(self, data, name, color, source):
+        return self.viewer.add_labels(np.asarray(data, np.uint8), name=name, scale=source.scale,
+                                      translate=source.translate, colormap={0: "transparent", 1: color,
+                                                                            None: color})
+
+    def _mask_layer(self, role: str):
+        """The Labels layer for ``role``: the one named '<image> <role>' or, failing that, like the role."""
+        labels = [layer for layer in self.viewer.layers if type(layer).__name__ == "Labels"]
+        exact = f"{self.image.value} {role}"
+        aliases = {"pathology_mask": ("pathology", "lesion"), "brain_mask": ("brain",), "edit_mask": ("edit",),
+                   "keep_mask": ("keep",), "roi_mask": ("roi",)}[role]
+        return next((layer for layer in labels if layer.name == exact), None) or next(
+            (layer for layer in labels if any(a in layer.name.lower() for a in aliases)
+             and "inpainting" not in layer.name), None)
+
+    # ------------------------------------------------------------ actions
+
+    def create_masks(self, _=None):
+        try:
+            source = self._source()
+        except ValueError as exc:
+            return self._fail(str(exc))
+        made = []
+        for role in METHOD_MASKS[self.method.value]:
+            if self._mask_layer(role) is None:
+                name = f"{source.name} {role}"
+                self._add_labels(np.zeros(source.data.shape, np.uint8), name, ROLE_COLORS[role], source)
+                made.append(name)
+        self.status.value = f"added {', '.join(made)}" if made else "the masks already exist"
+
+    def add_brain_mask(self, _=None):
+        from ..masks import auto_brain_mask
+
+        try:
+            source = self._source()
+            mask = auto_brain_mask(np.asarray(source.data), spacing=source.scale)
+        except ValueError as exc:
+            return self._fail(str(exc))
+        self._add_labels(mask, f"{source.name} brain_mask (auto)", ROLE_COLORS["brain_mask"], source)
+        self.status.value = f"brain mask: {int(mask.sum())} voxels; correct it by painting"
+
+    def show_inpainting_mask(self, _=None):
+        """What MedEdit will regenerate, for the model chosen in the Edit widget's sense: its resolution."""
+        try:
+            source = self._source()
+            pathology, brain = self._mask_layer("pathology_mask"), self._mask_layer("brain_mask")
+            if pathology is None or brain is None:
+                raise ValueError("MedEdit needs a pathology mask and a brain mask layer first")
+            resolution = self._model_resolution()
+        except ValueError as exc:
+            return self._fail(str(exc))
+        from ..editing.mededit import MedEditParams, native_inpainting_mask
+
+        inpaint = native_inpainting_mask(np.asarray(pathology.data) > 0, np.asarray(brain.data) > 0,
+                                         MedEditParams(), resolution)
+        name = f"{source.name} inpainting_mask"
+        if name in self.viewer.layers:
+            self.viewer.layers[name].data = inpaint.astype(np.uint8)
+        else:
+            layer = self._add_labels(inpaint, name, INPAINT_COLOR, source)
+            layer.opacity = 0.4
+        self.status.value = f"inpainting mask: {int(inpaint.sum())} voxels (model grid {resolution} px)"
+
+    def _model_resolution(self) -> int:
+        from ..backends import describe, model_folders
+
+        folders = model_folders()
+        for name in ("demo-brain", *folders):
+            if name in folders and "mededit" in describe(folders[name])["methods"]:
+                return int(describe(folders[name])["resolution"])
+        raise ValueError("no MedEdit model found to size the dilation for")
+
+    def check(self, _=None) -> list[str]:
+        """Every problem the chosen method's masks have, as one notification; [] when they are fine."""
+        from napari.utils import notifications
+
+        from ..masks import mask_problem, outside_brain_problem
+
+        try:
+            source = self._source()
+        except ValueError as exc:
+            self._fail(str(exc))
+            return [str(exc)]
+        problems, layers = [], {}
+        for role in METHOD_MASKS[self.method.value]:
+            layer = self._mask_layer(role)
+            if layer is None:
+                if role in REQUIRED[self.method.value]:
+                    problems.append(f"no {role} layer: use 'Create empty masks'")
+                continue
+            layers[role] = layer
+            problem = mask_problem(f"{role} ('{layer.name}')", layer.data, source.data.shape)
+            if problem is None and (not np.allclose(layer.scale, source.scale)
+                                    or not np.allclose(layer.translate, source.translate)):
+                problem = f"{role} ('{layer.name}') is not placed like the image (scale/translate differ)"
+            if problem:
+                problems.append(problem)
+        if {"pathology_mask", "brain_mask"} <= set(layers) and not problems:
+            problem = outside_brain_problem(layers["pathology_mask"].data, layers["brain_mask"].data)
+            if problem:
+                problems.append(problem)
+        if problems:
+            notifications.show_warning("; ".join(problems))
+            self.status.value = f"{len(problems)} problem(s)"
+        else:
+            self.status.value = "masks OK"
+        return problems
+
+    def _fail(self, message: str):
+        from napari.utils import notifications
+
+        notifications.show_error(message)
+        self.status.value = "failed"
