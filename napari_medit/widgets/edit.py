@@ -34,6 +34,15 @@ NONE = "(none)"
 GUI_TASK_GAP_MS = 20  # between layer insertions: long enough for queued input and paint events to run
 
 
+MASK_NAME_HINTS = {"pathology_mask": ("pathology", "lesion"), "brain_mask": ("brain",), "edit_mask": ("edit",),
+                   "keep_mask": ("keep",), "roi_mask": ("roi",)}
+
+
+def name_like(role: str, names) -> str | None:
+    """The first of ``names`` that says it is a ``role`` mask ('lesion_mask' for pathology_mask)."""
+    return next((n for n in names if any(hint in n.lower() for hint in MASK_NAME_HINTS[role])), None)
+
+
 class _Failed:
     """An expected failure (cancel, bad request, missing model) handed back by the worker."""
 
@@ -131,11 +140,9 @@ class EditWidget(Container):
 
     def _guess_masks(self):
         """Pre-select layers whose names say what they are (lesion -> pathology, and so on)."""
-        aliases = {"pathology_mask": ("pathology", "lesion"), "brain_mask": ("brain",), "edit_mask": ("edit",),
-                   "keep_mask": ("keep",), "roi_mask": ("roi",)}
         for name, box in self.masks.items():
             if box.value == NONE:
-                match = next((c for c in box.choices if any(a in c.lower() for a in aliases[name])), None)
+                match = name_like(name, box.choices)
                 if match:
                     box.value = match
 

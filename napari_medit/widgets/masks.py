@@ -13,7 +13,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 
 from ..io.layers import MASK_COLORS
-from .edit import METHOD_MASKS, NONE
+from .edit import METHOD_MASKS, NONE, name_like
 
 if TYPE_CHECKING:
     import napari
@@ -68,13 +68,10 @@ class MasksWidget(Container):
 
     def _mask_layer(self, role: str):
         """The Labels layer for ``role``: the one named '<image> <role>' or, failing that, like the role."""
-        labels = [layer for layer in self.viewer.layers if type(layer).__name__ == "Labels"]
+        labels = {layer.name: layer for layer in self.viewer.layers if type(layer).__name__ == "Labels"}
         exact = f"{self.image.value} {role}"
-        aliases = {"pathology_mask": ("pathology", "lesion"), "brain_mask": ("brain",), "edit_mask": ("edit",),
-                   "keep_mask": ("keep",), "roi_mask": ("roi",)}[role]
-        return next((layer for layer in labels if layer.name == exact), None) or next(
-            (layer for layer in labels if any(a in layer.name.lower() for a in aliases)
-             and "inpainting" not in layer.name), None)
+        name = exact if exact in labels else name_like(role, labels)
+        return labels.get(name)
 
     # ------------------------------------------------------------ actions
 
@@ -129,8 +126,9 @@ class MasksWidget(Container):
 
         folders = model_folders()
         for name in ("demo-brain", *folders):
-            if name in folders and "mededit" in describe(folders[name])["methods"]:
-                return int(describe(folders[name])["resolution"])
+            described = describe(folders[name]) if name in folders else {"methods": ()}
+            if "mededit" in described["methods"]:
+                return int(described["resolution"])
         raise ValueError("no MedEdit model found to size the dilation for")
 
     def check(self, _=None) -> list[str]:
