@@ -167,3 +167,10 @@ def test_masks_widget_brain_mask_and_inpainting_mask(brain_widget, qtbot):
     assert masks.check() == []
     viewer.layers["brain_mask"].data = np.zeros_like(viewer.layers["brain_mask"].data)
     assert masks.check() == ["brain_mask ('brain_mask') is empty: paint the region first"]
+
+
+def test_masks_widget_requires_what_the_engine_requires():
+    from napari_medit.editing import METHODS
+    from napari_medit.widgets.masks import REQUIRED
+
+    assert REQUIRED == {name: method.required_masks for name, method in METHODS.items()}

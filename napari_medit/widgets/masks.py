@@ -18,10 +18,10 @@ from .edit import METHOD_MASKS, NONE, name_like
 if TYPE_CHECKING:
     import napari
 
-# Masks a method cannot run without (the others in METHOD_MASKS are optional).
-REQUIRED = {"radedit": ("edit_mask", "keep_mask"), "mededit": ("pathology_mask", "brain_mask"),
-            "pie": ("roi_mask",), "sdedit": ("edit_mask",), "repaint": ("pathology_mask",),
-            "diffedit": ("edit_mask",)}
+# Masks a method cannot run without (the others in METHOD_MASKS are optional); the engine's
+# Method.required_masks, restated so this widget does not import torch.
+REQUIRED = {"radedit": (), "mededit": ("pathology_mask", "brain_mask"), "pie": ("roi_mask",), "sdedit": (),
+            "repaint": ("pathology_mask",), "diffedit": ("edit_mask",)}
 ROLE_COLORS = {"edit_mask": MASK_COLORS["edit"], "keep_mask": MASK_COLORS["keep"],
                "pathology_mask": MASK_COLORS["pathology"], "brain_mask": MASK_COLORS["brain"],
                "roi_mask": MASK_COLORS["roi"]}
