@@ -60,7 +60,6 @@ def measure(steps: int = 60, idle_seconds: float = 3.0) -> dict:
         viewer.open_sample("napari-medit", "brain")
         _, widget = viewer.window.add_plugin_dock_widget("napari-medit", "Edit")
         widget.method.value, widget.model.value, widget.image.value = "mededit", "demo-brain", "t1"
-        widget.steps.value = steps
         app = QApplication.instance()
         probe = StallProbe()
 
@@ -72,8 +71,9 @@ def measure(steps: int = 60, idle_seconds: float = 3.0) -> dict:
 
         probe.start()  # opening the widget started the engine's imports in the background
         warm_start = time.perf_counter()
-        spin_until(widget.warmup.is_set, 120)
+        spin_until(lambda: widget.ready, 120)  # engine imported, model loaded, parameter forms built
         spin_until(lambda: False, 0.5)
+        widget.parameter("steps").value = steps
         warmup = probe.stalls() | {"seconds": time.perf_counter() - warm_start}
         probe.stop()
 

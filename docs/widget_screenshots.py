@@ -33,7 +33,8 @@ def brain() -> None:
     masks.check()
     _, widget = viewer.window.add_plugin_dock_widget("napari-medit", "Edit", tabify=True)
     widget.method.value, widget.model.value, widget.image.value = "mededit", "demo-brain", "t1"
-    widget.steps.value = 100
+    spin(120, lambda: widget.ready)
+    widget.parameter("steps").value = 100
     widget.run()
     spin(600, lambda: "t1 mededit difference" in viewer.layers and widget.run_button.enabled)
     viewer.layers["t1 inpainting_mask"].visible = False

@@ -6,11 +6,17 @@ import pytest
 PLUGIN = "napari-medit"
 
 
+def open_edit_widget(viewer, qtbot):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Edit")
+    qtbot.waitUntil(lambda: widget.ready, timeout=120_000)  # engine imported, parameter forms built
+    return widget
+
+
 @pytest.fixture
-def brain_widget(make_napari_viewer):
+def brain_widget(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "brain")
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Edit")
+    widget = open_edit_widget(viewer, qtbot)
     widget.method.value = "mededit"
     widget.model.value = "demo-brain"
     widget.image.value = "t1"
@@ -22,7 +28,7 @@ def test_mededit_through_the_widget_adds_aligned_layers(brain_widget, qtbot):
     assert widget.masks["pathology_mask"].value == "lesion_mask" and widget.masks["brain_mask"].value == "brain_mask"
     source = viewer.layers["t1"]
     before = source.data.copy()
-    widget.steps.value = 5
+    widget.parameter("steps").value = 5
     widget.run()
     qtbot.waitUntil(lambda: "t1 mededit" in viewer.layers and widget.run_button.enabled, timeout=120_000)
     result = viewer.layers["t1 mededit"]
@@ -38,14 +44,22 @@ def test_mededit_through_the_widget_adds_aligned_layers(brain_widget, qtbot):
 
 def test_cancel_leaves_no_layer(brain_widget, qtbot):
     viewer, widget = brain_widget
-    widget.steps.value = 1000
+    widget.parameter("steps").value = 1000
     names = [layer.name for layer in viewer.layers]
     widget.run()
-    qtbot.waitUntil(lambda: widget.status.value.startswith("step"), timeout=60_000)
+    qtbot.waitUntil(lambda: widget.status.value.startswith("step 1"), timeout=60_000)
+    # The preview layer shows the current estimate on the slices in work, the rest is the source.
+    preview, source = viewer.layers["preview"], viewer.layers["t1"].data
+    qtbot.waitUntil(lambda: (preview.data != source).any(), timeout=60_000)
+    lesion_slices = np.flatnonzero(viewer.layers["lesion_mask"].data.any(axis=(1, 2)))
+    changed = np.flatnonzero((preview.data != source).any(axis=(1, 2)))
+    assert set(changed) <= set(lesion_slices)
+    assert widget._progress_bar.total == 1000 * -(-len(lesion_slices) // 4)  # 1000 steps a batch of 4 slices
+    assert " s left" in widget.status.value
     widget.cancel()
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
     assert [layer.name for layer in viewer.layers] == names
-    assert widget.status.value == "cancelled"
+    assert widget.status.value == "cancelled" and widget._progress_bar is None
 
 
 def test_bad_input_notifies_and_changes_nothing(brain_widget, qtbot, monkeypatch):
@@ -69,10 +83,11 @@ def test_layers_not_read_by_napari_medit_keep_their_layout(make_napari_viewer, q
     region = np.zeros(volume.shape, np.uint8)
     region[1:3, 8:16, 10:30] = 1
     viewer.add_labels(region, name="edit_mask", scale=(3.0, 1.0, 0.5))
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Edit")
+    widget = open_edit_widget(viewer, qtbot)
     widget.method.value, widget.model.value, widget.image.value = "sdedit", "demo-cxr", "scan"
     assert widget.masks["edit_mask"].value == "edit_mask"
-    widget.steps.value = 40  # SDEdit's default strength 0.1: 4 denoising steps
+    assert widget.axis.choices == (0, 1, 2)  # no affine: array axes, not anatomical planes
+    widget.parameter("steps").value = 40  # SDEdit's default strength 0.1: 4 denoising steps
     widget.run()
     qtbot.waitUntil(lambda: widget.run_button.enabled and widget.status.value != "", timeout=120_000)
     assert widget.status.value.startswith("sdedit: done"), widget.status.value
@@ -85,10 +100,10 @@ def test_layers_not_read_by_napari_medit_keep_their_layout(make_napari_viewer, q
 
 
 @pytest.fixture
-def cxr_viewer(make_napari_viewer):
+def cxr_viewer(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "cxr")
-    _, edit_widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Edit")
+    edit_widget = open_edit_widget(viewer, qtbot)
     _, masks_widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Masks")
     return viewer, edit_widget, masks_widget
 
@@ -112,7 +127,7 @@ def test_cxr_methods_through_the_widget(cxr_viewer, qtbot, method, settings):
     if method == "repaint":
         widget.masks["pathology_mask"].value = "edit_mask"
     for key, value in settings.items():
-        getattr(widget, key).value = value
+        widget.parameter(key).value = value
     source = viewer.layers["cxr"]
     before = source.data.copy()
     result = run_and_wait(widget, qtbot, f"cxr {method}")
@@ -137,7 +152,7 @@ def test_pie_through_the_masks_and_edit_widgets_adds_a_progression_stack(cxr_vie
     assert masks.check() == []
     widget.method.value, widget.model.value, widget.image.value = "pie", "demo-cxr", "cxr"
     assert widget.masks["roi_mask"].value == "cxr roi_mask"
-    widget.steps.value, widget.prompt.value = 4, "Pleural effusion"
+    widget.parameter("steps").value, widget.parameter("prompt").value = 4, "Pleural effusion"
     result = run_and_wait(widget, qtbot, "cxr pie")
     qtbot.waitUntil(lambda: "cxr pie progression" in viewer.layers, timeout=10_000)
     stack = viewer.layers["cxr pie progression"]
@@ -174,3 +189,71 @@ def test_masks_widget_requires_what_the_engine_requires():
     from napari_medit.widgets.masks import REQUIRED
 
     assert REQUIRED == {name: method.required_masks for name, method in METHODS.items()}
+
+
+def test_parameter_forms_hold_each_papers_defaults_with_their_sources(brain_widget):
+    import dataclasses
+
+    from napari_medit.editing import METHODS
+    from napari_medit.widgets.edit import form_values
+
+    _, widget = brain_widget
+    for name, method in METHODS.items():
+        form = widget.parameters[name]
+        assert form_values(form) == dataclasses.asdict(method.params())
+        assert all(w.tooltip for w in form), name
+    widget.method.value = "radedit"
+    assert not widget.parameters["radedit"].native.isHidden() and widget.parameters["mededit"].native.isHidden()
+    widget.parameter("steps").value = 50
+    assert widget.parameter("skip").value == 18  # the reference code's 36 of 100
+    widget.method.value = "mededit"
+    widget.parameter("dilation").value = 9
+    assert widget.request()["dilation"] == 9
+    widget.parameter("dilation").value = 0
+    assert widget.request()["dilation"] is None  # 0: MedEdit's own, scaled to the model
+
+
+def test_current_slice_scope_edits_only_the_slice_in_view(brain_widget, qtbot):
+    viewer, widget = brain_widget
+    source = viewer.layers["t1"]
+    lesion_slices = np.flatnonzero(viewer.layers["lesion_mask"].data.any(axis=(1, 2)))
+    in_view = int(lesion_slices[len(lesion_slices) // 2])
+    viewer.dims.set_point(0, source.data_to_world([in_view, 0, 0])[0])
+    widget.scope.value = "current slice"
+    widget.parameter("steps").value = 3
+    result = run_and_wait(widget, qtbot, "t1 mededit")
+    changed = np.flatnonzero((result.data != source.data).any(axis=(1, 2)))
+    assert list(changed) == [in_view]
+    assert result.metadata["edit"]["slices"] == [in_view] and result.metadata["edit"]["axis"] == "axial"
+
+
+def test_a_coronal_slice_range_edits_those_array_slices(brain_widget, qtbot):
+    """Coronal slices reach the model head up; the range the user picks is in the layer's own indices."""
+    from napari_medit.editing import plane_axis
+    from napari_medit.io.layers import from_layer
+
+    viewer, widget = brain_widget
+    source = viewer.layers["t1"]
+    widget.axis.value = "coronal"
+    array_axis, _ = plane_axis(from_layer(source.data, source.metadata, file_order=False), "coronal")
+    touched = np.flatnonzero(np.moveaxis(viewer.layers["lesion_mask"].data, array_axis, 0).any(axis=(1, 2)))
+    widget.scope.value = "slice range"
+    assert not widget.first.native.isHidden() and widget.first.max == source.data.shape[array_axis] - 1
+    widget.first.value, widget.last.value = int(touched[0]), int(touched[0]) + 1
+    widget.parameter("steps").value = 3
+    result = run_and_wait(widget, qtbot, "t1 mededit")
+    changed = np.flatnonzero(np.moveaxis(result.data != source.data, array_axis, 0).any(axis=(1, 2)))
+    assert set(changed) <= {touched[0], touched[0] + 1} and len(changed) > 0
+    assert result.metadata["edit"]["axis"] == "coronal"
+
+
+def test_a_bad_slice_range_notifies(brain_widget, monkeypatch):
+    viewer, widget = brain_widget
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    widget.scope.value = "slice range"
+    widget.first.value, widget.last.value = 40, 30
+    names = [layer.name for layer in viewer.layers]
+    widget.run()
+    assert shown == ["the first slice (40) is after the last (30)"]
+    assert [layer.name for layer in viewer.layers] == names and widget.run_button.enabled

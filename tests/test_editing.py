@@ -385,3 +385,23 @@ def test_mask_only_methods_run_unconditionally_on_text_models():
         out = edit(method, image, model=model, **options).image.array
         assert np.all(np.isfinite(out)) and not np.array_equal(out[region], image[region])
         np.testing.assert_array_equal(out[~region], image[~region])
+
+
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+def test_progress_slices_are_given_as_the_source_array_holds_them(plane):
+    """Whatever plane an edit slices along, previews are planes of the source array at the reported indices."""
+    from napari_medit.editing.run import PLANES, _in_source_order, plane_axis
+    from napari_medit.io.image import apply_orientation, plane_transforms
+
+    volume = np.random.default_rng(0).random((5, 6, 7))
+    affine = np.array([[0, 0, -2.0, 10], [1.5, 0, 0, -4], [0, -1.0, 0, 3], [0, 0, 0, 1]])  # permuted and flipped
+    there, back = plane_transforms(affine, PLANES[plane])
+    in_plane_order = apply_orientation(volume, there)
+    chunk = [1, 3, 4]
+    axis, indices, planes = _in_source_order(chunk, in_plane_order[chunk], axis=0, back=back,
+                                             count=in_plane_order.shape[0])
+    np.testing.assert_array_equal(planes, np.moveaxis(volume, axis, 0)[indices])
+    source_axis, flipped = plane_axis(MedicalImage(volume, affine), plane)
+    assert source_axis == axis
+    count = volume.shape[axis]
+    assert indices == sorted(count - 1 - i for i in chunk) if flipped else indices == chunk

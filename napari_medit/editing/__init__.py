@@ -7,9 +7,9 @@ from .control import EditCancelled, NoiseSource, Progress
 from .ddpm import NoiseSchedule
 from .denoiser import Denoiser, DiffusersDenoiser, GaussianDenoiser, MonaiDenoiser
 from .methods import METHODS
-from .run import EditError, EditProgress, EditResult, edit
+from .run import PLANES, EditError, EditProgress, EditResult, edit, plane_axis
 
 __all__ = [
     "METHODS", "Denoiser", "DiffusersDenoiser", "EditCancelled", "EditError", "EditProgress", "EditResult",
-    "GaussianDenoiser", "MonaiDenoiser", "NoiseSchedule", "NoiseSource", "Progress", "edit",
+    "GaussianDenoiser", "MonaiDenoiser", "NoiseSchedule", "NoiseSource", "PLANES", "Progress", "edit", "plane_axis",
 ]

@@ -16,18 +16,18 @@ from dataclasses import dataclass
 
 import torch
 
-from .control import NoiseSource, Progress
+from .control import NoiseSource, Progress, parameter
 from .ddpm import FINAL, strength_steps
 from .denoiser import Denoiser
 
 
 @dataclass(frozen=True)
 class DiffEditParams:
-    prompt: str = "No acute cardiopulmonary process"
-    inversion_prompt: str = ""
-    steps: int = 50  # DDIM steps (DiffEdit, and diffusers' pipeline)
-    strength: float = 0.8  # encoding ratio: diffusers' StableDiffusionDiffEditPipeline default
-    guidance: float = 7.5
+    prompt: str = parameter("No acute cardiopulmonary process", "the edit's text")
+    inversion_prompt: str = parameter("", "the inversion's text (DiffEdit's query; empty: unconditional)")
+    steps: int = parameter(50, "DDIM steps: 50 in DiffEdit and diffusers' pipeline")
+    strength: float = parameter(0.8, "encoding ratio: diffusers' StableDiffusionDiffEditPipeline default 0.8")
+    guidance: float = parameter(7.5, "classifier-free guidance: 7.5, Stable Diffusion's default")
 
     def validate(self) -> None:
         strength_steps(self.steps, self.strength)

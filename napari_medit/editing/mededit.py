@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy.ndimage import binary_dilation
 
-from .control import NoiseSource, Progress
+from .control import NoiseSource, Progress, parameter
 from .denoiser import Denoiser
 from .repaint import _validate_jumps, repaint_loop
 
@@ -33,10 +33,10 @@ REFERENCE_DILATION = 25  # ... and its dilation kernel 25 x 25 pixels
 
 @dataclass(frozen=True)
 class MedEditParams:
-    steps: int = 1000  # the published configuration: the full DDPM chain
-    dilation: int | None = None  # kernel size in pixels of the model's grid; None: 25 at 128 px, scaled
-    jump_length: int = 1  # RePaint resampling: off in the published configuration
-    jump_n_sample: int = 1
+    steps: int = parameter(1000, "DDPM steps: the full 1000-step chain in MedEdit's published configuration")
+    dilation: int | None = parameter(None, "dilation kernel in model-grid pixels; none: 25 at 128 px, scaled")
+    jump_length: int = parameter(1, "RePaint jump length j: 1 (off) as published")
+    jump_n_sample: int = parameter(1, "RePaint resampling repeats r: 1 (off) as published")
 
     def validate(self) -> None:
         _validate_jumps(self.steps, self.jump_length, self.jump_n_sample)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .control import NoiseSource, Progress
+from .control import NoiseSource, Progress, parameter
 from .ddpm import strength_steps
 from .denoiser import Denoiser
 
@@ -28,12 +28,12 @@ OUTSIDE_ROI_KEEP, INSIDE_ROI_KEEP = 0.01, 0.75  # the end-of-step blend of PIE's
 
 @dataclass(frozen=True)
 class PIEParams:
-    prompt: str = "Pleural effusion"
-    iterations: int = 10  # N, PIE default
-    strength: float = 0.5  # gamma, PIE default: 25 of 50 DDIM steps
-    steps: int = 50  # DDIM steps of a full img2img pass
-    guidance: float = 7.5  # PIE default (its README example uses 27.5)
-    eta: float = 0.0  # DDIM
+    prompt: str = parameter("Pleural effusion", "the finding to progress towards")
+    iterations: int = parameter(10, "N, progression steps: PIE's default 10")
+    strength: float = parameter(0.5, "gamma, noise level of a step: PIE's default 0.5 (25 of 50 DDIM steps)")
+    steps: int = parameter(50, "DDIM steps of a full img2img pass: PIE's default 50")
+    guidance: float = parameter(7.5, "classifier-free guidance: PIE's 7.5 (its README example: 27.5)")
+    eta: float = parameter(0.0, "DDIM stochasticity: 0 (deterministic DDIM) in PIE")
 
     def validate(self) -> None:
         if self.iterations < 1:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .control import NoiseSource, Progress
+from .control import NoiseSource, Progress, parameter
 from .ddpm import pairs
 from .denoiser import Denoiser
 from .inversion import ETA, invert
@@ -28,11 +28,11 @@ from .inversion import ETA, invert
 
 @dataclass(frozen=True)
 class RadEditParams:
-    prompt: str = "No acute cardiopulmonary process"  # the paper's 'normal' prompt (Sec. 5.2)
-    inversion_prompt: str = ""  # the unconditional prompt, as in the paper's experiments
-    steps: int = 100  # inference steps (edit-friendly DDPM inversion reference code)
-    skip: int = 36  # steps skipped before editing: reference code default 36 of 100
-    guidance: float = 15.0  # "we use a value of 15" (Sec. 4.2)
+    prompt: str = parameter("No acute cardiopulmonary process", "the edit's text: the 'normal' prompt (Sec. 5.2)")
+    inversion_prompt: str = parameter("", "the inversion's text: unconditional in the paper's experiments")
+    steps: int = parameter(100, "DDPM steps: 100 in the edit-friendly inversion reference code")
+    skip: int = parameter(36, "steps skipped before editing: 36 of 100 in the reference code")
+    guidance: float = parameter(15.0, "classifier-free guidance: 'we use a value of 15' (Sec. 4.2)")
 
     def validate(self) -> None:
         if self.steps < 1:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .control import NoiseSource, Progress
+from .control import NoiseSource, Progress, parameter
 from .ddpm import FINAL
 from .denoiser import Denoiser
 
@@ -27,9 +27,9 @@ ETA = 1.0  # DDPM sampling, as RePaint
 
 @dataclass(frozen=True)
 class RePaintParams:
-    steps: int = 250  # RePaint paper: T = 250 ...
-    jump_length: int = 10  # ... j = 10 ...
-    jump_n_sample: int = 10  # ... r = 10 (2,410 model calls)
+    steps: int = parameter(250, "T, DDPM steps: 250 in the RePaint paper")
+    jump_length: int = parameter(10, "j, resampling jump length: 10 in the RePaint paper")
+    jump_n_sample: int = parameter(10, "r, resampling repeats: 10 in the RePaint paper (2,410 model calls)")
 
     def validate(self) -> None:
         _validate_jumps(self.steps, self.jump_length, self.jump_n_sample)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import platform
 import threading
 import time
@@ -42,14 +43,16 @@ class EditError(ValueError):
 
 @dataclass
 class EditProgress:
+    """A denoising step done; the slices in work, as they lie in the source array (for any ``axis``)."""
+
     step: int
     total: int
-    slices: list[int]  # the slices being edited right now
-    axis: int
+    slices: list[int]  # indices along ``axis`` of the slices being edited right now, in preview() order
+    axis: int  # the source array's axis they are slices of
     render: Callable[[], np.ndarray] = field(repr=False)
 
     def preview(self) -> np.ndarray:
-        """The current estimate of the slices in ``slices``, (n, H, W) in source units."""
+        """The current estimate of those slices in source units, (n, *the other two axes in array order)."""
         return self.render()
 
 
@@ -57,7 +60,8 @@ class EditProgress:
 class EditResult:
     image: MedicalImage  # the counterfactual, on the source's grid and affine
     difference: np.ndarray  # float32, result - source
-    edited_slices: list[int]  # indices along the slice axis (of the plane's orientation for a named plane)
+    edited_slices: list[int]  # indices along the slice axis (of the plane's orientation for a named plane,
+    #                           see plane_axis())
     axis: int | str
     provenance: dict[str, Any]
     progression: list[MedicalImage] | None = None  # PIE: every step, the last one is ``image``
@@ -115,6 +119,7 @@ def edit(
     if not -3 <= axis < 3:
         raise EditError(f"axis must be 0, 1 or 2 for a volume, got {axis}")
     axis %= 3
+    in_source_order = functools.partial(_in_source_order, axis=axis, back=back, count=volume.shape[axis])
     stack = volume[None] if planar else np.moveaxis(volume, axis, 0)
     stacked_masks = {k: (m[None] if planar else np.moveaxis(m, axis, 0)) for k, m in masks.items()}
     if spec.name == "mededit":
@@ -143,8 +148,8 @@ def edit(
         chunk = pending.pop(0)
         done_before = progress.done
         try:
-            native = _edit_chunk(spec, model, params, stack, stacked_masks, chunk, seeds, window, grid, axis,
-                                 progress, callback)
+            native = _edit_chunk(spec, model, params, stack, stacked_masks, chunk, seeds, window, grid,
+                                 in_source_order, progress, callback)
         except torch.OutOfMemoryError:
             if len(chunk) == 1:
                 raise
@@ -286,7 +291,8 @@ def _mededit_inpaint(stacked_masks: dict, params, model: Denoiser, shape: tuple[
 # ---------------------------------------------------------------- model space
 
 
-def _edit_chunk(spec, model, params, stack, stacked_masks, chunk, seeds, window, grid, axis, progress, callback):
+def _edit_chunk(spec, model, params, stack, stacked_masks, chunk, seeds, window, grid, in_source_order, progress,
+                callback):
     """One batch of slices through the method; returns the native-resolution versions."""
     x0 = _to_model(model, stack[chunk], window, grid)
     masks_model = {
@@ -295,7 +301,7 @@ def _edit_chunk(spec, model, params, stack, stacked_masks, chunk, seeds, window,
     }
     conditions = _conditions(model, masks_model)
     if callback is not None:
-        progress.callback = _reporter(callback, model, chunk, axis, window, grid)
+        progress.callback = _reporter(callback, model, chunk, in_source_order, window, grid)
     noise = NoiseSource([seeds[i] for i in chunk], model.device)
     with torch.no_grad():
         edited = spec.run(model, x0, masks_model, params, noise, progress, conditions)
@@ -334,15 +340,38 @@ def _composite(stack, edited, editable, chosen, dtype) -> np.ndarray:
     return out
 
 
-def _reporter(callback, model, chunk, axis, window, grid):
+def _reporter(callback, model, chunk, in_source_order, window, grid):
+    axis, slices, _ = in_source_order(chunk)
+
     def report(info: StepInfo) -> None:
         def render() -> np.ndarray:
             with torch.no_grad():
-                return _from_model(model, info.x0_estimate, window, grid)
+                return in_source_order(chunk, _from_model(model, info.x0_estimate, window, grid))[2]
 
-        callback(EditProgress(info.step, info.total, list(chunk), axis, render))
+        callback(EditProgress(info.step, info.total, slices, axis, render))
 
     return report
+
+
+def _in_source_order(chunk: list[int], planes: np.ndarray | None = None, *, axis: int, back, count: int):
+    """Slices ``chunk`` of the slicing orientation as the source array holds them: (its axis, their
+    indices along it, ``planes`` (n, H, W) reoriented to match); exact flips and transposes only."""
+    if back is None:
+        return axis, list(chunk), planes
+    source_axis, flipped = int(back[0, 0]), back[0, 1] < 0  # where the plane's slice axis lies
+    indices = [count - 1 - i for i in reversed(chunk)] if flipped else list(chunk)
+    if planes is not None:  # apply_orientation flips the sub-stack too, so its order matches ``indices``
+        planes = np.moveaxis(apply_orientation(planes, back), source_axis, 0)
+    return source_axis, indices, planes
+
+
+def plane_axis(image: MedicalImage, plane: str) -> tuple[int, bool]:
+    """The array axis ``plane`` slices ``image`` along, and whether the plane counts its slices from
+    the other end (slice i of the plane is then array index n - 1 - i)."""
+    if plane not in PLANES:
+        raise EditError(f"unknown plane {plane!r}; choose one of {', '.join(PLANES)}")
+    _, back = plane_transforms(image.affine, PLANES[plane])
+    return int(back[0, 0]), bool(back[0, 1] < 0)
 
 
 def _default_batch(model: Denoiser, count: int) -> int:

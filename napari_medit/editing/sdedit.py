@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .control import NoiseSource, Progress
+from .control import NoiseSource, Progress, parameter
 from .ddpm import strength_steps
 from .denoiser import Denoiser
 
@@ -21,8 +21,8 @@ ETA = 1.0  # SDEdit's reverse SDE, discretised as DDPM
 
 @dataclass(frozen=True)
 class SDEditParams:
-    strength: float = 0.1  # the encoding ratio of MedEdit's SDEdit baseline
-    steps: int = 1000  # on the full chain, as the baseline; fewer gives a strided DDPM
+    strength: float = parameter(0.1, "encoding ratio t0: 0.1 in MedEdit's SDEdit baseline")
+    steps: int = parameter(1000, "DDPM steps: the baseline's full 1000; fewer gives a strided DDPM")
 
     def validate(self) -> None:
         strength_steps(self.steps, self.strength)

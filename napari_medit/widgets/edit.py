@@ -8,7 +8,10 @@ with the source. Errors become notifications; a cancelled or failed run leaves n
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
+import typing
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,13 +32,49 @@ METHOD_MASKS = {
     "repaint": ("pathology_mask", "brain_mask"),
     "diffedit": ("edit_mask",),
 }
-TEXT_METHODS = ("radedit", "pie", "diffedit")
 NONE = "(none)"
 GUI_TASK_GAP_MS = 20  # between layer insertions: long enough for queued input and paint events to run
 
 
 MASK_NAME_HINTS = {"pathology_mask": ("pathology", "lesion"), "brain_mask": ("brain",), "edit_mask": ("edit",),
                    "keep_mask": ("keep",), "roi_mask": ("roi",)}
+
+
+PLANES = ("axial", "coronal", "sagittal")  # the engine's named planes (editing.run.PLANES), without torch
+SCOPES = ("slices the mask touches", "current slice", "slice range")
+
+
+def parameter_form(params: type) -> Container:
+    """A form for a method's parameters dataclass: its defaults, and where they come from as tooltips."""
+    hints = typing.get_type_hints(params)
+    widgets = []
+    for field in dataclasses.fields(params):
+        kind, tooltip, label = hints[field.name], field.metadata.get("source", ""), field.name.replace("_", " ")
+        if kind is str:
+            widget = LineEdit(value=field.default)
+        elif kind is int:
+            widget = SpinBox(value=field.default, min=0, max=100_000)
+        elif kind is float:
+            widget = FloatSpinBox(value=field.default, min=0.0, max=100.0, step=0.05)
+        elif kind == int | None:  # 0 stands for None: "automatic"
+            widget = SpinBox(value=field.default or 0, min=0, max=100_000)
+            tooltip += " (0: automatic)"
+        else:
+            raise TypeError(f"no form widget for {params.__name__}.{field.name}: {kind}")
+        widget.name, widget.label, widget.tooltip = field.name, label, tooltip
+        widgets.append(widget)
+    form = Container(widgets=widgets, labels=True, name=params.__name__)
+    if {"steps", "skip"} <= {w.name for w in widgets}:
+        # RadEdit: the skipped steps follow the step count at the reference code's ratio (36 of 100).
+        ratio = params().skip / params().steps
+        form.steps.changed.connect(lambda steps: setattr(form.skip, "value", round(steps * ratio)))
+    form.optional = [f.name for f in dataclasses.fields(params) if hints[f.name] == int | None]
+    return form
+
+
+def form_values(form: Container) -> dict:
+    """The form's values as the parameters dataclass takes them."""
+    return {w.name: (None if w.name in form.optional and w.value == 0 else w.value) for w in form}
 
 
 def name_like(role: str, names) -> str | None:
@@ -65,18 +104,28 @@ class EditWidget(Container):
         self.image = ComboBox(label="image", choices=self._image_layers)
         self.masks = {name: ComboBox(label=name.replace("_", " "), choices=self._label_layers)
                       for name in ("edit_mask", "keep_mask", "pathology_mask", "brain_mask", "roi_mask")}
-        self.prompt = LineEdit(label="prompt", value="")
-        self.steps = SpinBox(label="steps", min=1, max=1000, value=100,
-                             tooltip="denoising steps (the papers: RadEdit 100, MedEdit 1000, PIE 50 per step)")
-        self.guidance = FloatSpinBox(label="guidance", min=1.0, max=50.0, step=0.5, value=15.0,
-                                     tooltip="classifier-free guidance (RadEdit paper: 15; PIE: 7.5)")
-        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
-        self.run_button = PushButton(text="Run")
+        # One form per method, built from its parameters' dataclass once the engine is imported.
+        self.parameters: dict[str, Container] = {}
+        self.parameter_box = Container(labels=False, widgets=[Label(value="loading the editing engine...")])
+        self.axis = ComboBox(label="slice along", choices=self._axes,
+                             tooltip="the plane slices are edited in; named planes reach the model in the "
+                                     "orientation it was trained on")
+        self.scope = ComboBox(label="slices", choices=SCOPES, value=SCOPES[0],
+                              tooltip="which slices along that axis are edited")
+        self.first = SpinBox(label="first slice", min=0, max=0, value=0)
+        self.last = SpinBox(label="last slice", min=0, max=0, value=0)
+        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0,
+                            tooltip="the same seed, model and settings give a bit-identical result")
+        self.run_button = PushButton(text="Run", enabled=False)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
-        self.extend([self.method, self.model, self.image, *self.masks.values(), self.prompt, self.steps,
-                     self.guidance, self.seed, self.run_button, self.cancel_button, self.status])
+        self.status = Label(value="loading the editing engine...")
+        self.extend([self.method, self.model, self.image, *self.masks.values(), self.parameter_box, self.axis,
+                     self.scope, self.first, self.last, self.seed, self.run_button, self.cancel_button,
+                     self.status])
         self.method.changed.connect(self._show_relevant)
+        self.image.changed.connect(self._image_changed)
+        self.axis.changed.connect(self._scope_changed)
+        self.scope.changed.connect(self._scope_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.viewer.layers.events.inserted.connect(self._refresh_choices)
@@ -85,12 +134,25 @@ class EditWidget(Container):
         self._relay.step.connect(self._on_step)
         self._cancel = threading.Event()
         self._preview = None
+        self._progress_bar = None
+        self._first_step_at: float | None = None  # when the run's first step came, and its number
+        self._first_step = 0
         self._models_loaded: dict[str, object] = {}  # kept between runs: a second Run starts at once
         self._models_lock = threading.Lock()
         self._gui_tasks: list = []
         self.worker = None
         self._show_relevant()
+        self._image_changed()
         self.warmup = self._warm_up()
+
+    @property
+    def ready(self) -> bool:
+        """True once the engine is imported and the parameter forms are built."""
+        return bool(self.parameters)
+
+    def parameter(self, name: str):
+        """The current method's widget for parameter ``name`` (tests and scripts set values through it)."""
+        return self.parameters[self.method.value][name]
 
     def _warm_up(self) -> threading.Event:
         """Import the engine and load the selected model in the background while the user sets up:
@@ -101,15 +163,28 @@ class EditWidget(Container):
         model_name = self.model.value
 
         def load():
+            from ..editing import METHODS
+
             try:
                 self._model(model_name)
             except Exception:  # noqa: BLE001 - a broken model is reported when the user runs it
                 pass
             finally:
                 done.set()
+            return {name: method.params for name, method in METHODS.items()}
 
-        create_worker(load).start()
+        worker = create_worker(load)
+        worker.returned.connect(self._build_forms)
+        worker.start()
         return done
+
+    def _build_forms(self, params: dict[str, type]):
+        self.parameters = {name: parameter_form(cls) for name, cls in params.items() if name in METHOD_MASKS}
+        self.parameter_box.clear()
+        self.parameter_box.extend(self.parameters.values())
+        self._show_relevant()
+        self.run_button.enabled = True
+        self.status.value = ""
 
     def _model(self, name: str):
         """The named model, loaded once and kept between runs."""
@@ -133,6 +208,18 @@ class EditWidget(Container):
     def _label_layers(self, _=None):
         return [NONE] + [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Labels"]
 
+    def _source_layer(self):
+        return self.viewer.layers[self.image.value] if self.image.value in self.viewer.layers else None
+
+    def _axes(self, _=None):
+        """Anatomical planes for volumes read with their affine, array axes for other volumes."""
+        layer = self._source_layer()
+        if layer is None or layer.ndim != 3:
+            return [("in plane", 0)]
+        if "affine" in layer.metadata:
+            return [(plane, plane) for plane in PLANES]
+        return [(f"axis {axis}", axis) for axis in range(3)]
+
     def _refresh_choices(self, event=None):
         for box in (self.image, *self.masks.values()):
             box.reset_choices()
@@ -150,32 +237,87 @@ class EditWidget(Container):
         wanted = METHOD_MASKS[self.method.value]
         for name, box in self.masks.items():
             box.visible = name in wanted
-        self.prompt.visible = self.guidance.visible = self.method.value in TEXT_METHODS
+        for name, form in self.parameters.items():
+            form.visible = name == self.method.value
         self._guess_masks()
+
+    def _image_changed(self, _=None):
+        self.axis.reset_choices()
+        layer = self._source_layer()
+        volume = layer is not None and layer.ndim == 3
+        self.axis.visible = self.scope.visible = volume
+        self._scope_changed()
+
+    def _scope_changed(self, _=None):
+        layer = self._source_layer()
+        volume = layer is not None and layer.ndim == 3
+        ranged = volume and self.scope.value == "slice range"
+        self.first.visible = self.last.visible = ranged
+        if volume:
+            array_axis, _ = self._array_axis(layer)
+            count = layer.data.shape[array_axis]
+            self.first.max = self.last.max = count - 1
+            if ranged:
+                self.first.value = self.last.value = self._current_index(layer, array_axis)
+
+    def _array_axis(self, layer) -> tuple[int, bool]:
+        """The layer's array axis the chosen plane slices along, and whether the plane counts backwards."""
+        if isinstance(self.axis.value, int):
+            return self.axis.value, False
+        from ..editing import plane_axis
+
+        return plane_axis(self._layer_image(layer), self.axis.value)
+
+    def _current_index(self, layer, array_axis: int) -> int:
+        """The slice of ``layer`` in view along ``array_axis`` (napari's world point, through the layer's
+        own scale and translate)."""
+        point = layer.world_to_data(self.viewer.dims.point[-layer.ndim:])
+        return int(np.clip(round(float(point[array_axis])), 0, layer.data.shape[array_axis] - 1))
+
+    @staticmethod
+    def _layer_image(layer):
+        # The layer's own orientation (axial slices along axis 0 for volumes napari-medit read),
+        # so masks painted on the layers line up and results go back without reorienting.
+        return from_layer(layer.data, layer.metadata, layer.scale, layer.translate, file_order=False)
 
     # ------------------------------------------------------------ running
 
     def request(self) -> dict:
         """What the current settings ask for, as ``edit()`` arguments (layers read, never modified)."""
-        layer = self.viewer.layers[self.image.value] if self.image.value != NONE else None
+        layer = self._source_layer()
         if layer is None:
             raise ValueError("open or select an image layer first")
-        # The layer's own orientation (axial slices along axis 0 for volumes napari-medit read),
-        # so masks painted on the layers line up and results go back without reorienting.
-        source = from_layer(layer.data, layer.metadata, layer.scale, layer.translate, file_order=False)
-        kwargs = {"image": source, "seed": self.seed.value, "steps": self.steps.value, "axis": 0}
+        if not self.ready:
+            raise ValueError("the editing engine is still loading: try again in a moment")
+        kwargs = {"image": self._layer_image(layer), "seed": self.seed.value, "axis": 0}
+        if layer.ndim == 3:
+            kwargs["axis"] = self.axis.value
+            kwargs["slices"] = self._slice_range(layer)
         for name in METHOD_MASKS[self.method.value]:
             if self.masks[name].value != NONE:
                 kwargs[name] = np.asarray(self.viewer.layers[self.masks[name].value].data)
-        if self.method.value in TEXT_METHODS:
-            kwargs["guidance"] = self.guidance.value
-            if self.prompt.value:
-                kwargs["prompt"] = self.prompt.value
+        kwargs.update(form_values(self.parameters[self.method.value]))
         return kwargs
+
+    def _slice_range(self, layer) -> tuple[int, int] | None:
+        """[start, stop) along the plane, from array indices (None: the slices the method's mask touches)."""
+        if self.scope.value == SCOPES[0]:
+            return None
+        array_axis, counts_backwards = self._array_axis(layer)
+        if self.scope.value == "current slice":
+            first = last = self._current_index(layer, array_axis)
+        else:
+            first, last = self.first.value, self.last.value
+            if first > last:
+                raise ValueError(f"the first slice ({first}) is after the last ({last})")
+        if counts_backwards:
+            count = layer.data.shape[array_axis]
+            first, last = count - 1 - last, count - 1 - first
+        return first, last + 1
 
     def run(self, _=None):
         from napari.qt.threading import create_worker
-        from napari.utils import notifications
+        from napari.utils import notifications, progress
 
         try:
             kwargs = self.request()
@@ -193,11 +335,6 @@ class EditWidget(Container):
             # and even treats a returned exception as one.
             try:
                 model = self._model(model_name)
-                if method == "radedit":  # keep the paper's skip / steps ratio (36 / 100) at any step count
-                    from ..editing.radedit import RadEditParams
-
-                    paper = RadEditParams()
-                    kwargs["skip"] = round(kwargs["steps"] * paper.skip / paper.steps)
                 return edit(method, kwargs.pop("image"), model=model, cancel=self._cancel,
                             callback=self._relay.step.emit, **kwargs)
             except (EditCancelled, EditError, ModelLoadError) as failure:
@@ -208,15 +345,17 @@ class EditWidget(Container):
         self.worker.finished.connect(self._on_finished)
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = f"{method}: loading {model_name}..."
+        self._first_step_at = None
+        # napari's activity dock shows it with the time left; the total is known from the first step.
+        self._progress_bar = progress(total=0, desc=f"{method} on {source_name}")
         self.worker.start()
         self._add_preview(self.viewer.layers[source_name])
 
     def _add_preview(self, source):
-        """The preview layer, added now (in answer to the click) rather than mid-run; it starts as the
-        source slice in view and shows the current estimate as the run goes."""
-        plane = np.asarray(source.data[self.viewer.dims.current_step[0]] if source.ndim == 3 else source.data)
-        self._preview = self.viewer.add_image(plane.astype(np.float32), name="preview", colormap="gray",
-                                              opacity=0.8, scale=source.scale[-2:], translate=source.translate[-2:],
+        """The preview layer, added now (in answer to the click) rather than mid-run: a float copy of the
+        source on its grid, whose slices in work show the current estimate as the run goes."""
+        self._preview = self.viewer.add_image(np.asarray(source.data, np.float32), name="preview", colormap="gray",
+                                              opacity=0.8, scale=source.scale, translate=source.translate,
                                               contrast_limits=tuple(source.contrast_limits))
 
     def cancel(self, _=None):
@@ -228,15 +367,25 @@ class EditWidget(Container):
     def _on_step(self, progress):
         if self._cancel.is_set() or self.run_button.enabled:
             return  # a step queued before the run ended
-        self.status.value = f"step {progress.step} / {progress.total}"
+        now = time.monotonic()
+        if self._first_step_at is None:
+            self._first_step_at, self._first_step = now, progress.step
+            if self._progress_bar is not None:
+                self._progress_bar.total = progress.total
+        if self._progress_bar is not None:
+            self._progress_bar.update(progress.step - self._progress_bar.n)
+        done_since = progress.step - self._first_step
+        left = f", {(now - self._first_step_at) / done_since * (progress.total - progress.step):.0f} s left" \
+            if done_since else ""
+        self.status.value = f"step {progress.step} / {progress.total}{left}"
         if progress.step % 5 and progress.step != progress.total:
             return  # a preview every 5 steps keeps the GUI responsive
-        estimate = progress.preview()
-        if estimate.ndim == 3:  # the slice in view when it is being edited, else the batch's first
-            in_view = self.viewer.dims.current_step[progress.axis] if len(self.viewer.dims.current_step) == 3 else -1
-            estimate = estimate[progress.slices.index(in_view) if in_view in progress.slices else 0]
         if self._preview is not None and self._preview in self.viewer.layers:
-            self._preview.data = estimate
+            estimate = progress.preview()
+            planes = np.moveaxis(self._preview.data, progress.axis, 0) if self._preview.ndim == 3 \
+                else self._preview.data[None]
+            planes[progress.slices] = estimate  # a view: this writes into the preview layer's own array
+            self._preview.refresh()
 
     def _on_result(self, result, source_name, method):
         if isinstance(result, _Failed):
@@ -244,7 +393,7 @@ class EditWidget(Container):
             return
         source = self.viewer.layers[source_name]
         placement = {"scale": source.scale, "translate": source.translate,
-                     "metadata": {**source.metadata, "edit": result.provenance}}
+                     "metadata": {**source.metadata, "edit": result.provenance, "source_layer": source_name}}
         name = f"{source_name} {method}"
         limit = float(np.abs(result.difference).max()) or 1.0
         # napari takes ~0.1-0.3 s per layer added or removed: one per event-loop turn, so the GUI
@@ -286,6 +435,10 @@ class EditWidget(Container):
 
         def ready():
             self.run_button.enabled, self.cancel_button.enabled = True, False
+
+        if self._progress_bar is not None:
+            self._progress_bar.close()
+            self._progress_bar = None
 
         self._queue_gui(remove_preview, ready)
 
