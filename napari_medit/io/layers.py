@@ -81,20 +81,36 @@ def from_layer(
     return image.in_source_orientation() if file_order else image
 
 
-def display_range(image: MedicalImage) -> tuple[float, float]:
-    """Contrast limits: the DICOM window when the file has one, else robust percentiles."""
+# Contrast presets the Data widget offers, with what each shows.
+CONTRAST_PRESETS = {
+    "as read": "the file's DICOM window when it has one, else 0.5-99.5 % of the values",
+    "MRI tissue": "1-99 % of the non-zero voxels: the background does not dilute the tissue's contrast",
+    "full range": "minimum to maximum, every value distinguishable (X-rays, masks of intensities)",
+}
+
+
+def display_range(image: MedicalImage, preset: str = "as read") -> tuple[float, float]:
+    """Contrast limits for ``image`` under one of CONTRAST_PRESETS."""
+    if preset not in CONTRAST_PRESETS:
+        raise ValueError(f"unknown contrast preset {preset!r}; choose one of {', '.join(CONTRAST_PRESETS)}")
     window = image.metadata.get("dicom", {})
     center, width = window.get("WindowCenter"), window.get("WindowWidth")
-    if center is not None and width is not None and not image.metadata.get("inverted_monochrome1"):
+    if preset == "as read" and center is not None and width is not None \
+            and not image.metadata.get("inverted_monochrome1"):
         center = center[0] if isinstance(center, list) else center
         width = width[0] if isinstance(width, list) else width
         if float(width) > 0:
             return float(center) - float(width) / 2, float(center) + float(width) / 2
-    values = image.array[np.isfinite(image.array)] if image.array.dtype.kind == "f" else image.array
-    values = values.ravel()[:: max(1, values.size // 1_000_000)]
+    values = image.array[np.isfinite(image.array)] if image.array.dtype.kind == "f" else image.array.ravel()
     if values.size == 0:
         return 0.0, 1.0
-    low, high = (float(v) for v in np.percentile(values, (0.5, 99.5)))
+    if preset == "full range":
+        low, high = float(values.min()), float(values.max())
+        return (low, high) if high > low else (low, low + 1.0)
+    values = values[:: max(1, values.size // 1_000_000)]  # percentiles of a regular sample: fast on big volumes
+    if preset == "MRI tissue" and values.any():
+        values = values[values != 0]
+    low, high = (float(v) for v in np.percentile(values, (1, 99) if preset == "MRI tissue" else (0.5, 99.5)))
     if high <= low:
         low, high = float(values.min()), float(values.max())
     return (low, high) if high > low else (low, low + 1.0)

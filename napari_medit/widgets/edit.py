@@ -392,17 +392,19 @@ class EditWidget(Container):
             self._on_error(result.error)
             return
         source = self.viewer.layers[source_name]
-        placement = {"scale": source.scale, "translate": source.translate,
-                     "metadata": {**source.metadata, "edit": result.provenance, "source_layer": source_name}}
         name = f"{source_name} {method}"
+        placement = {"scale": source.scale, "translate": source.translate}
+        metadata = {**source.metadata, "edit": result.provenance}
         limit = float(np.abs(result.difference).max()) or 1.0
         # napari takes ~0.1-0.3 s per layer added or removed: one per event-loop turn, so the GUI
         # keeps answering between them (benchmarks/gui_stall.py).
         tasks = [
             lambda: self.viewer.add_image(result.image.array, name=name, colormap="gray",
-                                          contrast_limits=display_range(result.image), **placement),
+                                          contrast_limits=display_range(result.image),
+                                          metadata={**metadata, "source_layer": source_name}, **placement),
             lambda: self.viewer.add_image(result.difference, name=f"{name} difference", colormap="PiYG",
-                                          contrast_limits=(-limit, limit), visible=False, **placement),
+                                          contrast_limits=(-limit, limit), visible=False,
+                                          metadata={**metadata, "difference_of": name}, **placement),
         ]
         if result.progression:  # PIE: every step as one stack, its first axis a slider
             steps = np.stack([version.array for version in result.progression])

@@ -1,0 +1,161 @@
+"""The Compare dock widget: an edit against its source (before/after, opacity, difference map, side by
+side), and saving it with its provenance.
+
+Results are the layers the Edit widget adds: their metadata holds the provenance ('edit') and the
+source layer's name ('source_layer'). Only visibility, opacity and napari's grid change here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, PushButton
+
+from ._viewer_parts import grid
+from .edit import NONE
+
+if TYPE_CHECKING:
+    import napari
+
+PLUGIN = "napari-medit"
+SAVE_FILTER = "NIfTI (*.nii.gz *.nii);;PNG, 2D images (*.png)"
+
+
+class CompareWidget(Container):
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.result = ComboBox(label="result", choices=self._results)
+        self.before_after = PushButton(text="Before / after",
+                                       tooltip="show the source or the edit, in the same place")
+        self.opacity = FloatSlider(label="edit opacity", min=0.0, max=1.0, step=0.05, value=1.0)
+        self.difference = CheckBox(text="difference map", value=False,
+                                   tooltip="edit - source: green brighter, pink darker")
+        self.side_by_side = CheckBox(text="side by side", value=False,
+                                     tooltip="source and edit in two linked views (napari's grid mode)")
+        self.save_button = PushButton(text="Save result...",
+                                      tooltip="NIfTI with the source file's affine, or PNG; the provenance "
+                                              "goes next to it as JSON")
+        self.status = Label(value="")
+        self.extend([self.result, self.before_after, self.opacity, self.difference, self.side_by_side,
+                     self.save_button, self.status])
+        self.before_after.changed.connect(self.toggle_before_after)
+        self.opacity.changed.connect(self._set_opacity)
+        self.difference.changed.connect(self._show_difference)
+        self.side_by_side.changed.connect(self.set_side_by_side)
+        self.save_button.changed.connect(self._ask_and_save)
+        self.result.changed.connect(self._result_changed)
+        self.viewer.layers.events.inserted.connect(self._layers_changed)
+        self.viewer.layers.events.removed.connect(self._layers_changed)
+        self._hidden_for_side_by_side: list[str] = []
+
+    def _results(self, _=None):
+        names = [layer.name for layer in self.viewer.layers if "source_layer" in layer.metadata]
+        return names or [NONE]
+
+    def _layers_changed(self, event=None):
+        latest = self._results()[-1]
+        self.result.reset_choices()
+        if event is not None and getattr(event, "type", "") == "inserted" and latest != NONE:
+            self.result.value = latest  # a new result: compare it
+
+    def _pair(self):
+        """(result, source) layers; ValueError naming what is missing."""
+        if self.result.value not in self.viewer.layers:
+            raise ValueError("no result to compare: run an edit first")
+        result = self.viewer.layers[self.result.value]
+        source = result.metadata["source_layer"]
+        if source not in self.viewer.layers:
+            raise ValueError(f"the source layer '{source}' of '{result.name}' is no longer open")
+        return result, self.viewer.layers[source]
+
+    def _result_changed(self, _=None):
+        if self.result.value in self.viewer.layers:
+            result = self.viewer.layers[self.result.value]
+            self.opacity.value = result.opacity
+            difference = self.viewer.layers[f"{result.name} difference"] \
+                if f"{result.name} difference" in self.viewer.layers else None
+            self.difference.value = bool(difference is not None and difference.visible)
+
+    # ------------------------------------------------------------ comparing
+
+    def toggle_before_after(self, _=None):
+        try:
+            result, source = self._pair()
+        except ValueError as exc:
+            return self._fail(str(exc))
+        result.visible = not result.visible
+        source.visible = True
+        self.status.value = f"showing {result.name if result.visible else source.name}"
+
+    def _set_opacity(self, value: float):
+        if self.result.value in self.viewer.layers:
+            self.viewer.layers[self.result.value].opacity = value
+
+    def _show_difference(self, shown: bool):
+        name = f"{self.result.value} difference"
+        if name in self.viewer.layers:
+            self.viewer.layers[name].visible = shown
+        elif shown:
+            self._fail(f"'{name}' is not open")
+
+    def set_side_by_side(self, on: bool):
+        """Source and result in napari's grid, everything else hidden meanwhile (and shown again after)."""
+        if on:
+            try:
+                result, source = self._pair()
+            except ValueError as exc:
+                self.side_by_side.value = False
+                return self._fail(str(exc))
+            self._hidden_for_side_by_side = [layer.name for layer in self.viewer.layers
+                                             if layer.visible and layer not in (result, source)]
+            for name in self._hidden_for_side_by_side:
+                self.viewer.layers[name].visible = False
+            result.visible = source.visible = True
+            grid(self.viewer).enabled = True
+        else:
+            grid(self.viewer).enabled = False
+            for name in self._hidden_for_side_by_side:
+                if name in self.viewer.layers:
+                    self.viewer.layers[name].visible = True
+            self._hidden_for_side_by_side = []
+
+    # ------------------------------------------------------------ saving
+
+    def _ask_and_save(self, _=None):
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(self.native, "Save the edited image", f"{self.result.value}.nii.gz",
+                                              SAVE_FILTER)
+        if path:
+            self.save(path)
+
+    def save(self, path: str | Path) -> list[Path]:
+        """The result through napari-medit's writer, and its provenance as ``<name>.json`` beside it."""
+        from ..jobs import suffixed, write_text_atomically
+
+        try:
+            result, _ = self._pair()
+        except ValueError as exc:
+            self._fail(str(exc))
+            return []
+        path = Path(path)
+        try:
+            written = [Path(p) for p in result.save(str(path), plugin=PLUGIN)]
+        except Exception as exc:  # noqa: BLE001 - the writer's message says what is wrong
+            self._fail(f"could not save {path.name}: {exc.__cause__ or exc}")
+            return []
+        if not written:
+            self._fail(f"could not save {path.name}: choose a .nii.gz, .nii or (2D images) .png file")
+            return []
+        sidecar = write_text_atomically(suffixed(path, "", ".json"), json.dumps(result.metadata["edit"], indent=2))
+        self.status.value = f"saved {written[0].name} and {sidecar.name}"
+        return [*written, sidecar]
+
+    def _fail(self, message: str):
+        from napari.utils import notifications
+
+        notifications.show_error(message)
+        self.status.value = "failed"
