@@ -1,5 +1,6 @@
 # make test  - install everything needed (venv, torch, the package with its testing extra,
-#              Xvfb and Qt's X libraries from Debian) and run the test suite under Xvfb.
+#              Xvfb and Qt's X libraries from Debian) and run the test suite under Xvfb; then the
+#              napari tests again on napari's previous minor release (0.8).
 # make demo  - open napari on the bundled samples with the plugin's widgets; on a machine
 #              without a display, render them under Xvfb to demo_output/ (screenshots + files).
 
@@ -31,8 +32,23 @@ system-packages:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-test: install system-packages
+# The widgets are also tested against napari's previous minor release: napari 0.8 (and the vispy it
+# pins) installed into a folder that shadows 0.9 on PYTHONPATH, over the same environment. numpy goes
+# there too because napari refuses to import when it finds another napari beside numpy's site-packages.
+NAPARI_PREVIOUS := 0.8.0
+VISPY_PREVIOUS := 0.16.2
+COMPAT := .compat/napari-$(NAPARI_PREVIOUS)
+WIDGET_TESTS := tests/test_edit_widget.py tests/test_data_compare_widgets.py tests/test_napari.py
+
+$(COMPAT)/.installed: $(VENV)/.installed
+	numpy=$$($(PY) -c "import numpy; print(numpy.__version__)") && \
+	$(PY) -m pip install --quiet --no-deps --target $(COMPAT) napari==$(NAPARI_PREVIOUS) \
+		vispy==$(VISPY_PREVIOUS) numpy==$$numpy
+	touch $@
+
+test: install system-packages $(COMPAT)/.installed
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest $(PYTEST_ARGS)
+	PYTHONPATH=$(COMPAT) xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest $(WIDGET_TESTS) $(PYTEST_ARGS)
 
 # benchmark - the benchmark suite (CPU; several minutes): figures and ratios into benchmarks/results/cpu.md
 benchmark: install system-packages
@@ -46,4 +62,4 @@ demo: install system-packages
 	fi
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) .compat $(DEMO_OUT) .pytest_cache

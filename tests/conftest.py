@@ -10,6 +10,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 
+def pytest_report_header(config) -> str:
+    """Which napari the run tests (make test runs the napari tests on the previous minor release too)."""
+    from importlib.metadata import version
+
+    return f"napari {version('napari')}, vispy {version('vispy')}"
+
+
 def rotation(alpha: float, beta: float, gamma: float) -> np.ndarray:
     """A proper rotation matrix from three angles (radians)."""
     ca, sa, cb, sb, cg, sg = np.cos(alpha), np.sin(alpha), np.cos(beta), np.sin(beta), np.cos(gamma), np.sin(gamma)

@@ -257,3 +257,41 @@ def test_a_bad_slice_range_notifies(brain_widget, monkeypatch):
     widget.run()
     assert shown == ["the first slice (40) is after the last (30)"]
     assert [layer.name for layer in viewer.layers] == names and widget.run_button.enabled
+
+
+def test_masks_widget_loads_mask_files_on_the_image_grid(brain_widget, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import nibabel as nib
+
+    viewer, _ = brain_widget
+    _, masks = viewer.window.add_plugin_dock_widget(PLUGIN, "Masks")
+    masks.image.value, masks.method.value = "t1", "mededit"
+    assert masks.role.choices == ("pathology_mask", "brain_mask")
+    samples = Path(__file__).parents[1] / "napari_medit" / "sample_data"
+    layer = masks.load_mask(samples / "lesion_mask.nii.gz", "pathology_mask")
+    assert layer.name == "t1 pathology_mask"
+    np.testing.assert_array_equal(layer.data > 0, viewer.layers["lesion_mask"].data > 0)  # shown like the image
+    np.testing.assert_array_equal(layer.scale, viewer.layers["t1"].scale)
+
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    lesion = nib.load(samples / "lesion_mask.nii.gz")
+    shifted = tmp_path / "shifted.nii.gz"
+    nib.save(nib.Nifti1Image(np.asanyarray(lesion.dataobj), lesion.affine + _translation(5.0)), shifted)
+    cropped = tmp_path / "cropped.nii.gz"
+    nib.save(nib.Nifti1Image(np.asanyarray(lesion.dataobj)[:-1], lesion.affine), cropped)
+    names = [layer.name for layer in viewer.layers]
+    assert masks.load_mask(shifted, "brain_mask") is None
+    assert masks.load_mask(cropped, "brain_mask") is None
+    assert masks.load_mask(tmp_path / "missing.nii.gz", "brain_mask") is None
+    assert [layer.name for layer in viewer.layers] == names
+    assert "shifted.nii.gz is not on the image's grid" in shown[0] and "resample" in shown[0]
+    assert "cropped.nii.gz has shape" in shown[1]
+    assert "missing.nii.gz" in shown[2]
+
+
+def _translation(millimetres: float) -> np.ndarray:
+    offset = np.zeros((4, 4))
+    offset[0, 3] = millimetres
+    return offset

@@ -123,6 +123,7 @@ def test_layer_saved_through_writer_reproduces_file(make_napari_viewer, tmp_path
     source = Path(data_path) / name
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(source), plugin=PLUGIN)
+    assert layer.data.dtype.isnative  # anatomical.nii is big-endian; napari gets native bytes
     (written,) = napari.save_layers(str(tmp_path / "saved.nii.gz"), [layer], plugin=PLUGIN)
     left, right = nib.load(source), nib.load(written)
     np.testing.assert_array_equal(left.affine, right.affine)

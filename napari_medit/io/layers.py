@@ -47,6 +47,8 @@ def to_layer_data(
         # napari slices the leading axes: put time/channels first so the plane stays spatial.
         data = np.moveaxis(data, tuple(range(shown.spatial_ndim, data.ndim)), tuple(range(extra_axes)))
         metadata["_extra_axes_first"] = extra_axes
+    if not data.dtype.isnative:  # big-endian files: napari 0.8's thumbnails fail on swapped bytes
+        data = data.astype(data.dtype.newbyteorder("="))
     scale, translate = _scale_translate(shown.affine, shown.spatial_ndim)
     kwargs: dict[str, Any] = {
         "name": name,

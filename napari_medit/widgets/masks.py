@@ -7,6 +7,7 @@ up with what is edited; nothing here changes an existing layer. The maths is in
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,15 +44,24 @@ class MasksWidget(Container):
                                          tooltip="dilate(pathology) AND brain, the region MedEdit regenerates "
                                                  "(dilation 25 px at 128 px, scaled to the slice)")
         self.check_button = PushButton(text="Check masks")
+        self.role = ComboBox(label="load as", choices=self._roles,
+                             tooltip="the role a mask file plays for the chosen method")
+        self.load_button = PushButton(text="Load mask file...",
+                                      tooltip="a NIfTI/DICOM/PNG mask on the image's grid (same shape and affine)")
         self.status = Label(value="")
         self.extend([self.image, self.method, self.create_button, self.brain_button, self.inpaint_button,
-                     self.check_button, self.status])
+                     self.role, self.load_button, self.check_button, self.status])
+        self.method.changed.connect(lambda _: self.role.reset_choices())
+        self.load_button.changed.connect(self._ask_and_load)
         self.create_button.changed.connect(self.create_masks)
         self.brain_button.changed.connect(self.add_brain_mask)
         self.inpaint_button.changed.connect(self.show_inpainting_mask)
         self.check_button.changed.connect(self.check)
         self.viewer.layers.events.inserted.connect(lambda _: self.image.reset_choices())
         self.viewer.layers.events.removed.connect(lambda _: self.image.reset_choices())
+
+    def _roles(self, _=None):
+        return list(METHOD_MASKS[self.method.value])
 
     def _image_layers(self, _=None):
         return [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Image"] or [NONE]
@@ -87,6 +97,36 @@ class MasksWidget(Container):
                 self._add_labels(np.zeros(source.data.shape, np.uint8), name, ROLE_COLORS[role], source)
                 made.append(name)
         self.status.value = f"added {', '.join(made)}" if made else "the masks already exist"
+
+    def _ask_and_load(self, _=None):
+        from qtpy.QtWidgets import QFileDialog
+
+        from .data import FILE_FILTER
+
+        path, _ = QFileDialog.getOpenFileName(self.native, f"Open a {self.role.value} file", "", FILE_FILTER)
+        if path:
+            self.load_mask(path)
+
+    def load_mask(self, path, role: str | None = None):
+        """A mask file as a Labels layer for ``role``, shown like the image: refused (one notification,
+        nothing added) unless it lies on the image's grid."""
+        from ..io import ImageReadError, read_image
+        from ..io.layers import to_layer_data
+
+        role = role or self.role.value
+        try:
+            source = self._source()
+            mask = read_image(path)
+            data, kwargs, _ = to_layer_data(mask, f"{source.name} {role}", "labels")
+            problem = grid_problem(kwargs["metadata"]["affine"], data.shape, source)
+            if problem:
+                raise ValueError(f"{Path(path).name} {problem}: resample it onto the image first")
+        except (ValueError, OSError, ImageReadError) as exc:
+            return self._fail(str(exc))
+        layer = self._add_labels(data > 0, kwargs["name"], ROLE_COLORS[role], source)
+        layer.metadata.update(kwargs["metadata"])
+        self.status.value = f"loaded {Path(path).name} as {layer.name}: {int((data > 0).sum())} voxels"
+        return layer
 
     def add_brain_mask(self, _=None):
         from ..masks import auto_brain_mask
@@ -172,3 +212,13 @@ class MasksWidget(Container):
 
         notifications.show_error(message)
         self.status.value = "failed"
+
+
+def grid_problem(mask_affine, mask_shape, image_layer) -> str | None:
+    """Why a mask (display-oriented affine and shape) does not lie on ``image_layer``'s grid, or None."""
+    if tuple(mask_shape) != tuple(image_layer.data.shape):
+        return f"has shape {tuple(mask_shape)} but the image has {tuple(image_layer.data.shape)}"
+    image_affine = image_layer.metadata.get("affine")
+    if image_affine is not None and not np.allclose(mask_affine, image_affine, atol=1e-3):
+        return "is not on the image's grid (its affine differs)"
+    return None
