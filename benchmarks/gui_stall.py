@@ -89,12 +89,18 @@ def measure(steps: int = 60, idle_seconds: float = 3.0) -> dict:
         clicked = time.perf_counter()
         widget.run()  # the click: the run starts and the preview layer is added
         click_ms = (time.perf_counter() - clicked) * 1000
+        spin_until(lambda: widget.status.value.startswith("step"), 600)
+        first_step = time.perf_counter()
         spin_until(lambda: "t1 mededit difference" in viewer.layers and widget.run_button.enabled, 600)
         probe.stop()
-        editing = probe.stalls(clicked + click_ms / 1000, returned[0])
-        editing["seconds"] = returned[0] - clicked
+        # Start-up: the preview layer's first paint and the worker preparing the slices (model cached).
+        starting = probe.stalls(clicked + click_ms / 1000, first_step)
+        starting["seconds"] = first_step - clicked
+        editing = probe.stalls(first_step, returned[0])
+        editing["seconds"] = returned[0] - first_step
         results = probe.stalls(returned[0])
-        return {"warmup": warmup, "idle": idle, "click_ms": click_ms, "editing": editing, "results": results,
+        return {"warmup": warmup, "idle": idle, "click_ms": click_ms, "starting": starting, "editing": editing,
+                "results": results,
                 "steps": steps, "slices": len(viewer.layers["t1 mededit"].metadata["edit"]["slices"]),
                 "add_layer_ms": _add_layer_ms(viewer, app), "target_ms": TARGET_MS}
     finally:
@@ -118,7 +124,9 @@ def report(figures: dict) -> str:
     rows = [
         ("widget open: engine imports + model load in the background", figures["warmup"]),
         ("idle", figures["idle"]),
-        (f"editing ({editing['seconds']:.1f} s, preview every 5 steps)", editing),
+        (f"start-up: click to first step ({figures['starting']['seconds']:.1f} s; preview layer drawn)",
+         figures["starting"]),
+        (f"denoising ({editing['seconds']:.1f} s, preview every 5 steps)", editing),
         ("results: result + difference layers added, preview removed", figures["results"]),
     ]
     return "\n".join([
@@ -133,7 +141,7 @@ def report(figures: dict) -> str:
         f"napari adding one volume layer to an idle viewer here: {figures['add_layer_ms']:.0f} ms.",
         f"Editing max stall / idle max stall: "
         f"{editing['max_stall_ms'] / max(figures['idle']['max_stall_ms'], 1.0):.1f}x; "
-        f"target <= {TARGET_MS} ms while editing: {verdict}.",
+        f"target <= {TARGET_MS} ms while denoising: {verdict}.",
     ])
 
 

@@ -405,3 +405,19 @@ def test_progress_slices_are_given_as_the_source_array_holds_them(plane):
     assert source_axis == axis
     count = volume.shape[axis]
     assert indices == sorted(count - 1 - i for i in chunk) if flipped else indices == chunk
+
+
+def test_inpainting_mask_is_the_binary_dilation_by_a_square_and_the_brain():
+    """MedEdit's dilate(pathology) AND brain, against scipy's binary dilation by the k x k square."""
+    from scipy.ndimage import binary_dilation
+
+    from napari_medit.editing.mededit import inpainting_mask
+
+    rng = np.random.default_rng(3)
+    pathology = rng.random((3, 40, 33)) > 0.995
+    pathology[1, 0, 0] = pathology[2, -1, -1] = True  # at the borders: nothing wraps or leaks
+    brain = rng.random((3, 40, 33)) > 0.2
+    for kernel in (1, 3, 9, 25):
+        square = np.ones((1, kernel, kernel), bool)
+        expected = binary_dilation(pathology, structure=square) & brain
+        np.testing.assert_array_equal(inpainting_mask(pathology, brain, kernel), expected)

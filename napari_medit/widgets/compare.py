@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, PushButton
 
 from ._viewer_parts import grid
-from .edit import NONE
+from .edit import NONE, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -38,7 +38,7 @@ class CompareWidget(Container):
         self.save_button = PushButton(text="Save result...",
                                       tooltip="NIfTI with the source file's affine, or PNG; the provenance "
                                               "goes next to it as JSON")
-        self.status = Label(value="")
+        self.status = status_label()
         self.extend([self.result, self.before_after, self.opacity, self.difference, self.side_by_side,
                      self.save_button, self.status])
         self.before_after.changed.connect(self.toggle_before_after)
@@ -115,8 +115,10 @@ class CompareWidget(Container):
                 self.viewer.layers[name].visible = False
             result.visible = source.visible = True
             grid(self.viewer).enabled = True
+            self.viewer.reset_view()  # both views whole
         else:
             grid(self.viewer).enabled = False
+            self.viewer.reset_view()
             for name in self._hidden_for_side_by_side:
                 if name in self.viewer.layers:
                     self.viewer.layers[name].visible = True

@@ -14,7 +14,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
 
 from ..io.layers import CONTRAST_PRESETS, display_range, from_layer
 from ._viewer_parts import camera, text_overlay
-from .edit import NONE
+from .edit import NONE, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -39,7 +39,7 @@ class DataWidget(Container):
         self.radiological = CheckBox(text="radiological view", value=self._is_radiological(),
                                      tooltip="napari-medit shows images as radiologists read them, the patient's "
                                              "right on the screen's left; untick for the neurological convention")
-        self.status = Label(value="")
+        self.status = status_label()
         self.extend([self.open_file_button, self.open_folder_button, self.image, self.contrast, self.radiological,
                      self.status])
         self.open_file_button.changed.connect(lambda: self._ask_and_open(folder=False))
@@ -120,6 +120,7 @@ class DataWidget(Container):
         depth, vertical, _ = self.camera.orientation
         self.camera.orientation = (depth, vertical, "right" if radiological else "left")
         self.text_overlay.text = RADIOLOGICAL_TEXT if radiological else NEUROLOGICAL_TEXT
+        self.text_overlay.position = "top_left"  # clear of napari's notifications, bottom right
         self.text_overlay.visible = True
         self.status.value = self.text_overlay.text
 

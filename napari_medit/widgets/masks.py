@@ -14,7 +14,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 
 from ..io.layers import MASK_COLORS
-from .edit import METHOD_MASKS, NONE, name_like
+from .edit import METHOD_MASKS, NONE, name_like, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -48,7 +48,7 @@ class MasksWidget(Container):
                              tooltip="the role a mask file plays for the chosen method")
         self.load_button = PushButton(text="Load mask file...",
                                       tooltip="a NIfTI/DICOM/PNG mask on the image's grid (same shape and affine)")
-        self.status = Label(value="")
+        self.status = status_label()
         self.extend([self.image, self.method, self.create_button, self.brain_button, self.inpaint_button,
                      self.role, self.load_button, self.check_button, self.status])
         self.method.changed.connect(lambda _: self.role.reset_choices())
