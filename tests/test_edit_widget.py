@@ -235,7 +235,7 @@ def test_a_coronal_slice_range_edits_those_array_slices(brain_widget, qtbot):
     viewer, widget = brain_widget
     source = viewer.layers["t1"]
     widget.axis.value = "coronal"
-    array_axis, _ = plane_axis(from_layer(source.data, source.metadata, file_order=False), "coronal")
+    array_axis, _ = plane_axis(from_layer(source.data, source.metadata, file_order=False).affine, "coronal")
     touched = np.flatnonzero(np.moveaxis(viewer.layers["lesion_mask"].data, array_axis, 0).any(axis=(1, 2)))
     widget.scope.value = "slice range"
     assert not widget.first.native.isHidden() and widget.first.max == source.data.shape[array_axis] - 1
@@ -295,3 +295,14 @@ def _translation(millimetres: float) -> np.ndarray:
     offset = np.zeros((4, 4))
     offset[0, 3] = millimetres
     return offset
+
+
+def test_the_widgets_import_without_torch():
+    """Opening a dock widget must not import torch on the GUI thread (seconds); the Edit widget imports
+    the engine in a background worker instead."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import napari_medit.widgets.edit, napari_medit.widgets.masks, "
+            "napari_medit.widgets.data, napari_medit.widgets.compare; print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

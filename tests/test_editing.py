@@ -5,12 +5,19 @@ import threading
 
 import numpy as np
 import pytest
+import tiny_models
 import torch
 from diffusers import DDIMScheduler
 
-import tiny_models
 from napari_medit.editing import (
-    METHODS, EditCancelled, EditError, GaussianDenoiser, NoiseSchedule, NoiseSource, Progress, edit,
+    METHODS,
+    EditCancelled,
+    EditError,
+    GaussianDenoiser,
+    NoiseSchedule,
+    NoiseSource,
+    Progress,
+    edit,
 )
 from napari_medit.editing.ddpm import FINAL, pairs
 from napari_medit.editing.radedit import RadEditParams, radedit
@@ -390,8 +397,8 @@ def test_mask_only_methods_run_unconditionally_on_text_models():
 @pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
 def test_progress_slices_are_given_as_the_source_array_holds_them(plane):
     """Whatever plane an edit slices along, previews are planes of the source array at the reported indices."""
-    from napari_medit.editing.run import PLANES, _in_source_order, plane_axis
-    from napari_medit.io.image import apply_orientation, plane_transforms
+    from napari_medit.editing.run import _in_source_order
+    from napari_medit.io.image import PLANES, apply_orientation, plane_axis, plane_transforms
 
     volume = np.random.default_rng(0).random((5, 6, 7))
     affine = np.array([[0, 0, -2.0, 10], [1.5, 0, 0, -4], [0, -1.0, 0, 3], [0, 0, 0, 1]])  # permuted and flipped
@@ -401,7 +408,7 @@ def test_progress_slices_are_given_as_the_source_array_holds_them(plane):
     axis, indices, planes = _in_source_order(chunk, in_plane_order[chunk], axis=0, back=back,
                                              count=in_plane_order.shape[0])
     np.testing.assert_array_equal(planes, np.moveaxis(volume, axis, 0)[indices])
-    source_axis, flipped = plane_axis(MedicalImage(volume, affine), plane)
+    source_axis, flipped = plane_axis(affine, plane)
     assert source_axis == axis
     count = volume.shape[axis]
     assert indices == sorted(count - 1 - i for i in chunk) if flipped else indices == chunk

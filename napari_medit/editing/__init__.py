@@ -3,13 +3,27 @@
 Nothing here imports Qt or napari; torch is imported when this package is.
 """
 
+from ..io.image import PLANES, plane_axis
 from .control import EditCancelled, NoiseSource, Progress
 from .ddpm import NoiseSchedule
 from .denoiser import Denoiser, DiffusersDenoiser, GaussianDenoiser, MonaiDenoiser
 from .methods import METHODS
-from .run import PLANES, EditError, EditProgress, EditResult, edit, plane_axis
+from .run import EditError, EditProgress, EditResult, edit
 
 __all__ = [
-    "METHODS", "Denoiser", "DiffusersDenoiser", "EditCancelled", "EditError", "EditProgress", "EditResult",
-    "GaussianDenoiser", "MonaiDenoiser", "NoiseSchedule", "NoiseSource", "PLANES", "Progress", "edit", "plane_axis",
+    "METHODS",
+    "PLANES",
+    "Denoiser",
+    "DiffusersDenoiser",
+    "EditCancelled",
+    "EditError",
+    "EditProgress",
+    "EditResult",
+    "GaussianDenoiser",
+    "MonaiDenoiser",
+    "NoiseSchedule",
+    "NoiseSource",
+    "Progress",
+    "edit",
+    "plane_axis",
 ]

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..io import RADIOLOGICAL_AXIAL, MedicalImage
-from ..io.image import apply_orientation, plane_transforms
+from ..io import MedicalImage
+from ..io.image import PLANES, apply_orientation, plane_transforms
 from ..masks import mask_problem, outside_brain_problem
 from ..metrics import edit_metrics, jsonable
 from .control import NoiseSource, Progress, StepInfo
@@ -27,13 +27,6 @@ from .methods import METHODS, Method
 from .slicing import Grid, IntensityWindow, slices_to_edit, to_dtype, to_latent_grid
 
 MASK_NAMES = ("edit_mask", "keep_mask", "pathology_mask", "brain_mask", "roi_mask")
-# Anatomical planes, each as the orientation its slices are given to the model in: the slice axis
-# first, then rows and columns as a radiologist looks at them (radiological left-right).
-PLANES = {
-    "axial": RADIOLOGICAL_AXIAL,  # feet -> head; anterior up, patient's right on the left
-    "coronal": ("A", "I", "L"),  # back -> front; head up, patient's right on the left
-    "sagittal": ("L", "I", "P"),  # right -> left; head up, anterior on the left
-}
 DEFAULT_CPU_BATCH = 4  # batching helps little on 2 CPU cores and costs memory (see benchmarks/)
 
 
@@ -363,15 +356,6 @@ def _in_source_order(chunk: list[int], planes: np.ndarray | None = None, *, axis
     if planes is not None:  # apply_orientation flips the sub-stack too, so its order matches ``indices``
         planes = np.moveaxis(apply_orientation(planes, back), source_axis, 0)
     return source_axis, indices, planes
-
-
-def plane_axis(image: MedicalImage, plane: str) -> tuple[int, bool]:
-    """The array axis ``plane`` slices ``image`` along, and whether the plane counts its slices from
-    the other end (slice i of the plane is then array index n - 1 - i)."""
-    if plane not in PLANES:
-        raise EditError(f"unknown plane {plane!r}; choose one of {', '.join(PLANES)}")
-    _, back = plane_transforms(image.affine, PLANES[plane])
-    return int(back[0, 0]), bool(back[0, 1] < 0)
 
 
 def _default_batch(model: Denoiser, count: int) -> int:

@@ -118,6 +118,24 @@ class MedicalImage:
         }
 
 
+# Anatomical planes, each as the orientation its slices are given to a model in: the slice axis
+# first, then rows and columns as a radiologist looks at them (radiological left-right).
+PLANES = {
+    "axial": RADIOLOGICAL_AXIAL,  # feet -> head; anterior up, patient's right on the left
+    "coronal": ("A", "I", "L"),  # back -> front; head up, patient's right on the left
+    "sagittal": ("L", "I", "P"),  # right -> left; head up, anterior on the left
+}
+
+
+def plane_axis(affine: np.ndarray, plane: str) -> tuple[int, bool]:
+    """The voxel axis ``plane`` slices an image with ``affine`` along, and whether the plane counts
+    its slices from the other end (its slice i is then voxel index n - 1 - i)."""
+    if plane not in PLANES:
+        raise ValueError(f"unknown plane {plane!r}; choose one of {', '.join(PLANES)}")
+    _, back = plane_transforms(affine, PLANES[plane])
+    return int(back[0, 0]), bool(back[0, 1] < 0)
+
+
 def plane_transforms(affine: np.ndarray, axcodes: tuple[str, str, str]) -> tuple[np.ndarray, np.ndarray]:
     """nibabel orientation transforms (there, back) between an affine's voxel axes and ``axcodes``."""
     start, target = io_orientation(affine), axcodes2ornt(axcodes)

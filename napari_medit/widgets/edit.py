@@ -18,6 +18,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 from qtpy.QtCore import QObject, Signal
 
+from ..io.image import PLANES, plane_axis
 from ..io.layers import display_range, from_layer
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ MASK_NAME_HINTS = {"pathology_mask": ("pathology", "lesion"), "brain_mask": ("br
                    "keep_mask": ("keep",), "roi_mask": ("roi",)}
 
 
-PLANES = ("axial", "coronal", "sagittal")  # the engine's named planes (editing.run.PLANES), without torch
 SCOPES = ("slices the mask touches", "current slice", "slice range")
 
 
@@ -275,9 +275,7 @@ class EditWidget(Container):
         """The layer's array axis the chosen plane slices along, and whether the plane counts backwards."""
         if isinstance(self.axis.value, int):
             return self.axis.value, False
-        from ..editing import plane_axis
-
-        return plane_axis(self._layer_image(layer), self.axis.value)
+        return plane_axis(self._layer_image(layer).affine, self.axis.value)
 
     def _current_index(self, layer, array_axis: int) -> int:
         """The slice of ``layer`` in view along ``array_axis`` (napari's world point, through the layer's
