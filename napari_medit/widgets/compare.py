@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, PushButton
 
 from ._viewer_parts import grid
-from .edit import NONE, status_label
+from .edit import NONE, show_failure, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -157,7 +157,4 @@ class CompareWidget(Container):
         return [*written, sidecar]
 
     def _fail(self, message: str):
-        from napari.utils import notifications
-
-        notifications.show_error(message)
-        self.status.value = "failed"
+        show_failure(self.status, message)

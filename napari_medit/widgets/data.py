@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, PushButton
 
 from ..io.layers import CONTRAST_PRESETS, display_range, from_layer
 from ._viewer_parts import camera, text_overlay
-from .edit import NONE, status_label
+from .edit import image_layer_names, show_failure, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -50,7 +50,7 @@ class DataWidget(Container):
         self.viewer.layers.events.removed.connect(self._layers_changed)
 
     def _image_layers(self, _=None):
-        return [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Image"] or [NONE]
+        return image_layer_names(self.viewer)
 
     def _layers_changed(self, event=None):
         self.image.reset_choices()
@@ -125,8 +125,5 @@ class DataWidget(Container):
         self.status.value = self.text_overlay.text
 
     def _fail(self, message: str) -> list:
-        from napari.utils import notifications
-
-        notifications.show_error(message)
-        self.status.value = "failed"
+        show_failure(self.status, message)
         return []

@@ -88,6 +88,19 @@ def status_label(text: str = "") -> Label:
     return label
 
 
+def image_layer_names(viewer) -> list[str]:
+    """The viewer's Image layers, for an image picker (NONE when there is none)."""
+    return [layer.name for layer in viewer.layers if type(layer).__name__ == "Image"] or [NONE]
+
+
+def show_failure(status: Label, message: str) -> None:
+    """One error notification saying what is wrong and how to fix it; the widget's status says 'failed'."""
+    from napari.utils import notifications
+
+    notifications.show_error(message)
+    status.value = "failed"
+
+
 def name_like(role: str, names) -> str | None:
     """The first of ``names`` that says it is a ``role`` mask ('lesion_mask' for pathology_mask)."""
     return next((n for n in names if any(hint in n.lower() for hint in MASK_NAME_HINTS[role])), None)
@@ -214,7 +227,7 @@ class EditWidget(Container):
         return list(model_folders()) or [NONE]
 
     def _image_layers(self, _=None):
-        return [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Image"] or [NONE]
+        return image_layer_names(self.viewer)
 
     def _label_layers(self, _=None):
         return [NONE] + [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Labels"]
@@ -435,8 +448,7 @@ class EditWidget(Container):
             notifications.show_info("edit cancelled: nothing was added")
             self.status.value = "cancelled"
         else:
-            notifications.show_error(str(exc))
-            self.status.value = "failed"
+            show_failure(self.status, str(exc))
 
     def _on_finished(self):
         def remove_preview():

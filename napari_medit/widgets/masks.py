@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, PushButton
+from magicgui.widgets import ComboBox, Container, PushButton
 
 from ..io.layers import MASK_COLORS
-from .edit import METHOD_MASKS, NONE, name_like, status_label
+from .edit import METHOD_MASKS, NONE, image_layer_names, name_like, show_failure, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -64,7 +64,7 @@ class MasksWidget(Container):
         return list(METHOD_MASKS[self.method.value])
 
     def _image_layers(self, _=None):
-        return [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Image"] or [NONE]
+        return image_layer_names(self.viewer)
 
     def _source(self):
         if self.image.value == NONE:
@@ -208,10 +208,7 @@ class MasksWidget(Container):
         return problems
 
     def _fail(self, message: str):
-        from napari.utils import notifications
-
-        notifications.show_error(message)
-        self.status.value = "failed"
+        show_failure(self.status, message)
 
 
 def grid_problem(mask_affine, mask_shape, image_layer) -> str | None:
