@@ -26,11 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .jobs import MASK_OPTIONS, PARAMETER_TYPES, PARTIAL_PREFIX, EditJob, is_finished, parse_axis, parse_slices
+from . import catalogue
+from .catalogue import MASK_ROLES, RunOptions
+from .jobs import PARTIAL_PREFIX, EditJob, is_finished
 from .metrics import jsonable
 
 REQUIRED_COLUMNS = ("id", "image", "method")
-OPTIONAL_COLUMNS = (*MASK_OPTIONS, *PARAMETER_TYPES, "model", "seed", "axis", "slices", "batch_size")
+# Every mask role, every method's parameters and the run options, as the catalogue names them.
+OPTIONAL_COLUMNS = ("model", *MASK_ROLES, *catalogue.parameter_names(),
+                    *(item.name for item in catalogue.fields(RunOptions)))
 SUMMARY_NAME = "summary"  # DIR/summary.csv and DIR/summary.json
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -106,24 +110,23 @@ def _item(row: dict[str, str | None], base: Path, out: Path, default_model: str 
     if not model:
         raise ValueError("no model: fill the 'model' column or pass --model")
 
-    def typed(column: str, kind: type):
-        try:
-            return kind(cells[column])
-        except ValueError:
-            raise ValueError(f"{column} must be {kind.__name__}, got {cells[column]!r}") from None
-
+    spec = catalogue.method(cells["method"])
+    given = {name: text for name, text in cells.items() if name in catalogue.parameter_names() and text}
+    unknown = sorted(set(given) - {item.name for item in catalogue.fields(spec.params)})
+    if unknown:
+        raise ValueError(f"{spec.name} has no parameter {unknown[0]!r} (leave that cell empty on its rows)")
     image = _resolve(base, cells["image"])
-    ending = ".png" if image.suffix.lower() in (".png", ".jpg", ".jpeg") else ".nii.gz"
+    ending = {".png": ".png", ".jpg": ".png", ".jpeg": ".png", ".mgz": ".mgz", ".mgh": ".mgz"}.get(
+        image.suffix.lower(), ".nii.gz")  # the source's own kind of file where napari-medit writes it
+    run = {item.name: catalogue.parse_value(RunOptions, item.name, cells[item.name])
+           for item in catalogue.fields(RunOptions) if cells.get(item.name)}
     job = EditJob(
-        method=cells["method"],
+        method=spec.name,
         image=image,
         out=out / f"{item_id}{ending}",
-        masks={name: _resolve(base, cells[name]) for name in MASK_OPTIONS if cells.get(name)},
-        parameters={name: typed(name, kind) for name, kind in PARAMETER_TYPES.items() if cells.get(name)},
-        seed=typed("seed", int) if cells.get("seed") else 0,
-        axis=parse_axis(cells["axis"]) if cells.get("axis") else "axial",
-        slices=parse_slices(cells.get("slices")),
-        batch_size=typed("batch_size", int) if cells.get("batch_size") else None,
+        masks={name: _resolve(base, cells[name]) for name in MASK_ROLES if cells.get(name)},
+        parameters={name: catalogue.parse_value(spec.params, name, text) for name, text in given.items()},
+        run=RunOptions(**run),
     )
     job.check()
     model_path = _resolve(base, model)

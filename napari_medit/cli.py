@@ -2,7 +2,8 @@
 
     napari-medit sample {brain,cxr} --out DIR
     napari-medit info PATH [--json]
-    napari-medit edit METHOD --image PATH --out PATH --model PATH [masks] [parameters]
+    napari-medit edit METHOD --image PATH --out PATH --model MODEL [masks] [parameters] [run options]
+    napari-medit methods [--markdown]
     napari-medit batch MANIFEST.csv --out DIR [--workers N | --scheduler ADDRESS]
 
 Errors in the input print one line naming the file and the problem and exit
@@ -12,18 +13,27 @@ with status 2; nothing is written then.
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import sys
 
-from . import __version__
-from .io import ImageReadError, read_image
+from . import __version__, catalogue
+from .catalogue import MASK_ROLES, METHODS, RunOptions
+from .io import SUPPORTED, ImageReadError, read_image
 
 EXIT_BAD_INPUT = 2
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except SystemExit as exc:  # argparse has printed its message (or the help): an exit status, not an exception
+        return int(exc.code or 0)
+    if unknown:
+        spec = getattr(args, "spec", None)
+        where = f"`napari-medit edit {spec.name} --help` lists what {spec.name} takes" if spec else "see --help"
+        parser.exit(EXIT_BAD_INPUT, f"napari-medit: error: unknown option {unknown[0]}; {where}\n")
     if not getattr(args, "run", None):
         parser.print_help()
         return EXIT_BAD_INPUT
@@ -35,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .batch import OPTIONAL_COLUMNS
+
     parser = argparse.ArgumentParser(prog="napari-medit", description="Diffusion-based medical image editing.")
     parser.add_argument("--version", action="version", version=f"napari-medit {__version__}")
     commands = parser.add_subparsers(title="commands")
@@ -49,32 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(run=_info)
 
-    edit = commands.add_parser("edit", help="edit an image or volume (writes the result and a JSON provenance file)")
-    edit.add_argument("method", help="radedit, mededit, pie, sdedit, repaint or diffedit")
-    edit.add_argument("--image", required=True, help="NIfTI, DICOM file or folder, PNG/JPEG")
-    edit.add_argument("--out", required=True, help=".nii.gz/.nii (any input) or .png (2D inputs)")
-    edit.add_argument("--model", required=True, help="a model name (see `napari-medit models`) or folder")
-    for mask in ("edit", "keep", "pathology", "brain", "roi"):
-        edit.add_argument(f"--{mask}-mask", help=f"{mask} mask file on the image's grid")
-    edit.add_argument("--prompt")
-    edit.add_argument("--inversion-prompt")
-    for name, kind in (("steps", int), ("guidance", float), ("skip", int), ("strength", float),
-                       ("iterations", int), ("dilation", int), ("jump-length", int), ("jump-n-sample", int)):
-        edit.add_argument(f"--{name}", type=kind, help="method parameter (default: the paper's)")
-    edit.add_argument("--seed", type=int, default=0)
-    edit.add_argument("--axis", default="axial",
-                      help="axial, coronal, sagittal (from the affine), or 0/1/2 (array axis); default axial")
-    edit.add_argument("--slices", help="A:B, the slices to edit (default: those the mask touches)")
-    edit.add_argument("--batch-size", type=int)
-    edit.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cpu)")
-    edit.add_argument("--download", action="store_true", help="let a hub model download (default: offline)")
-    edit.add_argument("--trust-remote-code", action="store_true",
-                      help="let a model's text encoder run code from its repository (BioViL-T needs it)")
-    edit.set_defaults(run=_edit)
+    edit = commands.add_parser("edit", help="edit an image or volume (writes the result and a JSON provenance file)",
+                                description="Edit an image or volume; `napari-medit edit METHOD --help` lists "
+                                            "the method's masks and parameters with their defaults.")
+    methods = edit.add_subparsers(title="methods", metavar="METHOD", dest="method")
+    for spec in METHODS.values():
+        _method_parser(methods, spec)
 
     batch = commands.add_parser("batch", help="run the edits of a manifest (CSV) on a dask cluster; resumable")
-    batch.add_argument("manifest", help="CSV: id,image,method and the edit options with underscores "
-                                        "(edit_mask, prompt, steps, seed, ...); paths relative to the manifest")
+    batch.add_argument("manifest", help="CSV: id,image,method and optionally "
+                                        f"{','.join(OPTIONAL_COLUMNS)} (the `edit` options with underscores; "
+                                        "a method's parameters on its own rows); paths relative to the manifest")
     batch.add_argument("--out", required=True, help="folder for ID.nii.gz/ID.png, ID.json and summary.csv/.json")
     batch.add_argument("--model", help="the model for rows whose 'model' cell is empty")
     where = batch.add_mutually_exclusive_group()
@@ -85,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--download", action="store_true", help="let hub models download (default: offline)")
     batch.add_argument("--trust-remote-code", action="store_true")
     batch.set_defaults(run=_batch)
+
+    listing = commands.add_parser("methods", help="list the editing methods, their masks and parameters")
+    listing.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
+    listing.set_defaults(run=_methods)
 
     models = commands.add_parser("models", help="list the bundled and locally found models")
     models.add_argument("--json", action="store_true")
@@ -121,24 +122,90 @@ def _sample(args) -> int:
     return 0
 
 
-def _edit(args) -> int:
+def _method_parser(methods, spec) -> None:
+    """`napari-medit edit METHOD`: the method's masks, parameters and the run options, from the catalogue."""
+    parser = methods.add_parser(spec.name, help=f"{spec.title} ({spec.reference})",
+                                description=f"{spec.title}: {spec.reference}.")
+    parser.add_argument("--image", required=True, help=f"the source: {SUPPORTED}")
+    parser.add_argument("--out", required=True, help="the result: .nii.gz, .nii, .mgz or .mgh (any input), "
+                                                     ".png (2D inputs); the provenance goes beside it as .json")
+    parser.add_argument("--model", required=True, help="a model folder, a name from `napari-medit models`, "
+                                                       "a preset (radedit) or a hub repository (hub:ORG/NAME)")
+    masks = parser.add_argument_group("masks (files on the image's grid)")
+    for role in spec.masks:
+        masks.add_argument(_option(role), dest=role, metavar="FILE", required=role in spec.required_masks,
+                           help=f"{MASK_ROLES[role].says}" + (" (required)" if role in spec.required_masks else ""))
+    _add_fields(parser.add_argument_group(f"{spec.title} parameters (default: the reference's)"), spec.params)
+    _add_fields(parser.add_argument_group("run options"), RunOptions)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: CUDA if available, then MPS, then CPU)")
+    parser.add_argument("--download", action="store_true", help="let a hub model download (default: offline)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a model's text encoder run code from its repository (BioViL-T needs it)")
+    parser.set_defaults(run=_edit, spec=spec)
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_fields(group, params: type) -> None:
+    """One option per dataclass field: typed and checked by the catalogue, default None (= the default rule)."""
+    for item in catalogue.fields(params):
+        kind = catalogue.value_type(params, item.name)
+        extra = {"choices": [m.value for m in kind]} if issubclass(kind, enum.Enum) else {"metavar": kind.__name__.upper()}
+        group.add_argument(_option(item.name), dest=item.name, type=_parse(params, item.name, kind), default=None,
+                           help=f"{item.metadata['source']} (default: {catalogue.default_text(params, item)})"
+                           .replace("%", "%%"),  # argparse formats help with %
+                           **extra)
+
+
+def _parse(params: type, name: str, kind: type):
+    def parse(text: str):
+        try:
+            return catalogue.parse_value(params, name, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
+
+
+def edit_job(args):
+    """The EditJob an `edit` command line asks for (checked, nothing read yet)."""
     from pathlib import Path
 
-    from .backends import ModelLoadError, load_model
-    from .editing import EditError
-    from .jobs import MASK_OPTIONS, PARAMETER_TYPES, EditJob, parse_axis, parse_slices, run_job
+    from .jobs import EditJob
 
+    spec = args.spec
+    run = {item.name: value for item in catalogue.fields(RunOptions) if (value := getattr(args, item.name)) is not None}
     job = EditJob(
-        method=args.method, image=Path(args.image), out=Path(args.out),
-        masks={name: Path(path) for name in MASK_OPTIONS if (path := getattr(args, name)) is not None},
-        parameters={k: getattr(args, k) for k in PARAMETER_TYPES if getattr(args, k) is not None},
-        seed=args.seed, axis=parse_axis(args.axis), slices=parse_slices(args.slices), batch_size=args.batch_size,
+        method=spec.name, image=Path(args.image), out=Path(args.out),
+        masks={role: Path(path) for role in spec.masks if (path := getattr(args, role)) is not None},
+        parameters={item.name: value for item in catalogue.fields(spec.params)
+                    if (value := getattr(args, item.name)) is not None},
+        run=RunOptions(**run),
     )
     job.check()
+    return job
+
+
+def _edit(args) -> int:
+    from .backends import ModelLoadError, load_model
+    from .editing import EditError
+    from .jobs import run_job
+
+    job = edit_job(args)
     read_image(job.image)  # a bad image fails before a model loads
+    from tqdm.auto import tqdm
+
     try:
         model = load_model(args.model, args.device, trust_remote_code=args.trust_remote_code, download=args.download)
-        record = run_job(job, model)
+        with tqdm(desc=f"napari-medit {job.method}", unit="step", disable=None) as bar:  # off when not a terminal
+            def show(progress):
+                bar.total = progress.total
+                bar.update(progress.step - bar.n)
+
+            record = run_job(job, model, callback=show)
     except (EditError, ModelLoadError) as exc:
         raise ValueError(str(exc)) from None
     for path in [*record["outputs"], job.sidecar]:
@@ -156,6 +223,20 @@ def _batch(args) -> int:
     for record in summary.failed:
         print(f"  {record['id']}: {record['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _methods(args) -> int:
+    if args.markdown:
+        print(catalogue.markdown_table())
+        return 0
+    for spec in METHODS.values():
+        masks = ", ".join([*spec.required_masks, *(f"[{m}]" for m in spec.optional_masks)]) or "no masks"
+        print(f"{spec.name:<9} {spec.title}: {spec.reference}")
+        print(f"{'':<9} masks: {masks}; text: {'yes' if spec.takes_text else 'no'}")
+        for item in catalogue.fields(spec.params):
+            print(f"{'':<9} {_option(item.name):<18} default {catalogue.default_text(spec.params, item)}: "
+                  f"{item.metadata['source']}")
+    return 0
 
 
 def _models(args) -> int:

@@ -12,45 +12,48 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import catalogue
+from .catalogue import MASK_ROLES, RunOptions, parse_axis, parse_slices
 from .io import read_image, write_image
 
-MASK_OPTIONS = ("edit_mask", "keep_mask", "pathology_mask", "brain_mask", "roi_mask")
-# The method parameters `edit` accepts, with their types (None means: the paper's default).
-PARAMETER_TYPES: dict[str, type] = {
-    "prompt": str, "inversion_prompt": str, "steps": int, "guidance": float, "skip": int, "strength": float,
-    "iterations": int, "dilation": int, "jump_length": int, "jump_n_sample": int,
-}
-OUTPUT_ENDINGS = (".nii.gz", ".nii", ".png")
+OUTPUT_ENDINGS = (".nii.gz", ".nii", ".mgz", ".mgh", ".png")
 PARTIAL_PREFIX = ".partial-"
 
 
 @dataclass
 class EditJob:
+    """One edit as the CLI and a manifest row state it: files in, files out, options as the catalogue names them."""
+
     method: str
     image: Path
-    out: Path  # .nii.gz / .nii (any input) or .png (2D inputs); the sidecar is the same name with .json
-    masks: dict[str, Path] = field(default_factory=dict)  # edit_mask=..., keep_mask=...
-    parameters: dict[str, Any] = field(default_factory=dict)  # method parameters (PARAMETER_TYPES)
-    seed: int = 0
-    axis: int | str = "axial"
-    slices: tuple[int, int] | None = None
-    batch_size: int | None = None
+    out: Path  # .nii.gz/.nii/.mgz/.mgh (any input) or .png (2D inputs); the sidecar is the same name with .json
+    masks: dict[str, Path] = field(default_factory=dict)  # edit_mask=..., keep_mask=... (catalogue.MASK_ROLES)
+    parameters: dict[str, Any] = field(default_factory=dict)  # the method's parameters that were given
+    run: RunOptions = field(default_factory=RunOptions)
 
     @property
     def sidecar(self) -> Path:
         return suffixed(self.out, "", ".json")
 
-    def check(self) -> None:
-        """Problems that need no file reading, so a manifest can be refused before anything runs."""
+    def check(self):
+        """Problems that need no file reading, so a manifest can be refused before anything runs;
+        returns the method's parameters with every default resolved."""
         if not self.out.name.lower().endswith(OUTPUT_ENDINGS):
-            raise ValueError(f"{self.out}: the output must end in .nii.gz, .nii or .png")
-        unknown = sorted(set(self.masks) - set(MASK_OPTIONS)) + sorted(set(self.parameters) - set(PARAMETER_TYPES))
+            raise ValueError(f"{self.out}: the output must end in {', '.join(OUTPUT_ENDINGS)}")
+        spec = catalogue.method(self.method)
+        unknown = sorted(set(self.masks) - set(MASK_ROLES))
         if unknown:
-            raise ValueError(f"unknown option {unknown[0]!r}")
+            raise ValueError(f"unknown mask {unknown[0]!r}; masks are {', '.join(MASK_ROLES)}")
+        unused = sorted(set(self.masks) - set(spec.masks))
+        if unused:
+            raise ValueError(f"{spec.name} does not use a {unused[0]}; it takes: {', '.join(spec.masks) or 'no masks'}")
+        parse_slices(self.run.slices)  # refuses text that is not A:B
+        return spec.make_params(self.parameters)
 
 
-def run_job(job: EditJob, model) -> dict[str, Any]:
-    """Read, edit with ``model`` (a loaded Denoiser), write; returns the sidecar's content."""
+def run_job(job: EditJob, model, callback=None) -> dict[str, Any]:
+    """Read, edit with ``model`` (a loaded Denoiser), write; returns the sidecar's content.
+    ``callback`` gets the edit's ``EditProgress`` after every denoising step."""
     from .editing import edit
 
     job.check()
@@ -58,8 +61,9 @@ def run_job(job: EditJob, model) -> dict[str, Any]:
     if job.out.suffix.lower() == ".png" and image.array.ndim != 2:
         raise ValueError(f"{job.out}: PNG holds 2D images and the input has shape {image.array.shape}; use .nii.gz")
     masks = {name: read_image(path) for name, path in job.masks.items()}
-    result = edit(job.method, image, model=model, seed=job.seed, axis=job.axis, slices=job.slices,
-                  batch_size=job.batch_size, **masks, **job.parameters)
+    result = edit(job.method, image, model=model, seed=job.run.seed, axis=parse_axis(job.run.axis),
+                  slices=parse_slices(job.run.slices), batch_size=job.run.batch_size,
+                  slice_noise=job.run.slice_noise, callback=callback, **masks, **job.parameters)
     versions = result.progression or [result.image]
     written = [write_atomically(suffixed(job.out, f"_step{index:02d}"), version)
                for index, version in enumerate(versions[:-1], start=1)]
@@ -78,20 +82,6 @@ def is_finished(job: EditJob) -> bool:
     outputs = record.get("outputs") if isinstance(record, dict) else None
     return bool(outputs) and all(Path(p).is_file() for p in outputs)
 
-
-def parse_axis(text: str | int) -> int | str:
-    text = str(text).strip()
-    return int(text) if text.lstrip("-").isdigit() else text
-
-
-def parse_slices(text: str | None) -> tuple[int, int] | None:
-    if text is None or not str(text).strip():
-        return None
-    try:
-        start, stop = (int(v) for v in str(text).split(":"))
-    except ValueError:
-        raise ValueError(f"slices must look like 10:20, got {text!r}") from None
-    return start, stop
 
 
 def suffixed(path: Path, suffix: str, ending: str | None = None) -> Path:

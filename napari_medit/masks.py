@@ -1,6 +1,6 @@
 """Masks before an edit: a starting brain mask, and the checks a mask must pass.
 
-numpy/scipy only: the Masks widget and the engine share these.
+numpy/scipy only: the Masks widget, the method catalogue and the engine share these.
 """
 
 from __future__ import annotations
@@ -65,3 +65,24 @@ def outside_brain_problem(pathology: np.ndarray, brain: np.ndarray) -> str | Non
     if outside:
         return f"{outside} pathology voxels lie outside the brain mask and will not be edited"
     return None
+
+
+def inpainting_mask(pathology: np.ndarray, brain: np.ndarray, kernel_size: int) -> np.ndarray:
+    """MedEdit's region to regenerate: dilate(pathology) AND brain, slice by slice (arrays (..., H, W)).
+
+    A binary dilation by a k x k square is a k x k maximum filter, which scipy runs as two 1D
+    passes: far faster than a general structuring element (1.9 s -> 0.03 s on the sample
+    brain), and scipy holds the GIL, so the GUI waits on it too.
+    """
+    size = (1,) * (pathology.ndim - 2) + (kernel_size, kernel_size)
+    dilated = ndimage.maximum_filter(np.asarray(pathology).astype(np.uint8), size=size, mode="constant", cval=0) > 0
+    return dilated & np.asarray(brain).astype(bool)
+
+
+def native_inpainting_mask(pathology: np.ndarray, brain: np.ndarray, model_kernel: int,
+                           model_resolution: int) -> np.ndarray:
+    """The inpainting mask on slices at their own size, (..., H, W): the dilation kernel, defined
+    on the model's grid (``model_kernel`` pixels at ``model_resolution``), is scaled by the
+    slice's longer side (slices are padded to a square)."""
+    native_kernel = max(1, round(model_kernel * max(pathology.shape[-2:]) / model_resolution) | 1)
+    return inpainting_mask(pathology, brain, native_kernel)

@@ -151,12 +151,13 @@ def test_manifest_errors_name_the_line_and_the_fix(items_folder, tmp_path):
 def test_cli_batch_in_process_reports_failures_with_exit_1(items_folder, tmp_path, capsys):
     rows = mededit_rows(2)
     rows[0]["steps"] = 3
-    rows[1].update(steps=3, method="pie")  # PIE needs an ROI mask and a text model
+    # PIE needs a text-conditioned model: a failure only running the row can find
+    rows[1].update(steps=3, method="pie", pathology_mask="", brain_mask="", roi_mask=rows[1]["pathology_mask"])
     manifest = write_manifest(items_folder, rows, "cli.csv")
     assert main(["batch", str(manifest), "--out", str(tmp_path), "--workers", "0"]) == 1
     captured = capsys.readouterr()
     assert "1 edited, 0 already finished, 1 failed" in captured.out
-    assert "case01: pie needs a roi_mask" in captured.err
+    assert "case01: model " in captured.err and "pie edits with a text prompt" in captured.err
     assert (tmp_path / "case00.nii.gz").exists() and not (tmp_path / "case01.nii.gz").exists()
     assert main(["batch", str(manifest), "--out", str(tmp_path), "--workers", "0"]) == 1
     assert "0 edited, 1 already finished, 1 failed" in capsys.readouterr().out

@@ -162,7 +162,8 @@ def test_pie_through_the_masks_and_edit_widgets_adds_a_progression_stack(cxr_vie
 
 
 def test_masks_widget_brain_mask_and_inpainting_mask(brain_widget, qtbot):
-    from napari_medit.editing.mededit import MedEditParams, native_inpainting_mask
+    from napari_medit.catalogue import MedEditParams
+    from napari_medit.masks import native_inpainting_mask
 
     viewer, _ = brain_widget
     _, masks = viewer.window.add_plugin_dock_widget(PLUGIN, "Masks")
@@ -176,7 +177,7 @@ def test_masks_widget_brain_mask_and_inpainting_mask(brain_widget, qtbot):
     masks.show_inpainting_mask()
     shown = viewer.layers["t1 inpainting_mask"].data > 0
     lesion = viewer.layers["lesion_mask"].data > 0
-    expected = native_inpainting_mask(lesion, reference, MedEditParams(), 64)
+    expected = native_inpainting_mask(lesion, reference, MedEditParams().kernel_size(64), 64)
     np.testing.assert_array_equal(shown, expected)
     assert (shown & ~lesion).any() and not (shown & ~reference).any()  # dilated, within the brain
     assert masks.check() == []
@@ -184,23 +185,14 @@ def test_masks_widget_brain_mask_and_inpainting_mask(brain_widget, qtbot):
     assert masks.check() == ["brain_mask ('brain_mask') is empty: paint the region first"]
 
 
-def test_masks_widget_requires_what_the_engine_requires():
-    from napari_medit.editing import METHODS
-    from napari_medit.widgets.masks import REQUIRED
-
-    assert REQUIRED == {name: method.required_masks for name, method in METHODS.items()}
-
-
 def test_parameter_forms_hold_each_papers_defaults_with_their_sources(brain_widget):
-    import dataclasses
-
-    from napari_medit.editing import METHODS
+    from napari_medit.catalogue import METHODS
     from napari_medit.widgets.edit import form_values
 
     _, widget = brain_widget
     for name, method in METHODS.items():
         form = widget.parameters[name]
-        assert form_values(form) == dataclasses.asdict(method.params())
+        assert method.make_params(form_values(form)) == method.make_params({})  # followers resolved alike
         assert all(w.tooltip for w in form), name
     widget.method.value = "radedit"
     assert not widget.parameters["radedit"].native.isHidden() and widget.parameters["mededit"].native.isHidden()

@@ -316,7 +316,7 @@ def test_bad_requests_fail_with_one_clear_message():
         (dict(method="radedit", model=text, edit_mask=np.zeros(image.shape)), "empty"),
         (dict(method="radedit", model=pixel), "no text conditioning"),
         (dict(method="sdedit", model=pixel, prompt="effusion"), "takes no prompt"),
-        (dict(method="mededit", model=pixel, pathology_mask=region, brain_mask=region), "conditioned on a pathology"),
+        (dict(method="mededit", model=pixel, pathology_mask=region, brain_mask=region), "needs a model conditioned on pathology_mask and brain_mask"),
         (dict(method="mededit", model=monai, pathology_mask=region, brain_mask=~region), "outside the brain"),
         (dict(method="radedit", model=text, steps=0), "steps must be at least 1"),
         (dict(method="radedit", model=text, steps=10, skip=10), "skip must be in"),
@@ -418,7 +418,7 @@ def test_inpainting_mask_is_the_binary_dilation_by_a_square_and_the_brain():
     """MedEdit's dilate(pathology) AND brain, against scipy's binary dilation by the k x k square."""
     from scipy.ndimage import binary_dilation
 
-    from napari_medit.editing.mededit import inpainting_mask
+    from napari_medit.masks import inpainting_mask
 
     rng = np.random.default_rng(3)
     pathology = rng.random((3, 40, 33)) > 0.995

@@ -1,6 +1,18 @@
-"""Model backends: where Denoisers come from (a model folder today; presets and the hub later)."""
+"""Model backends: where Denoisers come from (model folders, presets, Stable Diffusion-style folders, the hub).
 
-from .folder import CONFIG_NAME, ModelLoadError, load_model, save_model
-from .registry import describe, describe_presets, model_folders, resolve
+Naming and describing models needs no torch (``registry``); loading them does, so
+``load_model`` and ``save_model`` are imported on first use.
+"""
 
-__all__ = ["CONFIG_NAME", "ModelLoadError", "describe", "describe_presets", "load_model", "model_folders", "resolve", "save_model"]
+from .registry import CONFIG_NAME, ModelLoadError, describe, describe_presets, model_folders, resolve
+
+__all__ = ["CONFIG_NAME", "ModelLoadError", "describe", "describe_presets", "load_model", "model_folders", "resolve",
+           "save_model"]
+
+
+def __getattr__(name: str):
+    if name in ("load_model", "save_model"):
+        from . import folder
+
+        return getattr(folder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

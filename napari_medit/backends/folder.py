@@ -26,13 +26,9 @@ from typing import Any
 import torch
 
 from ..editing.denoiser import Denoiser, DiffusersDenoiser, MonaiDenoiser
+from .registry import CONFIG_NAME, ModelLoadError
 
-CONFIG_NAME = "medit.json"
 FORMAT = "napari-medit-model/1"
-
-
-class ModelLoadError(Exception):
-    """A model that cannot be loaded; the message names what is missing and how to get it."""
 
 
 def load_model(
@@ -42,18 +38,29 @@ def load_model(
     download: bool = False,
 ) -> Denoiser:
     """Load a model: a napari-medit model folder, a bundled or NAPARI_MEDIT_MODELS name
-    (``demo-brain``, ``demo-cxr``), a preset (``radedit``), a Stable Diffusion-style folder, or
-    ``hub:ORG/NAME``. Only ``download=True`` lets anything reach the network, and
+    (``demo-brain``, ``demo-cxr``), a preset (``radedit``), a Stable Diffusion-style folder, or a
+    hub repository, ``hub:ORG/NAME`` or ``ORG/NAME`` when no such local folder exists
+    (``microsoft/radedit`` is the radedit preset). Only ``download=True`` lets anything reach the network, and
     ``trust_remote_code`` (off unless the user opts in) lets a text encoder run code shipped
     with its weights (BioViL-T needs it)."""
+    from .quiet import quiet_loading
+
+    with quiet_loading():
+        return _load(path, device, trust_remote_code, download)
+
+
+def _load(path, device, trust_remote_code: bool, download: bool) -> Denoiser:
     from . import presets
-    from .registry import resolve
+    from .registry import hub_repository, resolve
 
     spec = str(path)
     if spec in presets.PRESETS:
         return _to_device(presets.load_radedit(download, trust_remote_code), device)
-    if spec.startswith("hub:"):
-        folder = presets.fetch(spec[4:], download)
+    repository = hub_repository(spec)
+    if repository == presets.RADEDIT_UNET:  # the published RadEdit UNet: the preset brings its VAE and text encoder
+        return _to_device(presets.load_radedit(download, trust_remote_code), device)
+    if repository is not None:  # offline unless download=True: a missing repository fails at once
+        folder = presets.fetch(repository, download)
         return _to_device(presets.load_pipeline_folder(folder, trust_remote_code), device)
     folder = resolve(path)
     if not (folder / CONFIG_NAME).is_file() and (folder / "model_index.json").is_file():

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .folder import ModelLoadError
+from .registry import ModelLoadError
 
 RADEDIT_UNET, RADEDIT_VAE, RADEDIT_TEXT = "microsoft/radedit", "stabilityai/sdxl-vae", "microsoft/BiomedVLP-BioViL-T"
 RADEDIT_SCHEDULER = dict(beta_schedule="linear", clip_sample=False, prediction_type="epsilon",

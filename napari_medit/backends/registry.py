@@ -1,15 +1,22 @@
-"""Model names: the bundled demo models, folders on NAPARI_MEDIT_MODELS, and paths."""
+"""Model names: the bundled demo models, folders on NAPARI_MEDIT_MODELS, and paths.
+
+Nothing here imports torch: widgets list and describe models from their JSON alone."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-
-from .folder import CONFIG_NAME, ModelLoadError
 
 BUNDLED = Path(__file__).resolve().parents[1] / "models"
 SEARCH_PATH_VARIABLE = "NAPARI_MEDIT_MODELS"  # extra folders holding model folders, os.pathsep-separated
+CONFIG_NAME = "medit.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")  # ORG/NAME, as diffusers users type it
+
+
+class ModelLoadError(Exception):
+    """A model that cannot be loaded; the message names what is missing and how to get it."""
 
 
 def model_folders() -> dict[str, Path]:
@@ -21,6 +28,15 @@ def model_folders() -> dict[str, Path]:
             for config in sorted(root.glob(f"*/{CONFIG_NAME}")):
                 found.setdefault(config.parent.name, config.parent)
     return found
+
+
+def hub_repository(spec: str) -> str | None:
+    """The hub repository ``spec`` names ('hub:ORG/NAME', or 'ORG/NAME' when no such local folder exists)."""
+    if spec.startswith("hub:"):
+        return spec[4:]
+    if _HUB_ID.match(spec) and not Path(spec).expanduser().exists():
+        return spec
+    return None
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
@@ -45,7 +61,6 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
 
 def describe_presets() -> list[dict]:
     """The published-model presets and whether their parts are in the local cache (no network)."""
-    from .folder import ModelLoadError as Missing
     from .presets import PRESETS, RADEDIT_TEXT, RADEDIT_UNET, RADEDIT_VAE, fetch
 
     cached = {}
@@ -53,7 +68,7 @@ def describe_presets() -> list[dict]:
         try:
             fetch(repo, download=False)
             cached[repo] = True
-        except Missing:
+        except ModelLoadError:
             cached[repo] = False
     return [{"name": "radedit", "description": PRESETS["radedit"], "backend": "diffusers (latent)",
              "resolution": 512, "text_conditioned": True, "mask_conditions": [],
@@ -62,17 +77,12 @@ def describe_presets() -> list[dict]:
 
 def describe(folder: Path) -> dict:
     """What a model folder is, read from its config alone (no weights are loaded)."""
-    from ..editing.methods import METHODS
+    from ..catalogue import METHODS
 
     config = json.loads((folder / CONFIG_NAME).read_text())
     conditions = list(config.get("condition_names", []))
     text = (folder / "text_encoder").is_dir() or "text_encoder" in config
-    methods = [
-        m.name for m in METHODS.values()
-        if (text or not m.needs_text)
-        and set(conditions) <= set(m.required_masks + m.optional_masks)
-        and (m.name != "mededit" or set(conditions) == {"pathology_mask", "brain_mask"})
-    ]
+    methods = [m.name for m in METHODS.values() if m.model_problem(text, conditions) is None]
     return {
         "name": folder.name,
         "path": str(folder),

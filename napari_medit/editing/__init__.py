@@ -7,8 +7,8 @@ from ..io.image import PLANES, plane_axis
 from .control import EditCancelled, NoiseSource, Progress
 from .ddpm import NoiseSchedule
 from .denoiser import Denoiser, DiffusersDenoiser, GaussianDenoiser, MonaiDenoiser
-from .methods import METHODS
-from .run import EditError, EditProgress, EditResult, edit
+from ..catalogue import METHODS
+from .run import EditError, EditPlan, EditProgress, EditResult, assemble, edit, plan_edit, run_plan
 
 __all__ = [
     "METHODS",

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
-
-
-def parameter(default: Any, source: str) -> Any:
-    """A method parameter and where its default comes from (the widget shows it as a tooltip)."""
-    return field(default=default, metadata={"source": source})
 
 
 class EditCancelled(Exception):

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..catalogue import strength_steps
+
 FINAL = -1  # the timestep after the last one: x_prev is the clean sample there
 
 
@@ -106,15 +108,6 @@ class NoiseSchedule:
         return ratio**0.5 * x + (1 - ratio) ** 0.5 * noise
 
 
-def strength_steps(num_steps: int, strength: float) -> int:
-    """How many of ``num_steps`` a run started at ``strength`` (in (0, 1]) denoises; validated."""
-    if num_steps < 1:
-        raise ValueError(f"steps must be at least 1, got {num_steps}")
-    if not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-    if int(num_steps * strength) < 1:
-        raise ValueError(f"strength {strength} of {num_steps} steps leaves no step to run")
-    return int(num_steps * strength)
 
 
 def pairs(timesteps: list[int]) -> list[tuple[int, int]]:

@@ -12,25 +12,15 @@ differences is not used: users here paint masks).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .control import NoiseSource, Progress, parameter
-from .ddpm import FINAL, strength_steps
+from ..catalogue import DiffEditParams
+from .control import NoiseSource, Progress
+from .ddpm import FINAL
 from .denoiser import Denoiser
 
 
-@dataclass(frozen=True)
-class DiffEditParams:
-    prompt: str = parameter("No acute cardiopulmonary process", "the edit's text")
-    inversion_prompt: str = parameter("", "the inversion's text (DiffEdit's query; empty: unconditional)")
-    steps: int = parameter(50, "DDIM steps: 50 in DiffEdit and diffusers' pipeline")
-    strength: float = parameter(0.8, "encoding ratio: diffusers' StableDiffusionDiffEditPipeline default 0.8")
-    guidance: float = parameter(7.5, "classifier-free guidance: 7.5, Stable Diffusion's default")
 
-    def validate(self) -> None:
-        strength_steps(self.steps, self.strength)
 
 
 def diffedit(
@@ -66,3 +56,8 @@ def diffedit(
         progress.step(x0_estimate)
     return x
 
+
+def run(denoiser, x0, masks, params, noise, progress, conditions):
+    """The catalogue's entry point: masks by role, on the model's grid."""
+    return diffedit(denoiser, x0, edit_mask=masks["edit_mask"], params=params, noise=noise, progress=progress,
+                    conditions=conditions)

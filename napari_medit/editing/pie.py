@@ -15,30 +15,16 @@ rather than t - 1); here the known region matches the sample's noise level.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .control import NoiseSource, Progress, parameter
-from .ddpm import strength_steps
+from ..catalogue import PIEParams
+from .control import NoiseSource, Progress
 from .denoiser import Denoiser
 
 OUTSIDE_ROI_KEEP, INSIDE_ROI_KEEP = 0.01, 0.75  # the end-of-step blend of PIE's code
 
 
-@dataclass(frozen=True)
-class PIEParams:
-    prompt: str = parameter("Pleural effusion", "the finding to progress towards")
-    iterations: int = parameter(10, "N, progression steps: PIE's default 10")
-    strength: float = parameter(0.5, "gamma, noise level of a step: PIE's default 0.5 (25 of 50 DDIM steps)")
-    steps: int = parameter(50, "DDIM steps of a full img2img pass: PIE's default 50")
-    guidance: float = parameter(7.5, "classifier-free guidance: PIE's 7.5 (its README example: 27.5)")
-    eta: float = parameter(0.0, "DDIM stochasticity: 0 (deterministic DDIM) in PIE")
 
-    def validate(self) -> None:
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be at least 1, got {self.iterations}")
-        strength_steps(self.steps, self.strength)
 
 
 def pie(
@@ -69,3 +55,9 @@ def pie(
         z = ((x - x0) * OUTSIDE_ROI_KEEP + x0) * (1 - roi_mask) + ((x - x0) * INSIDE_ROI_KEEP + x0) * roi_mask
         progression.append(z)
     return progression
+
+
+def run(denoiser, x0, masks, params, noise, progress, conditions):
+    """The catalogue's entry point: masks by role, on the model's grid."""
+    return pie(denoiser, x0, roi_mask=masks["roi_mask"], params=params, noise=noise, progress=progress,
+               conditions=conditions)

@@ -16,29 +16,16 @@ keep mask is honoured on every path, and the last inversion step is finite.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .control import NoiseSource, Progress, parameter
+from ..catalogue import RadEditParams
+from .control import NoiseSource, Progress
 from .ddpm import pairs
 from .denoiser import Denoiser
 from .inversion import ETA, invert
 
 
-@dataclass(frozen=True)
-class RadEditParams:
-    prompt: str = parameter("No acute cardiopulmonary process", "the edit's text: the 'normal' prompt (Sec. 5.2)")
-    inversion_prompt: str = parameter("", "the inversion's text: unconditional in the paper's experiments")
-    steps: int = parameter(100, "DDPM steps: 100 in the edit-friendly inversion reference code")
-    skip: int = parameter(36, "steps skipped before editing: 36 of 100 in the reference code")
-    guidance: float = parameter(15.0, "classifier-free guidance: 'we use a value of 15' (Sec. 4.2)")
 
-    def validate(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if not 0 <= self.skip < self.steps:
-            raise ValueError(f"skip must be in [0, steps) = [0, {self.steps}), got {self.skip}")
 
 
 def radedit(
@@ -69,3 +56,13 @@ def radedit(
         progress.step(x0_estimate)
     return x
 
+
+def run(denoiser, x0, masks, params, noise, progress, conditions):
+    """The catalogue's entry point: masks by role, on the model's grid."""
+    everywhere = torch.ones_like(x0[:, :1])
+    return radedit(
+        denoiser, x0,
+        edit_mask=masks.get("edit_mask", everywhere),  # no edit mask: the whole image (paper, Sec. 4.2)
+        keep_mask=masks.get("keep_mask", 0 * everywhere),
+        params=params, noise=noise, progress=progress, conditions=conditions,
+    )

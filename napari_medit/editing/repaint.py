@@ -14,32 +14,18 @@ pathology mask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .control import NoiseSource, Progress, parameter
+from ..catalogue import RePaintParams
+from .control import NoiseSource, Progress
 from .ddpm import FINAL
 from .denoiser import Denoiser
 
 ETA = 1.0  # DDPM sampling, as RePaint
 
 
-@dataclass(frozen=True)
-class RePaintParams:
-    steps: int = parameter(250, "T, DDPM steps: 250 in the RePaint paper")
-    jump_length: int = parameter(10, "j, resampling jump length: 10 in the RePaint paper")
-    jump_n_sample: int = parameter(10, "r, resampling repeats: 10 in the RePaint paper (2,410 model calls)")
-
-    def validate(self) -> None:
-        _validate_jumps(self.steps, self.jump_length, self.jump_n_sample)
 
 
-def _validate_jumps(steps: int, jump_length: int, jump_n_sample: int) -> None:
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if jump_length < 1 or jump_n_sample < 1:
-        raise ValueError("jump_length and jump_n_sample must be at least 1")
 
 
 def jump_schedule(steps: int, jump_length: int, jump_n_sample: int) -> list[int]:
@@ -116,3 +102,9 @@ def repaint(
         denoiser, x0, known=1 - inpaint_mask, steps=params.steps, jump_length=params.jump_length,
         jump_n_sample=params.jump_n_sample, noise=noise, progress=progress, conditions=conditions,
     )
+
+
+def run(denoiser, x0, masks, params, noise, progress, conditions):
+    """The catalogue's entry point: the naive baseline inpaints the undilated pathology mask."""
+    return repaint(denoiser, x0, inpaint_mask=masks["pathology_mask"], params=params, noise=noise,
+                   progress=progress, conditions=conditions)

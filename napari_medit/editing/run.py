@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import platform
 import threading
 import time
@@ -18,15 +17,14 @@ import torch
 from .. import __version__
 from ..io import MedicalImage
 from ..io.image import PLANES, apply_orientation, plane_transforms
-from ..masks import mask_problem, outside_brain_problem
+from .. import catalogue
+from ..catalogue import MASK_ROLES, Method, SliceNoise
+from ..masks import mask_problem
 from ..metrics import edit_metrics, jsonable
 from .control import NoiseSource, Progress, StepInfo
 from .denoiser import Denoiser
-from .mededit import native_inpainting_mask
-from .methods import METHODS, Method
 from .slicing import Grid, IntensityWindow, slices_to_edit, to_dtype, to_latent_grid
 
-MASK_NAMES = ("edit_mask", "keep_mask", "pathology_mask", "brain_mask", "roi_mask")
 DEFAULT_CPU_BATCH = 4  # batching helps little on 2 CPU cores and costs memory (see benchmarks/)
 
 
@@ -71,78 +69,139 @@ def edit(
     axis: int | str = 0,
     slices: tuple[int, int] | None = None,
     batch_size: int | None = None,
-    shared_noise: bool = False,
+    slice_noise: SliceNoise | str = SliceNoise.independent,
     callback: Callable[[EditProgress], None] | None = None,
     cancel: threading.Event | None = None,
     **options: Any,
 ) -> EditResult:
     """Run ``method`` on ``image`` (2D, or slice-wise along ``axis`` for 3D) with ``model``.
 
-    ``axis`` is an array axis (0, 1, 2: slices as they lie in the array) or an anatomical
-    plane ('axial', 'coronal', 'sagittal'): the volume's affine then decides which array axis
-    that is, and slices reach the model in the orientation it was trained on (exact flips and
-    transposes; the result comes back in the image's own voxel order).
+    Args:
+        method: a name from ``napari_medit.catalogue.METHODS`` (radedit, mededit, pie, ...).
+        image: the source, a MedicalImage (affine kept) or a plain array.
+        model: a loaded Denoiser (``napari_medit.backends.load_model``).
+        seed: the same seed, model and settings give a bit-identical result.
+        axis: an array axis (0, 1, 2: slices as they lie in the array) or an anatomical plane
+            ('axial', 'coronal', 'sagittal'): the volume's affine then decides which array axis
+            that is, and slices reach the model in the orientation it was trained on (exact
+            flips and transposes; the result comes back in the image's own voxel order).
+        slices: [start, stop) along that axis; None: the slices the method's mask touches.
+        batch_size: slices per model call; None: 4 on CPU, by free memory on GPU.
+        slice_noise: 'independent' (a seed per slice) or 'shared' (one noise for all slices).
+        callback: called after every denoising step with an ``EditProgress``.
+        cancel: set it to stop the run within one step (``EditCancelled`` is raised).
+        **options: the masks by role (``edit_mask``, ``keep_mask``, ``pathology_mask``,
+            ``brain_mask``, ``roi_mask``; arrays or MedicalImages on the image's grid) and the
+            method's parameters (``METHODS[method].params``; None or absent: the default).
 
-    Masks are passed by name (``edit_mask``, ``keep_mask``, ``pathology_mask``,
-    ``brain_mask``, ``roi_mask``) as arrays or MedicalImages on the image's grid;
-    every other option is a parameter of the method (see ``METHODS[method].params``).
     Raises ``EditError`` for bad requests and ``EditCancelled`` when ``cancel`` is set.
     """
-    spec = _method(method)
+    plan = plan_edit(method, image, model=model, seed=seed, axis=axis, slices=slices, batch_size=batch_size,
+                     slice_noise=slice_noise, **options)
+    started, evaluations_before = time.perf_counter(), model.evaluations
+    outputs = run_plan(plan, model, callback=callback, cancel=cancel)
+    return assemble(plan, model, outputs, seconds=time.perf_counter() - started,
+                    evaluations=model.evaluations - evaluations_before)
+
+
+@dataclass
+class EditPlan:
+    """A checked request, laid out as slices along axis 0 of ``stack`` (the slicing orientation)."""
+
+    spec: Method
+    params: Any  # the method's parameters dataclass, every default resolved
+    source: MedicalImage
+    given_masks: list[str]
+    stack: np.ndarray  # (slices, H, W): a 2D image is one slice
+    masks: dict[str, np.ndarray]  # stacked like ``stack``, with the method's derived masks
+    chosen: list[int]  # the slices to edit
+    window: IntensityWindow
+    grid: Grid
+    seeds: list[int]  # one per slice of ``stack``
+    batch_size: int
+    axis: int  # the array axis sliced (0 for 2D and for named planes, which are reoriented first)
+    plane: str | None  # the anatomical plane asked for, if any
+    back: np.ndarray | None  # the orientation from the plane's slicing back to the source's voxel order
+    seed: int
+    slice_noise: SliceNoise
+
+    @property
+    def planar(self) -> bool:
+        return self.source.array.ndim == 2
+
+    def in_source_order(self, chunk: list[int], planes: np.ndarray | None = None):
+        return _in_source_order(chunk, planes, axis=self.axis, back=self.back, count=self.stack.shape[0])
+
+
+def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser, seed: int = 0,
+              axis: int | str = 0, slices: tuple[int, int] | None = None, batch_size: int | None = None,
+              slice_noise: SliceNoise | str = SliceNoise.independent, **options: Any) -> EditPlan:
+    """Check a request (same arguments as ``edit``) and lay it out as slices; nothing runs yet."""
+    try:
+        spec = catalogue.method(method)
+        slice_noise = SliceNoise(slice_noise)
+    except ValueError as exc:
+        raise EditError(str(exc)) from None
     source = image if isinstance(image, MedicalImage) else MedicalImage(np.asarray(image), np.eye(4))
-    masks = {name: _mask(name, options.pop(name), source) for name in MASK_NAMES if options.get(name) is not None}
-    for name in MASK_NAMES:
+    masks = {name: _mask(name, options.pop(name), source) for name in MASK_ROLES if options.get(name) is not None}
+    for name in MASK_ROLES:
         options.pop(name, None)
-    if not spec.needs_text and options.get("prompt"):
+    if not spec.takes_text and options.get("prompt"):
         raise EditError(f"{spec.name} takes no prompt: it does not edit by text")
-    params = _params(spec, options)
+    try:
+        params = spec.make_params(options)
+    except ValueError as exc:
+        raise EditError(f"{spec.name}: {exc}") from None
     _check_request(spec, source, masks, model)
 
-    volume = source.array
-    planar = volume.ndim == 2
-    back = None
-    if not planar and isinstance(axis, str):
+    volume, back, plane = source.array, None, None
+    if volume.ndim == 3 and isinstance(axis, str):
         if axis not in PLANES:
             raise EditError(f"axis must be 0, 1, 2 or one of {', '.join(PLANES)}; got {axis!r}")
         there, back = plane_transforms(source.affine, PLANES[axis])
         volume = apply_orientation(volume, there)
         masks = {k: apply_orientation(m, there) for k, m in masks.items()}
-    plane = axis if isinstance(axis, str) else None
-    axis = 0 if planar or plane else axis
+        plane, axis = axis, 0
+    if volume.ndim == 2:
+        axis = 0
     if not -3 <= axis < 3:
         raise EditError(f"axis must be 0, 1 or 2 for a volume, got {axis}")
     axis %= 3
-    in_source_order = functools.partial(_in_source_order, axis=axis, back=back, count=volume.shape[axis])
-    stack = volume[None] if planar else np.moveaxis(volume, axis, 0)
-    stacked_masks = {k: (m[None] if planar else np.moveaxis(m, axis, 0)) for k, m in masks.items()}
-    if spec.name == "mededit":
-        stacked_masks["inpaint_mask"] = _mededit_inpaint(stacked_masks, params, model, stack.shape[1:])
-    region = stacked_masks.get(spec.slice_region) if spec.slice_region else None
+    stack = volume[None] if volume.ndim == 2 else np.moveaxis(volume, axis, 0)
+    stacked = {k: (m[None] if volume.ndim == 2 else np.moveaxis(m, axis, 0)) for k, m in masks.items()}
+    if spec.prepare_masks is not None:
+        stacked.update(spec.prepare_masks(stacked, params, model.resolution))
+    region = stacked.get(spec.slice_region) if spec.slice_region else None
     chosen = slices_to_edit(stack.shape[0], region, slices)
     if not chosen:
         raise EditError(f"the {spec.slice_region} touches no slice along axis {axis}: nothing to edit")
-
     try:
         window = IntensityWindow.of(volume)
     except ValueError as exc:
         raise EditError(str(exc)) from None
-    grid = Grid(stack.shape[1], stack.shape[2], model.resolution)
-    batch = batch_size or _default_batch(model, len(chosen))
-    chunks = [chosen[i : i + batch] for i in range(0, len(chosen), batch)]
-    progress = Progress(cancel=cancel, chunks=len(chunks))
-    editable = spec.editable(stacked_masks)
-    seeds = [_slice_seed(seed, 0 if shared_noise else i) for i in range(stack.shape[0])]
+    shared = slice_noise is SliceNoise.shared
+    return EditPlan(
+        spec=spec, params=params, source=source, given_masks=sorted(masks), stack=stack, masks=stacked,
+        chosen=chosen, window=window, grid=Grid(stack.shape[1], stack.shape[2], model.resolution),
+        seeds=[_slice_seed(seed, 0 if shared else i) for i in range(stack.shape[0])],
+        batch_size=batch_size or _default_batch(model, len(chosen)), axis=axis, plane=plane, back=back,
+        seed=seed, slice_noise=slice_noise,
+    )
 
+
+def run_plan(plan: EditPlan, model: Denoiser, *, callback: Callable[[EditProgress], None] | None = None,
+             cancel: threading.Event | None = None) -> list[np.ndarray]:
+    """Every chosen slice through the method in batches; one float64 stack per output version
+    (PIE: one per progression step), the source's values on the slices not chosen."""
+    run = plan.spec.load_runner()
+    pending = [plan.chosen[i : i + plan.batch_size] for i in range(0, len(plan.chosen), plan.batch_size)]
+    progress = Progress(cancel=cancel, chunks=len(pending))
     outputs: list[np.ndarray] | None = None
-    started = time.perf_counter()
-    evaluations_before = model.evaluations
-    pending = list(chunks)
     while pending:
         chunk = pending.pop(0)
         done_before = progress.done
         try:
-            native = _edit_chunk(spec, model, params, stack, stacked_masks, chunk, seeds, window, grid,
-                                 in_source_order, progress, callback)
+            native = _edit_chunk(run, plan, model, chunk, progress, callback)
         except torch.OutOfMemoryError:
             if len(chunk) == 1:
                 raise
@@ -156,49 +215,57 @@ def edit(
             progress.done = done_before
             continue
         if outputs is None:
-            outputs = [stack.astype(np.float64) for _ in native]
+            outputs = [plan.stack.astype(np.float64) for _ in native]
         for out, values in zip(outputs, native):
             out[chunk] = values
         progress.next_chunk()
-    seconds = time.perf_counter() - started
+    return outputs
 
-    stacked_results = [_composite(stack, out, editable, chosen, source.array.dtype) for out in outputs]
+
+def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], *, seconds: float,
+             evaluations: int) -> EditResult:
+    """Composite the edited slices into the source (bit-identical outside what the method may change),
+    back in the source's voxel order and dtype, with metrics and provenance."""
+    spec, stack = plan.spec, plan.stack
+    editable = spec.editable(plan.masks)
+    stacked_results = [_composite(stack, out, editable, plan.chosen, plan.source.array.dtype) for out in outputs]
     # Measured in the slicing orientation (slices along axis 0), where "edited slices" are defined.
-    metrics = edit_metrics(stack, stacked_results[-1], region=spec.region(stacked_masks),
-                           keep_mask=stacked_masks.get("keep_mask"), slice_axis=0,
-                           slices=None if planar else chosen)
-    results = [r[0] if planar else np.moveaxis(r, 0, axis) for r in stacked_results]
-    used_masks = {k: (m[0] if planar else np.moveaxis(m, 0, axis)) for k, m in stacked_masks.items()}
-    if back is not None:  # from the plane's orientation back to the image's voxel order
-        results = [apply_orientation(r, back) for r in results]
-        used_masks = {k: apply_orientation(m, back) for k, m in used_masks.items()}
+    metrics = edit_metrics(stack, stacked_results[-1], region=spec.region(plan.masks),
+                           keep_mask=plan.masks.get("keep_mask"), slice_axis=0,
+                           slices=None if plan.planar else plan.chosen)
+    results = [r[0] if plan.planar else np.moveaxis(r, 0, plan.axis) for r in stacked_results]
+    used_masks = {k: (m[0] if plan.planar else np.moveaxis(m, 0, plan.axis)) for k, m in plan.masks.items()}
+    if plan.back is not None:  # from the plane's orientation back to the image's voxel order
+        results = [apply_orientation(r, plan.back) for r in results]
+        used_masks = {k: apply_orientation(m, plan.back) for k, m in used_masks.items()}
     provenance = {
         "method": spec.name,
         "reference": spec.reference,
-        "parameters": dataclasses.asdict(params),
+        "parameters": jsonable(dataclasses.asdict(plan.params)),
         "model": {"name": model.name, "weights_sha256": model.weights_hash, "resolution": model.resolution,
                   "latent": model.latent},
-        "seed": seed,
-        "shared_noise": shared_noise,
-        "axis": plane or axis,
-        "slices": chosen,
-        "masks": sorted(masks),
-        "intensity_window": [window.low, window.high],
-        "source": source.metadata.get("path"),
+        "seed": plan.seed,
+        "slice_noise": plan.slice_noise.value,
+        "axis": plan.plane or plan.axis,
+        "slices": plan.chosen,
+        "batch_size": plan.batch_size,
+        "masks": plan.given_masks,
+        "intensity_window": [plan.window.low, plan.window.high],
+        "source": plan.source.metadata.get("path"),
         "napari_medit": __version__,
         "torch": torch.__version__,
         "device": str(model.device),
         "platform": platform.platform(),
-        "model_evaluations": model.evaluations - evaluations_before,
+        "model_evaluations": evaluations,
         "seconds": round(seconds, 3),
         "metrics": jsonable(metrics),
     }
-    images = [source.with_array(r, edit=provenance) for r in results]
+    images = [plan.source.with_array(r, edit=provenance) for r in results]
     return EditResult(
         image=images[-1],
-        difference=(results[-1].astype(np.float32) - source.array.astype(np.float32)),
-        edited_slices=chosen,
-        axis=plane or axis,
+        difference=(results[-1].astype(np.float32) - plan.source.array.astype(np.float32)),
+        edited_slices=plan.chosen,
+        axis=plan.plane or plan.axis,
         provenance=provenance,
         progression=images if len(images) > 1 else None,
         masks=used_masks,
@@ -207,25 +274,6 @@ def edit(
 
 
 # ---------------------------------------------------------------- request checks
-
-
-def _method(name: str) -> Method:
-    if name not in METHODS:
-        raise EditError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
-    return METHODS[name]
-
-
-def _params(spec: Method, options: dict[str, Any]):
-    known = {f.name for f in dataclasses.fields(spec.params)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise EditError(f"{spec.name} has no parameter {unknown[0]!r}; its parameters: {', '.join(sorted(known))}")
-    params = spec.params(**{k: v for k, v in options.items() if v is not None})
-    try:
-        params.validate()
-    except ValueError as exc:
-        raise EditError(f"{spec.name}: {exc}") from None
-    return params
 
 
 def _mask(name: str, value, source: MedicalImage) -> np.ndarray:
@@ -257,49 +305,41 @@ def _check_request(spec: Method, source: MedicalImage, masks: dict, model: Denoi
     missing = [m for m in spec.required_masks if m not in masks]
     if missing:
         raise EditError(f"{spec.name} needs a {' and a '.join(missing)}")
-    unused = sorted(set(masks) - set(spec.required_masks) - set(spec.optional_masks))
+    unused = sorted(set(masks) - set(spec.masks))
     if unused:
-        raise EditError(f"{spec.name} does not use a {unused[0]}; it takes: "
-                        f"{', '.join(spec.required_masks + spec.optional_masks) or 'no masks'}")
-    if spec.needs_text and not model.text_conditioned:
-        raise EditError(f"{spec.name} edits with a text prompt, but model '{model.name}' has no text conditioning; "
-                        "use mededit, repaint or sdedit with it, or pick a text-conditioned model")
+        raise EditError(f"{spec.name} does not use a {unused[0]}; it takes: {', '.join(spec.masks) or 'no masks'}")
+    problem = spec.model_problem(model.text_conditioned, model.condition_names)
+    if problem:
+        hint = "; pick a text-conditioned model, or use mededit, repaint or sdedit with this one" \
+            if spec.takes_text and not model.text_conditioned else ""
+        raise EditError(f"model '{model.name}': {problem}{hint}")
     needed = [c for c in model.condition_names if c not in masks]
     if needed:
         raise EditError(f"model '{model.name}' is conditioned on {', '.join(model.condition_names)}: "
                         f"give {' and '.join(needed)}")
-    if spec.name == "mededit":
-        if set(model.condition_names) != {"pathology_mask", "brain_mask"}:
-            raise EditError(f"mededit needs a model conditioned on a pathology mask and a brain mask; "
-                            f"model '{model.name}' takes {list(model.condition_names) or 'no masks'}")
-        if not (masks["pathology_mask"] & masks["brain_mask"]).any():
-            raise EditError(outside_brain_problem(masks["pathology_mask"], masks["brain_mask"]))
-
-
-def _mededit_inpaint(stacked_masks: dict, params, model: Denoiser, shape: tuple[int, int]) -> np.ndarray:
-    return native_inpainting_mask(stacked_masks["pathology_mask"], stacked_masks["brain_mask"], params,
-                                  model.resolution)
+    problem = spec.check_masks(masks) if spec.check_masks else None
+    if problem:
+        raise EditError(problem)
 
 
 # ---------------------------------------------------------------- model space
 
 
-def _edit_chunk(spec, model, params, stack, stacked_masks, chunk, seeds, window, grid, in_source_order, progress,
-                callback):
+def _edit_chunk(run, plan: EditPlan, model: Denoiser, chunk: list[int], progress: Progress, callback):
     """One batch of slices through the method; returns the native-resolution versions."""
-    x0 = _to_model(model, stack[chunk], window, grid)
+    x0 = _to_model(model, plan.stack[chunk], plan.window, plan.grid)
     masks_model = {
-        k: to_latent_grid(grid.to_model(m[chunk], soft=True), model.latent_factor).to(model.device)
-        for k, m in stacked_masks.items()
+        k: to_latent_grid(plan.grid.to_model(m[chunk], soft=True), model.latent_factor).to(model.device)
+        for k, m in plan.masks.items()
     }
     conditions = _conditions(model, masks_model)
     if callback is not None:
-        progress.callback = _reporter(callback, model, chunk, in_source_order, window, grid)
-    noise = NoiseSource([seeds[i] for i in chunk], model.device)
+        progress.callback = _reporter(callback, model, chunk, plan.in_source_order, plan.window, plan.grid)
+    noise = NoiseSource([plan.seeds[i] for i in chunk], model.device)
     with torch.no_grad():
-        edited = spec.run(model, x0, masks_model, params, noise, progress, conditions)
+        edited = run(model, x0, masks_model, plan.params, noise, progress, conditions)
         versions = edited if isinstance(edited, list) else [edited]
-        return [_from_model(model, v, window, grid) for v in versions]
+        return [_from_model(model, v, plan.window, plan.grid) for v in versions]
 
 
 def _to_model(model: Denoiser, slices: np.ndarray, window: IntensityWindow, grid: Grid) -> torch.Tensor:

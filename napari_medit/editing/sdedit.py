@@ -8,24 +8,16 @@ MedEdit's paper runs it as a baseline with an encoding ratio of 0.1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .control import NoiseSource, Progress, parameter
-from .ddpm import strength_steps
+from ..catalogue import SDEditParams
+from .control import NoiseSource, Progress
 from .denoiser import Denoiser
 
 ETA = 1.0  # SDEdit's reverse SDE, discretised as DDPM
 
 
-@dataclass(frozen=True)
-class SDEditParams:
-    strength: float = parameter(0.1, "encoding ratio t0: 0.1 in MedEdit's SDEdit baseline")
-    steps: int = parameter(1000, "DDPM steps: the baseline's full 1000; fewer gives a strided DDPM")
 
-    def validate(self) -> None:
-        strength_steps(self.steps, self.strength)
 
 
 def sdedit(
@@ -50,3 +42,9 @@ def sdedit(
             x = mask * x + (1 - mask) * schedule.add_noise(x0, noise.like(x, "known"), t_prev)
         progress.step(x0_estimate)
     return x
+
+
+def run(denoiser, x0, masks, params, noise, progress, conditions):
+    """The catalogue's entry point: masks by role, on the model's grid."""
+    return sdedit(denoiser, x0, mask=masks.get("edit_mask"), params=params, noise=noise, progress=progress,
+                  conditions=conditions)

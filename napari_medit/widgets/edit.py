@@ -8,73 +8,71 @@ with the source. Errors become notifications; a cancelled or failed run leaves n
 
 from __future__ import annotations
 
-import dataclasses
+import enum
 import threading
 import time
-import typing
 from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 from qtpy.QtCore import QObject, Signal
 
+from .. import catalogue
+from ..catalogue import MASK_ROLES, METHODS, RunOptions, name_like
 from ..io.image import PLANES, plane_axis
 from ..io.layers import display_range, from_layer
 
 if TYPE_CHECKING:
     import napari
 
-# Masks each method reads, in the order they are asked for.
-METHOD_MASKS = {
-    "radedit": ("edit_mask", "keep_mask"),
-    "mededit": ("pathology_mask", "brain_mask"),
-    "pie": ("roi_mask",),
-    "sdedit": ("edit_mask", "pathology_mask", "brain_mask"),
-    "repaint": ("pathology_mask", "brain_mask"),
-    "diffedit": ("edit_mask",),
-}
 NONE = "(none)"
 GUI_TASK_GAP_MS = 20  # between layer insertions: long enough for queued input and paint events to run
-
-
-MASK_NAME_HINTS = {"pathology_mask": ("pathology", "lesion"), "brain_mask": ("brain",), "edit_mask": ("edit",),
-                   "keep_mask": ("keep",), "roi_mask": ("roi",)}
-
-
+WARM_UP_POLL_MS = 100  # how often the GUI looks whether the background warm-up is done
 SCOPES = ("slices the mask touches", "current slice", "slice range")
+RUN_FORM_FIELDS = ("seed", "batch_size", "slice_noise")  # run options the form holds; axis and slices: the scope
 
 
-def parameter_form(params: type) -> Container:
-    """A form for a method's parameters dataclass: its defaults, and where they come from as tooltips."""
-    hints = typing.get_type_hints(params)
+def parameter_form(params: type, only: tuple[str, ...] | None = None) -> Container:
+    """A form for a parameters dataclass of the catalogue: its defaults, where they come from as tooltips,
+    and defaults that follow another parameter kept in step with it."""
     widgets = []
-    for field in dataclasses.fields(params):
-        kind, tooltip, label = hints[field.name], field.metadata.get("source", ""), field.name.replace("_", " ")
-        if kind is str:
-            widget = LineEdit(value=field.default)
+    for item in catalogue.fields(params):
+        if only is not None and item.name not in only:
+            continue
+        kind, follows = catalogue.value_type(params, item.name), item.metadata.get("follows")
+        tooltip = item.metadata["source"]
+        value = item.default
+        if follows is not None:
+            value = follows.rule(getattr(params(), follows.other))
+            tooltip += f" (follows {follows.other}: {follows.says})"
+        if issubclass(kind, enum.Enum):
+            widget = ComboBox(choices=[(m.value, m) for m in kind], value=value)
+        elif kind is str:
+            widget = LineEdit(value=value)
         elif kind is int:
-            widget = SpinBox(value=field.default, min=0, max=100_000)
+            widget = SpinBox(value=0 if value is None else value, min=0, max=2**31 - 1)
         elif kind is float:
-            widget = FloatSpinBox(value=field.default, min=0.0, max=100.0, step=0.05)
-        elif kind == int | None:  # 0 stands for None: "automatic"
-            widget = SpinBox(value=field.default or 0, min=0, max=100_000)
-            tooltip += " (0: automatic)"
+            widget = FloatSpinBox(value=value, min=0.0, max=1000.0, step=0.05)
         else:
-            raise TypeError(f"no form widget for {params.__name__}.{field.name}: {kind}")
-        widget.name, widget.label, widget.tooltip = field.name, label, tooltip
+            raise TypeError(f"no form widget for {params.__name__}.{item.name}: {kind}")
+        if value is None:  # decided at run time: 0 stands for it
+            tooltip += f" (0: {item.metadata['automatic']})"
+        widget.name, widget.label, widget.tooltip = item.name, item.name.replace("_", " "), tooltip
         widgets.append(widget)
     form = Container(widgets=widgets, labels=True, name=params.__name__)
-    if {"steps", "skip"} <= {w.name for w in widgets}:
-        # RadEdit: the skipped steps follow the step count at the reference code's ratio (36 of 100).
-        ratio = params().skip / params().steps
-        form.steps.changed.connect(lambda steps: setattr(form.skip, "value", round(steps * ratio)))
-    form.optional = [f.name for f in dataclasses.fields(params) if hints[f.name] == int | None]
+    for item in catalogue.fields(params):
+        follows = item.metadata.get("follows")
+        if follows is not None and item.name in form.asdict():
+            target, rule = getattr(form, item.name), follows.rule
+            getattr(form, follows.other).changed.connect(lambda value, target=target, rule=rule:
+                                                         setattr(target, "value", rule(value)))
+    form.automatic = [f.name for f in catalogue.fields(params) if f.default is None and not f.metadata["follows"]]
     return form
 
 
 def form_values(form: Container) -> dict:
-    """The form's values as the parameters dataclass takes them."""
-    return {w.name: (None if w.name in form.optional and w.value == 0 else w.value) for w in form}
+    """The form's values as the parameters dataclass takes them (0 for an automatic one: None)."""
+    return {w.name: (None if w.name in form.automatic and w.value == 0 else w.value) for w in form}
 
 
 def status_label(text: str = "") -> Label:
@@ -101,11 +99,6 @@ def show_failure(status: Label, message: str) -> None:
     status.value = "failed"
 
 
-def name_like(role: str, names) -> str | None:
-    """The first of ``names`` that says it is a ``role`` mask ('lesion_mask' for pathology_mask)."""
-    return next((n for n in names if any(hint in n.lower() for hint in MASK_NAME_HINTS[role])), None)
-
-
 class _Failed:
     """An expected failure (cancel, bad request, missing model) handed back by the worker."""
 
@@ -123,14 +116,15 @@ class EditWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self.method = ComboBox(label="method", choices=list(METHOD_MASKS), value="mededit")
+        self.method = ComboBox(label="method", choices=list(METHODS), value="mededit")
         self.model = ComboBox(label="model", choices=self._models)
         self.image = ComboBox(label="image", choices=self._image_layers)
-        self.masks = {name: ComboBox(label=name.replace("_", " "), choices=self._label_layers)
-                      for name in ("edit_mask", "keep_mask", "pathology_mask", "brain_mask", "roi_mask")}
-        # One form per method, built from its parameters' dataclass once the engine is imported.
-        self.parameters: dict[str, Container] = {}
-        self.parameter_box = Container(labels=False, widgets=[Label(value="loading the editing engine...")])
+        self.masks = {role: ComboBox(label=role.replace("_", " "), choices=self._label_layers,
+                                     tooltip=MASK_ROLES[role].says) for role in MASK_ROLES}
+        # One form per method and one for the run options, from the catalogue (no torch needed).
+        self.parameters = {name: parameter_form(spec.params) for name, spec in METHODS.items()}
+        self.parameter_box = Container(labels=False, widgets=list(self.parameters.values()))
+        self.options = parameter_form(RunOptions, only=RUN_FORM_FIELDS)
         self.axis = ComboBox(label="slice along", choices=self._axes,
                              tooltip="the plane slices are edited in; named planes reach the model in the "
                                      "orientation it was trained on")
@@ -138,13 +132,11 @@ class EditWidget(Container):
                               tooltip="which slices along that axis are edited")
         self.first = SpinBox(label="first slice", min=0, max=0, value=0)
         self.last = SpinBox(label="last slice", min=0, max=0, value=0)
-        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0,
-                            tooltip="the same seed, model and settings give a bit-identical result")
         self.run_button = PushButton(text="Run", enabled=False)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = status_label("loading the editing engine...")
         self.extend([self.method, self.model, self.image, *self.masks.values(), self.parameter_box, self.axis,
-                     self.scope, self.first, self.last, self.seed, self.run_button, self.cancel_button,
+                     self.scope, self.first, self.last, self.options, self.run_button, self.cancel_button,
                      self.status])
         self.method.changed.connect(self._show_relevant)
         self.image.changed.connect(self._image_changed)
@@ -165,50 +157,80 @@ class EditWidget(Container):
         self._models_lock = threading.Lock()
         self._gui_tasks: list = []
         self.worker = None
+        self._warm = threading.Event()  # set once the engine is imported and the model loaded
+        self._run_done = threading.Event()
+        self._run_done.set()
         self._show_relevant()
         self._image_changed()
-        self.warmup = self._warm_up()
+        self._warm_up()
+        # Closing the dock or the viewer mid-run (or mid warm-up) must not leave a thread signalling.
+        self.native.destroyed.connect(self._on_destroyed)
 
     @property
     def ready(self) -> bool:
-        """True once the engine is imported and the parameter forms are built."""
-        return bool(self.parameters)
+        """True once the engine is imported in the background (Run is enabled then)."""
+        return self._warm.is_set()
 
     def parameter(self, name: str):
         """The current method's widget for parameter ``name`` (tests and scripts set values through it)."""
         return self.parameters[self.method.value][name]
 
-    def _warm_up(self) -> threading.Event:
-        """Import the engine and load the selected model in the background while the user sets up:
-        imports hold Python's lock for up to ~0.4 s at a time, which would stall the GUI mid-run."""
-        from napari.qt.threading import create_worker
+    def _warm_up(self) -> None:
+        """Import the engine and load the selected model in a background thread while the user sets up:
+        imports hold Python's lock for up to ~0.4 s at a time, which would stall the GUI mid-run.
 
-        done = threading.Event()
+        A plain thread that only sets an Event, polled by a timer the widget owns: when the widget
+        or the viewer closes first, nothing is left to signal a deleted Qt object."""
+        from qtpy.QtCore import QTimer
+
         model_name = self.model.value
 
         def load():
-            from ..editing import METHODS
-
             try:
+                import napari_medit.editing  # noqa: F401 - the import is the point
+
                 self._model(model_name)
             except Exception:  # noqa: BLE001 - a broken model is reported when the user runs it
                 pass
             finally:
-                done.set()
-            return {name: method.params for name, method in METHODS.items()}
+                self._warm.set()
 
-        worker = create_worker(load)
-        worker.returned.connect(self._build_forms)
-        worker.start()
-        return done
+        threading.Thread(target=load, name="napari-medit warm-up", daemon=True).start()
+        self._warm_timer = QTimer(self.native)
+        self._warm_timer.setInterval(WARM_UP_POLL_MS)
+        self._warm_timer.timeout.connect(self._check_warm)
+        self._warm_timer.start()
 
-    def _build_forms(self, params: dict[str, type]):
-        self.parameters = {name: parameter_form(cls) for name, cls in params.items() if name in METHOD_MASKS}
-        self.parameter_box.clear()
-        self.parameter_box.extend(self.parameters.values())
-        self._show_relevant()
-        self.run_button.enabled = True
-        self.status.value = ""
+    def _check_warm(self):
+        if self._warm.is_set():
+            self._warm_timer.stop()
+            self.run_button.enabled = self.worker is None
+            self.status.value = ""
+
+    def _on_destroyed(self, _=None):
+        self._gui_tasks.clear()
+        self.close_workers()
+
+    def close_workers(self, timeout: float = 10.0) -> None:
+        """Stop the background work before the widget goes: cancel a run, disconnect its signals and
+        wait for it (one denoising step), so no thread reports to a deleted widget."""
+        self._cancel.set()
+        worker = self.worker
+        if worker is not None:
+            for signal in (worker.returned, worker.finished, worker.errored):
+                try:
+                    signal.disconnect()
+                except (TypeError, RuntimeError):  # nothing connected, or already deleted
+                    pass
+            worker.quit()
+            self._run_done.wait(timeout)
+        try:
+            self._relay.step.disconnect()
+        except (TypeError, RuntimeError):
+            pass
+        if self._progress_bar is not None:
+            self._progress_bar.close()
+            self._progress_bar = None
 
     def _model(self, name: str):
         """The named model, loaded once and kept between runs."""
@@ -258,7 +280,7 @@ class EditWidget(Container):
                     box.value = match
 
     def _show_relevant(self, _=None):
-        wanted = METHOD_MASKS[self.method.value]
+        wanted = METHODS[self.method.value].masks
         for name, box in self.masks.items():
             box.visible = name in wanted
         for name, form in self.parameters.items():
@@ -311,11 +333,11 @@ class EditWidget(Container):
             raise ValueError("open or select an image layer first")
         if not self.ready:
             raise ValueError("the editing engine is still loading: try again in a moment")
-        kwargs = {"image": self._layer_image(layer), "seed": self.seed.value, "axis": 0}
+        kwargs = {"image": self._layer_image(layer), "axis": 0, **form_values(self.options)}
         if layer.ndim == 3:
             kwargs["axis"] = self.axis.value
             kwargs["slices"] = self._slice_range(layer)
-        for name in METHOD_MASKS[self.method.value]:
+        for name in METHODS[self.method.value].masks:
             if self.masks[name].value != NONE:
                 kwargs[name] = np.asarray(self.viewer.layers[self.masks[name].value].data)
         kwargs.update(form_values(self.parameters[self.method.value]))
@@ -347,7 +369,14 @@ class EditWidget(Container):
             notifications.show_error(str(exc))
             return
         method, model_name, source_name = self.method.value, self.model.value, self.image.value
-        self._cancel = threading.Event()
+        cancel, relay, done = threading.Event(), self._relay, threading.Event()
+        self._cancel, self._run_done = cancel, done
+
+        def report(step):
+            try:
+                relay.step.emit(step)
+            except RuntimeError:  # the widget is gone: stop at the next step
+                cancel.set()
 
         def job():
             from ..backends import ModelLoadError
@@ -357,10 +386,11 @@ class EditWidget(Container):
             # and even treats a returned exception as one.
             try:
                 model = self._model(model_name)
-                return edit(method, kwargs.pop("image"), model=model, cancel=self._cancel,
-                            callback=self._relay.step.emit, **kwargs)
+                return edit(method, kwargs.pop("image"), model=model, cancel=cancel, callback=report, **kwargs)
             except (EditCancelled, EditError, ModelLoadError) as failure:
                 return _Failed(failure)
+            finally:
+                done.set()
 
         self.worker = create_worker(job)
         self.worker.returned.connect(lambda result: self._on_result(result, source_name, method))
@@ -457,7 +487,8 @@ class EditWidget(Container):
             self._preview = None
 
         def ready():
-            self.run_button.enabled, self.cancel_button.enabled = True, False
+            self.worker = None
+            self.run_button.enabled, self.cancel_button.enabled = self.ready, False
 
         if self._progress_bar is not None:
             self._progress_bar.close()
@@ -472,6 +503,8 @@ class EditWidget(Container):
         self._gui_tasks.extend(tasks)
 
         def next_task():
+            if not self._gui_tasks:  # cleared: the widget closed
+                return
             task = self._gui_tasks.pop(0)
             try:
                 task()

@@ -13,16 +13,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import ComboBox, Container, PushButton
 
+from ..catalogue import MASK_ROLES, METHODS, MedEditParams, name_like
 from ..io.layers import MASK_COLORS
-from .edit import METHOD_MASKS, NONE, image_layer_names, name_like, show_failure, status_label
+from .edit import NONE, image_layer_names, show_failure, status_label
 
 if TYPE_CHECKING:
     import napari
 
-# Masks a method cannot run without (the others in METHOD_MASKS are optional); the engine's
-# Method.required_masks, restated so this widget does not import torch.
-REQUIRED = {"radedit": (), "mededit": ("pathology_mask", "brain_mask"), "pie": ("roi_mask",), "sdedit": (),
-            "repaint": ("pathology_mask",), "diffedit": ("edit_mask",)}
 ROLE_COLORS = {"edit_mask": MASK_COLORS["edit"], "keep_mask": MASK_COLORS["keep"],
                "pathology_mask": MASK_COLORS["pathology"], "brain_mask": MASK_COLORS["brain"],
                "roi_mask": MASK_COLORS["roi"]}
@@ -34,7 +31,7 @@ class MasksWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.image = ComboBox(label="image", choices=self._image_layers)
-        self.method = ComboBox(label="method", choices=list(METHOD_MASKS), value="mededit")
+        self.method = ComboBox(label="method", choices=list(METHODS), value="mededit")
         self.create_button = PushButton(text="Create empty masks",
                                         tooltip="Labels layers on the image's grid, one per mask the method needs")
         self.brain_button = PushButton(text="Automatic brain mask",
@@ -61,7 +58,7 @@ class MasksWidget(Container):
         self.viewer.layers.events.removed.connect(lambda _: self.image.reset_choices())
 
     def _roles(self, _=None):
-        return list(METHOD_MASKS[self.method.value])
+        return list(METHODS[self.method.value].masks)
 
     def _image_layers(self, _=None):
         return image_layer_names(self.viewer)
@@ -91,7 +88,7 @@ class MasksWidget(Container):
         except ValueError as exc:
             return self._fail(str(exc))
         made = []
-        for role in METHOD_MASKS[self.method.value]:
+        for role in METHODS[self.method.value].masks:
             if self._mask_layer(role) is None:
                 name = f"{source.name} {role}"
                 self._add_labels(np.zeros(source.data.shape, np.uint8), name, ROLE_COLORS[role], source)
@@ -149,10 +146,9 @@ class MasksWidget(Container):
             resolution = self._model_resolution()
         except ValueError as exc:
             return self._fail(str(exc))
-        from ..editing.mededit import MedEditParams, native_inpainting_mask
-
-        inpaint = native_inpainting_mask(np.asarray(pathology.data) > 0, np.asarray(brain.data) > 0,
-                                         MedEditParams(), resolution)
+        masks = {"pathology_mask": np.asarray(pathology.data) > 0, "brain_mask": np.asarray(brain.data) > 0}
+        # the catalogue's own hook: exactly the mask MedEdit will use
+        inpaint = METHODS["mededit"].prepare_masks(masks, MedEditParams(), resolution)["inpaint_mask"]
         name = f"{source.name} inpainting_mask"
         if name in self.viewer.layers:
             self.viewer.layers[name].data = inpaint.astype(np.uint8)
@@ -183,10 +179,11 @@ class MasksWidget(Container):
             self._fail(str(exc))
             return [str(exc)]
         problems, layers = [], {}
-        for role in METHOD_MASKS[self.method.value]:
+        spec = METHODS[self.method.value]
+        for role in spec.masks:
             layer = self._mask_layer(role)
             if layer is None:
-                if role in REQUIRED[self.method.value]:
+                if role in spec.required_masks:
                     problems.append(f"no {role} layer: use 'Create empty masks'")
                 continue
             layers[role] = layer

@@ -1,0 +1,404 @@
+"""The method catalogue: what every editing method takes, stated once, without torch or Qt.
+
+For each method: its parameters (defaults, where each default comes from, defaults that
+follow another parameter), the masks it requires or accepts, whether it takes text, the
+models it can drive, its reference, and where its runner lives (imported only when an edit
+runs). The run options every method shares (seed, slice axis, slices, batch size, slice
+noise) are stated here too.
+
+The CLI's options, the batch manifest's columns, the Edit widget's forms and mask pickers,
+the Masks widget's roles and the README's option table are all generated from this module,
+so a parameter added here is offered everywhere at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .masks import native_inpainting_mask, outside_brain_problem
+
+
+# ---------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class Follows:
+    """A default that follows another parameter: ``rule(value of other)``, described by ``says``."""
+
+    other: str
+    rule: Callable[[Any], Any]
+    says: str
+
+
+def parameter(default: Any, source: str, *, follows: Follows | None = None, automatic: str | None = None) -> Any:
+    """A method parameter and where its default comes from (shown as help text and tooltips).
+
+    ``follows``: the default (None) is computed from another parameter when none is given.
+    ``automatic``: what a None default means when it is decided at run time (e.g. from the model).
+    """
+    metadata = {"source": source, "follows": follows, "automatic": automatic}
+    return field(default=default, metadata=metadata)
+
+
+def fields(params: type) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(params))
+
+
+def value_type(params: type, name: str) -> type:
+    """The type a parameter's values have, with ``| None`` taken off (None means: its default rule)."""
+    hint = typing.get_type_hints(params)[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def parse_value(params: type, name: str, text: str) -> Any:
+    """A parameter's value from text (a CLI argument, a manifest cell), or ValueError naming it."""
+    kind = value_type(params, name)
+    text = str(text).strip()
+    if issubclass(kind, enum.Enum):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{name} must be one of {', '.join(m.value for m in kind)}, got {text!r}") from None
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name} must be true or false, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{name} must be {kind.__name__}, got {text!r}") from None
+
+
+def default_text(params: type, item: dataclasses.Field) -> str:
+    """The default as a person reads it: a value, or the rule that gives it."""
+    if item.metadata.get("follows"):
+        return item.metadata["follows"].says
+    if item.default is None:
+        return item.metadata.get("automatic") or "none"
+    value = item.default.value if isinstance(item.default, enum.Enum) else item.default
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def resolve(params):
+    """``params`` with every following default filled in from the parameter it follows."""
+    filled = {item.name: item.metadata["follows"].rule(getattr(params, item.metadata["follows"].other))
+              for item in fields(type(params))
+              if item.metadata.get("follows") and getattr(params, item.name) is None}
+    return dataclasses.replace(params, **filled)
+
+
+# ---------------------------------------------------------------- shared validation
+
+
+def strength_steps(num_steps: int, strength: float) -> int:
+    """How many of ``num_steps`` a run started at ``strength`` (in (0, 1]) denoises; validated."""
+    if num_steps < 1:
+        raise ValueError(f"steps must be at least 1, got {num_steps}")
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if int(num_steps * strength) < 1:
+        raise ValueError(f"strength {strength} of {num_steps} steps leaves no step to run")
+    return int(num_steps * strength)
+
+
+def validate_jumps(steps: int, jump_length: int, jump_n_sample: int) -> None:
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if jump_length < 1 or jump_n_sample < 1:
+        raise ValueError("jump_length and jump_n_sample must be at least 1")
+
+
+# ---------------------------------------------------------------- each method's parameters
+
+RADEDIT_SKIP_RATIO = 36 / 100  # the edit-friendly inversion reference code skips 36 of 100 steps
+
+
+@dataclass(frozen=True)
+class RadEditParams:
+    prompt: str = parameter("No acute cardiopulmonary process", "the edit's text: the 'normal' prompt (Sec. 5.2)")
+    inversion_prompt: str = parameter("", "the inversion's text: unconditional in the paper's experiments")
+    steps: int = parameter(100, "DDPM steps: 100 in the edit-friendly inversion reference code")
+    skip: int | None = parameter(
+        None, "steps skipped before editing: 36 of 100 in the reference code",
+        follows=Follows("steps", lambda steps: round(steps * RADEDIT_SKIP_RATIO), "36% of steps (36 of 100)"))
+    guidance: float = parameter(15.0, "classifier-free guidance: 'we use a value of 15' (Sec. 4.2)")
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if not 0 <= self.skip < self.steps:
+            raise ValueError(f"skip must be in [0, steps) = [0, {self.steps}), got {self.skip}")
+
+
+REFERENCE_RESOLUTION = 128  # MedEdit's slices are 128 x 128 ...
+REFERENCE_DILATION = 25  # ... and its dilation kernel 25 x 25 pixels
+
+
+@dataclass(frozen=True)
+class MedEditParams:
+    steps: int = parameter(1000, "DDPM steps: the full 1000-step chain in MedEdit's published configuration")
+    dilation: int | None = parameter(None, "dilation kernel in model-grid pixels",
+                                     automatic="25 px at 128 px, scaled to the model")
+    jump_length: int = parameter(1, "RePaint jump length j: 1 (off) as published")
+    jump_n_sample: int = parameter(1, "RePaint resampling repeats r: 1 (off) as published")
+
+    def validate(self) -> None:
+        validate_jumps(self.steps, self.jump_length, self.jump_n_sample)
+        if self.dilation is not None and self.dilation < 1:
+            raise ValueError(f"dilation must be at least 1 pixel, got {self.dilation}")
+
+    def kernel_size(self, resolution: int) -> int:
+        """The dilation kernel at ``resolution``, odd so it stays centred."""
+        size = self.dilation or round(REFERENCE_DILATION * resolution / REFERENCE_RESOLUTION)
+        return max(1, size | 1)
+
+
+@dataclass(frozen=True)
+class PIEParams:
+    prompt: str = parameter("Pleural effusion", "the finding to progress towards")
+    iterations: int = parameter(10, "N, progression steps: PIE's default 10")
+    strength: float = parameter(0.5, "gamma, noise level of a step: PIE's default 0.5 (25 of 50 DDIM steps)")
+    steps: int = parameter(50, "DDIM steps of a full img2img pass: PIE's default 50")
+    guidance: float = parameter(7.5, "classifier-free guidance: PIE's 7.5 (its README example: 27.5)")
+    eta: float = parameter(0.0, "DDIM stochasticity: 0 (deterministic DDIM) in PIE")
+
+    def validate(self) -> None:
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be at least 1, got {self.iterations}")
+        if self.eta < 0:
+            raise ValueError(f"eta must be at least 0, got {self.eta}")
+        strength_steps(self.steps, self.strength)
+
+
+@dataclass(frozen=True)
+class SDEditParams:
+    strength: float = parameter(0.1, "encoding ratio t0: 0.1 in MedEdit's SDEdit baseline")
+    steps: int = parameter(1000, "DDPM steps: the baseline's full 1000; fewer gives a strided DDPM")
+
+    def validate(self) -> None:
+        strength_steps(self.steps, self.strength)
+
+
+@dataclass(frozen=True)
+class RePaintParams:
+    steps: int = parameter(250, "T, DDPM steps: 250 in the RePaint paper")
+    jump_length: int = parameter(10, "j, resampling jump length: 10 in the RePaint paper")
+    jump_n_sample: int = parameter(10, "r, resampling repeats: 10 in the RePaint paper (2,410 model calls)")
+
+    def validate(self) -> None:
+        validate_jumps(self.steps, self.jump_length, self.jump_n_sample)
+
+
+@dataclass(frozen=True)
+class DiffEditParams:
+    prompt: str = parameter("No acute cardiopulmonary process", "the edit's text")
+    inversion_prompt: str = parameter("", "the inversion's text (DiffEdit's query; empty: unconditional)")
+    steps: int = parameter(50, "DDIM steps: 50 in DiffEdit and diffusers' pipeline")
+    strength: float = parameter(0.8, "encoding ratio: diffusers' StableDiffusionDiffEditPipeline default 0.8")
+    guidance: float = parameter(7.5, "classifier-free guidance: 7.5, Stable Diffusion's default")
+
+    def validate(self) -> None:
+        strength_steps(self.steps, self.strength)
+
+
+# ---------------------------------------------------------------- run options (every method)
+
+
+class SliceNoise(str, enum.Enum):
+    """How a volume's slices draw their noise."""
+
+    independent = "independent"  # a seed per slice: neighbours are unrelated
+    shared = "shared"  # one noise for every slice: the same texture everywhere
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    seed: int = parameter(0, "the same seed, model and settings give a bit-identical result")
+    axis: str = parameter("axial", "slice along axial, coronal, sagittal (from the affine) or array axis 0, 1, 2")
+    slices: str | None = parameter(None, "A:B, the slices along the axis to edit",
+                                   automatic="the slices the method's mask touches")
+    batch_size: int | None = parameter(None, "slices per model call", automatic="4 on CPU, by free memory on GPU")
+    slice_noise: SliceNoise = parameter(SliceNoise.independent,
+                                        "noise per slice: independent (a seed each) or shared by all slices")
+
+
+def parse_axis(text: str | int) -> int | str:
+    text = str(text).strip()
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def parse_slices(text: str | None) -> tuple[int, int] | None:
+    if text is None or not str(text).strip():
+        return None
+    try:
+        start, stop = (int(v) for v in str(text).split(":"))
+    except ValueError:
+        raise ValueError(f"slices must look like 10:20, got {text!r}") from None
+    return start, stop
+
+
+# ---------------------------------------------------------------- masks
+
+
+@dataclass(frozen=True)
+class MaskRole:
+    says: str  # what the mask marks
+    hints: tuple[str, ...]  # words in a layer or file name that say it plays this role
+
+
+MASK_ROLES: dict[str, MaskRole] = {
+    "edit_mask": MaskRole("the region to change", ("edit",)),
+    "keep_mask": MaskRole("the region kept exactly (RadEdit)", ("keep",)),
+    "pathology_mask": MaskRole("the lesion or finding to create", ("pathology", "lesion")),
+    "brain_mask": MaskRole("the brain (MedEdit's second condition)", ("brain",)),
+    "roi_mask": MaskRole("the region of interest PIE progresses in", ("roi",)),
+}
+
+
+def name_like(role: str, names) -> str | None:
+    """The first of ``names`` that says it is a ``role`` mask ('lesion_mask' for pathology_mask)."""
+    return next((n for n in names if any(hint in n.lower() for hint in MASK_ROLES[role].hints)), None)
+
+
+# ---------------------------------------------------------------- methods
+
+Masks = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One editing method, as every front end sees it."""
+
+    name: str
+    title: str
+    reference: str
+    params: type
+    required_masks: tuple[str, ...]
+    optional_masks: tuple[str, ...]
+    takes_text: bool
+    runner: str  # 'module:function', imported when an edit runs (the method's file)
+    slice_region: str | None  # the mask whose slices are edited by default (None: every slice)
+    editable: Callable[[Masks], np.ndarray | None]  # the region it may change; the rest is copied back
+    region: Callable[[Masks], np.ndarray | None]  # the region it is asked to edit (for the metrics)
+    model_conditions: tuple[str, ...] | None = None  # the exact mask conditions its model takes (None: any)
+    prepare_masks: Callable[[Masks, Any, int], dict[str, np.ndarray]] | None = None  # derived masks
+    check_masks: Callable[[Masks], str | None] | None = None  # a request it refuses, in one sentence
+
+    @property
+    def masks(self) -> tuple[str, ...]:
+        return self.required_masks + self.optional_masks
+
+    def make_params(self, values: Mapping[str, Any]):
+        """Its parameters from ``values`` (None: the default), followers resolved, validated.
+        ValueError names the first problem."""
+        known = [item.name for item in fields(self.params)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{self.name} has no parameter {unknown[0]!r}; its parameters: {', '.join(known)}")
+        params = resolve(self.params(**{k: v for k, v in values.items() if v is not None}))
+        params.validate()
+        return params
+
+    def model_problem(self, text_conditioned: bool, condition_names) -> str | None:
+        """Why a model with this conditioning cannot run the method, or None."""
+        if self.takes_text and not text_conditioned:
+            return f"{self.name} edits with a text prompt, and the model has no text conditioning"
+        if self.model_conditions is not None and set(condition_names) != set(self.model_conditions):
+            return (f"{self.name} needs a model conditioned on {' and '.join(self.model_conditions)}; "
+                    f"this one takes {', '.join(condition_names) or 'no masks'}")
+        if not set(condition_names) <= set(self.masks):
+            return f"the model is conditioned on {', '.join(condition_names)}, which {self.name} does not take"
+        return None
+
+    def load_runner(self) -> Callable:
+        module, function = self.runner.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+def _mededit_masks(masks: Masks, params: MedEditParams, resolution: int) -> dict[str, np.ndarray]:
+    """MedEdit regenerates dilate(pathology) AND brain, the kernel sized on the model's grid."""
+    return {"inpaint_mask": native_inpainting_mask(masks["pathology_mask"], masks["brain_mask"],
+                                                   params.kernel_size(resolution), resolution)}
+
+
+def _mededit_check(masks: Masks) -> str | None:
+    if not (np.asarray(masks["pathology_mask"]) & np.asarray(masks["brain_mask"])).any():
+        return outside_brain_problem(masks["pathology_mask"], masks["brain_mask"])
+    return None
+
+
+def _outside_keep(masks: Masks):
+    keep = masks.get("keep_mask")
+    return None if keep is None else ~keep
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("radedit", "RadEdit", "Bond-Taylor et al., RadEdit, ECCV 2024, Algorithm 3", RadEditParams,
+           (), ("edit_mask", "keep_mask"), True, "napari_medit.editing.radedit:run", "edit_mask",
+           editable=_outside_keep, region=lambda m: m.get("edit_mask")),
+    Method("mededit", "MedEdit", "Ben Alaya et al., MedEdit, 2024", MedEditParams,
+           ("pathology_mask", "brain_mask"), (), False, "napari_medit.editing.mededit:run", "pathology_mask",
+           editable=lambda m: m["inpaint_mask"], region=lambda m: m["inpaint_mask"],
+           model_conditions=("pathology_mask", "brain_mask"),
+           prepare_masks=_mededit_masks, check_masks=_mededit_check),
+    Method("pie", "PIE", "Liang et al., PIE, 2023", PIEParams,
+           ("roi_mask",), (), True, "napari_medit.editing.pie:run", "roi_mask",
+           editable=lambda m: m["roi_mask"], region=lambda m: m["roi_mask"]),
+    Method("sdedit", "SDEdit", "Meng et al., SDEdit, ICLR 2022", SDEditParams,
+           (), ("edit_mask", "pathology_mask", "brain_mask"), False, "napari_medit.editing.sdedit:run", "edit_mask",
+           editable=lambda m: m.get("edit_mask"), region=lambda m: m.get("edit_mask")),
+    Method("repaint", "RePaint", "Lugmayr et al., RePaint, CVPR 2022", RePaintParams,
+           ("pathology_mask",), ("brain_mask",), False, "napari_medit.editing.repaint:run", "pathology_mask",
+           editable=lambda m: m["pathology_mask"], region=lambda m: m["pathology_mask"]),
+    Method("diffedit", "DiffEdit", "Couairon et al., DiffEdit, ICLR 2023 (given mask)", DiffEditParams,
+           ("edit_mask",), (), True, "napari_medit.editing.diffedit:run", "edit_mask",
+           editable=lambda m: m["edit_mask"], region=lambda m: m["edit_mask"]),
+)}
+
+
+def method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def parameter_names() -> dict[str, type]:
+    """Every method parameter name with its value type (one type per name across methods)."""
+    names: dict[str, type] = {}
+    for spec in METHODS.values():
+        for item in fields(spec.params):
+            kind = value_type(spec.params, item.name)
+            if names.setdefault(item.name, kind) is not kind:
+                raise TypeError(f"parameter {item.name!r} has two types: {names[item.name]} and {kind}")
+    return names
+
+
+def markdown_table() -> str:
+    """The README's table of methods, masks and parameters with their defaults."""
+    lines = ["| method | masks (required; optional) | text | parameters (default: source) |",
+             "|---|---|---|---|"]
+    for spec in METHODS.values():
+        masks = ", ".join(spec.required_masks) or "none"
+        if spec.optional_masks:
+            masks += "; " + ", ".join(spec.optional_masks)
+        described = "<br>".join(f"`--{item.name.replace('_', '-')}` {default_text(spec.params, item)}: "
+                                f"{item.metadata['source']}" for item in fields(spec.params))
+        lines.append(f"| `{spec.name}` ({spec.reference}) | {masks} | {'yes' if spec.takes_text else 'no'} | "
+                     f"{described} |")
+    lines += ["", "Every method also takes:", ""]
+    lines += [f"- `--{item.name.replace('_', '-')}` (default {default_text(RunOptions, item)}): "
+              f"{item.metadata['source']}" for item in fields(RunOptions)]
+    return "\n".join(lines)
