@@ -1,4 +1,4 @@
-"""npe2 reader contribution: NIfTI, DICOM files and series folders, PNG/JPEG."""
+"""npe2 reader contribution: NIfTI, FreeSurfer MGH/MGZ, DICOM files and series folders, PNG/JPEG."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def read_layers(path) -> list[tuple]:
 
 def layer_name(path) -> str:
     name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg"):
+    for suffix in (".nii.gz", ".nii", ".mgz", ".mgh", ".dcm", ".png", ".jpg", ".jpeg"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name

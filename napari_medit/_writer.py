@@ -1,4 +1,4 @@
-"""npe2 writer contributions: image and labels layers to NIfTI or PNG.
+"""npe2 writer contributions: image and labels layers to NIfTI, FreeSurfer MGZ/MGH or PNG.
 
 A layer read by napari-medit is written back in its file's voxel order with
 the file's affine and header; any other layer gets an affine built from its

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .dicom import is_dicom_path, read_dicom_file, read_dicom_series
 from .image import NEUROLOGICAL_AXIAL, RADIOLOGICAL_AXIAL, ImageReadError, MedicalImage
+from .mgh import is_mgh_path, read_mgh, write_mgh
 from .nifti import is_nifti_path, read_nifti, write_nifti
 from .raster import is_raster_path, read_raster, write_png
 
@@ -25,11 +26,14 @@ __all__ = [
     "write_image",
 ]
 
-SUPPORTED = "NIfTI (.nii, .nii.gz), DICOM (a file, or a folder holding a series), PNG, JPEG"
+SUPPORTED = (
+    "NIfTI (.nii, .nii.gz), FreeSurfer MGH (.mgz, .mgh), DICOM (a file, or a folder holding a series), "
+    "PNG, JPEG"
+)
 
 
 def read_image(path: str | os.PathLike) -> MedicalImage:
-    """Read a NIfTI file, a DICOM file or series folder, or a PNG/JPEG radiograph."""
+    """Read a NIfTI or FreeSurfer MGH/MGZ volume, a DICOM file or series folder, or a PNG/JPEG radiograph."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ImageReadError(f"{path}: no such file or folder")
@@ -39,6 +43,8 @@ def read_image(path: str | os.PathLike) -> MedicalImage:
         raise ImageReadError(f"{path}: the file is empty")
     if is_nifti_path(path):
         return read_nifti(path)
+    if is_mgh_path(path):
+        return read_mgh(path)
     if is_raster_path(path):
         return read_raster(path)
     if is_dicom_path(path):
@@ -47,13 +53,18 @@ def read_image(path: str | os.PathLike) -> MedicalImage:
 
 
 def write_image(path: str | os.PathLike, image: MedicalImage) -> Path:
-    """Write ``image`` as NIfTI (.nii/.nii.gz, any dimension) or PNG (2D only)."""
+    """Write ``image`` as NIfTI (.nii/.nii.gz, any dimension), FreeSurfer MGH (.mgz/.mgh, 3D/4D)
+    or PNG (2D only)."""
     path = Path(path).expanduser()
     if is_nifti_path(path):
         return write_nifti(path, image)
+    if is_mgh_path(path):
+        return write_mgh(path, image)
     if path.suffix.lower() == ".png":
         return write_png(path, image)
-    raise ValueError(f"{path}: cannot write this file type; use .nii.gz (any image) or .png (2D)")
+    raise ValueError(
+        f"{path}: cannot write this file type; use .nii.gz (any image), .mgz (volumes) or .png (2D)"
+    )
 
 
 def can_read(path: str | os.PathLike) -> bool:
@@ -62,7 +73,9 @@ def can_read(path: str | os.PathLike) -> bool:
         path = Path(path)
         if path.is_dir():
             return _folder_has_dicom(path)
-        return path.is_file() and (is_nifti_path(path) or is_raster_path(path) or is_dicom_path(path))
+        return path.is_file() and (
+            is_nifti_path(path) or is_mgh_path(path) or is_raster_path(path) or is_dicom_path(path)
+        )
     except OSError:
         return False
 

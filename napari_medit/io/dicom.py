@@ -20,6 +20,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
 
 from .image import ImageReadError, MedicalImage
 
@@ -31,6 +32,8 @@ _LETTER_TO_LPS = {
 }
 # Two slice positions closer than this (mm) along the normal are the same location.
 _SAME_POSITION_MM = 1e-3
+# napari-medit's own decoder dependencies (pyproject.toml), named when an environment lacks them.
+_DECODERS = "python-gdcm pylibjpeg pylibjpeg-openjpeg"
 
 
 def has_dicom_preamble(path: Path) -> bool:
@@ -112,20 +115,30 @@ def _pixels(ds: Dataset, path: Path) -> np.ndarray:
 
 
 def _decode_failure(path: Path, syntax, exc: Exception) -> str:
-    if syntax is not None and syntax.is_compressed:
-        from pydicom.pixels import get_decoder
-
-        try:
-            missing = get_decoder(syntax).missing_dependencies
-        except Exception:  # no decoder at all for this syntax
-            missing = []
-        # pydicom names gdcm by its import name; on PyPI it is python-gdcm.
-        hint = "; ".join(missing).replace("gdcm>=", "python-gdcm>=") if missing else "pylibjpeg with its plugins, or python-gdcm"
+    """One line: the transfer syntax, what is wrong, and the fix."""
+    if syntax is None or not _is_compressed(syntax):
+        return f"{path}: cannot decode pixel data ({_first_line(exc)})"
+    named = f"{syntax.name} ({syntax})" if syntax.name != str(syntax) else str(syntax)
+    try:
+        available = get_decoder(syntax).is_available
+    except NotImplementedError:  # pydicom has no decoder at all: video, JPEG XL, private syntaxes
         return (
-            f"{path}: pixel data is compressed as '{syntax.name}' and no installed decoder handles it; "
-            f"install one of: {hint}"
+            f"{path}: pixel data is compressed as {named}, which napari-medit cannot decode; fix: convert "
+            "the file to an uncompressed transfer syntax first (e.g. gdcmconv --raw, or dcmtk's dcmdjpeg)"
         )
-    return f"{path}: cannot decode pixel data ({_first_line(exc)})"
+    if available:  # a decoder ran and failed: the data itself is damaged or unusual
+        return f"{path}: cannot decode its {named} pixel data ({_first_line(exc)})"
+    return (
+        f"{path}: pixel data is compressed as {named} and no decoder for it is installed; "
+        f"fix: pip install {_DECODERS}"
+    )
+
+
+def _is_compressed(syntax) -> bool:
+    try:
+        return syntax.is_compressed
+    except ValueError:  # a UID pydicom does not know as a transfer syntax: assume compressed
+        return True
 
 
 def _invert_monochrome1(ds: Dataset, stored: np.ndarray) -> np.ndarray:

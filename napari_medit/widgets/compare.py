@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import napari
 
 PLUGIN = "napari-medit"
-SAVE_FILTER = "NIfTI (*.nii.gz *.nii);;PNG, 2D images (*.png)"
+SAVE_FILTER = "NIfTI (*.nii.gz *.nii);;FreeSurfer (*.mgz *.mgh);;PNG, 2D images (*.png)"
 
 
 class CompareWidget(Container):
@@ -150,7 +150,7 @@ class CompareWidget(Container):
             self._fail(f"could not save {path.name}: {exc.__cause__ or exc}")
             return []
         if not written:
-            self._fail(f"could not save {path.name}: choose a .nii.gz, .nii or (2D images) .png file")
+            self._fail(f"could not save {path.name}: choose a .nii.gz, .nii, .mgz, .mgh or (2D images) .png file")
             return []
         sidecar = write_text_atomically(suffixed(path, "", ".json"), json.dumps(result.metadata["edit"], indent=2))
         self.status.value = f"saved {written[0].name} and {sidecar.name}"

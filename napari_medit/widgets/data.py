@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import napari
 
 PLUGIN = "napari-medit"
-FILE_FILTER = "Medical images (*.nii *.nii.gz *.dcm *.dicom *.ima *.IMA *.png *.jpg *.jpeg);;All files (*)"
+FILE_FILTER = "Medical images (*.nii *.nii.gz *.mgz *.mgh *.dcm *.dicom *.ima *.IMA *.png *.jpg *.jpeg);;All files (*)"
 RADIOLOGICAL_TEXT = "radiological view: the patient's right on the screen's left"
 NEUROLOGICAL_TEXT = "neurological view: the patient's right on the screen's right"
 
@@ -71,14 +71,13 @@ class DataWidget(Container):
         """Read ``path`` with napari-medit's reader; errors become one notification, nothing is added."""
         from napari.utils import notifications
 
-        from ..io import can_read
+        from ..io import SUPPORTED, can_read
 
         path = Path(path)
         if not path.exists():
             return self._fail(f"{path} does not exist")
         if not can_read(path):
-            return self._fail(f"{path.name} is not an image napari-medit reads: choose a NIfTI (.nii, .nii.gz), "
-                              "DICOM (.dcm or a series folder), PNG or JPEG file")
+            return self._fail(f"{path.name} is not an image napari-medit reads: choose a {SUPPORTED} file")
         try:
             layers = self.viewer.open(str(path), plugin=PLUGIN)
         except Exception as exc:  # noqa: BLE001 - napari wraps the reader's message; show it as it is

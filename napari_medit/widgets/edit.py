@@ -124,7 +124,7 @@ class EditWidget(Container):
         # One form per method and one for the run options, from the catalogue (no torch needed).
         self.parameters = {name: parameter_form(spec.params) for name, spec in METHODS.items()}
         self.parameter_box = Container(labels=False, widgets=list(self.parameters.values()))
-        self.options = parameter_form(RunOptions, only=RUN_FORM_FIELDS)
+        self.run_options = parameter_form(RunOptions, only=RUN_FORM_FIELDS)
         self.axis = ComboBox(label="slice along", choices=self._axes,
                              tooltip="the plane slices are edited in; named planes reach the model in the "
                                      "orientation it was trained on")
@@ -136,7 +136,7 @@ class EditWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = status_label("loading the editing engine...")
         self.extend([self.method, self.model, self.image, *self.masks.values(), self.parameter_box, self.axis,
-                     self.scope, self.first, self.last, self.options, self.run_button, self.cancel_button,
+                     self.scope, self.first, self.last, self.run_options, self.run_button, self.cancel_button,
                      self.status])
         self.method.changed.connect(self._show_relevant)
         self.image.changed.connect(self._image_changed)
@@ -333,7 +333,7 @@ class EditWidget(Container):
             raise ValueError("open or select an image layer first")
         if not self.ready:
             raise ValueError("the editing engine is still loading: try again in a moment")
-        kwargs = {"image": self._layer_image(layer), "axis": 0, **form_values(self.options)}
+        kwargs = {"image": self._layer_image(layer), "axis": 0, **form_values(self.run_options)}
         if layer.ndim == 3:
             kwargs["axis"] = self.axis.value
             kwargs["slices"] = self._slice_range(layer)
