@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         spec = getattr(args, "spec", None)
         where = f"`napari-medit edit {spec.name} --help` lists what {spec.name} takes" if spec else "see --help"
-        parser.exit(EXIT_BAD_INPUT, f"napari-medit: error: unknown option {unknown[0]}; {where}\n")
+        print(f"napari-medit: error: unknown option {unknown[0]}; {where}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if not getattr(args, "run", None):
         parser.print_help()
         return EXIT_BAD_INPUT
