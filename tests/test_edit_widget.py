@@ -298,3 +298,103 @@ def test_the_widgets_import_without_torch():
     code = ("import sys; import napari_medit.widgets.edit, napari_medit.widgets.masks, "
             "napari_medit.widgets.data, napari_medit.widgets.compare; print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+CLOSE_SCRIPT = """
+import sys, threading, time
+import napari
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication
+
+during_run = sys.argv[1] == "run"
+viewer = napari.Viewer(show=True)
+if during_run:
+    viewer.open_sample("napari-medit", "brain")
+_, widget = viewer.window.add_plugin_dock_widget("napari-medit", "Edit")
+app = QApplication.instance()
+if during_run:
+    widget.method.value, widget.model.value, widget.image.value = "mededit", "demo-brain", "t1"
+    widget.parameter("steps").value = 400
+    deadline = time.monotonic() + 120
+    while not widget.ready and time.monotonic() < deadline:
+        app.processEvents(); time.sleep(0.01)
+    widget.run()
+    while widget._progress_bar is not None and widget._progress_bar.n < 2 and time.monotonic() < deadline:
+        app.processEvents(); time.sleep(0.01)  # the run is denoising
+    run_done = widget._run_done
+QTimer.singleShot(200, viewer.close)  # the viewer closes within a second, mid warm-up or mid-run
+napari.run()
+if during_run:
+    print("run stopped:", run_done.wait(30))
+for thread in threading.enumerate():
+    if thread.name == "napari-medit warm-up":
+        thread.join(120)  # let the warm-up finish with nothing left to report to
+print("clean exit")
+"""
+
+
+@pytest.mark.parametrize("moment", ["warm-up", "run"])
+def test_closing_the_viewer_mid_warm_up_or_mid_run_exits_cleanly(moment, tmp_path):
+    """Closing napari while the Edit widget works in the background used to abort the process
+    ('wrapped C/C++ object of type WorkerBaseSignals has been deleted', then 'Aborted')."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "close.py"
+    script.write_text(CLOSE_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), moment.split("-")[0]], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "clean exit" in done.stdout
+    if moment == "run":
+        assert "run stopped: True" in done.stdout  # cancelled and waited for, not left running
+    for sign in ("has been deleted", "Traceback", "Aborted"):
+        assert sign not in done.stderr, done.stderr[-2000:]
+
+
+def test_every_parameter_can_be_set_from_the_widget(brain_widget):
+    """The widget's forms are the catalogue's: set every parameter and run option, and the request
+    carries them; left alone, they give the catalogue's defaults (the CLI and manifest test: test_catalogue)."""
+    from test_catalogue import OTHER_RUN, OTHER_VALUES
+
+    from napari_medit.catalogue import METHODS
+
+    _, widget = brain_widget
+    for name, spec in METHODS.items():
+        widget.method.value = name
+        assert spec.make_params({k: v for k, v in widget.request().items() if k in OTHER_VALUES}) == \
+            spec.make_params({})
+        for field in spec.params.__dataclass_fields__:
+            widget.parameter(field).value = OTHER_VALUES[field]
+        request = widget.request()
+        assert {k: request[k] for k in spec.params.__dataclass_fields__} == \
+            {k: OTHER_VALUES[k] for k in spec.params.__dataclass_fields__}
+    for field in ("seed", "batch_size", "slice_noise"):
+        getattr(widget.run_options, field).value = OTHER_RUN[field]
+    widget.axis.value, widget.scope.value = "coronal", "slice range"
+    widget.first.value, widget.last.value = 3, 4
+    request = widget.request()
+    assert (request["seed"], request["batch_size"], request["slice_noise"], request["axis"]) == \
+        (7, 2, OTHER_RUN["slice_noise"], "coronal")
+    assert request["slices"][1] - request["slices"][0] == 2
+
+
+def test_masks_widget_works_without_torch():
+    """'Show MedEdit inpainting mask' and the model's resolution come from the catalogue and the model
+    folder's JSON: the Masks widget never imports torch on the GUI thread."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import napari
+viewer = napari.Viewer(show=False)
+viewer.open_sample("napari-medit", "brain")
+_, masks = viewer.window.add_plugin_dock_widget("napari-medit", "Masks")
+masks.image.value, masks.method.value = "t1", "mededit"
+masks.show_inpainting_mask()
+print(int(viewer.layers["t1 inpainting_mask"].data.sum() > 0), "torch" in sys.modules)
+viewer.close()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split()[-2:] == ["1", "False"], done.stderr[-2000:]
