@@ -451,9 +451,7 @@ class EditWidget(Container):
         # napari takes ~0.1-0.3 s per layer added or removed: one per event-loop turn, so the GUI
         # keeps answering between them (benchmarks/gui_stall.py).
         tasks = [
-            lambda: self.viewer.add_image(result.image.array, name=name, colormap="gray",
-                                          contrast_limits=display_range(result.image),
-                                          metadata={**metadata, "source_layer": source_name}, **placement),
+            lambda: self._show_result(result.image, name, {**metadata, "source_layer": source_name}, placement),
             lambda: self.viewer.add_image(result.difference, name=f"{name} difference", colormap="PiYG",
                                           contrast_limits=(-limit, limit), visible=False,
                                           metadata={**metadata, "difference_of": name}, **placement),
@@ -468,6 +466,18 @@ class EditWidget(Container):
         ssim = result.metrics.get("outside", {}).get("ssim")
         fidelity = f"; SSIM outside the region {ssim:.3f}" if isinstance(ssim, float) and np.isfinite(ssim) else ""
         self.status.value = f"{method}: done in {result.provenance['seconds']:.1f} s{fidelity}"
+
+    def _show_result(self, image, name: str, metadata: dict, placement: dict):
+        """The result as a layer: the preview layer, already on the source's grid, becomes it. Swapping
+        its data costs napari a fraction of adding one layer and removing another."""
+        preview, self._preview = self._preview, None
+        if preview is None or preview not in self.viewer.layers:
+            return self.viewer.add_image(image.array, name=name, colormap="gray",
+                                         contrast_limits=display_range(image), metadata=metadata, **placement)
+        preview.data = image.array
+        preview.name, preview.metadata, preview.opacity = name, metadata, 1.0
+        preview.contrast_limits = display_range(image)
+        return preview
 
     def _on_error(self, exc):
         from napari.utils import notifications
