@@ -312,10 +312,19 @@ class Method:
         params.validate()
         return params
 
+    def unused_mask_problem(self, roles) -> str | None:
+        """A mask given that this method does not take, in one sentence, or None."""
+        unused = sorted(set(roles) - set(self.masks))
+        if unused:
+            return f"{self.name} does not use a {unused[0]}; it takes: {', '.join(self.masks) or 'no masks'}"
+        return None
+
     def model_problem(self, text_conditioned: bool, condition_names) -> str | None:
         """Why a model with this conditioning cannot run the method, or None."""
         if self.takes_text and not text_conditioned:
-            return f"{self.name} edits with a text prompt, and the model has no text conditioning"
+            without_text = ", ".join(m.name for m in METHODS.values() if not m.takes_text)
+            return (f"{self.name} edits with a text prompt, and the model has no text conditioning; pick a "
+                    f"text-conditioned model, or use {without_text} with this one")
         if self.model_conditions is not None and set(condition_names) != set(self.model_conditions):
             return (f"{self.name} needs a model conditioned on {' and '.join(self.model_conditions)}; "
                     f"this one takes {', '.join(condition_names) or 'no masks'}")

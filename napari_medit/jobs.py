@@ -44,9 +44,9 @@ class EditJob:
         unknown = sorted(set(self.masks) - set(MASK_ROLES))
         if unknown:
             raise ValueError(f"unknown mask {unknown[0]!r}; masks are {', '.join(MASK_ROLES)}")
-        unused = sorted(set(self.masks) - set(spec.masks))
-        if unused:
-            raise ValueError(f"{spec.name} does not use a {unused[0]}; it takes: {', '.join(spec.masks) or 'no masks'}")
+        problem = spec.unused_mask_problem(self.masks)
+        if problem:
+            raise ValueError(problem)
         parse_slices(self.run.slices)  # refuses text that is not A:B
         return spec.make_params(self.parameters)
 

@@ -305,14 +305,12 @@ def _check_request(spec: Method, source: MedicalImage, masks: dict, model: Denoi
     missing = [m for m in spec.required_masks if m not in masks]
     if missing:
         raise EditError(f"{spec.name} needs a {' and a '.join(missing)}")
-    unused = sorted(set(masks) - set(spec.masks))
-    if unused:
-        raise EditError(f"{spec.name} does not use a {unused[0]}; it takes: {', '.join(spec.masks) or 'no masks'}")
+    problem = spec.unused_mask_problem(masks)
+    if problem:
+        raise EditError(problem)
     problem = spec.model_problem(model.text_conditioned, model.condition_names)
     if problem:
-        hint = "; pick a text-conditioned model, or use mededit, repaint or sdedit with this one" \
-            if spec.takes_text and not model.text_conditioned else ""
-        raise EditError(f"model '{model.name}': {problem}{hint}")
+        raise EditError(f"model '{model.name}': {problem}")
     needed = [c for c in model.condition_names if c not in masks]
     if needed:
         raise EditError(f"model '{model.name}' is conditioned on {', '.join(model.condition_names)}: "
