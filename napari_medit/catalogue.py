@@ -218,10 +218,14 @@ class DiffEditParams:
 
 
 class SliceNoise(str, enum.Enum):
-    """How a volume's slices draw their noise."""
+    """How a volume's slices draw their noise (napari_medit.editing.slice_noise)."""
 
     independent = "independent"  # a seed per slice: neighbours are unrelated
     shared = "shared"  # one noise for every slice: the same texture everywhere
+    correlated = "correlated"  # ISCS: neighbours nearly the same, slices 2 L apart independent
+
+
+DEFAULT_CORRELATION_MM = 12.0  # chosen by benchmarks/slice_consistency.py (see the README)
 
 
 @dataclass(frozen=True)
@@ -231,8 +235,32 @@ class RunOptions:
     slices: str | None = parameter(None, "A:B, the slices along the axis to edit",
                                    automatic="the slices the method's mask touches")
     batch_size: int | None = parameter(None, "slices per model call", automatic="4 on CPU, by free memory on GPU")
-    slice_noise: SliceNoise = parameter(SliceNoise.independent,
-                                        "noise per slice: independent (a seed each) or shared by all slices")
+    slice_noise: SliceNoise = parameter(
+        SliceNoise.independent, "noise per slice: independent (a seed each), shared by all slices, or correlated "
+        "between neighbours (ISCS)")
+    noise_correlation_mm: float = parameter(
+        DEFAULT_CORRELATION_MM, "correlated slice noise: its correlation length L in mm (neighbours d mm apart "
+        "correlate as cos(pi d / 2L); 2L apart, independent)")
+    through_plane_smoothing: float = parameter(
+        0.0, "through-plane regularisation (DiffusionMBIR-style): 0 off, up to 1, a smoothing step of the "
+        "predicted clean image across edited slices at every step")
+
+    def validate(self) -> None:
+        parse_slices(self.slices)  # refuses text that is not A:B
+        check_slice_options(self.noise_correlation_mm, self.through_plane_smoothing)
+
+    def edit_arguments(self) -> dict[str, Any]:
+        """The keyword arguments ``napari_medit.editing.edit`` takes for these options."""
+        values = {item.name: getattr(self, item.name) for item in fields(RunOptions)}
+        return {**values, "axis": parse_axis(self.axis), "slices": parse_slices(self.slices)}
+
+
+def check_slice_options(noise_correlation_mm: float, through_plane_smoothing: float) -> None:
+    """ValueError naming a slice option out of range."""
+    if not noise_correlation_mm > 0:
+        raise ValueError(f"noise_correlation_mm must be a positive length in mm, got {noise_correlation_mm}")
+    if not 0 <= through_plane_smoothing <= 1:
+        raise ValueError(f"through_plane_smoothing must be between 0 (off) and 1, got {through_plane_smoothing}")
 
 
 def parse_axis(text: str | int) -> int | str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import catalogue
-from .catalogue import MASK_ROLES, RunOptions, parse_axis, parse_slices
+from .catalogue import MASK_ROLES, RunOptions
 from .io import read_image, write_image
 
 OUTPUT_ENDINGS = (".nii.gz", ".nii", ".mgz", ".mgh", ".png")
@@ -47,7 +47,7 @@ class EditJob:
         problem = spec.unused_mask_problem(self.masks)
         if problem:
             raise ValueError(problem)
-        parse_slices(self.run.slices)  # refuses text that is not A:B
+        self.run.validate()
         return spec.make_params(self.parameters)
 
 
@@ -61,9 +61,8 @@ def run_job(job: EditJob, model, callback=None) -> dict[str, Any]:
     if job.out.suffix.lower() == ".png" and image.array.ndim != 2:
         raise ValueError(f"{job.out}: PNG holds 2D images and the input has shape {image.array.shape}; use .nii.gz")
     masks = {name: read_image(path) for name, path in job.masks.items()}
-    result = edit(job.method, image, model=model, seed=job.run.seed, axis=parse_axis(job.run.axis),
-                  slices=parse_slices(job.run.slices), batch_size=job.run.batch_size,
-                  slice_noise=job.run.slice_noise, callback=callback, **masks, **job.parameters)
+    result = edit(job.method, image, model=model, callback=callback, **job.run.edit_arguments(), **masks,
+                  **job.parameters)
     versions = result.progression or [result.image]
     written = [write_atomically(suffixed(job.out, f"_step{index:02d}"), version)
                for index, version in enumerate(versions[:-1], start=1)]

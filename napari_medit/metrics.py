@@ -116,6 +116,17 @@ def slice_consistency(
     }
 
 
+def relative_contrast(image: np.ndarray, inside: np.ndarray, around: np.ndarray) -> float:
+    """(mean around - mean inside) / mean around: how much darker a region is than its surroundings
+    (a hypointense lesion against the tissue around it; negative when it is brighter)."""
+    image = np.asarray(image, np.float64)
+    inside, around = np.asarray(inside, bool), np.asarray(around, bool)
+    if not inside.any() or not around.any():
+        raise ValueError("relative contrast needs voxels both inside the region and around it")
+    reference = image[around].mean()
+    return float((reference - image[inside].mean()) / reference) if reference else math.nan
+
+
 def edit_metrics(
     source: np.ndarray,
     result: np.ndarray,

@@ -21,7 +21,8 @@ OTHER_VALUES = {
     "guidance": 3.5, "iterations": 3, "strength": 0.6, "eta": 0.5, "dilation": 9, "jump_length": 2,
     "jump_n_sample": 2,
 }
-OTHER_RUN = {"seed": 7, "axis": "coronal", "slices": "3:5", "batch_size": 2, "slice_noise": SliceNoise.shared}
+OTHER_RUN = {"seed": 7, "axis": "coronal", "slices": "3:5", "batch_size": 2, "slice_noise": SliceNoise.correlated,
+             "noise_correlation_mm": 4.5, "through_plane_smoothing": 0.25}
 
 
 def test_the_table_covers_every_parameter():
@@ -104,7 +105,11 @@ def test_a_parameter_of_another_method_is_refused(tmp_path, capsys):
 
 def test_bad_values_name_the_option(capsys):
     assert main(cli_args("pie", {}, {}) + ["--slice-noise", "sometimes"]) == 2
-    assert "slice_noise must be one of independent, shared, got 'sometimes'" in capsys.readouterr().err
+    assert "slice_noise must be one of independent, shared, correlated, got 'sometimes'" in capsys.readouterr().err
+    assert main(cli_args("pie", {}, {}) + ["--through-plane-smoothing", "1.5"]) == 2
+    assert "through_plane_smoothing must be between 0 (off) and 1, got 1.5" in capsys.readouterr().err
+    assert main(cli_args("mededit", {}, {}) + ["--noise-correlation-mm", "0"]) == 2
+    assert "noise_correlation_mm must be a positive length in mm, got 0.0" in capsys.readouterr().err
     assert main(cli_args("pie", {}, {}) + ["--steps", "ten"]) == 2
     assert "steps must be int, got 'ten'" in capsys.readouterr().err
 

@@ -9,7 +9,7 @@ import tiny_models
 from napari_medit.editing import edit
 from napari_medit.metrics import (
     EDITING_SCORE_THRESHOLD, change_map, edit_metrics, editing_score, fidelity, jsonable, keep_exactness,
-    passes_editing_score, slice_consistency,
+    passes_editing_score, relative_contrast, slice_consistency,
 )
 
 
@@ -83,6 +83,16 @@ class LinearEncoder:
     def embed_texts(self, texts):
         table = {"effusion": [2.0, 0.0, 1.0], "no effusion": [0.0, 0.0, 1.0], "nodule": [2.0, 5.0, 1.0]}
         return np.array([table[t] for t in texts])
+
+
+def test_relative_contrast_is_the_darkening_against_the_surroundings():
+    image = np.full((4, 4), 200.0)
+    image[1:3, 1:3] = 150.0
+    inside = image == 150.0
+    assert relative_contrast(image, inside, ~inside) == pytest.approx(0.25)
+    assert relative_contrast(image, ~inside, inside) == pytest.approx(-1 / 3)
+    with pytest.raises(ValueError, match="needs voxels both inside"):
+        relative_contrast(image, inside, np.zeros_like(inside))
 
 
 def test_editing_score_is_the_directional_similarity():

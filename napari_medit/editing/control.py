@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -14,21 +15,29 @@ class EditCancelled(Exception):
 
 
 class NoiseSource:
-    """Standard normal noise, one CPU generator per batch item.
+    """Standard normal noise for a batch, each item from its own seeded generators.
 
-    Each image (slice) owns its generator, seeded from the run's seed and the
-    slice index, so a slice gets the same noise whatever the batch size, and
-    the same seed gives bit-identical output. Noise is drawn on the CPU and
+    Each image (slice) owns its noise: one seed (a generator of its own), or a mixture
+    ``((seed, weight), ...)`` of seeded fields that neighbouring slices may share
+    (``slice_noise.slice_mixtures``). So a slice gets the same noise whatever the batch
+    size, and the same seed gives bit-identical output. Noise is drawn on the CPU and
     then moved, so a seed means the same thing on every device.
     """
 
-    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    def __init__(self, seeds: Sequence[int | Sequence[tuple[int, float]]], device: torch.device | str = "cpu"):
+        self.mixtures = [((int(s), 1.0),) if isinstance(s, (int, np.integer)) else tuple(s) for s in seeds]
+        fields = dict.fromkeys(seed for mixture in self.mixtures for seed, _ in mixture)
+        self.generators = {seed: torch.Generator().manual_seed(int(seed)) for seed in fields}
         self.device = torch.device(device)
 
     def draw(self, shape: Sequence[int], kind: str = "") -> torch.Tensor:
         """A (B, *shape) tensor; ``kind`` names the draw (tests use it to script the noise)."""
-        return torch.stack([torch.randn(tuple(shape), generator=g) for g in self.generators]).to(self.device)
+        fields = {seed: torch.randn(tuple(shape), generator=g) for seed, g in self.generators.items()}
+        if all(len(m) == 1 and m[0][1] == 1.0 for m in self.mixtures):
+            return torch.stack([fields[m[0][0]] for m in self.mixtures]).to(self.device)
+        # Mixed in float64: the weights' squares sum to one, and so does each element's variance.
+        mixed = [sum(weight * fields[seed].double() for seed, weight in m) for m in self.mixtures]
+        return torch.stack(mixed).to(self.device)
 
     def like(self, x: torch.Tensor, kind: str = "") -> torch.Tensor:
         return self.draw(x.shape[1:], kind).to(x.dtype)

@@ -18,14 +18,17 @@ from .. import __version__
 from ..io import MedicalImage
 from ..io.image import PLANES, apply_orientation, plane_transforms
 from .. import catalogue
-from ..catalogue import MASK_ROLES, Method, SliceNoise
+from ..catalogue import MASK_ROLES, Method, RunOptions, SliceNoise, check_slice_options
 from ..masks import mask_problem
 from ..metrics import edit_metrics, jsonable
 from .control import NoiseSource, Progress, StepInfo
 from .denoiser import Denoiser
+from .slice_noise import Mixture, slice_mixtures
+from .through_plane import ThroughPlaneSmoothing
 from .slicing import Grid, IntensityWindow, slices_to_edit, to_dtype, to_latent_grid
 
 DEFAULT_CPU_BATCH = 4  # batching helps little on 2 CPU cores and costs memory (see benchmarks/)
+RUN = RunOptions()  # the run options' defaults, stated once in the catalogue
 
 
 class EditError(ValueError):
@@ -69,7 +72,9 @@ def edit(
     axis: int | str = 0,
     slices: tuple[int, int] | None = None,
     batch_size: int | None = None,
-    slice_noise: SliceNoise | str = SliceNoise.independent,
+    slice_noise: SliceNoise | str = RUN.slice_noise,
+    noise_correlation_mm: float = RUN.noise_correlation_mm,
+    through_plane_smoothing: float = RUN.through_plane_smoothing,
     callback: Callable[[EditProgress], None] | None = None,
     cancel: threading.Event | None = None,
     **options: Any,
@@ -87,7 +92,13 @@ def edit(
             flips and transposes; the result comes back in the image's own voxel order).
         slices: [start, stop) along that axis; None: the slices the method's mask touches.
         batch_size: slices per model call; None: 4 on CPU, by free memory on GPU.
-        slice_noise: 'independent' (a seed per slice) or 'shared' (one noise for all slices).
+        slice_noise: 'independent' (a seed per slice), 'shared' (one noise for all slices) or
+            'correlated' (neighbouring slices' noise correlated over ``noise_correlation_mm``; ISCS).
+        noise_correlation_mm: the correlation length of correlated slice noise, in mm along the
+            slice axis (the affine's spacing), so it means the same at 1 mm and 5 mm slices.
+        through_plane_smoothing: 0 (off) to 1: at every step, smooth the predicted clean image
+            across neighbouring edited slices inside the edited region (all slices then run as
+            one batch through the sampler; the network still sees ``batch_size`` at a time).
         callback: called after every denoising step with an ``EditProgress``.
         cancel: set it to stop the run within one step (``EditCancelled`` is raised).
         **options: the masks by role (``edit_mask``, ``keep_mask``, ``pathology_mask``,
@@ -97,7 +108,8 @@ def edit(
     Raises ``EditError`` for bad requests and ``EditCancelled`` when ``cancel`` is set.
     """
     plan = plan_edit(method, image, model=model, seed=seed, axis=axis, slices=slices, batch_size=batch_size,
-                     slice_noise=slice_noise, **options)
+                     slice_noise=slice_noise, noise_correlation_mm=noise_correlation_mm,
+                     through_plane_smoothing=through_plane_smoothing, **options)
     started, evaluations_before = time.perf_counter(), model.evaluations
     outputs = run_plan(plan, model, callback=callback, cancel=cancel)
     return assemble(plan, model, outputs, seconds=time.perf_counter() - started,
@@ -117,13 +129,16 @@ class EditPlan:
     chosen: list[int]  # the slices to edit
     window: IntensityWindow
     grid: Grid
-    seeds: list[int]  # one per slice of ``stack``
+    noise: list[Mixture]  # one per slice of ``stack``: the seeded fields its noise is made of
     batch_size: int
     axis: int  # the array axis sliced (0 for 2D and for named planes, which are reoriented first)
     plane: str | None  # the anatomical plane asked for, if any
     back: np.ndarray | None  # the orientation from the plane's slicing back to the source's voxel order
     seed: int
     slice_noise: SliceNoise
+    slice_spacing_mm: float  # between neighbouring slices of ``stack``
+    noise_correlation_mm: float
+    through_plane_smoothing: float
 
     @property
     def planar(self) -> bool:
@@ -135,11 +150,14 @@ class EditPlan:
 
 def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser, seed: int = 0,
               axis: int | str = 0, slices: tuple[int, int] | None = None, batch_size: int | None = None,
-              slice_noise: SliceNoise | str = SliceNoise.independent, **options: Any) -> EditPlan:
+              slice_noise: SliceNoise | str = RUN.slice_noise, noise_correlation_mm: float = RUN.noise_correlation_mm,
+              through_plane_smoothing: float = RUN.through_plane_smoothing, **options: Any) -> EditPlan:
     """Check a request (same arguments as ``edit``) and lay it out as slices; nothing runs yet."""
     try:
         spec = catalogue.method(method)
-        slice_noise = SliceNoise(slice_noise)
+        if not isinstance(slice_noise, SliceNoise):
+            slice_noise = catalogue.parse_value(RunOptions, "slice_noise", slice_noise)
+        check_slice_options(noise_correlation_mm, through_plane_smoothing)
     except ValueError as exc:
         raise EditError(str(exc)) from None
     source = image if isinstance(image, MedicalImage) else MedicalImage(np.asarray(image), np.eye(4))
@@ -179,13 +197,15 @@ def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser,
         window = IntensityWindow.of(volume)
     except ValueError as exc:
         raise EditError(str(exc)) from None
-    shared = slice_noise is SliceNoise.shared
+    spacing = _slice_spacing(source, axis if back is None else int(back[0, 0]))
     return EditPlan(
         spec=spec, params=params, source=source, given_masks=sorted(masks), stack=stack, masks=stacked,
         chosen=chosen, window=window, grid=Grid(stack.shape[1], stack.shape[2], model.resolution),
-        seeds=[_slice_seed(seed, 0 if shared else i) for i in range(stack.shape[0])],
+        noise=slice_mixtures(slice_noise, seed, stack.shape[0], spacing_mm=spacing,
+                             correlation_mm=noise_correlation_mm),
         batch_size=batch_size or _default_batch(model, len(chosen)), axis=axis, plane=plane, back=back,
-        seed=seed, slice_noise=slice_noise,
+        seed=seed, slice_noise=slice_noise, slice_spacing_mm=spacing, noise_correlation_mm=noise_correlation_mm,
+        through_plane_smoothing=through_plane_smoothing,
     )
 
 
@@ -194,24 +214,32 @@ def run_plan(plan: EditPlan, model: Denoiser, *, callback: Callable[[EditProgres
     """Every chosen slice through the method in batches; one float64 stack per output version
     (PIE: one per progression step), the source's values on the slices not chosen."""
     run = plan.spec.load_runner()
-    pending = [plan.chosen[i : i + plan.batch_size] for i in range(0, len(plan.chosen), plan.batch_size)]
+    together = plan.through_plane_smoothing > 0  # neighbours must be in the batch they are smoothed with
+    size = len(plan.chosen) if together else plan.batch_size
+    pending = [plan.chosen[i : i + size] for i in range(0, len(plan.chosen), size)]
+    network_batch = plan.batch_size
     progress = Progress(cancel=cancel, chunks=len(pending))
     outputs: list[np.ndarray] | None = None
     while pending:
         chunk = pending.pop(0)
         done_before = progress.done
         try:
-            native = _edit_chunk(run, plan, model, chunk, progress, callback)
+            native = _edit_chunk(run, plan, model, chunk, progress, callback, network_batch)
         except torch.OutOfMemoryError:
-            if len(chunk) == 1:
+            smaller = network_batch if together else len(chunk)
+            if smaller == 1:
                 raise
-            # Retry this batch as two smaller ones; each slice keeps its own noise, so nothing changes.
-            half = len(chunk) // 2
-            warnings.warn(f"out of GPU memory with {len(chunk)} slices per batch; retrying with {half}",
+            # Retry with half the slices per model call; each slice keeps its own noise, so nothing changes.
+            half = smaller // 2
+            warnings.warn(f"out of GPU memory with {smaller} slices per batch; retrying with {half}",
                           stacklevel=2)
             torch.cuda.empty_cache()
-            pending[:0] = [chunk[:half], chunk[half:]]
-            progress.chunks += 1
+            if together:
+                network_batch = half
+                pending.insert(0, chunk)
+            else:
+                pending[:0] = [chunk[:half], chunk[half:]]
+                progress.chunks += 1
             progress.done = done_before
             continue
         if outputs is None:
@@ -246,6 +274,9 @@ def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], *, seco
                   "latent": model.latent},
         "seed": plan.seed,
         "slice_noise": plan.slice_noise.value,
+        "noise_correlation_mm": plan.noise_correlation_mm if plan.slice_noise is SliceNoise.correlated else None,
+        "through_plane_smoothing": plan.through_plane_smoothing,
+        "slice_spacing_mm": None if plan.planar else round(plan.slice_spacing_mm, 6),
         "axis": plan.plane or plan.axis,
         "slices": plan.chosen,
         "batch_size": plan.batch_size,
@@ -323,7 +354,8 @@ def _check_request(spec: Method, source: MedicalImage, masks: dict, model: Denoi
 # ---------------------------------------------------------------- model space
 
 
-def _edit_chunk(run, plan: EditPlan, model: Denoiser, chunk: list[int], progress: Progress, callback):
+def _edit_chunk(run, plan: EditPlan, model: Denoiser, chunk: list[int], progress: Progress, callback,
+                network_batch: int):
     """One batch of slices through the method; returns the native-resolution versions."""
     x0 = _to_model(model, plan.stack[chunk], plan.window, plan.grid)
     masks_model = {
@@ -333,9 +365,15 @@ def _edit_chunk(run, plan: EditPlan, model: Denoiser, chunk: list[int], progress
     conditions = _conditions(model, masks_model)
     if callback is not None:
         progress.callback = _reporter(callback, model, chunk, plan.in_source_order, plan.window, plan.grid)
-    noise = NoiseSource([plan.seeds[i] for i in chunk], model.device)
+    noise = NoiseSource([plan.noise[i] for i in chunk], model.device)
+    denoiser = model
+    if plan.through_plane_smoothing > 0:
+        region = plan.spec.region(masks_model)
+        denoiser = ThroughPlaneSmoothing(
+            model, slices=chunk, strength=plan.through_plane_smoothing, max_batch=network_batch,
+            region=torch.ones_like(x0[:, :1]) if region is None else region.to(x0.dtype))
     with torch.no_grad():
-        edited = run(model, x0, masks_model, plan.params, noise, progress, conditions)
+        edited = run(denoiser, x0, masks_model, plan.params, noise, progress, conditions)
         versions = edited if isinstance(edited, list) else [edited]
         return [_from_model(model, v, plan.window, plan.grid) for v in versions]
 
@@ -405,6 +443,8 @@ def _default_batch(model: Denoiser, count: int) -> int:
     return min(count, DEFAULT_CPU_BATCH)
 
 
-def _slice_seed(seed: int, index: int) -> int:
-    """Independent, reproducible seeds per slice (so batching never changes a slice's noise)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+def _slice_spacing(source: MedicalImage, axis: int) -> float:
+    """mm between neighbouring slices along the source's array ``axis`` (1 for a 2D image: one slice)."""
+    if source.array.ndim == 2:
+        return 1.0
+    return float(np.linalg.norm(np.asarray(source.affine, np.float64)[:3, axis]))

@@ -29,7 +29,8 @@ NONE = "(none)"
 GUI_TASK_GAP_MS = 20  # between layer insertions: long enough for queued input and paint events to run
 WARM_UP_POLL_MS = 100  # how often the GUI looks whether the background warm-up is done
 SCOPES = ("slices the mask touches", "current slice", "slice range")
-RUN_FORM_FIELDS = ("seed", "batch_size", "slice_noise")  # run options the form holds; axis and slices: the scope
+# Run options the form holds (axis and slices: the scope widgets).
+RUN_FORM_FIELDS = ("seed", "batch_size", "slice_noise", "noise_correlation_mm", "through_plane_smoothing")
 
 
 def parameter_form(params: type, only: tuple[str, ...] | None = None) -> Container:
