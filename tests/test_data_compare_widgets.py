@@ -117,6 +117,25 @@ def test_compare_before_after_opacity_difference_side_by_side(edited_brain):
     assert {layer.name for layer in viewer.layers if layer.visible} == visible_before
 
 
+def test_the_view_looks_across_the_edited_slices(edited_brain):
+    """After an axial edit, the coronal and sagittal views put the slice axis on the screen (head up,
+    radiological left-right kept); only napari's dims and camera change, never the data."""
+    viewer, compare = edited_brain
+    result = viewer.layers["t1 mededit"]
+    before = result.data.copy()
+    horizontal = viewer.camera.orientation[2] if not hasattr(viewer, "scene") else viewer.scene.camera.orientation[2]
+    compare.view.value = "coronal"
+    assert tuple(viewer.dims.order) == (1, 0, 2) and tuple(viewer.dims.displayed) == (0, 2)
+    assert "coronal view" in compare.status.value
+    view = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    assert tuple(view.orientation[1:]) == ("up", horizontal)  # superior (+axis 0) up
+    compare.view.value = "sagittal"
+    assert tuple(viewer.dims.displayed) == (0, 1) and tuple(viewer.dims.not_displayed) == (2,)
+    compare.view.value = "axial"
+    assert tuple(viewer.dims.order) == (0, 1, 2) and tuple(view.orientation[1:]) == ("down", horizontal)
+    np.testing.assert_array_equal(result.data, before)
+
+
 def test_save_writes_the_file_affine_and_provenance(edited_brain, tmp_path):
     from napari_medit.io import read_image
 

@@ -369,13 +369,16 @@ def test_every_parameter_can_be_set_from_the_widget(brain_widget):
         request = widget.request()
         assert {k: request[k] for k in spec.params.__dataclass_fields__} == \
             {k: OTHER_VALUES[k] for k in spec.params.__dataclass_fields__}
-    for field in ("seed", "batch_size", "slice_noise"):
+    from napari_medit.widgets.edit import RUN_FORM_FIELDS
+
+    assert set(RUN_FORM_FIELDS) == set(OTHER_RUN) - {"axis", "slices"}  # those two: the scope widgets
+    for field in RUN_FORM_FIELDS:
         getattr(widget.run_options, field).value = OTHER_RUN[field]
     widget.axis.value, widget.scope.value = "coronal", "slice range"
     widget.first.value, widget.last.value = 3, 4
     request = widget.request()
-    assert (request["seed"], request["batch_size"], request["slice_noise"], request["axis"]) == \
-        (7, 2, OTHER_RUN["slice_noise"], "coronal")
+    assert {field: request[field] for field in RUN_FORM_FIELDS} == {f: OTHER_RUN[f] for f in RUN_FORM_FIELDS}
+    assert request["axis"] == "coronal"
     assert request["slices"][1] - request["slices"][0] == 2
 
 

@@ -2,7 +2,9 @@
 side), and saving it with its provenance.
 
 Results are the layers the Edit widget adds: their metadata holds the provenance ('edit') and the
-source layer's name ('source_layer'). Only visibility, opacity and napari's grid change here.
+source layer's name ('source_layer'). Only visibility, opacity, napari's grid and the viewed plane
+(napari's dims order: a coronal view across axial edits shows whether neighbouring slices agree)
+change here.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, PushButton
 
-from ._viewer_parts import grid
+from ._viewer_parts import grid, plane_view
 from .edit import NONE, show_failure, status_label
 
 if TYPE_CHECKING:
@@ -35,11 +37,12 @@ class CompareWidget(Container):
                                    tooltip="edit - source: green brighter, pink darker")
         self.side_by_side = CheckBox(text="side by side", value=False,
                                      tooltip="source and edit in two linked views (napari's grid mode)")
+        self.view = plane_view(self.viewer, lambda text: setattr(self.status, "value", text))
         self.save_button = PushButton(text="Save result...",
                                       tooltip="NIfTI with the source file's affine, or PNG; the provenance "
                                               "goes next to it as JSON")
         self.status = status_label()
-        self.extend([self.result, self.before_after, self.opacity, self.difference, self.side_by_side,
+        self.extend([self.result, self.before_after, self.opacity, self.difference, self.side_by_side, self.view,
                      self.save_button, self.status])
         self.before_after.changed.connect(self.toggle_before_after)
         self.opacity.changed.connect(self._set_opacity)

@@ -21,6 +21,7 @@ from .. import catalogue
 from ..catalogue import MASK_ROLES, METHODS, RunOptions, name_like
 from ..io.image import PLANES, plane_axis
 from ..io.layers import display_range, from_layer
+from ._viewer_parts import plane_view
 
 if TYPE_CHECKING:
     import napari
@@ -133,12 +134,13 @@ class EditWidget(Container):
                               tooltip="which slices along that axis are edited")
         self.first = SpinBox(label="first slice", min=0, max=0, value=0)
         self.last = SpinBox(label="last slice", min=0, max=0, value=0)
+        self.view = plane_view(self.viewer, lambda text: setattr(self.status, "value", text))
         self.run_button = PushButton(text="Run", enabled=False)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = status_label("loading the editing engine...")
         self.extend([self.method, self.model, self.image, *self.masks.values(), self.parameter_box, self.axis,
-                     self.scope, self.first, self.last, self.run_options, self.run_button, self.cancel_button,
-                     self.status])
+                     self.scope, self.first, self.last, self.view, self.run_options, self.run_button,
+                     self.cancel_button, self.status])
         self.method.changed.connect(self._show_relevant)
         self.image.changed.connect(self._image_changed)
         self.axis.changed.connect(self._scope_changed)
@@ -292,7 +294,7 @@ class EditWidget(Container):
         self.axis.reset_choices()
         layer = self._source_layer()
         volume = layer is not None and layer.ndim == 3
-        self.axis.visible = self.scope.visible = volume
+        self.axis.visible = self.scope.visible = self.view.visible = volume
         self._scope_changed()
 
     def _scope_changed(self, _=None):
