@@ -225,7 +225,7 @@ class SliceNoise(str, enum.Enum):
     correlated = "correlated"  # ISCS: neighbours nearly the same, slices 2 L apart independent
 
 
-DEFAULT_CORRELATION_MM = 12.0  # chosen by benchmarks/slice_consistency.py (see the README)
+DEFAULT_CORRELATION_MM = 3.0  # chosen by benchmarks/slice_consistency.py (see the README)
 
 
 @dataclass(frozen=True)
@@ -236,8 +236,8 @@ class RunOptions:
                                    automatic="the slices the method's mask touches")
     batch_size: int | None = parameter(None, "slices per model call", automatic="4 on CPU, by free memory on GPU")
     slice_noise: SliceNoise = parameter(
-        SliceNoise.independent, "noise per slice: independent (a seed each), shared by all slices, or correlated "
-        "between neighbours (ISCS)")
+        SliceNoise.correlated, "noise per slice: correlated between neighbours (ISCS; chosen by measurement: as "
+        "smooth across slices as the anatomy), independent (a seed each) or shared by all slices")
     noise_correlation_mm: float = parameter(
         DEFAULT_CORRELATION_MM, "correlated slice noise: its correlation length L in mm (neighbours d mm apart "
         "correlate as cos(pi d / 2L); 2L apart, independent)")

@@ -99,6 +99,16 @@ def test_layers_not_read_by_napari_medit_keep_their_layout(make_napari_viewer, q
     assert (result.data[region > 0] != volume[region > 0]).any()
 
 
+def test_the_view_picker_looks_across_slices_of_volumes_only(brain_widget):
+    viewer, widget = brain_widget
+    assert not widget.view.native.isHidden()  # (visible only once the dock is on screen)
+    widget.view.value = "coronal"  # the edits are axial: this plane shows them slice against slice
+    assert tuple(viewer.dims.displayed) == (0, 2) and widget.status.value.startswith("coronal view")
+    viewer.add_image(np.zeros((32, 40), np.float32), name="flat")
+    widget.image.value = "flat"
+    assert widget.view.native.isHidden() and widget.axis.native.isHidden()
+
+
 @pytest.fixture
 def cxr_viewer(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()

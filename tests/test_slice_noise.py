@@ -146,19 +146,19 @@ def consistency(image, region, result):
 
 
 def test_correlated_noise_and_smoothing_make_neighbouring_slices_agree():
-    image, region, independent = sdedit_volume()
+    image, region, independent = sdedit_volume(slice_noise="independent")
     ratios = {"independent": consistency(image, region, independent)}
     for name, options in {"shared": dict(slice_noise="shared"),
                           "correlated": dict(slice_noise="correlated", noise_correlation_mm=12.0),
-                          "smoothed": dict(through_plane_smoothing=0.8)}.items():
+                          "smoothed": dict(slice_noise="independent", through_plane_smoothing=0.8)}.items():
         ratios[name] = consistency(image, region, sdedit_volume(**options)[2])
     assert ratios["shared"] < ratios["correlated"] < 0.6 * ratios["independent"]
     assert ratios["smoothed"] < 0.8 * ratios["independent"]
 
 
 @pytest.mark.parametrize("options", [dict(slice_noise="correlated", noise_correlation_mm=5.0),
-                                     dict(through_plane_smoothing=0.5),
-                                     dict(slice_noise="correlated", through_plane_smoothing=0.3)])
+                                     dict(slice_noise="independent", through_plane_smoothing=0.5),
+                                     dict(through_plane_smoothing=0.3)])
 def test_same_seed_same_result_and_untouched_slices_exact(options):
     image, region, first = sdedit_volume(**options)
     _, _, again = sdedit_volume(**options)
@@ -171,8 +171,9 @@ def test_same_seed_same_result_and_untouched_slices_exact(options):
     provenance = json.loads(json.dumps(first.provenance))
     assert provenance["slice_spacing_mm"] == 2.0
     assert provenance["through_plane_smoothing"] == options.get("through_plane_smoothing", 0.0)
-    assert provenance["noise_correlation_mm"] == options.get("noise_correlation_mm",
-                                                              12.0 if "slice_noise" in options else None)
+    correlated = options.get("slice_noise", "correlated") == "correlated"  # the default
+    assert provenance["slice_noise"] == options.get("slice_noise", "correlated")
+    assert provenance["noise_correlation_mm"] == (options.get("noise_correlation_mm", 3.0) if correlated else None)
 
 
 def test_correlated_noise_does_not_depend_on_the_batch():
