@@ -82,7 +82,6 @@ def is_finished(job: EditJob) -> bool:
     return bool(outputs) and all(Path(p).is_file() for p in outputs)
 
 
-
 def suffixed(path: Path, suffix: str, ending: str | None = None) -> Path:
     """result.nii.gz + '_step01' -> result_step01.nii.gz; with ``ending`` '.json' -> result.json."""
     name = path.name

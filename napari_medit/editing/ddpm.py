@@ -108,8 +108,6 @@ class NoiseSchedule:
         return ratio**0.5 * x + (1 - ratio) ** 0.5 * noise
 
 
-
-
 def pairs(timesteps: list[int]) -> list[tuple[int, int]]:
     """(t, t_prev) for each step of a descending timestep list, ending at FINAL."""
     return list(zip(timesteps, [*timesteps[1:], FINAL]))

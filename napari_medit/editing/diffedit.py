@@ -20,9 +20,6 @@ from .ddpm import FINAL
 from .denoiser import Denoiser
 
 
-
-
-
 def diffedit(
     denoiser: Denoiser,
     x0: torch.Tensor,

@@ -24,9 +24,6 @@ from .denoiser import Denoiser
 OUTSIDE_ROI_KEEP, INSIDE_ROI_KEEP = 0.01, 0.75  # the end-of-step blend of PIE's code
 
 
-
-
-
 def pie(
     denoiser: Denoiser,
     x0: torch.Tensor,

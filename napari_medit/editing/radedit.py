@@ -25,9 +25,6 @@ from .denoiser import Denoiser
 from .inversion import ETA, invert
 
 
-
-
-
 def radedit(
     denoiser: Denoiser,
     x0: torch.Tensor,

@@ -24,10 +24,6 @@ from .denoiser import Denoiser
 ETA = 1.0  # DDPM sampling, as RePaint
 
 
-
-
-
-
 def jump_schedule(steps: int, jump_length: int, jump_n_sample: int) -> list[int]:
     """RePaint's time indices 0..steps-1 visited in order, going back up at each jump point
     (the schedule of RePaint's reference code, also diffusers' RePaintScheduler)."""

@@ -17,9 +17,6 @@ from .denoiser import Denoiser
 ETA = 1.0  # SDEdit's reverse SDE, discretised as DDPM
 
 
-
-
-
 def sdedit(
     denoiser: Denoiser,
     x0: torch.Tensor,
