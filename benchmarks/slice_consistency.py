@@ -111,8 +111,7 @@ def measure(model, volume: dict[str, MedicalImage], options: dict) -> dict:
     indices = [source.shape[axis] - 1 - i if backwards else i for i in result.edited_slices]
     edited = np.zeros(source.shape, bool)
     edited[(slice(None),) * axis + (indices,)] = True
-    voxel_mm = np.linalg.norm(volume["t1"].affine[:3, :3], axis=0)
-    structure = _ball(3.0 / voxel_mm)
+    structure = _ball(3.0 / np.array(volume["t1"].spacing))
     around = binary_dilation(lesion, structure) & brain & ~lesion & edited
     ring = inpaint & ~lesion
     return {
@@ -186,7 +185,7 @@ def main() -> None:
         "",
     ]
     for volume_name, volume in volumes().items():
-        spacing = np.linalg.norm(volume["t1"].affine[:3, 2])
+        spacing = volume["t1"].spacing[2]
         rows, figure_results = [], {}
         print(f"{volume_name}: {volume['t1'].array.shape}, {spacing:.1f} mm slices", flush=True)
         for name, options in CONFIGURATIONS.items():

@@ -197,7 +197,8 @@ def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser,
         window = IntensityWindow.of(volume)
     except ValueError as exc:
         raise EditError(str(exc)) from None
-    spacing = _slice_spacing(source, axis if back is None else int(back[0, 0]))
+    # mm between neighbouring slices (a 2D image is one slice: no spacing to speak of)
+    spacing = 1.0 if volume.ndim == 2 else source.spacing[axis if back is None else int(back[0, 0])]
     return EditPlan(
         spec=spec, params=params, source=source, given_masks=sorted(masks), stack=stack, masks=stacked,
         chosen=chosen, window=window, grid=Grid(stack.shape[1], stack.shape[2], model.resolution),
@@ -441,10 +442,3 @@ def _default_batch(model: Denoiser, count: int) -> int:
         per_item = 60e6 * (model.resolution / 64) ** 2 / model.latent_factor**2
         return max(1, min(count, int(0.5 * free / per_item)))
     return min(count, DEFAULT_CPU_BATCH)
-
-
-def _slice_spacing(source: MedicalImage, axis: int) -> float:
-    """mm between neighbouring slices along the source's array ``axis`` (1 for a 2D image: one slice)."""
-    if source.array.ndim == 2:
-        return 1.0
-    return float(np.linalg.norm(np.asarray(source.affine, np.float64)[:3, axis]))
