@@ -72,3 +72,48 @@ def test_synthetic_lesion_stays_in_the_brain_and_is_darker():
     edited, lesion = synthetic_lesion(image, brain, rng)
     assert lesion.any() and not lesion[~brain].any()
     assert edited[lesion].mean() < 0.6 and np.allclose(edited[~brain], 0)
+
+
+def test_ema_training_saves_the_average_and_resumes_exactly(tmp_path):
+    from napari_medit.training.brain import train_brain
+
+    def config(out, steps):
+        return TrainConfig(out=out, steps=steps, batch_size=2, learning_rate=1e-3, warmup=2,
+                           validate_every=10_000, checkpoint_every=3, ema_decay=0.9)
+
+    unbroken = train_brain(config(tmp_path / "unbroken", 6), resolution=32)
+    train_brain(config(tmp_path / "broken", 3), resolution=32)
+    resumed = train_brain(config(tmp_path / "broken", 6), resolution=32, resume=True)
+    saved, again = load_file(unbroken / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for key in saved:
+        torch.testing.assert_close(saved[key], again[key], rtol=1e-5, atol=1e-6)
+    # The saved model is the average, not the last weights (those stay in the checkpoint).
+    state = torch.load(unbroken / "checkpoint.pt", weights_only=True)
+    live = state["modules"]["unet"]
+    average = {k.removeprefix("module."): v for k, v in state["averages"]["unet"].items()}
+    assert int(average.pop("n_averaged")) == 6
+    changed = [k for k in saved if not torch.equal(saved[k], live[k])]
+    assert changed and all(torch.equal(saved[k], average[k]) for k in saved)
+    assert json.loads((unbroken / "training_log.json").read_text())["ema_decay"] == 0.9
+
+
+def test_resume_with_another_ema_setting_is_refused(tmp_path):
+    from napari_medit.training.brain import train_brain
+
+    train_brain(brain_config(tmp_path / "plain", 5), resolution=32)
+    config = brain_config(tmp_path / "plain", 10)
+    config.ema_decay = 0.99
+    with pytest.raises(ValueError, match="--ema-decay"):
+        train_brain(config, resolution=32, resume=True)
+
+
+def test_networks_grow_a_level_per_doubling_above_64_pixels():
+    from napari_medit.training.brain import network
+    from napari_medit.training.cxr import build
+
+    assert network(64)["channels"] == [32, 64, 64] and network(32)["channels"] == [32, 64, 64]
+    assert network(128)["channels"] == [32, 64, 64, 128]
+    assert network(256)["attention_levels"] == [False, False, False, False, True]
+    unet = build(128)[0]
+    assert unet.config.block_out_channels == (32, 64, 64, 128)
+    assert unet.config.down_block_types[-1] == "CrossAttnDownBlock2D"

@@ -24,10 +24,18 @@ from scipy.ndimage import binary_erosion, binary_fill_holes, gaussian_filter, ma
 
 from ..editing.slicing import Grid, IntensityWindow
 from ..io import RADIOLOGICAL_AXIAL, MedicalImage, read_image
-from .loop import TrainConfig, noised, train
+from .loop import TrainConfig, extra_levels, noised, train
 
-NETWORK = dict(spatial_dims=2, in_channels=3, out_channels=1, channels=[32, 64, 64],
-               attention_levels=[False, False, True], num_res_blocks=1, num_head_channels=32)
+
+
+def network(resolution: int) -> dict:
+    """DiffusionModelUNet settings: the 64 px demo's three levels, plus one level of 128 channels per
+    doubling above 64 px, so the attention level always works on a grid of at most 16 x 16."""
+    channels = [32, 64, 64] + [128] * extra_levels(resolution)
+    return dict(spatial_dims=2, in_channels=3, out_channels=1, channels=channels,
+                attention_levels=[False] * (len(channels) - 1) + [True], num_res_blocks=1, num_head_channels=32)
+
+
 SCHEDULER = {"class": "DDPMScheduler", "num_train_timesteps": 1000, "schedule": "linear_beta",
              "beta_start": 1e-4, "beta_end": 2e-2}  # MedEdit: 1000 steps, linear betas 1e-4..2e-2
 HEALTHY_FRACTION = 0.3  # slices trained with an empty pathology mask: normal tissue stays normal
@@ -167,26 +175,26 @@ def train_brain(config: TrainConfig, data=None, resolution: int = 64, resume: bo
 
     subjects = load_subjects(data)
     torch.manual_seed(config.seed)
-    network = DiffusionModelUNet(**NETWORK).to(config.device)
+    unet = DiffusionModelUNet(**network(resolution)).to(config.device)
     scheduler = DDPMScheduler(**{k: v for k, v in SCHEDULER.items() if k != "class"})
     alphas = scheduler.alphas_cumprod.to(config.device)
 
     def loss_fn(batch, generator):
         x_t, t, noise = noised(batch["image"].to(config.device), alphas, generator)
-        eps = network(torch.cat([x_t, batch["conditions"].to(config.device)], dim=1), timesteps=t)
+        eps = unet(torch.cat([x_t, batch["conditions"].to(config.device)], dim=1), timesteps=t)
         return torch.nn.functional.mse_loss(eps, noise)
 
-    denoiser = MonaiDenoiser(network, scheduler, resolution=resolution, name="demo-brain",
+    denoiser = MonaiDenoiser(unet, scheduler, resolution=resolution, name="demo-brain",
                              condition_names=("pathology_mask", "brain_mask"))
     model_config = {"name": config.out.name, "resolution": resolution, "value_range": [0, 1],
-                    "condition_names": ["pathology_mask", "brain_mask"], "network": NETWORK,
+                    "condition_names": ["pathology_mask", "brain_mask"], "network": network(resolution),
                     "scheduler": SCHEDULER, "trained_on": "bundled MNI152 sample" if data is None else str(data)}
 
     def validate(step):
         save_model(config.out, denoiser, model_config)
         _validation_image(denoiser, subjects[0], resolution, config.out / f"validation_{step:06d}.png")
 
-    train(config, {"unet": network}, loss_fn, lambda start: batches(subjects, resolution, config.batch_size,
+    train(config, {"unet": unet}, loss_fn, lambda start: batches(subjects, resolution, config.batch_size,
                                                                     config.seed, start), validate, resume)
     return save_model(config.out, denoiser, model_config)
 

@@ -20,7 +20,7 @@ import torch
 
 from ..editing.slicing import Grid, IntensityWindow
 from ..sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
-from .loop import TrainConfig, noised, train
+from .loop import TrainConfig, extra_levels, noised, train
 
 PROMPTS = {  # finding -> the words a prompt uses for it
     "effusion": "Pleural effusion",
@@ -89,10 +89,14 @@ def build(resolution: int):
         vocab_size=len(words), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=MAX_TOKENS, pad_token_id=0, bos_token_id=2, eos_token_id=3,
     ))
+    # The 64 px demo's three levels, plus one of 128 channels per doubling above 64 px (as the brain
+    # model): cross-attention always works on a grid of at most 16 x 16.
+    extra = extra_levels(resolution)
     unet = UNet2DConditionModel(
-        sample_size=resolution, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"), cross_attention_dim=64,
+        sample_size=resolution, in_channels=1, out_channels=1, layers_per_block=1,
+        block_out_channels=(32, 64, 64) + (128,) * extra,
+        down_block_types=("DownBlock2D",) * (2 + extra) + ("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (2 + extra), cross_attention_dim=64,
         attention_head_dim=8,
     )
     return unet, TransformersTextEncoder(tokenizer, text_model, MAX_TOKENS), DDIMScheduler(**SCHEDULER)

@@ -1,11 +1,13 @@
 """The training loop every model shares: epsilon-prediction DDPM loss, AdamW,
-checkpoints that resume exactly, a progress bar, a loss log and validation samples."""
+optional EMA weights, checkpoints that resume exactly, a progress bar, a loss
+log and validation samples."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,9 @@ class TrainConfig:
     validate_every: int = 500
     checkpoint_every: int = 250
     device: str = "cpu"
+    # Exponential moving average of the weights (0 = off). Validation samples and the saved
+    # model use the averaged weights; DDPM (Ho et al.) and ADM train with 0.9999 over far longer runs.
+    ema_decay: float = 0.0
 
 
 def train(
@@ -39,9 +44,15 @@ def train(
 
     ``modules`` are the trained networks (their parameters share one AdamW).
     With ``resume``, training continues from ``out/checkpoint.pt``: the weights,
-    the optimiser, the step count, the noise generator and the loss log.
+    their moving averages, the optimiser, the step count, the noise generator
+    and the loss log. With ``config.ema_decay`` the modules hold the averaged
+    weights while ``validate`` runs and when training returns.
     """
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from tqdm.auto import tqdm
+
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,9 +60,11 @@ def train(
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
     generator = torch.Generator().manual_seed(config.seed)
+    averages = {name: AveragedModel(m, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+                for name, m in modules.items()} if config.ema_decay else {}
     step, losses = 0, []
     if resume:
-        step, losses = _load_checkpoint(out / CHECKPOINT, modules, optimizer, schedule, generator)
+        step, losses = _load_checkpoint(out / CHECKPOINT, modules, averages, optimizer, schedule, generator)
     for module in modules.values():
         module.train()
     data = batches(step)  # seeded by the step it starts at, so a resumed run sees fresh batches
@@ -65,28 +78,59 @@ def train(
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
             schedule.step()
+            for name, average in averages.items():
+                average.update_parameters(modules[name])
             step += 1
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
             if step % config.checkpoint_every == 0 or step == config.steps:
-                _save_checkpoint(out / CHECKPOINT, step, losses, modules, optimizer, schedule, generator)
+                _save_checkpoint(out / CHECKPOINT, step, losses, modules, averages, optimizer, schedule, generator)
             if validate is not None and (step % config.validate_every == 0 or step == config.steps):
                 for module in modules.values():
                     module.eval()
-                with torch.no_grad():
+                with torch.no_grad(), _averaged_weights(modules, averages):
                     validate(step)
                 for module in modules.values():
                     module.train()
     (out / "training_log.json").write_text(json.dumps({
         "steps": step, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
-        "seed": config.seed, "seconds_this_run": round(time.perf_counter() - started, 1),
+        "seed": config.seed, "ema_decay": config.ema_decay, "seconds_this_run": round(time.perf_counter() - started, 1),
         "loss_first_100": _mean(losses[:100]), "loss_last_100": _mean(losses[-100:]),
         "loss_per_10_steps": [_mean(losses[i : i + 10]) for i in range(0, len(losses), 10)],
     }, indent=2))
     for module in modules.values():
         module.eval()
+    for name, average in averages.items():  # what the caller saves is the averaged model
+        _copy_parameters(average.module, modules[name])
     return losses
+
+
+@contextmanager
+def _averaged_weights(modules: dict[str, torch.nn.Module], averages: dict):
+    """Swap the averaged weights in for a while (validation), then put the live ones back."""
+    live = {name: [p.detach().clone() for p in modules[name].parameters()] for name in averages}
+    for name, average in averages.items():
+        _copy_parameters(average.module, modules[name])
+    try:
+        yield
+    finally:
+        for name, saved in live.items():
+            with torch.no_grad():
+                for p, value in zip(modules[name].parameters(), saved):
+                    p.copy_(value)
+
+
+def _copy_parameters(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    # Parameters only: the averaged copy does not track buffers (integer position ids cannot be averaged).
+    with torch.no_grad():
+        for p, value in zip(target.parameters(), source.parameters()):
+            p.copy_(value)
+
+
+def extra_levels(resolution: int) -> int:
+    """UNet levels the demo networks add to their 64 px design: one per doubling of the resolution."""
+    return max(0, (resolution // 64).bit_length() - 1)
 
 
 def noised(x0: torch.Tensor, alphas_cumprod: torch.Tensor, generator: torch.Generator):
@@ -101,12 +145,13 @@ def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 5) if values else None
 
 
-def _save_checkpoint(path, step, losses, modules, optimizer, schedule, generator) -> None:
+def _save_checkpoint(path, step, losses, modules, averages, optimizer, schedule, generator) -> None:
     temporary = path.with_suffix(".partial")
     torch.save({
         "step": step,
         "losses": losses,
         "modules": {name: m.state_dict() for name, m in modules.items()},
+        "averages": {name: a.state_dict() for name, a in averages.items()},
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
         "generator": generator.get_state(),
@@ -114,13 +159,19 @@ def _save_checkpoint(path, step, losses, modules, optimizer, schedule, generator
     temporary.replace(path)  # a crash mid-write never leaves a broken checkpoint
 
 
-def _load_checkpoint(path, modules, optimizer, schedule, generator):
+def _load_checkpoint(path, modules, averages, optimizer, schedule, generator):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from")
     # Tensors and plain containers only: no pickled code runs.
     state = torch.load(path, map_location="cpu", weights_only=True)
     for name, module in modules.items():
         module.load_state_dict(state["modules"][name])
+    saved_averages = state.get("averages", {})
+    if set(saved_averages) != set(averages):
+        raise ValueError(f"{path}: the checkpoint was trained with a different --ema-decay setting "
+                         "(EMA on in one, off in the other); resume with the setting it was started with")
+    for name, average in averages.items():
+        average.load_state_dict(saved_averages[name])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     generator.set_state(state["generator"])
