@@ -7,9 +7,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Qt's xcb platform plugin needs these on a bare Debian machine; xvfb-run gives tests a display.
+# Qt's xcb platform plugin needs these on a bare Debian machine; xvfb-run gives tests a display;
+# dicom3tools' dciodvfy checks the DICOM napari-medit writes against the standard's IODs.
 DEBIAN_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-cursor0 \
-	libxkbcommon-x11-0 libgl1 libegl1 libdbus-1-3 libfontconfig1
+	libxkbcommon-x11-0 libgl1 libegl1 libdbus-1-3 libfontconfig1 dicom3tools
 DEMO_OUT ?= demo_output
 
 .PHONY: test demo benchmark install system-packages clean

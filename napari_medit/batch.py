@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import threading
 import time
 import traceback
@@ -28,7 +29,7 @@ from typing import Any
 
 from . import catalogue
 from .catalogue import MASK_ROLES, RunOptions
-from .jobs import PARTIAL_PREFIX, EditJob, is_finished
+from .jobs import PARTIAL_PREFIX, EditJob, OutputFormat, is_finished
 from .metrics import jsonable
 
 REQUIRED_COLUMNS = ("id", "image", "method")
@@ -66,9 +67,12 @@ class BatchSummary:
 # ---------------------------------------------------------------- manifest
 
 
-def read_manifest(manifest: str | os.PathLike, out: str | os.PathLike, default_model: str | None = None
-                  ) -> list[BatchItem]:
-    """Parse and check every row before anything runs; paths are relative to the manifest."""
+def read_manifest(manifest: str | os.PathLike, out: str | os.PathLike, default_model: str | None = None,
+                  output_format: OutputFormat | None = None) -> list[BatchItem]:
+    """Parse and check every row before anything runs; paths are relative to the manifest.
+    ``output_format`` None writes each result in its source's kind of file where napari-medit
+    writes it (.png for PNG/JPEG, .mgz for MGH, else .nii.gz); ``dicom`` writes ID.dcm for a DICOM
+    file and a derived series in the folder ID for a DICOM series."""
     manifest, out = Path(manifest), Path(out)
     try:
         with manifest.open(newline="", encoding="utf-8-sig") as handle:
@@ -89,7 +93,7 @@ def read_manifest(manifest: str | os.PathLike, out: str | os.PathLike, default_m
     items, seen = [], set()
     for line, row in enumerate(rows, start=2):
         try:
-            items.append(_item(row, manifest.parent, out, default_model))
+            items.append(_item(row, manifest.parent, out, default_model, output_format))
         except ValueError as exc:
             raise ManifestError(f"{manifest}, line {line}: {exc}") from None
         if items[-1].id in seen:
@@ -98,7 +102,8 @@ def read_manifest(manifest: str | os.PathLike, out: str | os.PathLike, default_m
     return items
 
 
-def _item(row: dict[str, str | None], base: Path, out: Path, default_model: str | None) -> BatchItem:
+def _item(row: dict[str, str | None], base: Path, out: Path, default_model: str | None,
+          output_format: OutputFormat | None) -> BatchItem:
     cells = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
     item_id = cells["id"]
     if not _SAFE_ID.match(item_id) or item_id == SUMMARY_NAME:
@@ -116,8 +121,14 @@ def _item(row: dict[str, str | None], base: Path, out: Path, default_model: str 
     if unknown:
         raise ValueError(f"{spec.name} has no parameter {unknown[0]!r} (leave that cell empty on its rows)")
     image = _resolve(base, cells["image"])
-    ending = {".png": ".png", ".jpg": ".png", ".jpeg": ".png", ".mgz": ".mgz", ".mgh": ".mgz"}.get(
-        image.suffix.lower(), ".nii.gz")  # the source's own kind of file where napari-medit writes it
+    kind = OutputFormat(output_format) if output_format is not None else None
+    if kind is OutputFormat.dicom:
+        ending = "" if image.is_dir() else ".dcm"  # a series becomes a folder of derived instances
+    elif kind is not None:
+        ending = {OutputFormat.nifti: ".nii.gz", OutputFormat.mgz: ".mgz", OutputFormat.png: ".png"}[kind]
+    else:  # the source's own kind of file, where napari-medit writes it
+        ending = {".png": ".png", ".jpg": ".png", ".jpeg": ".png", ".mgz": ".mgz", ".mgh": ".mgz"}.get(
+            image.suffix.lower(), ".nii.gz")
     run = {item.name: catalogue.parse_value(RunOptions, item.name, cells[item.name])
            for item in catalogue.fields(RunOptions) if cells.get(item.name)}
     job = EditJob(
@@ -127,6 +138,8 @@ def _item(row: dict[str, str | None], base: Path, out: Path, default_model: str 
         masks={name: _resolve(base, cells[name]) for name in MASK_ROLES if cells.get(name)},
         parameters={name: catalogue.parse_value(spec.params, name, text) for name, text in given.items()},
         run=RunOptions(**run),
+        format=kind,
+        overwrite=True,  # the batch owns its output folder; finished items are skipped before they run
     )
     job.check()
     model_path = _resolve(base, model)
@@ -152,20 +165,22 @@ def run_batch(
     download: bool = False,
     trust_remote_code: bool = False,
     show_progress: bool = True,
+    output_format: OutputFormat | None = None,
 ) -> BatchSummary:
     """Run every unfinished item of ``manifest`` and write ``out/summary.{csv,json}``.
 
     ``scheduler`` is the address of a running dask scheduler; otherwise a LocalCluster of
     ``workers`` processes (default: one per two CPU cores) with one thread each is started
     and stopped. ``workers=0`` runs the items in this process, one after the other.
+    ``output_format`` as in ``read_manifest``.
     """
     from tqdm.auto import tqdm
 
     out = Path(out)
-    items = read_manifest(manifest, out, model)
+    items = read_manifest(manifest, out, model, output_format)
     out.mkdir(parents=True, exist_ok=True)
     for leftover in out.glob(PARTIAL_PREFIX + "*"):  # from a run that was killed mid-write
-        leftover.unlink(missing_ok=True)
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
     records = {item.id: {"id": item.id, "status": "skipped", **_finished_record(item)}
                for item in items if is_finished(item.job)}
     pending = [item for item in items if item.id not in records]

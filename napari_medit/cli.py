@@ -20,6 +20,7 @@ import sys
 from . import __version__, catalogue
 from .catalogue import MASK_ROLES, METHODS, RunOptions
 from .io import SUPPORTED, ImageReadError, read_image
+from .jobs import OutputFormat
 
 EXIT_BAD_INPUT = 2
 
@@ -75,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
                                         "a method's parameters on its own rows); paths relative to the manifest")
     batch.add_argument("--out", required=True, help="folder for ID.nii.gz/ID.png, ID.json and summary.csv/.json")
     batch.add_argument("--model", help="the model for rows whose 'model' cell is empty")
+    batch.add_argument("--format", choices=[f.value for f in OutputFormat],
+                       help="write every result as this (dicom: ID.dcm for a DICOM file, a derived series in the "
+                            "folder ID for a series); default: the source's own kind (.png, .mgz, else .nii.gz)")
     where = batch.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per two cores; "
                                                    "0: run here, one item after another)")
@@ -131,7 +135,12 @@ def _method_parser(methods, spec) -> None:
                                 description=f"{spec.title}: {spec.reference}.")
     parser.add_argument("--image", required=True, help=f"the source: {SUPPORTED}")
     parser.add_argument("--out", required=True, help="the result: .nii.gz, .nii, .mgz or .mgh (any input), "
-                                                     ".png (2D inputs); the provenance goes beside it as .json")
+                                                     ".png or .dcm (2D inputs), or a folder with --format dicom; "
+                                                     "the provenance goes beside it as .json")
+    parser.add_argument("--format", choices=[f.value for f in OutputFormat],
+                        help="dicom: a derived DICOM series in the folder --out (DICOM sources only); "
+                             "default: from the name of --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace a DICOM output folder that holds files")
     parser.add_argument("--model", required=True, help="a model folder, a name from `napari-medit models`, "
                                                        "a preset (radedit) or a hub repository (hub:ORG/NAME)")
     masks = parser.add_argument_group("masks (files on the image's grid)")
@@ -187,6 +196,8 @@ def edit_job(args):
         parameters={item.name: value for item in catalogue.fields(spec.params)
                     if (value := getattr(args, item.name)) is not None},
         run=RunOptions(**run),
+        format=OutputFormat(args.format) if args.format else None,
+        overwrite=args.overwrite,
     )
     job.check()
     return job
@@ -220,7 +231,8 @@ def _batch(args) -> int:
     from .batch import run_batch
 
     summary = run_batch(args.manifest, args.out, model=args.model, workers=args.workers, scheduler=args.scheduler,
-                        device=args.device, download=args.download, trust_remote_code=args.trust_remote_code)
+                        device=args.device, download=args.download, trust_remote_code=args.trust_remote_code,
+                        output_format=OutputFormat(args.format) if args.format else None)
     done, skipped, failed = (summary.count(s) for s in ("done", "skipped", "failed"))
     print(f"{done} edited, {skipped} already finished, {failed} failed; summary: {summary.out / 'summary.csv'}")
     for record in summary.failed:

@@ -7,6 +7,7 @@ finished.
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,26 @@ from . import catalogue
 from .catalogue import MASK_ROLES, RunOptions
 from .io import read_image, write_image
 
-OUTPUT_ENDINGS = (".nii.gz", ".nii", ".mgz", ".mgh", ".png")
+OUTPUT_ENDINGS = (".nii.gz", ".nii", ".mgz", ".mgh", ".png", ".dcm")
 PARTIAL_PREFIX = ".partial-"
+
+
+class OutputFormat(str, enum.Enum):
+    """What an edit is written as. Files take the kind their name ends in; DICOM is a derived
+    series in a folder (or one .dcm file for a 2D image), and needs a DICOM source."""
+
+    nifti = "nifti"
+    mgz = "mgz"
+    png = "png"
+    dicom = "dicom"
+
+    @classmethod
+    def of(cls, path: Path) -> OutputFormat | None:
+        """The format a file name ends in (None: no known ending, e.g. a folder)."""
+        name = path.name.lower()
+        endings = {".nii.gz": cls.nifti, ".nii": cls.nifti, ".mgz": cls.mgz, ".mgh": cls.mgz, ".png": cls.png,
+                   ".dcm": cls.dicom}
+        return next((kind for ending, kind in endings.items() if name.endswith(ending)), None)
 
 
 @dataclass
@@ -26,10 +45,28 @@ class EditJob:
 
     method: str
     image: Path
-    out: Path  # .nii.gz/.nii/.mgz/.mgh (any input) or .png (2D inputs); the sidecar is the same name with .json
+    out: Path  # .nii.gz/.nii/.mgz/.mgh (any input), .png or .dcm (2D), a folder (DICOM); sidecar: .json beside it
     masks: dict[str, Path] = field(default_factory=dict)  # edit_mask=..., keep_mask=... (catalogue.MASK_ROLES)
     parameters: dict[str, Any] = field(default_factory=dict)  # the method's parameters that were given
     run: RunOptions = field(default_factory=RunOptions)
+    format: OutputFormat | None = None  # None: from the name of ``out``
+    overwrite: bool = False  # replace a DICOM output folder that already holds files
+
+    @property
+    def output_format(self) -> OutputFormat:
+        named = OutputFormat.of(self.out)
+        if self.format is None:
+            if named is None:
+                raise ValueError(f"{self.out}: the output must end in {', '.join(OUTPUT_ENDINGS)}, "
+                                 "or be a folder with --format dicom")
+            return named
+        kind = OutputFormat(self.format)
+        if named is not None and named is not kind:
+            raise ValueError(f"{self.out}: the name says {named.value} but the format asked for is {kind.value}")
+        if named is None and kind is not OutputFormat.dicom:
+            raise ValueError(f"{self.out}: a {kind.value} output is a file; give it a name ending in "
+                             f"{', '.join(e for e in OUTPUT_ENDINGS if OutputFormat.of(Path(e)) is kind)}")
+        return kind
 
     @property
     def sidecar(self) -> Path:
@@ -38,8 +75,7 @@ class EditJob:
     def check(self):
         """Problems that need no file reading, so a manifest can be refused before anything runs;
         returns the method's parameters with every default resolved."""
-        if not self.out.name.lower().endswith(OUTPUT_ENDINGS):
-            raise ValueError(f"{self.out}: the output must end in {', '.join(OUTPUT_ENDINGS)}")
+        self.output_format  # noqa: B018 (raises on a name and format that disagree)
         spec = catalogue.method(self.method)
         unknown = sorted(set(self.masks) - set(MASK_ROLES))
         if unknown:
@@ -58,15 +94,15 @@ def run_job(job: EditJob, model, callback=None) -> dict[str, Any]:
 
     job.check()
     image = read_image(job.image)
-    if job.out.suffix.lower() == ".png" and image.array.ndim != 2:
-        raise ValueError(f"{job.out}: PNG holds 2D images and the input has shape {image.array.shape}; use .nii.gz")
+    check_output(job.out, job.output_format, image, job.overwrite)  # before the edit, not after
     masks = {name: read_image(path) for name, path in job.masks.items()}
     result = edit(job.method, image, model=model, callback=callback, **job.run.edit_arguments(), **masks,
                   **job.parameters)
     versions = result.progression or [result.image]
-    written = [write_atomically(suffixed(job.out, f"_step{index:02d}"), version)
-               for index, version in enumerate(versions[:-1], start=1)]
-    written.append(write_atomically(job.out, result.image))
+    written = []
+    for index, version in enumerate(versions, start=1):
+        path = job.out if index == len(versions) else suffixed(job.out, f"_step{index:02d}")
+        written += write_output(path, version, job.output_format, job.overwrite)
     record = {"outputs": [str(p) for p in written], **result.provenance}
     write_text_atomically(job.sidecar, json.dumps(record, indent=2))
     return record
@@ -89,6 +125,29 @@ def suffixed(path: Path, suffix: str, ending: str | None = None) -> Path:
         if name.lower().endswith(known):
             return path.with_name(name[: -len(known)] + suffix + (ending or name[-len(known):]))
     return path.with_name(name + suffix + (ending or ""))
+
+
+def check_output(out: Path, kind: OutputFormat, image, overwrite: bool = False) -> None:
+    """Refuse, before anything runs, an output ``image`` cannot be written as."""
+    if kind is OutputFormat.png and image.array.ndim != 2:
+        raise ValueError(f"{out}: PNG holds 2D images and the input has shape {image.array.shape}; use .nii.gz")
+    if kind is OutputFormat.dicom:
+        from .io.dicom_derived import source_files
+
+        source_files(image)
+        if out.suffix.lower() == ".dcm" and image.array.ndim != 2:
+            raise ValueError(f"{out}: a DICOM series is written to a folder: --out FOLDER --format dicom")
+        if out.suffix.lower() != ".dcm" and out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise FileExistsError(f"{out}: already exists and is not empty; choose another folder or --overwrite")
+
+
+def write_output(path: Path, image, kind: OutputFormat, overwrite: bool = False) -> list[Path]:
+    """Write one result in ``kind``; every writer leaves nothing partial behind on failure."""
+    if kind is OutputFormat.dicom:
+        from .io.dicom_derived import write_dicom
+
+        return write_dicom(path, image, overwrite=overwrite)
+    return [write_atomically(path, image)]
 
 
 def write_atomically(path: Path, image) -> Path:

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import (ComputedRadiographyImageStorage, CTImageStorage, DigitalXRayImageStorageForPresentation,
+                         ExplicitVRLittleEndian, MRImageStorage, generate_uid)
 
 
 def pytest_report_header(config) -> str:
@@ -41,17 +42,24 @@ def dicom_slice(
     description: str = "t1_axial",
     extra: dict | None = None,
 ) -> Dataset:
+    sop_class = {"CR": ComputedRadiographyImageStorage, "DX": DigitalXRayImageStorageForPresentation,
+                 "CT": CTImageStorage}.get(modality, MRImageStorage)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID = MRImageStorage
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = modality
     ds.SeriesInstanceUID = series_uid
     ds.StudyInstanceUID = "1.2.3"
+    # Patient and Study modules as an archive holds them (derived objects copy them).
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Patient", "P0042", "19700101", "O"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240102", "101500", "7", "A1234"
+    ds.ReferringPhysicianName = ""
+    ds.SeriesNumber = 3
     ds.SeriesDescription = description
     ds.InstanceNumber = instance
     ds.Rows, ds.Columns = pixels.shape
@@ -64,6 +72,8 @@ def dicom_slice(
     ds.PixelSpacing = [str(s) for s in spacing]
     if position is not None:
         ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+        ds.FrameOfReferenceUID = "1.2.3.9"
+        ds.SliceThickness = "2.5"
     if orientation is not None:
         ds.ImageOrientationPatient = [f"{v:.8f}" for v in orientation]
     if slope is not None:

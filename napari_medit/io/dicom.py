@@ -30,6 +30,9 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _LETTER_TO_LPS = {
     "L": (1, 0, 0), "R": (-1, 0, 0), "P": (0, 1, 0), "A": (0, -1, 0), "H": (0, 0, 1), "F": (0, 0, -1),
 }
+# Metadata key: the source file of each slice, in the array's slice order (file orientation). DICOM
+# writers re-read these headers (never the pixels) to derive new instances from them.
+SOURCE_FILES = "_dicom_files"
 # Two slice positions closer than this (mm) along the normal are the same location.
 _SAME_POSITION_MM = 1e-3
 # napari-medit's own decoder dependencies (pyproject.toml), named when an environment lacks them.
@@ -58,6 +61,7 @@ def read_dicom_file(path: Path) -> MedicalImage:
         return _multiframe_volume(ds, pixels, path)
     affine, spacing_note = _plane_affine(ds)
     metadata = _metadata(ds, path, spacing_note)
+    metadata[SOURCE_FILES] = [str(Path(path).resolve())]
     return MedicalImage(pixels, affine, metadata)
 
 
@@ -298,6 +302,7 @@ def _stack_series(members: list[tuple[Path, Dataset]], folder: Path) -> MedicalI
     metadata = _metadata(first_ds, folder, None)
     metadata.update(spacing_info)
     metadata["files"] = [p.name for p in paths]
+    metadata[SOURCE_FILES] = [str(p.resolve()) for p in paths]
     return MedicalImage(array, affine, metadata)
 
 
