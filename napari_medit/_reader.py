@@ -1,4 +1,4 @@
-"""npe2 reader contribution: NIfTI, FreeSurfer MGH/MGZ, DICOM files and series folders, PNG/JPEG."""
+"""npe2 reader contribution: NIfTI, FreeSurfer MGH/MGZ, DICOM files and series folders, DICOM SEG, PNG/JPEG."""
 
 from __future__ import annotations
 
@@ -17,9 +17,18 @@ def get_reader(path):
 
 
 def read_layers(path) -> list[tuple]:
-    """Each path becomes one layer; errors carry the file name and what is wrong with it."""
+    """Each path becomes one layer, a DICOM SEG one Labels layer per segment (on the SEG's own geometry);
+    errors carry the file name and what is wrong with it."""
+    from .io.dicom_seg import is_seg, read_seg
+
     paths = path if isinstance(path, (list, tuple)) else [path]
-    return [to_layer_data(read_image(p), layer_name(p)) for p in paths]
+    layers = []
+    for p in paths:
+        if Path(p).is_file() and is_seg(p):
+            layers += [to_layer_data(mask, name, "labels") for name, mask in read_seg(p).items()]
+        else:
+            layers.append(to_layer_data(read_image(p), layer_name(p)))
+    return layers
 
 
 def layer_name(path) -> str:

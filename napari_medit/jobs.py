@@ -95,7 +95,7 @@ def run_job(job: EditJob, model, callback=None) -> dict[str, Any]:
     job.check()
     image = read_image(job.image)
     check_output(job.out, job.output_format, image, job.overwrite)  # before the edit, not after
-    masks = {name: read_image(path) for name, path in job.masks.items()}
+    masks = {name: read_mask(name, path, image) for name, path in job.masks.items()}
     result = edit(job.method, image, model=model, callback=callback, **job.run.edit_arguments(), **masks,
                   **job.parameters)
     versions = result.progression or [result.image]
@@ -106,6 +106,22 @@ def run_job(job: EditJob, model, callback=None) -> dict[str, Any]:
     record = {"outputs": [str(p) for p in written], **result.provenance}
     write_text_atomically(job.sidecar, json.dumps(record, indent=2))
     return record
+
+
+def read_mask(role: str, path: Path, image):
+    """A mask file for ``role``: any image file on ``image``'s grid, or a DICOM SEG of ``image`` (its segment
+    labelled like the role, or its only segment), placed through the instances it references."""
+    from .io.dicom_seg import is_seg, read_seg, segment_label
+
+    if not is_seg(path):
+        return read_image(path)
+    segments = read_seg(path, image)
+    if role in segments:
+        return segments[role]
+    if len(segments) == 1:
+        return next(iter(segments.values()))
+    raise ValueError(f"{path}: no segment labelled {segment_label(role)!r} among "
+                     f"{', '.join(segment_label(n) for n in segments)}")
 
 
 def is_finished(job: EditJob) -> bool:

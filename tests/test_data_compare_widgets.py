@@ -163,3 +163,44 @@ def test_save_failures_notify(edited_brain, tmp_path, monkeypatch):
     assert compare.save(tmp_path / "volume.png") == []  # a volume cannot be one PNG
     assert shown and "volume.png" in shown[0]
     assert not any(tmp_path.iterdir())
+
+
+def test_dicom_series_masks_as_seg_and_result_as_dicom_in_the_widgets(data_widget, oblique_series, tmp_path):
+    from napari_medit.io import read_image
+    from napari_medit.io.dicom_seg import is_seg
+
+    viewer, data = data_widget
+    [image] = data.open(oblique_series["folder"])
+    _, masks = viewer.window.add_plugin_dock_widget(PLUGIN, "Masks")
+    masks.image.value, masks.method.value = image.name, "radedit"
+    masks.create_masks()
+    edit_layer, keep_layer = (viewer.layers[f"{image.name} {role}"] for role in ("edit_mask", "keep_mask"))
+    edit_layer.data[2:5, 3:8, 2:6] = 1
+    keep_layer.data[0] = 1
+    seg = masks.save_seg(tmp_path / "masks.dcm")
+    assert is_seg(seg)
+    painted = {layer.name: layer.data.copy() for layer in (edit_layer, keep_layer)}
+    viewer.layers.remove(edit_layer)
+    viewer.layers.remove(keep_layer)
+    loaded = masks.load_seg(seg)
+    assert {layer.name: layer.data.shape for layer in loaded} == {n: d.shape for n, d in painted.items()}
+    for layer in loaded:
+        np.testing.assert_array_equal(layer.data > 0, painted[layer.name] > 0)
+        np.testing.assert_array_equal(layer.scale, image.scale)
+    # Dropped on the viewer, the SEG opens as Labels layers on its own geometry, aligned with the image.
+    dropped = viewer.open(str(seg), plugin=PLUGIN)
+    assert [layer.name for layer in dropped] == ["edit_mask", "keep_mask"]
+    np.testing.assert_array_equal(dropped[0].data > 0, painted[f"{image.name} edit_mask"] > 0)
+    np.testing.assert_allclose(dropped[0].translate, image.translate, atol=1e-4)
+
+    # An edit result of a DICOM source saves as a derived series, the folder named like the file.
+    _, compare = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare")
+    edited = image.data + (painted[f"{image.name} edit_mask"] > 0) * 7
+    viewer.add_image(edited, name="cf", scale=image.scale, translate=image.translate,
+                     metadata={**image.metadata, "edit": {"method": "radedit", "seed": 0}, "source_layer": image.name})
+    compare.result.value = "cf"
+    written = compare.save(tmp_path / "cf.dcm")
+    assert written[-1].name == "cf.json" and (tmp_path / "cf").is_dir()
+    back = read_image(tmp_path / "cf").reoriented()
+    np.testing.assert_array_equal(back.array, edited)
+    np.testing.assert_array_equal(back.affine, image.metadata["affine"])

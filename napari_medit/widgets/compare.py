@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 PLUGIN = "napari-medit"
 SAVE_FILTER = "NIfTI (*.nii.gz *.nii);;FreeSurfer (*.mgz *.mgh);;PNG, 2D images (*.png)"
+# Offered when the source came from DICOM: a 2D result is one file, a series the folder NAME beside it.
+DICOM_FILTER = "DICOM, derived from the source (*.dcm)"
 
 
 class CompareWidget(Container):
@@ -132,13 +134,20 @@ class CompareWidget(Container):
     def _ask_and_save(self, _=None):
         from qtpy.QtWidgets import QFileDialog
 
-        path, _ = QFileDialog.getSaveFileName(self.native, "Save the edited image", f"{self.result.value}.nii.gz",
-                                              SAVE_FILTER)
+        from ..io.dicom import SOURCE_FILES
+
+        layer = self.viewer.layers[self.result.value] if self.result.value in self.viewer.layers else None
+        dicom = layer is not None and SOURCE_FILES in layer.metadata
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Save the edited image", f"{self.result.value}.{'dcm' if dicom else 'nii.gz'}",
+            f"{DICOM_FILTER};;{SAVE_FILTER}" if dicom else SAVE_FILTER)
         if path:
             self.save(path)
 
     def save(self, path: str | Path) -> list[Path]:
-        """The result through napari-medit's writer, and its provenance as ``<name>.json`` beside it."""
+        """The result through napari-medit's writer, and its provenance as ``<name>.json`` beside it.
+        A ``.dcm`` path writes DICOM derived from the source's instances: that file for a 2D image,
+        the folder of that name without ``.dcm`` for a series."""
         from ..jobs import suffixed, write_text_atomically
 
         try:
@@ -148,7 +157,10 @@ class CompareWidget(Container):
             return []
         path = Path(path)
         try:
-            written = [Path(p) for p in result.save(str(path), plugin=PLUGIN)]
+            if path.suffix.lower() == ".dcm":
+                written, path = self._save_dicom(result, path)
+            else:
+                written = [Path(p) for p in result.save(str(path), plugin=PLUGIN)]
         except Exception as exc:  # noqa: BLE001 - the writer's message says what is wrong
             self._fail(f"could not save {path.name}: {exc.__cause__ or exc}")
             return []
@@ -156,8 +168,18 @@ class CompareWidget(Container):
             self._fail(f"could not save {path.name}: choose a .nii.gz, .nii, .mgz, .mgh or (2D images) .png file")
             return []
         sidecar = write_text_atomically(suffixed(path, "", ".json"), json.dumps(result.metadata["edit"], indent=2))
-        self.status.value = f"saved {written[0].name} and {sidecar.name}"
+        shown = f"{len(written)} DICOM files in {path.name}" if path.is_dir() else written[0].name
+        self.status.value = f"saved {shown} and {sidecar.name}"
         return [*written, sidecar]
+
+    @staticmethod
+    def _save_dicom(result, path: Path) -> tuple[list[Path], Path]:
+        from ..io.dicom_derived import write_dicom
+        from ..io.layers import from_layer
+
+        image = from_layer(result.data, result.metadata, result.scale, result.translate)
+        target = path if image.array.ndim == 2 else path.with_suffix("")
+        return write_dicom(target, image), target
 
     def _fail(self, message: str):
         show_failure(self.status, message)

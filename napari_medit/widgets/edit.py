@@ -93,6 +93,12 @@ def image_layer_names(viewer) -> list[str]:
     return [layer.name for layer in viewer.layers if type(layer).__name__ == "Image"] or [NONE]
 
 
+def layer_image(layer):
+    """The MedicalImage behind an image layer, in the layer's own orientation (axial slices along axis 0
+    for volumes napari-medit read), so masks painted on the layers line up and results go back as shown."""
+    return from_layer(layer.data, layer.metadata, layer.scale, layer.translate, file_order=False)
+
+
 def show_failure(status: Label, message: str) -> None:
     """One error notification saying what is wrong and how to fix it; the widget's status says 'failed'."""
     from napari.utils import notifications
@@ -321,12 +327,6 @@ class EditWidget(Container):
         point = layer.world_to_data(self.viewer.dims.point[-layer.ndim:])
         return int(np.clip(round(float(point[array_axis])), 0, layer.data.shape[array_axis] - 1))
 
-    @staticmethod
-    def _layer_image(layer):
-        # The layer's own orientation (axial slices along axis 0 for volumes napari-medit read),
-        # so masks painted on the layers line up and results go back without reorienting.
-        return from_layer(layer.data, layer.metadata, layer.scale, layer.translate, file_order=False)
-
     # ------------------------------------------------------------ running
 
     def request(self) -> dict:
@@ -336,7 +336,7 @@ class EditWidget(Container):
             raise ValueError("open or select an image layer first")
         if not self.ready:
             raise ValueError("the editing engine is still loading: try again in a moment")
-        kwargs = {"image": self._layer_image(layer), "axis": 0, **form_values(self.run_options)}
+        kwargs = {"image": layer_image(layer), "axis": 0, **form_values(self.run_options)}
         if layer.ndim == 3:
             kwargs["axis"] = self.axis.value
             kwargs["slices"] = self._slice_range(layer)

@@ -15,7 +15,7 @@ from magicgui.widgets import ComboBox, Container, PushButton
 
 from ..catalogue import MASK_ROLES, METHODS, MedEditParams, name_like
 from ..io.layers import MASK_COLORS
-from .edit import NONE, image_layer_names, show_failure, status_label
+from .edit import NONE, image_layer_names, layer_image, show_failure, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -44,12 +44,17 @@ class MasksWidget(Container):
         self.role = ComboBox(label="load as", choices=self._roles,
                              tooltip="the role a mask file plays for the chosen method")
         self.load_button = PushButton(text="Load mask file...",
-                                      tooltip="a NIfTI/DICOM/PNG mask on the image's grid (same shape and affine)")
+                                      tooltip="a NIfTI/DICOM/PNG mask on the image's grid (same shape and affine), "
+                                              "or a DICOM SEG of the image (every segment, by its label)")
+        self.save_seg_button = PushButton(text="Save masks as DICOM SEG...",
+                                          tooltip="the method's painted masks, one segment each, referencing the "
+                                                  "image's DICOM instances (DICOM images only)")
         self.status = status_label()
         self.extend([self.image, self.method, self.create_button, self.brain_button, self.inpaint_button,
-                     self.role, self.load_button, self.check_button, self.status])
+                     self.role, self.load_button, self.save_seg_button, self.check_button, self.status])
         self.method.changed.connect(lambda _: self.role.reset_choices())
         self.load_button.changed.connect(self._ask_and_load)
+        self.save_seg_button.changed.connect(self._ask_and_save_seg)
         self.create_button.changed.connect(self.create_masks)
         self.brain_button.changed.connect(self.add_brain_mask)
         self.inpaint_button.changed.connect(self.show_inpainting_mask)
@@ -106,11 +111,14 @@ class MasksWidget(Container):
 
     def load_mask(self, path, role: str | None = None):
         """A mask file as a Labels layer for ``role``, shown like the image: refused (one notification,
-        nothing added) unless it lies on the image's grid."""
+        nothing added) unless it lies on the image's grid. A DICOM SEG adds one layer per segment."""
         from ..io import ImageReadError, read_image
+        from ..io.dicom_seg import is_seg
         from ..io.layers import to_layer_data
 
         role = role or self.role.value
+        if is_seg(path):
+            return self.load_seg(path, role)
         try:
             source = self._source()
             mask = read_image(path)
@@ -124,6 +132,59 @@ class MasksWidget(Container):
         layer.metadata.update(kwargs["metadata"])
         self.status.value = f"loaded {Path(path).name} as {layer.name}: {int((data > 0).sum())} voxels"
         return layer
+
+    def load_seg(self, path, role: str | None = None) -> list:
+        """Every segment of a DICOM SEG as a Labels layer on the image's grid, placed through the instances
+        it references; a segment labelled like a role becomes that role's mask, a lone other one ``role``'s."""
+        from ..io import ImageReadError
+        from ..io.dicom_seg import read_seg
+        from ..io.layers import to_layer_data
+
+        try:
+            source = self._source()
+            segments = read_seg(path, layer_image(source))
+        except (ValueError, OSError, ImageReadError) as exc:
+            return self._fail(str(exc))
+        layers = []
+        for name, mask in segments.items():
+            as_role = name if name in MASK_ROLES else (role or self.role.value) if len(segments) == 1 else None
+            data, kwargs, _ = to_layer_data(mask, f"{source.name} {as_role or name}", "labels")
+            layer = self._add_labels(mask.array > 0, kwargs["name"], ROLE_COLORS.get(as_role, INPAINT_COLOR), source)
+            layer.metadata.update(kwargs["metadata"])
+            layers.append(layer)
+        self.status.value = f"loaded {Path(path).name}: {', '.join(layer.name for layer in layers)}"
+        return layers
+
+    def _ask_and_save_seg(self, _=None):
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(self.native, "Save the masks as DICOM SEG",
+                                              f"{self.image.value} masks.dcm", "DICOM SEG (*.dcm)")
+        if path:
+            self.save_seg(path)
+
+    def save_seg(self, path) -> Path | None:
+        """The chosen method's painted masks of the image as one DICOM SEG (empty masks are left out)."""
+        from ..io.dicom_seg import write_seg
+
+        try:
+            source = self._source()
+            masks = {}
+            for role in METHODS[self.method.value].masks:
+                layer = self._mask_layer(role)
+                if layer is not None and np.asarray(layer.data).any():
+                    problem = grid_problem(layer.metadata.get("affine", source.metadata.get("affine")),
+                                           layer.data.shape, source)
+                    if problem:
+                        raise ValueError(f"{layer.name} {problem}")
+                    masks[role] = np.asarray(layer.data) > 0
+            if not masks:
+                raise ValueError(f"nothing painted in the {self.method.value} masks of {source.name}")
+            written = write_seg(path, masks, layer_image(source))
+        except (ValueError, OSError) as exc:
+            return self._fail(str(exc))
+        self.status.value = f"saved {', '.join(masks)} as {written.name}"
+        return written
 
     def add_brain_mask(self, _=None):
         from ..masks import auto_brain_mask
