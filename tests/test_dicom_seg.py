@@ -99,6 +99,9 @@ def test_bad_seg_requests_are_refused_in_one_line(oblique_series, tmp_path):
     with pytest.raises(DicomOutputError, match="no patient or study context"):
         write_seg(tmp_path / "x.dcm", {"edit_mask": np.ones((3, 4, 5), bool)}, nifti)
     assert not (tmp_path / "x.dcm").exists()
+    seg = write_seg(tmp_path / "m.dcm", {"edit_mask": np.ones(image.array.shape, bool)}, image)
+    with pytest.raises(ImageReadError, match="holds masks, not an image"):
+        read_image(seg)
     with pytest.raises(ImageReadError, match="not a readable DICOM SEG"):
         read_seg(oblique_series["folder"] / next(p.name for p in oblique_series["folder"].iterdir()))
 

@@ -53,6 +53,9 @@ def is_dicom_path(path: Path) -> bool:
 
 def read_dicom_file(path: Path) -> MedicalImage:
     ds = _dcmread(path)
+    if ds.get("SOPClassUID") == pydicom.uid.SegmentationStorage:
+        raise ImageReadError(f"{path}: a DICOM SEG holds masks, not an image; open it in napari (Masks widget: "
+                             "Load mask file...) or give it to a mask option (--edit-mask FILE ...)")
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise ImageReadError(f"{path}: DICOM file without pixel data ({ds.get('Modality', 'unknown modality')} object)")
     pixels = _pixels(ds, path)
