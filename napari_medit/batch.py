@@ -125,7 +125,7 @@ def _item(row: dict[str, str | None], base: Path, out: Path, default_model: str 
     if kind is OutputFormat.dicom:
         ending = "" if image.is_dir() else ".dcm"  # a series becomes a folder of derived instances
     elif kind is not None:
-        ending = {OutputFormat.nifti: ".nii.gz", OutputFormat.mgz: ".mgz", OutputFormat.png: ".png"}[kind]
+        ending = kind.ending
     else:  # the source's own kind of file, where napari-medit writes it
         ending = {".png": ".png", ".jpg": ".png", ".jpeg": ".png", ".mgz": ".mgz", ".mgh": ".mgz"}.get(
             image.suffix.lower(), ".nii.gz")

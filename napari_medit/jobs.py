@@ -17,7 +17,6 @@ from . import catalogue
 from .catalogue import MASK_ROLES, RunOptions
 from .io import read_image, write_image
 
-OUTPUT_ENDINGS = (".nii.gz", ".nii", ".mgz", ".mgh", ".png", ".dcm")
 PARTIAL_PREFIX = ".partial-"
 
 
@@ -34,9 +33,18 @@ class OutputFormat(str, enum.Enum):
     def of(cls, path: Path) -> OutputFormat | None:
         """The format a file name ends in (None: no known ending, e.g. a folder)."""
         name = path.name.lower()
-        endings = {".nii.gz": cls.nifti, ".nii": cls.nifti, ".mgz": cls.mgz, ".mgh": cls.mgz, ".png": cls.png,
-                   ".dcm": cls.dicom}
-        return next((kind for ending, kind in endings.items() if name.endswith(ending)), None)
+        return next((kind for ending, kind in ENDINGS.items() if name.endswith(ending)), None)
+
+    @property
+    def ending(self) -> str:
+        """The ending napari-medit gives a file of this format (the first in ENDINGS)."""
+        return next(ending for ending, kind in ENDINGS.items() if kind is self)
+
+
+# File endings and the format each writes; the first of a format is the one napari-medit chooses.
+ENDINGS = {".nii.gz": OutputFormat.nifti, ".nii": OutputFormat.nifti, ".mgz": OutputFormat.mgz,
+           ".mgh": OutputFormat.mgz, ".png": OutputFormat.png, ".dcm": OutputFormat.dicom}
+OUTPUT_ENDINGS = tuple(ENDINGS)
 
 
 @dataclass
@@ -65,7 +73,7 @@ class EditJob:
             raise ValueError(f"{self.out}: the name says {named.value} but the format asked for is {kind.value}")
         if named is None and kind is not OutputFormat.dicom:
             raise ValueError(f"{self.out}: a {kind.value} output is a file; give it a name ending in "
-                             f"{', '.join(e for e in OUTPUT_ENDINGS if OutputFormat.of(Path(e)) is kind)}")
+                             f"{', '.join(e for e, k in ENDINGS.items() if k is kind)}")
         return kind
 
     @property
@@ -148,13 +156,9 @@ def check_output(out: Path, kind: OutputFormat, image, overwrite: bool = False) 
     if kind is OutputFormat.png and image.array.ndim != 2:
         raise ValueError(f"{out}: PNG holds 2D images and the input has shape {image.array.shape}; use .nii.gz")
     if kind is OutputFormat.dicom:
-        from .io.dicom_derived import source_files
+        from .io.dicom_derived import check_dicom_output
 
-        source_files(image)
-        if out.suffix.lower() == ".dcm" and image.array.ndim != 2:
-            raise ValueError(f"{out}: a DICOM series is written to a folder: --out FOLDER --format dicom")
-        if out.suffix.lower() != ".dcm" and out.is_dir() and any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"{out}: already exists and is not empty; choose another folder or --overwrite")
+        check_dicom_output(out, image, overwrite)
 
 
 def write_output(path: Path, image, kind: OutputFormat, overwrite: bool = False) -> list[Path]:

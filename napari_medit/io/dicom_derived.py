@@ -69,6 +69,24 @@ def source_files(image: MedicalImage) -> list[Path]:
     return [Path(f) for f in files]
 
 
+def check_dicom_output(out: str | Path, image: MedicalImage, overwrite: bool = False) -> list[Path]:
+    """Refuse, in one line, a DICOM output ``image`` cannot be written as; returns the source files."""
+    out = Path(out).expanduser()
+    image = image.in_source_orientation()
+    files = source_files(image)
+    slices = 1 if image.array.ndim == 2 else image.array.shape[0]
+    if image.array.ndim not in (2, 3) or slices != len(files):
+        raise DicomOutputError(f"{out}: the image ({image.array.shape}) does not match its {len(files)} "
+                               "source DICOM instance(s)")
+    if out.suffix.lower() == ".dcm":
+        if len(files) > 1:
+            raise DicomOutputError(f"{out}: a series of {len(files)} slices is written to a folder: "
+                                   "--out FOLDER --format dicom")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out}: already exists and is not empty; choose another folder or --overwrite")
+    return files
+
+
 def write_dicom(out: str | Path, image: MedicalImage, *, overwrite: bool = False,
                 description: str | None = None) -> list[Path]:
     """Write ``image`` (an edit of a DICOM source, any orientation) as a derived DICOM series.
@@ -80,20 +98,11 @@ def write_dicom(out: str | Path, image: MedicalImage, *, overwrite: bool = False
     Description built from the edit's provenance (``image.metadata['edit']``). Returns the files.
     """
     out = Path(out).expanduser()
+    files = check_dicom_output(out, image, overwrite)
     image = image.in_source_orientation()
-    files = source_files(image)
     single = out.suffix.lower() == ".dcm"
     slices = [image.array] if image.array.ndim == 2 else list(image.array)
-    if image.array.ndim not in (2, 3) or len(slices) != len(files):
-        raise DicomOutputError(f"{out}: the image ({image.array.shape}) does not match its {len(files)} "
-                               "source DICOM instance(s)")
-    if single and len(files) > 1:
-        raise DicomOutputError(f"{out}: a series of {len(files)} slices is written to a folder: "
-                               "--out FOLDER --format dicom")
-    if not single and out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out}: already exists and is not empty; choose another folder or --overwrite")
-
-    provenance = image.metadata.get("edit") or {}
+    description = description or derivation_text(image.metadata.get("edit") or {})
     series_uid = generate_uid()
     now = datetime.datetime.now()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +113,7 @@ def write_dicom(out: str | Path, image: MedicalImage, *, overwrite: bool = False
             source = _read_header(path)
             stored, outside = to_stored(values, source, path)
             clipped += outside
-            derived = derive(source, stored, series_uid, now, description or derivation_text(provenance))
+            derived = derive(source, stored, series_uid, now, description)
             name = out.name if single else f"slice_{index + 1:04d}.dcm"
             derived.save_as(staging / name, enforce_file_format=True)
             names.append(name)

@@ -22,10 +22,10 @@ from pydicom.uid import SegmentationStorage
 
 from .. import __version__
 from ..catalogue import MASK_ROLES
+from .dicom import LPS_TO_RAS
 from .dicom_derived import SOFTWARE, source_files
 from .image import ImageReadError, MedicalImage
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SERIES_NUMBER_OFFSET = 2000  # after the source's and its derived series' (+1000)
 
 
@@ -197,8 +197,3 @@ def _own_geometry(seg, path: Path) -> tuple[np.ndarray, MedicalImage]:
         array = array[..., None]
     return array, MedicalImage(np.zeros(array.shape[:-1]), LPS_TO_RAS @ volume.affine)
 
-
-def source_instance_uids(image: MedicalImage) -> list[str]:
-    """The SOP Instance UID of each slice's source file, in file order (for tests and reports)."""
-    return [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
-            for f in source_files(image.in_source_orientation())]

@@ -27,7 +27,6 @@ from ..io import RADIOLOGICAL_AXIAL, MedicalImage, read_image
 from .loop import TrainConfig, extra_levels, noised, train
 
 
-
 def network(resolution: int) -> dict:
     """DiffusionModelUNet settings: the 64 px demo's three levels, plus one level of 128 channels per
     doubling above 64 px, so the attention level always works on a grid of at most 16 x 16."""
@@ -175,7 +174,8 @@ def train_brain(config: TrainConfig, data=None, resolution: int = 64, resume: bo
 
     subjects = load_subjects(data)
     torch.manual_seed(config.seed)
-    unet = DiffusionModelUNet(**network(resolution)).to(config.device)
+    settings = network(resolution)
+    unet = DiffusionModelUNet(**settings).to(config.device)
     scheduler = DDPMScheduler(**{k: v for k, v in SCHEDULER.items() if k != "class"})
     alphas = scheduler.alphas_cumprod.to(config.device)
 
@@ -187,7 +187,7 @@ def train_brain(config: TrainConfig, data=None, resolution: int = 64, resume: bo
     denoiser = MonaiDenoiser(unet, scheduler, resolution=resolution, name="demo-brain",
                              condition_names=("pathology_mask", "brain_mask"))
     model_config = {"name": config.out.name, "resolution": resolution, "value_range": [0, 1],
-                    "condition_names": ["pathology_mask", "brain_mask"], "network": network(resolution),
+                    "condition_names": ["pathology_mask", "brain_mask"], "network": settings,
                     "scheduler": SCHEDULER, "trained_on": "bundled MNI152 sample" if data is None else str(data)}
 
     def validate(step):

@@ -102,7 +102,7 @@ def train(
     for module in modules.values():
         module.eval()
     for name, average in averages.items():  # what the caller saves is the averaged model
-        _copy_parameters(average.module, modules[name])
+        _copy_parameters(average.module.parameters(), modules[name])
     return losses
 
 
@@ -111,20 +111,18 @@ def _averaged_weights(modules: dict[str, torch.nn.Module], averages: dict):
     """Swap the averaged weights in for a while (validation), then put the live ones back."""
     live = {name: [p.detach().clone() for p in modules[name].parameters()] for name in averages}
     for name, average in averages.items():
-        _copy_parameters(average.module, modules[name])
+        _copy_parameters(average.module.parameters(), modules[name])
     try:
         yield
     finally:
         for name, saved in live.items():
-            with torch.no_grad():
-                for p, value in zip(modules[name].parameters(), saved):
-                    p.copy_(value)
+            _copy_parameters(saved, modules[name])
 
 
-def _copy_parameters(source: torch.nn.Module, target: torch.nn.Module) -> None:
+def _copy_parameters(values, target: torch.nn.Module) -> None:
     # Parameters only: the averaged copy does not track buffers (integer position ids cannot be averaged).
     with torch.no_grad():
-        for p, value in zip(target.parameters(), source.parameters()):
+        for p, value in zip(target.parameters(), values):
             p.copy_(value)
 
 

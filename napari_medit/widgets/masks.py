@@ -138,7 +138,6 @@ class MasksWidget(Container):
         it references; a segment labelled like a role becomes that role's mask, a lone other one ``role``'s."""
         from ..io import ImageReadError
         from ..io.dicom_seg import read_seg
-        from ..io.layers import to_layer_data
 
         try:
             source = self._source()
@@ -148,9 +147,10 @@ class MasksWidget(Container):
         layers = []
         for name, mask in segments.items():
             as_role = name if name in MASK_ROLES else (role or self.role.value) if len(segments) == 1 else None
-            data, kwargs, _ = to_layer_data(mask, f"{source.name} {as_role or name}", "labels")
-            layer = self._add_labels(mask.array > 0, kwargs["name"], ROLE_COLORS.get(as_role, INPAINT_COLOR), source)
-            layer.metadata.update(kwargs["metadata"])
+            # read_seg already put the mask on the layer's grid, as the layer is oriented.
+            layer = self._add_labels(mask.array > 0, f"{source.name} {as_role or name}",
+                                     ROLE_COLORS.get(as_role, INPAINT_COLOR), source)
+            layer.metadata.update({**mask.metadata, "affine": mask.affine})
             layers.append(layer)
         self.status.value = f"loaded {Path(path).name}: {', '.join(layer.name for layer in layers)}"
         return layers
