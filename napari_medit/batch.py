@@ -34,7 +34,7 @@ from .metrics import jsonable
 
 REQUIRED_COLUMNS = ("id", "image", "method")
 # Every mask role, every method's parameters and the run options, as the catalogue names them.
-OPTIONAL_COLUMNS = ("model", *MASK_ROLES, *catalogue.parameter_names(),
+OPTIONAL_COLUMNS = ("model", "preset", *MASK_ROLES, *catalogue.parameter_names(),
                     *(item.name for item in catalogue.fields(RunOptions)))
 SUMMARY_NAME = "summary"  # DIR/summary.csv and DIR/summary.json
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -138,6 +138,7 @@ def _item(row: dict[str, str | None], base: Path, out: Path, default_model: str 
         masks={name: _resolve(base, cells[name]) for name in MASK_ROLES if cells.get(name)},
         parameters={name: catalogue.parse_value(spec.params, name, text) for name, text in given.items()},
         run=RunOptions(**run),
+        preset=cells.get("preset") or None,
         format=kind,
         overwrite=True,  # the batch owns its output folder; finished items are skipped before they run
     )

@@ -123,6 +123,28 @@ def validate_jumps(steps: int, jump_length: int, jump_n_sample: int) -> None:
 
 # ---------------------------------------------------------------- each method's parameters
 
+
+class MaskGrid(str, enum.Enum):
+    """How masks drawn on the image reach the model's (latent) grid."""
+
+    binary = "binary"  # a cell is in the mask when at least half of it is (RadEdit's pipeline binarises)
+    fractional = "fractional"  # each cell's covered fraction: soft mask borders
+
+
+class RePaintStart(str, enum.Enum):
+    """Where the RePaint loop starts."""
+
+    noise = "noise"  # pure Gaussian noise (RePaint, Algorithm 1)
+    noised_input = "noised_input"  # the input noised to the first timestep (MedEdit's code)
+
+
+class PIELoop(str, enum.Enum):
+    """How PIE's N iterations are run."""
+
+    reference = "reference"  # run_pie.py: the model's own scheduler; each iteration ends in an 8-bit image, re-encoded
+    latent = "latent"  # napari-medit's: DDIM, the iterations chained in model space (no 8-bit round trip)
+
+
 RADEDIT_SKIP_RATIO = 36 / 100  # the edit-friendly inversion reference code skips 36 of 100 steps
 
 
@@ -135,6 +157,11 @@ class RadEditParams:
         None, "steps skipped before editing: 36 of 100 in the reference code",
         follows=Follows("steps", lambda steps: round(steps * RADEDIT_SKIP_RATIO), "36% of steps (36 of 100)"))
     guidance: float = parameter(15.0, "classifier-free guidance: 'we use a value of 15' (Sec. 4.2)")
+    inversion_guidance: float = parameter(
+        3.5, "classifier-free guidance of the inversion when inversion_prompt is given: 3.5, the edit-friendly "
+        "inversion reference code's cfg_src (1: none)")
+    mask_grid: MaskGrid = parameter(
+        MaskGrid.binary, "edit/keep masks on the model's grid: binary as RadEdit's pipeline, or fractional coverage")
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -152,11 +179,12 @@ class MedEditParams:
     steps: int = parameter(1000, "DDPM steps: the full 1000-step chain in MedEdit's published configuration")
     dilation: int | None = parameter(None, "dilation kernel in model-grid pixels",
                                      automatic="25 px at 128 px, scaled to the model")
-    jump_length: int = parameter(1, "RePaint jump length j: 1 (off) as published")
-    jump_n_sample: int = parameter(1, "RePaint resampling repeats r: 1 (off) as published")
+    jump_n_sample: int = parameter(
+        1, "resampling: each step repeated r times, going one step back up between repeats, as MedEdit's code "
+        "(resample_steps); 1 (off) as published")
 
     def validate(self) -> None:
-        validate_jumps(self.steps, self.jump_length, self.jump_n_sample)
+        validate_jumps(self.steps, 1, self.jump_n_sample)
         if self.dilation is not None and self.dilation < 1:
             raise ValueError(f"dilation must be at least 1 pixel, got {self.dilation}")
 
@@ -173,7 +201,11 @@ class PIEParams:
     strength: float = parameter(0.5, "gamma, noise level of a step: PIE's default 0.5 (25 of 50 DDIM steps)")
     steps: int = parameter(50, "DDIM steps of a full img2img pass: PIE's default 50")
     guidance: float = parameter(7.5, "classifier-free guidance: PIE's 7.5 (its README example: 27.5)")
-    eta: float = parameter(0.0, "DDIM stochasticity: 0 (deterministic DDIM) in PIE")
+    eta: float = parameter(0.0, "DDIM stochasticity: 0 (deterministic DDIM) in PIE (latent loop)")
+    loop: PIELoop | None = parameter(
+        None, "reference: as run_pie.py (the model's scheduler, 8-bit image between iterations, VAE sample); "
+        "latent: DDIM with the iterations chained in model space",
+        automatic="reference for latent (VAE) models, latent for pixel-space models")
 
     def validate(self) -> None:
         if self.iterations < 1:
@@ -185,8 +217,9 @@ class PIEParams:
 
 @dataclass(frozen=True)
 class SDEditParams:
-    strength: float = parameter(0.1, "encoding ratio t0: 0.1 in MedEdit's SDEdit baseline")
-    steps: int = parameter(1000, "DDPM steps: the baseline's full 1000; fewer gives a strided DDPM")
+    strength: float = parameter(0.5, "encoding ratio t0: SDEdit's t0 in [0.3, 0.6] (Sec. 4), midway; "
+                                     "MedEdit's baseline: 0.1 (preset mededit-paper)")
+    steps: int = parameter(1000, "DDPM steps: the full 1000-step chain; fewer gives a strided DDPM")
 
     def validate(self) -> None:
         strength_steps(self.steps, self.strength)
@@ -197,6 +230,8 @@ class RePaintParams:
     steps: int = parameter(250, "T, DDPM steps: 250 in the RePaint paper")
     jump_length: int = parameter(10, "j, resampling jump length: 10 in the RePaint paper")
     jump_n_sample: int = parameter(10, "r, resampling repeats: 10 in the RePaint paper (2,410 model calls)")
+    start: RePaintStart = parameter(RePaintStart.noise, "pure noise in RePaint; MedEdit's naive baseline starts "
+                                                        "from the noised input")
 
     def validate(self) -> None:
         validate_jumps(self.steps, self.jump_length, self.jump_n_sample)
@@ -307,6 +342,17 @@ Masks = Mapping[str, np.ndarray]
 
 
 @dataclass(frozen=True)
+class Preset:
+    """Named parameter values that reproduce a paper's configuration (other than the method's own)."""
+
+    says: str
+    values: Mapping[str, Any]
+
+
+MEDEDIT_PAPER = "mededit-paper"  # the baselines as MedEdit's paper ran them
+
+
+@dataclass(frozen=True)
 class Method:
     """One editing method, as every front end sees it."""
 
@@ -324,21 +370,32 @@ class Method:
     model_conditions: tuple[str, ...] | None = None  # the exact mask conditions its model takes (None: any)
     prepare_masks: Callable[[Masks, Any, int], dict[str, np.ndarray]] | None = None  # derived masks
     check_masks: Callable[[Masks], str | None] | None = None  # a request it refuses, in one sentence
+    presets: Mapping[str, Preset] = field(default_factory=dict)  # other papers' settings, by name
 
     @property
     def masks(self) -> tuple[str, ...]:
         return self.required_masks + self.optional_masks
 
-    def make_params(self, values: Mapping[str, Any]):
-        """Its parameters from ``values`` (None: the default), followers resolved, validated.
-        ValueError names the first problem."""
+    def make_params(self, values: Mapping[str, Any], preset: str | None = None):
+        """Its parameters from ``values`` (None: the preset's value, else the default), followers
+        resolved, validated. ValueError names the first problem."""
         known = [item.name for item in fields(self.params)]
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"{self.name} has no parameter {unknown[0]!r}; its parameters: {', '.join(known)}")
-        params = resolve(self.params(**{k: v for k, v in values.items() if v is not None}))
+        given = {**self.preset(preset).values, **{k: v for k, v in values.items() if v is not None}}
+        params = resolve(self.params(**given))
         params.validate()
         return params
+
+    def preset(self, name: str | None) -> Preset:
+        """A preset by name (None: the method's own paper defaults, no values changed)."""
+        if not name:
+            return Preset("the method's own paper defaults", {})
+        if name not in self.presets:
+            offered = ", ".join(self.presets) or "none"
+            raise ValueError(f"{self.name} has no preset {name!r}; its presets: {offered}")
+        return self.presets[name]
 
     def unused_mask_problem(self, roles) -> str | None:
         """A mask given that this method does not take, in one sentence, or None."""
@@ -396,10 +453,17 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            editable=lambda m: m["roi_mask"], region=lambda m: m["roi_mask"]),
     Method("sdedit", "SDEdit", "Meng et al., SDEdit, ICLR 2022", SDEditParams,
            (), ("edit_mask", "pathology_mask", "brain_mask"), False, "napari_medit.editing.sdedit:run", "edit_mask",
-           editable=lambda m: m.get("edit_mask"), region=lambda m: m.get("edit_mask")),
+           editable=lambda m: m.get("edit_mask"), region=lambda m: m.get("edit_mask"),
+           presets={MEDEDIT_PAPER: Preset(
+               "MedEdit's SDEdit baseline: encoding ratio 0.1 of the 1000-step chain "
+               "(MedEdit, projects/baselines/configs/sdedit.yaml)", {"strength": 0.1, "steps": 1000})}),
     Method("repaint", "RePaint", "Lugmayr et al., RePaint, CVPR 2022", RePaintParams,
            ("pathology_mask",), ("brain_mask",), False, "napari_medit.editing.repaint:run", "pathology_mask",
-           editable=lambda m: m["pathology_mask"], region=lambda m: m["pathology_mask"]),
+           editable=lambda m: m["pathology_mask"], region=lambda m: m["pathology_mask"],
+           presets={MEDEDIT_PAPER: Preset(
+               "MedEdit's naive RePaint baseline: MedEdit's own loop on the undilated mask, 1000 steps, no "
+               "resampling, from the noised input (projects/baselines/configs/naive_repaint.yaml)",
+               {"steps": 1000, "jump_length": 1, "jump_n_sample": 1, "start": RePaintStart.noised_input})}),
     Method("diffedit", "DiffEdit", "Couairon et al., DiffEdit, ICLR 2023 (given mask)", DiffEditParams,
            ("edit_mask",), (), True, "napari_medit.editing.diffedit:run", "edit_mask",
            editable=lambda m: m["edit_mask"], region=lambda m: m["edit_mask"]),
@@ -433,8 +497,9 @@ def markdown_table() -> str:
             masks += "; " + ", ".join(spec.optional_masks)
         described = "<br>".join(f"`--{item.name.replace('_', '-')}` {default_text(spec.params, item)}: "
                                 f"{item.metadata['source']}" for item in fields(spec.params))
+        presets = "".join(f"<br>`--preset {name}`: {preset.says}" for name, preset in spec.presets.items())
         lines.append(f"| `{spec.name}` ({spec.reference}) | {masks} | {'yes' if spec.takes_text else 'no'} | "
-                     f"{described} |")
+                     f"{described}{presets} |")
     lines += ["", "Every method also takes:", ""]
     lines += [f"- `--{item.name.replace('_', '-')}` (default {default_text(RunOptions, item)}): "
               f"{item.metadata['source']}" for item in fields(RunOptions)]

@@ -147,7 +147,12 @@ def _method_parser(methods, spec) -> None:
     for role in spec.masks:
         masks.add_argument(_option(role), dest=role, metavar="FILE", required=role in spec.required_masks,
                            help=f"{MASK_ROLES[role].says}" + (" (required)" if role in spec.required_masks else ""))
-    _add_fields(parser.add_argument_group(f"{spec.title} parameters (default: the reference's)"), spec.params)
+    group = parser.add_argument_group(f"{spec.title} parameters (default: the reference's)")
+    if spec.presets:
+        group.add_argument("--preset", choices=list(spec.presets),
+                           help="; ".join(f"{name}: {preset.says}" for name, preset in spec.presets.items())
+                           + ". Options given explicitly still win")
+    _add_fields(group, spec.params)
     _add_fields(parser.add_argument_group("run options"), RunOptions)
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: CUDA if available, then MPS, then CPU)")
     parser.add_argument("--download", action="store_true", help="let a hub model download (default: offline)")
@@ -196,6 +201,7 @@ def edit_job(args):
         parameters={item.name: value for item in catalogue.fields(spec.params)
                     if (value := getattr(args, item.name)) is not None},
         run=RunOptions(**run),
+        preset=getattr(args, "preset", None),
         format=OutputFormat(args.format) if args.format else None,
         overwrite=args.overwrite,
     )
@@ -251,6 +257,8 @@ def _methods(args) -> int:
         for item in catalogue.fields(spec.params):
             print(f"{'':<9} {_option(item.name):<18} default {catalogue.default_text(spec.params, item)}: "
                   f"{item.metadata['source']}")
+        for name, preset in spec.presets.items():
+            print(f"{'':<9} --preset {name}: {preset.says}")
     return 0
 
 

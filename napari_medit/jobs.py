@@ -57,6 +57,7 @@ class EditJob:
     masks: dict[str, Path] = field(default_factory=dict)  # edit_mask=..., keep_mask=... (catalogue.MASK_ROLES)
     parameters: dict[str, Any] = field(default_factory=dict)  # the method's parameters that were given
     run: RunOptions = field(default_factory=RunOptions)
+    preset: str | None = None  # a name from the method's presets: its values replace the defaults
     format: OutputFormat | None = None  # None: from the name of ``out``
     overwrite: bool = False  # replace a DICOM output folder that already holds files
 
@@ -92,7 +93,7 @@ class EditJob:
         if problem:
             raise ValueError(problem)
         self.run.validate()
-        return spec.make_params(self.parameters)
+        return spec.make_params(self.parameters, self.preset)
 
 
 def run_job(job: EditJob, model, callback=None) -> dict[str, Any]:
@@ -105,7 +106,7 @@ def run_job(job: EditJob, model, callback=None) -> dict[str, Any]:
     check_output(job.out, job.output_format, image, job.overwrite)  # before the edit, not after
     masks = {name: read_mask(name, path, image) for name, path in job.masks.items()}
     result = edit(job.method, image, model=model, callback=callback, **job.run.edit_arguments(), **masks,
-                  **job.parameters)
+                  **job.parameters, preset=job.preset)
     versions = result.progression or [result.image]
     written = []
     for index, version in enumerate(versions, start=1):

@@ -1,5 +1,6 @@
 """The method catalogue: one statement of every method, offered alike by the CLI, a manifest and the README."""
 
+import enum
 import json
 import subprocess
 import sys
@@ -19,7 +20,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 OTHER_VALUES = {
     "prompt": "Pleural effusion on the right", "inversion_prompt": "Chest X-ray", "steps": 20, "skip": 5,
     "guidance": 3.5, "iterations": 3, "strength": 0.6, "eta": 0.5, "dilation": 9, "jump_length": 2,
-    "jump_n_sample": 2,
+    "jump_n_sample": 2, "inversion_guidance": 2.0, "mask_grid": catalogue.MaskGrid.fractional,
+    "start": catalogue.RePaintStart.noised_input, "loop": catalogue.PIELoop.latent,
 }
 OTHER_RUN = {"seed": 7, "axis": "coronal", "slices": "3:5", "batch_size": 2, "slice_noise": SliceNoise.independent,
              "noise_correlation_mm": 4.5, "through_plane_smoothing": 0.25}
@@ -38,7 +40,7 @@ def test_catalogue_imports_neither_torch_nor_qt():
 
 
 def as_text(value) -> str:
-    return value.value if isinstance(value, SliceNoise) else str(value)
+    return value.value if isinstance(value, enum.Enum) else str(value)
 
 
 def cli_args(method: str, values: dict, run: dict) -> list[str]:

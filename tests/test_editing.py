@@ -69,7 +69,8 @@ def test_inversion_then_reverse_reconstructs_input(name):
     x0 = torch.randn(2, model.latent_channels, side, side, generator=torch.Generator().manual_seed(0)).double() / 2
     conditions = torch.zeros(2, len(model.condition_names), side, side) if model.condition_names else None
     prompt = "pleural effusion" if model.text_conditioned and name != "analytic" else ""
-    params = RadEditParams(prompt=prompt, inversion_prompt=prompt, steps=12, skip=0, guidance=1.0)
+    params = RadEditParams(prompt=prompt, inversion_prompt=prompt, steps=12, skip=0, guidance=1.0,
+                           inversion_guidance=1.0)
     out = radedit(model, x0, edit_mask=torch.ones(1), keep_mask=torch.zeros(1), params=params,
                   noise=NoiseSource([1, 2]), progress=Progress(), conditions=conditions)
     # The sampler runs in float64, so only the network's own float32 arithmetic remains: a network
@@ -153,7 +154,7 @@ def test_mededit_with_an_exact_denoiser_paints_the_conditional_mean():
 
 CASES = {
     "radedit": dict(model="text-unet", prompt="effusion", steps=4, skip=1, edit_mask=True),
-    "mededit": dict(model="monai-unet", steps=3, jump_length=1, jump_n_sample=2, pathology_mask=True, brain_mask=True),
+    "mededit": dict(model="monai-unet", steps=3, jump_n_sample=2, pathology_mask=True, brain_mask=True),
     "pie": dict(model="text-unet", prompt="effusion", iterations=2, steps=6, roi_mask=True),
     "sdedit": dict(model="pixel-unet", strength=0.5, steps=4),
     "repaint": dict(model="pixel-unet", steps=4, jump_length=2, jump_n_sample=2, pathology_mask=True),

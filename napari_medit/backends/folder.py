@@ -12,7 +12,11 @@ medit.json:
      "resolution": 64, "value_range": [0, 1], "condition_names": ["pathology_mask", "brain_mask"],
      "network": {...DiffusionModelUNet arguments (monai)...},
      "scheduler": {"class": "DDPMScheduler", ...its config (monai)...},
-     "text_encoder": {"max_length": 77, "use_attention_mask": false}}
+     "text_encoder": {"max_length": 77, "use_attention_mask": false},
+     "preprocessing": {"fit": "pad" | "center-crop", "intensity": "window" | "min-max" | "8-bit"}}
+
+"preprocessing" says how the model was trained to see slices (napari_medit.preprocessing);
+absent, it is what napari-medit's own training uses: pad + window.
 
 Everything is read from local files: nothing touches the network, and no pickle is loaded.
 """
@@ -26,6 +30,7 @@ from typing import Any
 import torch
 
 from ..editing.denoiser import Denoiser, DiffusersDenoiser, MonaiDenoiser
+from ..preprocessing import Preprocessing
 from .registry import CONFIG_NAME, ModelLoadError
 
 FORMAT = "napari-medit-model/1"
@@ -78,6 +83,10 @@ def _load(path, device, trust_remote_code: bool, download: bool) -> Denoiser:
         raise ModelLoadError(f"{config_path}: unknown format {config.get('format')!r}; expected {FORMAT!r}")
     backend = config.get("backend")
     try:
+        config["preprocessing"] = Preprocessing.from_config(config.get("preprocessing"))
+    except ValueError as exc:
+        raise ModelLoadError(f"{config_path}: {exc}") from None
+    try:
         if backend == "monai":
             denoiser = _load_monai(folder, config)
         elif backend == "diffusers":
@@ -95,7 +104,7 @@ def save_model(folder: str | Path, denoiser: Denoiser, config: dict[str, Any]) -
     """Write a Denoiser built from diffusers or MONAI parts as a model folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"format": FORMAT, **config}
+    config = {"format": FORMAT, **config, "preprocessing": denoiser.preprocessing.as_config()}
     if isinstance(denoiser, MonaiDenoiser):
         from safetensors.torch import save_file
 
@@ -135,6 +144,7 @@ def _load_monai(folder: Path, config: dict) -> MonaiDenoiser:
     return MonaiDenoiser(
         model, scheduler, resolution=int(config["resolution"]), name=config.get("name", folder.name),
         condition_names=config.get("condition_names", ()), value_range=tuple(config.get("value_range", (0, 1))),
+        preprocessing=config["preprocessing"],
     )
 
 
@@ -167,6 +177,7 @@ def _load_diffusers(folder: Path, config: dict, trust_remote_code: bool) -> Diff
     return DiffusersDenoiser(
         unet, scheduler, name=config.get("name", folder.name), condition_names=config.get("condition_names", ()),
         text_encoder=text_encoder, value_range=tuple(config.get("value_range", (-1, 1))),
+        preprocessing=config["preprocessing"],
     )
 
 

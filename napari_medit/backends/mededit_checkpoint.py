@@ -29,6 +29,7 @@ def import_mededit(checkpoint: str | Path, out: str | Path, network: dict | None
     from monai.networks.nets import DiffusionModelUNet
     from monai.networks.schedulers import DDPMScheduler
 
+    from .. import preprocessing
     from ..editing import MonaiDenoiser
 
     checkpoint = Path(checkpoint)
@@ -61,7 +62,8 @@ def import_mededit(checkpoint: str | Path, out: str | Path, network: dict | None
             ) from exc
     scheduler = DDPMScheduler(**{k: v for k, v in MEDEDIT_SCHEDULER.items() if k != "class"})
     denoiser = MonaiDenoiser(model, scheduler, resolution=resolution, name=Path(out).name,
-                             condition_names=("pathology_mask", "brain_mask"))
+                             condition_names=("pathology_mask", "brain_mask"),
+                             preprocessing=preprocessing.MEDEDIT)  # its 8-bit PNG slices, padded
     return save_model(out, denoiser, {
         "name": Path(out).name, "resolution": resolution, "value_range": [0, 1],
         "condition_names": ["pathology_mask", "brain_mask"], "network": config, "scheduler": MEDEDIT_SCHEDULER,

@@ -4,9 +4,12 @@
   stabilityai/sdxl-vae and microsoft/BiomedVLP-BioViL-T (text encoder; it runs code shipped
   with its weights, so it loads only with ``trust_remote_code=True``), with the model card's
   DDIM scheduler. 512 x 512 images, 4 x 64 x 64 latents; the VAE stays in float32.
+  Slices are resized and centre-cropped, intensities min-max to [-1, 1] (App. D).
 - A Stable Diffusion 1.x-style folder (model_index.json, unet/, vae/, text_encoder/,
-  tokenizer/, scheduler/), e.g. the PIE MIMIC-CXR fine-tune, from a path or ``hub:ORG/NAME``.
-  (PIE's official script loads its UNet from the text_encoder subfolder; here unet/ is unet/.)
+  tokenizer/, scheduler/), e.g. the PIE MIMIC-CXR fine-tune, from a path or ``hub:ORG/NAME``,
+  with its own scheduler. (PIE's official script loads its UNet from the text_encoder
+  subfolder; here unet/ is unet/.) Slices are resized and centre-cropped, intensities 8-bit
+  /255 to [-1, 1], as PIE's run_pie.py reads its PNGs.
 
 Nothing is downloaded unless ``download=True``; without it a model missing from the cache
 fails at once, naming what is missing and how to get it.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .. import preprocessing
 from .registry import ModelLoadError
 
 RADEDIT_UNET, RADEDIT_VAE, RADEDIT_TEXT = "microsoft/radedit", "stabilityai/sdxl-vae", "microsoft/BiomedVLP-BioViL-T"
@@ -70,7 +74,8 @@ def load_radedit(download: bool = False, trust_remote_code: bool = False):
                                               model_max_length=BIOVIL_MAX_TOKENS)
     text_model = AutoModel.from_pretrained(text_dir, local_files_only=True, trust_remote_code=True)
     text = TransformersTextEncoder(tokenizer, text_model, BIOVIL_MAX_TOKENS, use_attention_mask=True)
-    return DiffusersDenoiser(unet, DDIMScheduler(**RADEDIT_SCHEDULER), name="radedit", text_encoder=text, vae=vae)
+    return DiffusersDenoiser(unet, DDIMScheduler(**RADEDIT_SCHEDULER), name="radedit", text_encoder=text, vae=vae,
+                             preprocessing=preprocessing.RADEDIT)
 
 
 def load_pipeline_folder(folder: Path, trust_remote_code: bool = False):
@@ -89,4 +94,5 @@ def load_pipeline_folder(folder: Path, trust_remote_code: bool = False):
     scheduler_config = diffusers.DDIMScheduler.load_config(folder / "scheduler")
     scheduler = getattr(diffusers, scheduler_config.get("_class_name", "DDIMScheduler")).from_config(scheduler_config)
     text = TransformersTextEncoder.from_folder(folder, trust_remote_code=trust_remote_code)
-    return DiffusersDenoiser(unet, scheduler, name=folder.name, text_encoder=text, vae=vae)
+    return DiffusersDenoiser(unet, scheduler, name=folder.name, text_encoder=text, vae=vae,
+                             preprocessing=preprocessing.STABLE_DIFFUSION)

@@ -10,11 +10,17 @@ Algorithm 1: with a_t = alpha_bar_t,
 eta = 1 on consecutive steps is the DDPM ancestral sampler, eta = 0 is DDIM.
 The noise schedule itself (alpha_bar, the inference timesteps) always comes
 from a diffusers or MONAI scheduler object; nothing here is tabulated by hand.
+What else the scheduler's config says is honoured or refused: ``clip_sample``
+clips x0_hat at every step as diffusers' and MONAI's schedulers do (eps is then
+re-derived from the clipped x0_hat, which makes the eta = 1 step the DDPM
+posterior mean of the clipped x0_hat); ``thresholding`` and learned variances
+are refused, naming the setting.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -29,16 +35,37 @@ class NoiseSchedule:
     final_alpha_cumprod: float  # alpha_bar "after" t = 0 (1.0 when the scheduler sets alpha to one)
     prediction_type: str = "epsilon"
     scheduler: object = None  # the diffusers/MONAI scheduler it came from (timestep spacing lives there)
+    clip_range: tuple[float, float] | None = None  # x0_hat is clipped to this at every step (clip_sample)
 
     @classmethod
     def from_scheduler(cls, scheduler) -> NoiseSchedule:
-        """Read a diffusers (DDPM/DDIM/...) or MONAI scheduler."""
+        """Read a diffusers (DDPM/DDIM/PNDM/...) or MONAI scheduler; ValueError names a setting
+        the engine cannot honour."""
         config = getattr(scheduler, "config", None)
-        prediction = getattr(config, "prediction_type", None) or getattr(scheduler, "prediction_type", "epsilon")
+        setting = (lambda name: getattr(config, name, None)) if config is not None else \
+            (lambda name: getattr(scheduler, name, None))
+        prediction = setting("prediction_type") or getattr(scheduler, "prediction_type", "epsilon")
+        if setting("thresholding"):
+            raise ValueError(f"{type(scheduler).__name__} has thresholding=True (dynamic thresholding), which "
+                             "napari-medit does not implement; set it to false in the scheduler config")
+        if str(setting("variance_type") or "fixed_small").startswith("learned"):
+            raise ValueError(f"{type(scheduler).__name__} has variance_type={setting('variance_type')!r}: models "
+                             "that learn their variance are not supported; use a fixed-variance model")
         final = getattr(scheduler, "final_alpha_cumprod", None)
         alphas = scheduler.alphas_cumprod.detach().to(torch.float64).cpu()
         # DDPM schedulers step to the clean sample after t = 0 (alpha_bar = 1); DDIM ones say.
-        return cls(alphas, 1.0 if final is None else float(final), str(prediction), scheduler)
+        return cls(alphas, 1.0 if final is None else float(final), str(prediction), scheduler,
+                   _clip_range(scheduler, setting))
+
+    def settings(self) -> dict[str, Any]:
+        """What the engine takes from the scheduler, for provenance."""
+        scheduler = self.scheduler
+        config = getattr(scheduler, "config", {}) or {}
+        spacing = {k: config.get(k) for k in ("timestep_spacing", "steps_offset") if config.get(k) is not None}
+        return {"class": type(scheduler).__name__ if scheduler is not None else None,
+                "prediction_type": self.prediction_type,
+                "clip_sample": None if self.clip_range is None else list(self.clip_range),
+                "final_alpha_cumprod": self.final_alpha_cumprod, **spacing}
 
     @property
     def num_train_timesteps(self) -> int:
@@ -48,7 +75,9 @@ class NoiseSchedule:
         return self.final_alpha_cumprod if t == FINAL else float(self.alphas_cumprod[t])
 
     def timesteps(self, num_steps: int) -> list[int]:
-        """Descending inference timesteps as the scheduler spaces them (its own config decides)."""
+        """Descending inference timesteps as the scheduler spaces them (its own config decides),
+        each once: PNDM's PLMS list repeats one timestep for its own warm-up, which a sampler
+        here would spend a model call on without moving (t -> t is no step)."""
         if not 1 <= num_steps <= self.num_train_timesteps:
             raise ValueError(f"steps must be between 1 and {self.num_train_timesteps}, got {num_steps}")
         scheduler = self.scheduler
@@ -56,7 +85,7 @@ class NoiseSchedule:
             stride = self.num_train_timesteps // num_steps
             return list(range((num_steps - 1) * stride, -1, -stride))
         scheduler.set_timesteps(num_steps)
-        return [int(t) for t in scheduler.timesteps]
+        return list(dict.fromkeys(int(t) for t in scheduler.timesteps))
 
     def final_steps(self, num_steps: int, strength: float) -> list[tuple[int, int]]:
         """The last ``strength`` of a ``num_steps`` schedule: where img2img and SDEdit start."""
@@ -80,8 +109,10 @@ class NoiseSchedule:
         raise ValueError(f"unsupported prediction type '{self.prediction_type}'")
 
     def predict_x0(self, x_t: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
+        """x0_hat, clipped when the scheduler says so."""
         a_t = self.alpha_bar(t)
-        return (x_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+        x0 = (x_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+        return x0 if self.clip_range is None else x0.clamp(*self.clip_range)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
         """Sample q(x_t | x_0) with the given standard normal noise."""
@@ -90,10 +121,13 @@ class NoiseSchedule:
 
     def step_mean(self, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, eta: float) -> torch.Tensor:
         """mu_t(x_t, eps): x_prev without its noise term."""
-        a_prev = self.alpha_bar(t_prev)
+        a_t, a_prev = self.alpha_bar(t), self.alpha_bar(t_prev)
         sigma = self.sigma(t, t_prev, eta)
         direction = max(1 - a_prev - sigma**2, 0.0) ** 0.5
-        return a_prev**0.5 * self.predict_x0(x_t, eps, t) + direction * eps
+        x0 = self.predict_x0(x_t, eps, t)
+        if self.clip_range is not None:  # the noise that the clipped x0_hat implies (diffusers' DDIM does the same)
+            eps = (x_t - a_t**0.5 * x0) / (1 - a_t) ** 0.5
+        return a_prev**0.5 * x0 + direction * eps
 
     def step(self, x_t, eps, t: int, t_prev: int, eta: float, noise: torch.Tensor | None) -> torch.Tensor:
         """x_prev = mu + sigma z (z ignored when sigma = 0)."""
@@ -106,6 +140,18 @@ class NoiseSchedule:
         a_from, a_to = self.alpha_bar(t_from), self.alpha_bar(t_to)
         ratio = a_to / a_from
         return ratio**0.5 * x + (1 - ratio) ** 0.5 * noise
+
+
+def _clip_range(scheduler, setting) -> tuple[float, float] | None:
+    """diffusers: clip_sample with clip_sample_range r -> [-r, r]; MONAI: clip_sample with
+    clip_sample_values [min, max] (defaults: True, [-1, 1]). Applied as written: in the model's units."""
+    if not setting("clip_sample"):
+        return None
+    values = getattr(scheduler, "clip_sample_values", None)
+    if values is not None:
+        return float(values[0]), float(values[1])
+    bound = float(setting("clip_sample_range") or 1.0)
+    return -bound, bound
 
 
 def pairs(timesteps: list[int]) -> list[tuple[int, int]]:

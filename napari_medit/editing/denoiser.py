@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..preprocessing import Preprocessing
 from .ddpm import NoiseSchedule
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]  # prompts -> (B, tokens, dim)
@@ -33,6 +34,7 @@ class Denoiser:
     latent_factor: int = 1  # image pixels per diffusion cell (8 for Stable Diffusion VAEs)
     value_range: tuple[float, float] = (-1.0, 1.0)
     condition_names: tuple[str, ...] = ()  # masks concatenated to x_t, in this order
+    preprocessing: Preprocessing = Preprocessing()  # how slices are fit to the grid and intensities mapped
     schedule: NoiseSchedule
     evaluations: int = 0  # forward passes so far, counted per batch item
 
@@ -52,7 +54,9 @@ class Denoiser:
     def weights_hash(self) -> str:
         return "none"
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in the model's value range -> what the diffusion runs on. A VAE returns its
+        posterior mean, or with ``noise`` (standard normal, latent-shaped) a posterior sample."""
         return images
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -143,8 +147,10 @@ class DiffusersDenoiser(NetworkDenoiser):
         text_encoder: TextEncoder | None = None,
         vae=None,
         value_range: tuple[float, float] = (-1.0, 1.0),
+        preprocessing: Preprocessing = Preprocessing(),
     ):
         self.unet, self.vae, self.text_encoder = unet.eval(), vae, text_encoder
+        self.preprocessing = preprocessing
         self.schedule = NoiseSchedule.from_scheduler(scheduler)
         self.name, self.value_range = name, value_range
         self.condition_names = tuple(condition_names)
@@ -161,13 +167,14 @@ class DiffusersDenoiser(NetworkDenoiser):
             self.resolution = int(self.resolution[0])
         self.network = self.unet
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         if self.vae is None:
             return images
         rgb = images.expand(-1, self.vae.config.in_channels, -1, -1)
-        # The posterior mean, not a sample: inversion must see the same latent every time.
-        latents = self.vae.encode(rgb.to(self.vae.dtype)).latent_dist.mean
-        return latents * self.vae.config.scaling_factor
+        # By default the posterior mean, not a sample: inversion must see the same latent every time.
+        posterior = self.vae.encode(rgb.to(self.vae.dtype)).latent_dist
+        latents = posterior.mean if noise is None else posterior.mean + posterior.std * noise.to(posterior.std)
+        return latents.to(images.dtype) * self.vae.config.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
@@ -197,8 +204,10 @@ class MonaiDenoiser(NetworkDenoiser):
         condition_names: Sequence[str] = (),
         value_range: tuple[float, float] = (0.0, 1.0),
         text_encoder: TextEncoder | None = None,
+        preprocessing: Preprocessing = Preprocessing(),
     ):
         self.model, self.text_encoder = model.eval(), text_encoder
+        self.preprocessing = preprocessing
         self.schedule = NoiseSchedule.from_scheduler(scheduler)
         self.name, self.resolution, self.value_range = name, resolution, value_range
         self.condition_names = tuple(condition_names)

@@ -54,7 +54,7 @@ def diffedit(
     return x
 
 
-def run(denoiser, x0, masks, params, noise, progress, conditions):
+def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
     """The catalogue's entry point: masks by role, on the model's grid."""
     return diffedit(denoiser, x0, edit_mask=masks["edit_mask"], params=params, noise=noise, progress=progress,
                     conditions=conditions)

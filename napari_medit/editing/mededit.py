@@ -13,17 +13,23 @@ RePaint fashion, the region where the counterfactual may differ:
 The inpainting mask is made by the method catalogue's mask hook (napari_medit.masks).
 The dilation lets tissue around the lesion deform (mass effect); the network
 is conditioned on the undilated mask. The published configuration runs all
-1000 steps with no RePaint resampling; strided schedules and jumps are options.
+1000 steps with no resampling; strided schedules and resampling are options.
+Resampling repeats each step r times, as MedEdit's code does (resample_steps),
+not RePaint's jumps of j steps.
+
+Differs from MedEdit's code on purpose: the known region is noised to t - 1,
+the level of the sample it joins (MedEdit's code noises it to t), and the step
+back up between repeats is q(x_t | x_t-1) (its code uses beta_(t-1)).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..catalogue import MedEditParams
+from ..catalogue import MedEditParams, RePaintStart
 from .control import NoiseSource, Progress
 from .denoiser import Denoiser
-from .repaint import repaint_loop
+from .repaint import repaint_loop, repeat_schedule
 
 
 def mededit(
@@ -39,14 +45,15 @@ def mededit(
 ) -> torch.Tensor:
     channels = {"pathology_mask": pathology_mask, "brain_mask": brain_mask}
     conditions = torch.cat([channels[name] for name in denoiser.condition_names], dim=1)
+    timesteps = denoiser.schedule.timesteps(params.steps)
     return repaint_loop(
-        denoiser, x0, known=1 - inpaint_mask, steps=params.steps, jump_length=params.jump_length,
-        jump_n_sample=params.jump_n_sample, noise=noise, progress=progress, conditions=conditions,
-        start="noised_input",
+        denoiser, x0, known=1 - inpaint_mask, timesteps=timesteps,
+        visits=repeat_schedule(len(timesteps), params.jump_n_sample), noise=noise, progress=progress,
+        conditions=conditions, start=RePaintStart.noised_input,
     )
 
 
-def run(denoiser, x0, masks, params, noise, progress, conditions):
+def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
     """The catalogue's entry point; ``inpaint_mask`` comes from the catalogue's mask hook."""
     return mededit(denoiser, x0, inpaint_mask=masks["inpaint_mask"], pathology_mask=masks["pathology_mask"],
                    brain_mask=masks["brain_mask"], params=params, noise=noise, progress=progress)

@@ -1,27 +1,38 @@
 """PIE: progressive image editing (Liang et al., 2023; official code IrohXu/PIE).
 
-    z_0 = the original;  z = z_0
-    for n = 1..N:                                     # N progressive steps
-        x = z noised to t_start = gamma * T           # masked img2img with strength gamma
-        for t = t_start..1 (DDIM, eta 0, guidance w):
-            x = DDIM step of x with eps_u + w (eps_c - eps_u)
-            x = M * x + (1 - M) * (z_0 noised to t - 1)   # outside the ROI, the original
-        z = ((x - z_0) 0.01 + z_0)(1 - M) + ((x - z_0) 0.75 + z_0) M
-        keep z as step n of the progression
+    z_0 = the original;  image = the original
+    for n = 1..N:                                        # N progressive steps
+        z = encode(image) noised to the first of the last gamma * steps timesteps
+        for i, t in those timesteps (guidance w):         # masked img2img with strength gamma
+            if i > 0: z = M * z + (1 - M) * (z_0 noised to t)   # outside the ROI, the original
+            z = scheduler step of z with eps_u + w (eps_c - eps_u)
+        z = ((z - z_0) 0.01 + z_0)(1 - M) + ((z - z_0) 0.75 + z_0) M
+        image = decode(z) as an 8-bit image               # step n of the progression
 
-The reference pipeline re-noises the original to the step it just left (t
-rather than t - 1); here the known region matches the sample's noise level.
+Two loops (``PIEParams.loop``):
+
+- ``reference``, as run_pie.py and its pipeline run it: the model's own scheduler
+  (sd-v1-4 ships PNDM, so the steps are PLMS) over the pipeline's slice of its
+  timesteps; every iteration starts from the previous one's decoded, clamped
+  8-bit image, re-encoded with a VAE *sample*; the original's latents are VAE
+  samples too, the known region drawn with its own noise (one noise for all
+  timesteps), the start with another. The known region joins at the level of the
+  sample it replaces: the reference does this right.
+- ``latent``, napari-medit's own for pixel-space models: DDIM (eta), the
+  iterations chained in model space with no 8-bit round trip, and the known
+  region re-noised after each step with the start noise.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..catalogue import PIEParams
+from ..catalogue import PIEParams, PIELoop
 from .control import NoiseSource, Progress
 from .denoiser import Denoiser
 
-OUTSIDE_ROI_KEEP, INSIDE_ROI_KEEP = 0.01, 0.75  # the end-of-step blend of PIE's code
+OUTSIDE_ROI_KEEP, INSIDE_ROI_KEEP = 0.01, 0.75  # the end-of-step blend of PIE's code (beta_1, beta_2)
+EIGHT_BIT = 255
 
 
 def pie(
@@ -33,7 +44,22 @@ def pie(
     noise: NoiseSource,
     progress: Progress,
     conditions: torch.Tensor | None = None,
+    image: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
+    """The N-step progression, in model space. ``image``: the source in the model's value range
+    before encoding (the reference loop re-encodes images; default: ``x0`` for pixel-space models)."""
+    loop = params.loop or (PIELoop.reference if denoiser.latent else PIELoop.latent)
+    if loop is PIELoop.reference:
+        return _reference_loop(denoiser, x0 if image is None else image, roi_mask, params, noise, progress,
+                               conditions)
+    return _latent_loop(denoiser, x0, roi_mask, params, noise, progress, conditions)
+
+
+def _blend(z, z0, roi_mask):
+    return ((z - z0) * OUTSIDE_ROI_KEEP + z0) * (1 - roi_mask) + ((z - z0) * INSIDE_ROI_KEEP + z0) * roi_mask
+
+
+def _latent_loop(denoiser, x0, roi_mask, params, noise, progress, conditions):
     schedule = denoiser.schedule
     steps = schedule.final_steps(params.steps, params.strength)
     progress.start(params.iterations * len(steps))
@@ -49,12 +75,62 @@ def pie(
             x = schedule.step(x, eps, t, t_prev, params.eta, step_noise)
             x = roi_mask * x + (1 - roi_mask) * schedule.add_noise(x0, start_noise, t_prev)
             progress.step(x0_estimate)
-        z = ((x - x0) * OUTSIDE_ROI_KEEP + x0) * (1 - roi_mask) + ((x - x0) * INSIDE_ROI_KEEP + x0) * roi_mask
+        z = _blend(x, x0, roi_mask)
         progression.append(z)
     return progression
 
 
-def run(denoiser, x0, masks, params, noise, progress, conditions):
+def _reference_loop(denoiser, image, roi_mask, params, noise, progress, conditions):
+    schedule = denoiser.schedule
+    scheduler = schedule.scheduler
+    if schedule.prediction_type != "epsilon":
+        raise ValueError(f"PIE's reference loop steps the model's own {type(scheduler).__name__} with noise "
+                         f"predictions, and this model predicts {schedule.prediction_type}: use loop 'latent'")
+    scheduler.set_timesteps(params.steps)
+    # The pipeline's get_timesteps: the last int(steps * strength) of `steps`, indexed into the
+    # scheduler's own list (PNDM's has one more entry: it then runs one step more, from one step higher).
+    first = params.steps - int(params.steps * params.strength)
+    timesteps = [int(t) for t in scheduler.timesteps[first:]]
+    progress.start(params.iterations * len(timesteps))
+    text, null = denoiser.embed([params.prompt, ""], image.shape[0])
+
+    side = image.shape[-1] // denoiser.latent_factor
+    shape = (denoiser.latent_channels, side, side)  # per image: NoiseSource draws one per slice
+
+    def latents(pixels, kind):  # a VAE posterior sample, as the pipeline's prepare_latents draws
+        return denoiser.encode(pixels, noise=noise.draw(shape, kind) if denoiser.latent else None)
+
+    def noised(z, fresh, t):
+        return scheduler.add_noise(z, fresh, torch.tensor([t]))
+
+    z_original = latents(image, "vae-original")  # the end-of-iteration blend's reference
+    z_known = latents(image, "vae-known")  # the known region, noised to each timestep with one noise
+    known_noise = noise.draw(shape, "known")
+    current, progression = image, []
+    for _ in range(params.iterations):
+        scheduler.set_timesteps(params.steps)  # a fresh multistep history (PNDM keeps one)
+        x = noised(latents(current, "vae"), noise.draw(shape, "img2img"), timesteps[0])
+        for i, t in enumerate(timesteps):
+            if i > 0:
+                x = roi_mask * x + (1 - roi_mask) * noised(z_known, known_noise, t)
+            eps, _ = denoiser.guided(scheduler.scale_model_input(x, t), t, text, null, params.guidance, conditions)
+            x0_estimate = schedule.predict_x0(x, eps, t)
+            x = scheduler.step(eps, t, x).prev_sample
+            progress.step(x0_estimate)
+        z = _blend(x, z_original, roi_mask)
+        progression.append(z)
+        current = _eight_bit(denoiser.decode(z), denoiser.value_range)
+    return progression
+
+
+def _eight_bit(x: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
+    """The decoded image as the pipeline hands it on: clamped, 8-bit, back in the model's range."""
+    low, high = value_range
+    unit = ((x - low) / (high - low)).clamp(0, 1)
+    return torch.round(unit * EIGHT_BIT) / EIGHT_BIT * (high - low) + low
+
+
+def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
     """The catalogue's entry point: masks by role, on the model's grid."""
     return pie(denoiser, x0, roi_mask=masks["roi_mask"], params=params, noise=noise, progress=progress,
-               conditions=conditions)
+               conditions=conditions, image=image)

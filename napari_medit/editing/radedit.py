@@ -12,6 +12,9 @@
 Unlike the official pipeline (microsoft/radedit discussion #12), the keep
 region is reset to x_hat at the *same* step t-1 (not one step noisier), the
 keep mask is honoured on every path, and the last inversion step is finite.
+As the pipeline does, the masks reach the latent grid binarised (``mask_grid``),
+and a non-empty inversion prompt inverts under classifier-free guidance
+(``inversion_guidance``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ def radedit(
     batch = x0.shape[0]
     c_inv, c_edit, null = denoiser.embed([params.inversion_prompt, params.prompt, ""], batch)
 
-    inversion = invert(denoiser, x0, steps, text=c_inv, conditions=conditions, noise=noise, progress=progress)
+    guided_inversion = params.inversion_prompt and denoiser.text_conditioned
+    inversion = invert(denoiser, x0, steps, text=c_inv, conditions=conditions, noise=noise, progress=progress,
+                       null=null if guided_inversion else None, guidance=params.inversion_guidance)
     x = inversion.x_hat[steps[0][0]]
     for t, t_prev in steps:
         eps, eps_u = denoiser.guided(x, t, c_edit, null, params.guidance, conditions)
@@ -54,7 +59,7 @@ def radedit(
     return x
 
 
-def run(denoiser, x0, masks, params, noise, progress, conditions):
+def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
     """The catalogue's entry point: masks by role, on the model's grid."""
     everywhere = torch.ones_like(x0[:, :1])
     return radedit(

@@ -8,15 +8,16 @@
         (on a jump: x_t ~ q(x_t | x_{t-1}) for jump_length steps, jump_n_sample - 1 times)
 
 The loop here serves MedEdit too (its model sees mask channels, its mask is
-dilated). The naive baseline in MedEdit's paper inpaints the undilated
-pathology mask.
+dilated, it starts from the noised input, and its resampling repeats each step
+instead of jumping j steps back). The naive baseline in MedEdit's paper is
+MedEdit's loop on the undilated pathology mask: the ``mededit-paper`` preset.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..catalogue import RePaintParams
+from ..catalogue import RePaintParams, RePaintStart
 from .control import NoiseSource, Progress
 from .ddpm import FINAL
 from .denoiser import Denoiser
@@ -40,32 +41,41 @@ def jump_schedule(steps: int, jump_length: int, jump_n_sample: int) -> list[int]
     return visits
 
 
+def repeat_schedule(steps: int, repeats: int) -> list[int]:
+    """MedEdit's resampling in the same notation: every step but the last is run ``repeats``
+    times, going one step back up (q(x_t | x_t-1)) between repeats."""
+    visits = []
+    for t in range(steps - 1, -1, -1):
+        visits.append(t)
+        for _ in range(repeats - 1 if t > 0 else 0):
+            visits += [t + 1, t]
+    return visits
+
+
 def repaint_loop(
     denoiser: Denoiser,
     x0: torch.Tensor,
     *,
     known: torch.Tensor,
-    steps: int,
-    jump_length: int,
-    jump_n_sample: int,
+    timesteps: list[int],
+    visits: list[int],
     noise: NoiseSource,
     progress: Progress,
     conditions: torch.Tensor | None = None,
     text: torch.Tensor | None = None,
-    start: str = "noise",
+    start: RePaintStart = RePaintStart.noise,
 ) -> torch.Tensor:
-    """Inpaint where ``known`` is 0. ``start`` is 'noise' (RePaint) or 'noised_input'
-    (MedEdit's code: the original noised to the first timestep)."""
+    """Inpaint where ``known`` is 0, over ``timesteps`` (descending) in the order ``visits``
+    gives (``jump_schedule`` or ``repeat_schedule`` over their indices)."""
     schedule = denoiser.schedule
-    timesteps = schedule.timesteps(steps)  # descending; index i of the jump schedule -> timesteps[-1 - i]
-    visits = jump_schedule(len(timesteps), jump_length, jump_n_sample)
+    # index i of the visit schedule -> timesteps[-1 - i]
     at = {i: timesteps[len(timesteps) - 1 - i] for i in range(len(timesteps))}
     at[-1] = FINAL
     progress.start(sum(1 for a, b in zip([len(timesteps)] + visits, visits) if b < a))
 
     first = at[visits[0]]
     x = noise.like(x0, "start")
-    if start == "noised_input":
+    if start is RePaintStart.noised_input:
         x = schedule.add_noise(x0, x, first)
     previous = len(timesteps)  # the jump schedule starts one index above its first visit
     for index in visits:
@@ -94,13 +104,15 @@ def repaint(
     conditions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The naive RePaint baseline: inpaint exactly the given mask."""
+    timesteps = denoiser.schedule.timesteps(params.steps)
     return repaint_loop(
-        denoiser, x0, known=1 - inpaint_mask, steps=params.steps, jump_length=params.jump_length,
-        jump_n_sample=params.jump_n_sample, noise=noise, progress=progress, conditions=conditions,
+        denoiser, x0, known=1 - inpaint_mask, timesteps=timesteps,
+        visits=jump_schedule(len(timesteps), params.jump_length, params.jump_n_sample),
+        noise=noise, progress=progress, conditions=conditions, start=params.start,
     )
 
 
-def run(denoiser, x0, masks, params, noise, progress, conditions):
+def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
     """The catalogue's entry point: the naive baseline inpaints the undilated pathology mask."""
     return repaint(denoiser, x0, inpaint_mask=masks["pathology_mask"], params=params, noise=noise,
                    progress=progress, conditions=conditions)

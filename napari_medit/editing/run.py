@@ -18,14 +18,14 @@ from .. import __version__
 from ..io import MedicalImage
 from ..io.image import PLANES, apply_orientation, plane_transforms
 from .. import catalogue
-from ..catalogue import MASK_ROLES, Method, RunOptions, SliceNoise, check_slice_options
+from ..catalogue import MASK_ROLES, MaskGrid, Method, RunOptions, SliceNoise, check_slice_options
 from ..masks import mask_problem
 from ..metrics import edit_metrics, jsonable
 from .control import NoiseSource, Progress, StepInfo
 from .denoiser import Denoiser
 from .slice_noise import Mixture, slice_mixtures
 from .through_plane import ThroughPlaneSmoothing
-from .slicing import Grid, IntensityWindow, slices_to_edit, to_dtype, to_latent_grid
+from .slicing import Grid, IntensityWindow, binarised, slices_to_edit, to_dtype, to_latent_grid
 
 DEFAULT_CPU_BATCH = 4  # batching helps little on 2 CPU cores and costs memory (see benchmarks/)
 RUN = RunOptions()  # the run options' defaults, stated once in the catalogue
@@ -102,8 +102,10 @@ def edit(
         callback: called after every denoising step with an ``EditProgress``.
         cancel: set it to stop the run within one step (``EditCancelled`` is raised).
         **options: the masks by role (``edit_mask``, ``keep_mask``, ``pathology_mask``,
-            ``brain_mask``, ``roi_mask``; arrays or MedicalImages on the image's grid) and the
-            method's parameters (``METHODS[method].params``; None or absent: the default).
+            ``brain_mask``, ``roi_mask``; arrays or MedicalImages on the image's grid), the
+            method's parameters (``METHODS[method].params``; None or absent: the default) and
+            ``preset``, a name from ``METHODS[method].presets`` whose values replace the defaults
+            (e.g. 'mededit-paper': a baseline as MedEdit's paper ran it).
 
     Raises ``EditError`` for bad requests and ``EditCancelled`` when ``cancel`` is set.
     """
@@ -122,6 +124,7 @@ class EditPlan:
 
     spec: Method
     params: Any  # the method's parameters dataclass, every default resolved
+    preset: str | None  # the named preset its values came from (None: the method's own paper defaults)
     source: MedicalImage
     given_masks: list[str]
     stack: np.ndarray  # (slices, H, W): a 2D image is one slice
@@ -166,8 +169,9 @@ def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser,
         options.pop(name, None)
     if not spec.takes_text and options.get("prompt"):
         raise EditError(f"{spec.name} takes no prompt: it does not edit by text")
+    preset = options.pop("preset", None)
     try:
-        params = spec.make_params(options)
+        params = spec.make_params(options, preset)
     except ValueError as exc:
         raise EditError(f"{spec.name}: {exc}") from None
     _check_request(spec, source, masks, model)
@@ -194,14 +198,16 @@ def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser,
     if not chosen:
         raise EditError(f"the {spec.slice_region} touches no slice along axis {axis}: nothing to edit")
     try:
-        window = IntensityWindow.of(volume)
+        window = IntensityWindow.of(volume, model.preprocessing.intensity)
     except ValueError as exc:
         raise EditError(str(exc)) from None
+    grid = Grid(stack.shape[1], stack.shape[2], model.resolution, model.preprocessing.fit)
+    _check_coverage(spec, grid, stacked, chosen)
     # mm between neighbouring slices (a 2D image is one slice: no spacing to speak of)
     spacing = 1.0 if volume.ndim == 2 else source.spacing[axis if back is None else int(back[0, 0])]
     return EditPlan(
-        spec=spec, params=params, source=source, given_masks=sorted(masks), stack=stack, masks=stacked,
-        chosen=chosen, window=window, grid=Grid(stack.shape[1], stack.shape[2], model.resolution),
+        spec=spec, params=params, preset=preset, source=source, given_masks=sorted(masks), stack=stack, masks=stacked,
+        chosen=chosen, window=window, grid=grid,
         noise=slice_mixtures(slice_noise, seed, stack.shape[0], spacing_mm=spacing,
                              correlation_mm=noise_correlation_mm),
         batch_size=batch_size or _default_batch(model, len(chosen)), axis=axis, plane=plane, back=back,
@@ -257,6 +263,9 @@ def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], *, seco
     back in the source's voxel order and dtype, with metrics and provenance."""
     spec, stack = plan.spec, plan.stack
     editable = spec.editable(plan.masks)
+    if not plan.grid.covers_all:  # a centre crop: what the model never saw stays as it was
+        covered = plan.grid.covered()[None]
+        editable = covered if editable is None else editable & covered
     stacked_results = [_composite(stack, out, editable, plan.chosen, plan.source.array.dtype) for out in outputs]
     # Measured in the slicing orientation (slices along axis 0), where "edited slices" are defined.
     metrics = edit_metrics(stack, stacked_results[-1], region=spec.region(plan.masks),
@@ -270,6 +279,7 @@ def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], *, seco
     provenance = {
         "method": spec.name,
         "reference": spec.reference,
+        "preset": plan.preset,
         "parameters": jsonable(dataclasses.asdict(plan.params)),
         "model": {"name": model.name, "weights_sha256": model.weights_hash, "resolution": model.resolution,
                   "latent": model.latent},
@@ -282,7 +292,8 @@ def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], *, seco
         "slices": plan.chosen,
         "batch_size": plan.batch_size,
         "masks": plan.given_masks,
-        "intensity_window": [plan.window.low, plan.window.high],
+        "preprocessing": {**plan.grid.describe(), **plan.window.describe()},
+        "scheduler": model.schedule.settings(),
         "source": plan.source.metadata.get("path"),
         "napari_medit": __version__,
         "torch": torch.__version__,
@@ -352,20 +363,41 @@ def _check_request(spec: Method, source: MedicalImage, masks: dict, model: Denoi
         raise EditError(problem)
 
 
+def _check_coverage(spec: Method, grid: Grid, masks: dict, chosen: list[int]) -> None:
+    """A centre-cropping model never sees the slice's edges: refuse a region entirely outside
+    its square, warn when part of it is (that part stays as it was)."""
+    region = spec.region(masks)
+    if grid.covers_all or region is None:
+        return
+    inside = region[chosen][:, grid.covered()].sum()
+    total = region[chosen].sum()
+    if total and not inside:
+        raise EditError(f"the {spec.slice_region or 'region'} lies outside the centred square the model sees (its "
+                        f"preprocessing crops {grid.height}x{grid.width} slices to {grid.side}x{grid.side}): "
+                        "move the mask inside it, or use a model that pads")
+    if inside < total:
+        warnings.warn(f"{100 * (1 - inside / total):.0f}% of the {spec.slice_region or 'region'} lies outside the "
+                      f"centred {grid.side}x{grid.side} square the model sees; that part is left unedited",
+                      stacklevel=3)
+
+
 # ---------------------------------------------------------------- model space
 
 
 def _edit_chunk(run, plan: EditPlan, model: Denoiser, chunk: list[int], progress: Progress, callback,
                 network_batch: int):
     """One batch of slices through the method; returns the native-resolution versions."""
-    x0 = _to_model(model, plan.stack[chunk], plan.window, plan.grid)
-    masks_model = {
-        k: to_latent_grid(plan.grid.to_model(m[chunk], soft=True), model.latent_factor).to(model.device)
-        for k, m in plan.masks.items()
-    }
+    images = _to_model_range(model, plan.stack[chunk], plan.window, plan.grid)
+    x0 = _sampler_precision(model, model.encode(images))
+    binary = getattr(plan.params, "mask_grid", MaskGrid.fractional) is MaskGrid.binary
+    masks_model = {}
+    for name, mask in plan.masks.items():
+        on_grid = to_latent_grid(plan.grid.to_model(mask[chunk], soft=True), model.latent_factor)
+        masks_model[name] = (binarised(on_grid) if binary else on_grid).to(model.device)
     conditions = _conditions(model, masks_model)
     if callback is not None:
-        progress.callback = _reporter(callback, model, chunk, plan.in_source_order, plan.window, plan.grid)
+        progress.callback = _reporter(callback, model, chunk, plan.in_source_order, plan.window, plan.grid,
+                                      plan.stack[chunk])
     noise = NoiseSource([plan.noise[i] for i in chunk], model.device)
     denoiser = model
     if plan.through_plane_smoothing > 0:
@@ -374,24 +406,33 @@ def _edit_chunk(run, plan: EditPlan, model: Denoiser, chunk: list[int], progress
             model, slices=chunk, strength=plan.through_plane_smoothing, max_batch=network_batch,
             region=torch.ones_like(x0[:, :1]) if region is None else region.to(x0.dtype))
     with torch.no_grad():
-        edited = run(denoiser, x0, masks_model, plan.params, noise, progress, conditions)
+        edited = run(denoiser, x0, masks_model, plan.params, noise, progress, conditions,
+                     image=_sampler_precision(model, images))
         versions = edited if isinstance(edited, list) else [edited]
-        return [_from_model(model, v, plan.window, plan.grid) for v in versions]
+        return [_from_model(model, v, plan.window, plan.grid, plan.stack[chunk]) for v in versions]
 
 
-def _to_model(model: Denoiser, slices: np.ndarray, window: IntensityWindow, grid: Grid) -> torch.Tensor:
+def _to_model_range(model: Denoiser, slices: np.ndarray, window: IntensityWindow, grid: Grid) -> torch.Tensor:
+    """Native slices -> the model's grid and value range (images, before any VAE)."""
     low, high = model.value_range
     unit = grid.to_model(window.to_unit(slices))
-    x = model.encode((unit * (high - low) + low).to(model.device))
+    return (unit * (high - low) + low).to(model.device)
+
+
+def _sampler_precision(model: Denoiser, x: torch.Tensor) -> torch.Tensor:
     # The sampler's own arithmetic runs in float64 (the networks in their own precision): an
     # inversion's residuals then cancel to ~1e-12 instead of float32's ~1e-4 after 1/sqrt(alpha_bar).
     return x.to(torch.float32 if model.device.type == "mps" else torch.float64)
 
 
-def _from_model(model: Denoiser, x: torch.Tensor, window: IntensityWindow, grid: Grid) -> np.ndarray:
+def _from_model(model: Denoiser, x: torch.Tensor, window: IntensityWindow, grid: Grid,
+                source: np.ndarray) -> np.ndarray:
+    """Model output back to source units on the slices' own grid; where a crop hid the slice
+    from the model, the ``source`` slices' own values."""
     low, high = model.value_range
     unit = (model.decode(x) - low) / (high - low)
-    return window.from_unit(grid.from_model(unit.cpu()))
+    native = window.from_unit(grid.from_model(unit.cpu()))
+    return native if grid.covers_all else np.where(np.isnan(native), source, native)
 
 
 def _conditions(model: Denoiser, masks_model: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -410,13 +451,13 @@ def _composite(stack, edited, editable, chosen, dtype) -> np.ndarray:
     return out
 
 
-def _reporter(callback, model, chunk, in_source_order, window, grid):
+def _reporter(callback, model, chunk, in_source_order, window, grid, source):
     axis, slices, _ = in_source_order(chunk)
 
     def report(info: StepInfo) -> None:
         def render() -> np.ndarray:
             with torch.no_grad():
-                return in_source_order(chunk, _from_model(model, info.x0_estimate, window, grid))[2]
+                return in_source_order(chunk, _from_model(model, info.x0_estimate, window, grid, source))[2]
 
         callback(EditProgress(info.step, info.total, slices, axis, render))
 

@@ -41,7 +41,7 @@ def sdedit(
     return x
 
 
-def run(denoiser, x0, masks, params, noise, progress, conditions):
+def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
     """The catalogue's entry point: masks by role, on the model's grid."""
     return sdedit(denoiser, x0, mask=masks.get("edit_mask"), params=params, noise=noise, progress=progress,
                   conditions=conditions)

@@ -72,6 +72,28 @@ def parameter_form(params: type, only: tuple[str, ...] | None = None) -> Contain
     return form
 
 
+def method_form(spec) -> Container:
+    """A method's parameter form, led by a preset picker when the catalogue names presets for it:
+    choosing one sets the fields to its values (the method's own paper defaults: back to those)."""
+    form = parameter_form(spec.params)
+    if not spec.presets:
+        return form
+    picker = ComboBox(choices=[("paper defaults", None), *((name, name) for name in spec.presets)], value=None,
+                      tooltip="; ".join(f"{name}: {preset.says}" for name, preset in spec.presets.items()))
+    picker.name, picker.label = "preset", "preset"
+    defaults = {item.name: item.default for item in catalogue.fields(spec.params)}
+
+    def apply(name):
+        for field_name, value in {**defaults, **spec.preset(name).values}.items():
+            widget = getattr(form, field_name)
+            if value is not None or field_name in form.automatic:
+                widget.value = 0 if value is None else value
+
+    picker.changed.connect(apply)
+    form.insert(0, picker)
+    return form
+
+
 def form_values(form: Container) -> dict:
     """The form's values as the parameters dataclass takes them (0 for an automatic one: None)."""
     return {w.name: (None if w.name in form.automatic and w.value == 0 else w.value) for w in form}
@@ -130,7 +152,7 @@ class EditWidget(Container):
         self.masks = {role: ComboBox(label=role.replace("_", " "), choices=self._label_layers,
                                      tooltip=MASK_ROLES[role].says) for role in MASK_ROLES}
         # One form per method and one for the run options, from the catalogue (no torch needed).
-        self.parameters = {name: parameter_form(spec.params) for name, spec in METHODS.items()}
+        self.parameters = {name: method_form(spec) for name, spec in METHODS.items()}
         self.parameter_box = Container(labels=False, widgets=list(self.parameters.values()))
         self.run_options = parameter_form(RunOptions, only=RUN_FORM_FIELDS)
         self.axis = ComboBox(label="slice along", choices=self._axes,
