@@ -11,10 +11,12 @@ eta = 1 on consecutive steps is the DDPM ancestral sampler, eta = 0 is DDIM.
 The noise schedule itself (alpha_bar, the inference timesteps) always comes
 from a diffusers or MONAI scheduler object; nothing here is tabulated by hand.
 What else the scheduler's config says is honoured or refused: ``clip_sample``
-clips x0_hat at every step as diffusers' and MONAI's schedulers do (eps is then
-re-derived from the clipped x0_hat, which makes the eta = 1 step the DDPM
-posterior mean of the clipped x0_hat); ``thresholding`` and learned variances
-are refused, naming the setting.
+clips x0_hat at every step as diffusers' and MONAI's schedulers do. DDPM-family
+schedulers (diffusers' and MONAI's DDPM, RePaint) step to the posterior mean of
+the clipped x0_hat, which is the step above with eps re-derived from it; DDIM
+keeps the network's eps in the direction term (diffusers' default
+``use_clipped_model_output=False``). ``thresholding`` and learned variances are
+refused, naming the setting.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class NoiseSchedule:
     prediction_type: str = "epsilon"
     scheduler: object = None  # the diffusers/MONAI scheduler it came from (timestep spacing lives there)
     clip_range: tuple[float, float] | None = None  # x0_hat is clipped to this at every step (clip_sample)
+    posterior_mean: bool = False  # DDPM-family: with a clip, eps is re-derived from the clipped x0_hat
 
     @classmethod
     def from_scheduler(cls, scheduler) -> NoiseSchedule:
@@ -55,7 +58,7 @@ class NoiseSchedule:
         alphas = scheduler.alphas_cumprod.detach().to(torch.float64).cpu()
         # DDPM schedulers step to the clean sample after t = 0 (alpha_bar = 1); DDIM ones say.
         return cls(alphas, 1.0 if final is None else float(final), str(prediction), scheduler,
-                   _clip_range(scheduler, setting))
+                   _clip_range(scheduler, setting), type(scheduler).__name__.startswith(("DDPM", "RePaint")))
 
     def settings(self) -> dict[str, Any]:
         """What the engine takes from the scheduler, for provenance."""
@@ -125,7 +128,7 @@ class NoiseSchedule:
         sigma = self.sigma(t, t_prev, eta)
         direction = max(1 - a_prev - sigma**2, 0.0) ** 0.5
         x0 = self.predict_x0(x_t, eps, t)
-        if self.clip_range is not None:  # the noise that the clipped x0_hat implies (diffusers' DDIM does the same)
+        if self.clip_range is not None and self.posterior_mean:  # the noise the clipped x0_hat implies
             eps = (x_t - a_t**0.5 * x0) / (1 - a_t) ** 0.5
         return a_prev**0.5 * x0 + direction * eps
 

@@ -242,8 +242,10 @@ class GaussianDenoiser(Denoiser):
         condition_names: Sequence[str] = (),
         condition_shift: float = 0.0,
         value_range: tuple[float, float] = (-1.0, 1.0),
+        preprocessing: Preprocessing = Preprocessing(),
     ):
         self.schedule = NoiseSchedule.from_scheduler(scheduler)
+        self.preprocessing = preprocessing
         self.resolution, self.std, self.value_range = resolution, std, value_range
         self.means = dict(means or {"": 0.0})
         self.prompts = list(self.means)

@@ -48,7 +48,8 @@ def parameter_form(params: type, only: tuple[str, ...] | None = None) -> Contain
             value = follows.rule(getattr(params(), follows.other))
             tooltip += f" (follows {follows.other}: {follows.says})"
         if issubclass(kind, enum.Enum):
-            widget = ComboBox(choices=[(m.value, m) for m in kind], value=value)
+            automatic = [("automatic", None)] if value is None else []  # the tooltip says what it decides
+            widget = ComboBox(choices=[*automatic, *((m.value, m) for m in kind)], value=value)
         elif kind is str:
             widget = LineEdit(value=value)
         elif kind is int:
@@ -57,8 +58,8 @@ def parameter_form(params: type, only: tuple[str, ...] | None = None) -> Contain
             widget = FloatSpinBox(value=value, min=0.0, max=1000.0, step=0.05)
         else:
             raise TypeError(f"no form widget for {params.__name__}.{item.name}: {kind}")
-        if value is None:  # decided at run time: 0 stands for it
-            tooltip += f" (0: {item.metadata['automatic']})"
+        if value is None:  # decided at run time: 0 (or 'automatic') stands for it
+            tooltip += f" ({'automatic' if issubclass(kind, enum.Enum) else 0}: {item.metadata['automatic']})"
         widget.name, widget.label, widget.tooltip = item.name, item.name.replace("_", " "), tooltip
         widgets.append(widget)
     form = Container(widgets=widgets, labels=True, name=params.__name__)

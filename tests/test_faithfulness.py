@@ -1,0 +1,332 @@
+"""Parity with the reference implementations, one test per known difference (issue: faithful to the
+reference code). Written from the references' equations and the schedulers they use, not their code."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
+
+import tiny_models
+from napari_medit import catalogue
+from napari_medit.catalogue import PIELoop, PIEParams, RadEditParams
+from napari_medit.editing import EditError, GaussianDenoiser, edit
+from napari_medit.editing.control import NoiseSource, Progress
+from napari_medit.editing.ddpm import NoiseSchedule
+from napari_medit.editing.inversion import invert
+from napari_medit.editing.pie import OUTSIDE_ROI_KEEP, INSIDE_ROI_KEEP, pie
+from napari_medit.editing.repaint import repeat_schedule
+from napari_medit.editing.run import _to_model_range
+from napari_medit.editing.slicing import Grid, IntensityWindow, binarised, to_latent_grid
+from napari_medit.preprocessing import Fit, Intensity, Preprocessing
+
+
+def analytic(scheduler=None, resolution=16, **kwargs):
+    return GaussianDenoiser(scheduler or tiny_models.scheduler(), resolution=resolution, **kwargs)
+
+
+# ---------------------------------------------------------------- 1. each model fed as it was trained
+
+
+def test_radedit_preprocessing_centre_crops_and_min_maxes_exactly():
+    """RadEdit (App. D): centre crop, min-max to [-1, 1]. A 8 x 12 slice at an 8 px model: no resize,
+    so the model's input is the centre 8 x 8 columns 2..9, (v - min) / (max - min) * 2 - 1 exactly."""
+    source = np.arange(96, dtype=np.float64).reshape(1, 8, 12) * 3 + 7
+    model = analytic(resolution=8, preprocessing=Preprocessing(Fit.center_crop, Intensity.min_max))
+    window = IntensityWindow.of(source, Intensity.min_max)
+    x = _to_model_range(model, source, window, Grid(8, 12, 8, Fit.center_crop))
+    expected = (source[:, :, 2:10] - source.min()) / (source.max() - source.min()) * 2 - 1
+    np.testing.assert_allclose(x[:, 0].double().numpy(), expected, rtol=0, atol=1e-6)
+
+
+def test_eight_bit_intensities_are_the_png_values():
+    """PIE/SD fine-tunes and MedEdit read 8-bit PNGs: a uint8 source maps to v / 255 exactly; any other
+    source is min-max scaled to 0..255 and rounded to integer levels first, as writing the PNG would."""
+    uint8 = np.array([[0, 17, 128, 255]], dtype=np.uint8)
+    window = IntensityWindow.of(uint8, Intensity.eight_bit)
+    np.testing.assert_array_equal(window.to_unit(uint8), uint8 / 255.0)
+    int16 = np.array([[-1000, -999, 0, 3000]], dtype=np.int16)
+    window = IntensityWindow.of(int16, Intensity.eight_bit)
+    levels = np.round((int16 + 1000) / 4000 * 255)  # -999 rounds to level 0, 0 to level 64
+    np.testing.assert_array_equal(window.to_unit(int16), levels / 255)
+    assert window.describe() == {"intensity": "8-bit", "low": -1000.0, "high": 3000.0}
+
+
+def test_centre_crop_keeps_what_the_model_never_sees_bit_identical():
+    """Pixels cropped away are never edited: with an edit mask over the whole image, the result equals
+    the source outside the centred square, and the provenance says how the slice was fit."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 4000, size=(20, 32)).astype(np.int16)
+    model = analytic(means={"": 0.0, "clear": -0.8}, preprocessing=Preprocessing(Fit.center_crop, Intensity.min_max))
+    result = edit("radedit", image, model=model, edit_mask=np.ones_like(image), prompt="clear", steps=6, guidance=3.0)
+    out = result.image.array
+    np.testing.assert_array_equal(out[:, :6], image[:, :6])
+    np.testing.assert_array_equal(out[:, 26:], image[:, 26:])
+    assert not np.array_equal(out[:, 6:26], image[:, 6:26])
+    assert result.provenance["preprocessing"] == {"fit": "center-crop", "resolution": 16, "region": [0, 6, 20, 20],
+                                                  "intensity": "min-max", "low": float(image.min()),
+                                                  "high": float(image.max())}
+
+
+def test_a_mask_outside_the_crop_is_refused_and_one_partly_outside_warned():
+    image = np.random.default_rng(1).random((16, 40)).astype(np.float32)
+    model = analytic(preprocessing=Preprocessing(Fit.center_crop, Intensity.window))
+    outside = np.zeros(image.shape, bool)
+    outside[4:8, 1:5] = True  # the centred square is columns 12..27
+    with pytest.raises(EditError, match="outside the centred square"):
+        edit("sdedit", image, model=model, edit_mask=outside, steps=4)
+    straddling = np.zeros(image.shape, bool)
+    straddling[4:8, 8:16] = True
+    with pytest.warns(UserWarning, match="50% of the edit_mask lies outside"):
+        edit("sdedit", image, model=model, edit_mask=straddling, steps=4)
+
+
+def test_model_folders_declare_their_preprocessing(tmp_path):
+    from napari_medit.backends import ModelLoadError, load_model, save_model
+
+    model = tiny_models.monai_unet()
+    model.preprocessing = Preprocessing(Fit.pad, Intensity.eight_bit)
+    folder = save_model(tmp_path / "m", model, {
+        "resolution": 16, "value_range": [0, 1], "condition_names": ["pathology_mask", "brain_mask"],
+        "network": dict(spatial_dims=2, in_channels=3, out_channels=1, channels=[8, 16],
+                        attention_levels=[False, True], num_res_blocks=1, num_head_channels=8, norm_num_groups=4),
+        "scheduler": {"class": "DDPMScheduler", "num_train_timesteps": 1000}})
+    assert json.loads((folder / "medit.json").read_text())["preprocessing"] == {"fit": "pad", "intensity": "8-bit"}
+    assert load_model(folder).preprocessing == Preprocessing(Fit.pad, Intensity.eight_bit)
+    config = json.loads((folder / "medit.json").read_text())
+    config["preprocessing"] = {"fit": "stretch"}
+    (folder / "medit.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="fit must be one of 'pad', 'center-crop', got 'stretch'"):
+        load_model(folder)
+
+
+def test_bundled_demo_models_keep_what_they_were_trained_with():
+    from napari_medit.backends import load_model
+
+    for name in ("demo-brain", "demo-cxr"):
+        assert load_model(name).preprocessing == Preprocessing(Fit.pad, Intensity.window)
+
+
+# ---------------------------------------------------------------- 2. the scheduler's settings honoured
+
+
+def test_clip_sample_step_equals_monai_ddpm_step():
+    """MONAI's DDPMScheduler clips x0 to [-1, 1] by default (MedEdit's scheduler too): our DDPM step
+    with the same noise is MONAI's step, for an eps large enough that the clip matters."""
+    from monai.networks.schedulers import DDPMScheduler as MonaiDDPM
+
+    scheduler = MonaiDDPM(num_train_timesteps=1000, schedule="linear_beta")
+    schedule = NoiseSchedule.from_scheduler(scheduler)
+    assert schedule.clip_range == (-1.0, 1.0)
+    x_t = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2
+    eps = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 3
+    t = 400
+    theirs, x0_theirs = scheduler.step(eps, t, x_t, generator=torch.Generator().manual_seed(2))
+    noise = torch.randn(eps.size(), generator=torch.Generator().manual_seed(2))
+    ours = schedule.step(x_t.double(), eps.double(), t, t - 1, 1.0, noise.double())
+    assert (x0_theirs.abs() == 1).any()  # the clip took effect
+    torch.testing.assert_close(schedule.predict_x0(x_t.double(), eps.double(), t), x0_theirs.double(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours, theirs.double(), atol=1e-5, rtol=0)
+
+
+def test_clip_sample_step_equals_diffusers_ddim_step():
+    """diffusers' DDIM clips x0_hat and keeps the network's eps in the direction term."""
+    scheduler = DDIMScheduler(clip_sample=True, clip_sample_range=0.5, set_alpha_to_one=True)
+    scheduler.set_timesteps(20)
+    schedule = NoiseSchedule.from_scheduler(scheduler)
+    x_t = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(3)).double()
+    eps = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(4)).double()
+    t, t_prev = 500, 450
+    theirs = scheduler.step(eps, t, x_t, eta=0.0).prev_sample
+    torch.testing.assert_close(schedule.step(x_t, eps, t, t_prev, 0.0, None), theirs, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("setting, message", [
+    (dict(thresholding=True), "thresholding=True"), (dict(variance_type="learned_range"), "variance_type"),
+])
+def test_settings_the_engine_cannot_honour_are_refused(setting, message):
+    with pytest.raises(ValueError, match=message):
+        NoiseSchedule.from_scheduler(DDPMScheduler(**setting))
+
+
+def test_provenance_states_the_scheduler_settings_applied():
+    model = tiny_models.monai_unet()
+    image = np.random.default_rng(2).random((16, 16)).astype(np.float32)
+    mask = np.zeros((16, 16), bool)
+    mask[5:9, 5:9] = True
+    result = edit("mededit", image, model=model, pathology_mask=mask, brain_mask=np.ones_like(mask), steps=3)
+    assert result.provenance["scheduler"] == {"class": "DDPMScheduler", "prediction_type": "epsilon",
+                                              "clip_sample": [-1.0, 1.0], "final_alpha_cumprod": 1.0}
+
+
+# ---------------------------------------------------------------- 3. PIE as its official script runs
+
+
+class RecordingDenoiser(GaussianDenoiser):
+    """The analytic denoiser, recording the timesteps it is asked at."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.asked = []
+
+    def model_output(self, x_t, t, text, conditions):
+        self.asked.append(t)
+        return super().model_output(x_t, t, text, conditions)
+
+
+def pndm():
+    return PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True,
+                         steps_offset=1, set_alpha_to_one=False)  # sd-v1-4's scheduler
+
+
+def test_pie_reference_loop_is_run_pie_with_the_models_own_scheduler():
+    """Written from run_pie.py and its pipeline, with PNDM: each iteration noises the previous 8-bit image
+    to timesteps[steps - int(steps * strength)], replaces the outside of the ROI by the original noised
+    (one noise) to t before every step but the first, steps PLMS, blends 0.01 / 0.75, then decodes to an
+    8-bit image."""
+    model = RecordingDenoiser(pndm(), resolution=8, means={"": 0.0, "effusion": 0.7})
+    x0 = torch.linspace(-0.9, 0.9, 64, dtype=torch.float64).reshape(1, 1, 8, 8)
+    roi = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    roi[..., 2:6, 2:6] = 1
+    params = PIEParams(prompt="effusion", iterations=2, steps=10, strength=0.5, guidance=4.0, loop=PIELoop.reference)
+    ours = pie(model, x0, roi_mask=roi, params=params, noise=NoiseSource([5]), progress=Progress())
+
+    noise = NoiseSource([5])  # the same streams, drawn in the loop's order
+    scheduler, text = pndm(), model.embed(["effusion", ""], 1)
+    known_noise = noise.draw((1, 8, 8), "known")
+    current, expected = x0, []
+    for _ in range(2):
+        scheduler.set_timesteps(10)
+        timesteps = scheduler.timesteps[10 - 5:]
+        x = scheduler.add_noise(current, noise.draw((1, 8, 8), "img2img").double(), timesteps[:1])
+        for i, t in enumerate(timesteps):
+            if i > 0:
+                x = roi * x + (1 - roi) * scheduler.add_noise(x0, known_noise.double(), t[None])
+            eps_u = model.model_output(x, int(t), text[1], None)
+            eps_c = model.model_output(x, int(t), text[0], None)
+            x = scheduler.step(eps_u + 4.0 * (eps_c - eps_u), t, x).prev_sample
+        z = ((x - x0) * 0.01 + x0) * (1 - roi) + ((x - x0) * 0.75 + x0) * roi
+        expected.append(z)
+        current = torch.round(((z + 1) / 2).clamp(0, 1) * 255) / 255 * 2 - 1
+    assert (OUTSIDE_ROI_KEEP, INSIDE_ROI_KEEP) == (0.01, 0.75)
+    for a, b in zip(ours, expected):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    # PNDM's list for 10 steps has 11 entries: the pipeline's slice [5:] holds 6, from one step higher
+    # (one call per step: both guidance passes go in one batch).
+    assert model.asked[:6] == [int(t) for t in pndm_timesteps(10)[5:]] == [501, 401, 301, 201, 101, 1]
+
+
+def pndm_timesteps(steps):
+    scheduler = pndm()
+    scheduler.set_timesteps(steps)
+    return scheduler.timesteps
+
+
+def test_pie_reference_loop_reencodes_an_eight_bit_image_with_a_vae_sample():
+    """Latent models: every iteration starts from the previous one's decoded 8-bit image, encoded with a
+    posterior sample (not the mean), so two seeds differ even with a deterministic DDIM."""
+    model = tiny_models.text_unet(vae=True)
+    image = np.random.default_rng(3).random((16, 16)).astype(np.float32)
+    roi = np.zeros((16, 16), bool)
+    roi[4:12, 4:12] = True
+    run = dict(model=model, roi_mask=roi, prompt="effusion", iterations=2, steps=6, strength=0.5)
+    first = edit("pie", image, seed=0, **run)
+    again = edit("pie", image, seed=0, **run)
+    other = edit("pie", image, seed=1, **run)
+    np.testing.assert_array_equal(first.image.array, again.image.array)
+    assert not np.array_equal(first.image.array, other.image.array)
+    np.testing.assert_array_equal(first.image.array[~roi], image[~roi])
+    assert len(first.progression) == 2
+
+
+# ---------------------------------------------------------------- 4. MedEdit's baselines as its paper ran them
+
+
+def test_mededit_resampling_repeats_each_step_as_its_code_does():
+    """MedEdit's loop: for t = T-1..0, run the step r times, going one step back up between repeats
+    (not at t = 0). In visit indices (index i steps from timestep i to i - 1):"""
+    assert repeat_schedule(3, 2) == [2, 3, 2, 1, 2, 1, 0]
+    assert repeat_schedule(4, 1) == [3, 2, 1, 0]
+    assert sum(1 for a, b in zip([5, *repeat_schedule(5, 3)], repeat_schedule(5, 3)) if b < a) == 4 * 3 + 1
+
+
+def test_naive_repaint_preset_is_mededits_loop_on_the_undilated_mask():
+    """The mededit-paper preset's RePaint is MedEdit's own loop (1000 steps, no resampling, noised start)
+    on the pathology mask: bit-identical to MedEdit with no dilation and the whole image as brain."""
+    model = analytic(means={"": 0.0}, condition_names=("pathology_mask", "brain_mask"), condition_shift=0.5)
+    image = np.random.default_rng(4).random((16, 16)).astype(np.float32)
+    lesion = np.zeros((16, 16), bool)
+    lesion[6:10, 5:11] = True
+    brain = np.ones_like(lesion)
+    naive = edit("repaint", image, model=model, preset="mededit-paper", pathology_mask=lesion, brain_mask=brain)
+    mededit = edit("mededit", image, model=model, pathology_mask=lesion, brain_mask=brain, dilation=1)
+    assert naive.provenance["preset"] == "mededit-paper"
+    assert naive.provenance["parameters"] == {"steps": 1000, "jump_length": 1, "jump_n_sample": 1,
+                                              "start": "noised_input"}
+    assert naive.provenance["model_evaluations"] == 1000
+    np.testing.assert_array_equal(naive.image.array, mededit.image.array)
+
+
+def test_presets_and_the_methods_own_defaults():
+    assert catalogue.method("sdedit").make_params({}, "mededit-paper").strength == 0.1
+    assert catalogue.method("sdedit").make_params({}).strength == 0.5
+    assert catalogue.method("repaint").make_params({"steps": 50}, "mededit-paper").steps == 50  # given wins
+    with pytest.raises(ValueError, match="radedit has no preset 'mededit-paper'; its presets: none"):
+        catalogue.method("radedit").make_params({}, "mededit-paper")
+
+
+# ---------------------------------------------------------------- 5. RadEdit
+
+
+def test_radedit_masks_reach_the_latent_grid_binarised():
+    """The pipeline binarises its masks: a latent cell is in the mask when at least half of it is."""
+    mask = torch.zeros(1, 1, 8, 16)
+    mask[..., :, :3] = 1  # 3 of 8 columns of the first cell: 3/8 covered
+    mask[..., :, 8:13] = 1  # 5 of 8 columns of the second: 5/8
+    fractional = to_latent_grid(mask, 8)
+    assert fractional.flatten().tolist() == [0.375, 0.625]
+    assert binarised(fractional).flatten().tolist() == [0.0, 1.0]
+    assert catalogue.method("radedit").make_params({}).mask_grid is catalogue.MaskGrid.binary
+
+
+def test_radedit_inverts_with_guidance_when_given_an_inversion_prompt():
+    """eps during inversion = eps_u + w (eps_c - eps_u): the same residuals as inverting with a model
+    whose (unconditional) answer is that guided estimate."""
+    model = analytic(means={"": 0.0, "chest": 0.4})
+
+    class Guided(GaussianDenoiser):
+        def model_output(self, x_t, t, text, conditions):
+            c, u = model.embed(["chest", ""], x_t.shape[0])
+            eps_u = model.model_output(x_t, t, u, None)
+            return eps_u + 2.5 * (model.model_output(x_t, t, c, None) - eps_u)
+
+    guided = Guided(tiny_models.scheduler(), resolution=16)
+    x0 = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(6)).double() / 2
+    steps = list(zip([900, 600, 300], [600, 300, -1]))
+    c, null = model.embed(["chest", ""], 1)
+    ours = invert(model, x0, steps, text=c, null=null, guidance=2.5, conditions=None, noise=NoiseSource([1]),
+                  progress=Progress())
+    reference = invert(guided, x0, steps, text=None, conditions=None, noise=NoiseSource([1]), progress=Progress())
+    for t, _ in steps:
+        torch.testing.assert_close(ours.residual[t], reference.residual[t], atol=1e-12, rtol=0)
+    # And with the same prompt and the same guidance for both passes, the reverse pass is exact again.
+    image = np.random.default_rng(7).random((16, 16)).astype(np.float32)
+    same = edit("radedit", image, model=model, prompt="chest", inversion_prompt="chest", guidance=2.5,
+                inversion_guidance=2.5, skip=0, steps=8)
+    np.testing.assert_allclose(same.image.array, image, atol=1e-5)
+
+
+# ---------------------------------------------------------------- 6. PNDM's repeated timestep
+
+
+def test_pndm_schedules_run_each_timestep_once():
+    """PNDMScheduler(skip_prk_steps).set_timesteps(50) lists 51 entries, 961 twice; a sampler here runs
+    50 distinct steps, and a RadEdit edit with 10 steps and skip 0 costs 10 + 2 x 10 evaluations."""
+    assert len(pndm_timesteps(50)) == 51
+    schedule = NoiseSchedule.from_scheduler(pndm())
+    assert len(schedule.timesteps(50)) == 50 and len(set(schedule.timesteps(50))) == 50
+    model = analytic(pndm(), means={"": 0.0, "clear": -0.5})
+    image = np.random.default_rng(8).random((16, 16)).astype(np.float32)
+    result = edit("radedit", image, model=model, prompt="clear", steps=10, skip=0)
+    assert result.provenance["model_evaluations"] == 10 + 2 * 10
