@@ -118,6 +118,47 @@ def batched_against_single(model, slices: int = 8, steps: int = 25):
     return times[slices], times[1]
 
 
+SD_V1_4_PNDM = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True,
+                   steps_offset=1, set_alpha_to_one=False)  # the scheduler sd-v1-4 (PIE's base) ships
+
+
+def evaluation_counts(device: torch.device) -> list[str]:
+    """Model evaluations (network forward passes per image) against the count each method's algorithm
+    implies, with demo-cxr on sd-v1-4's PNDM schedule (which lists one timestep twice) and demo-brain."""
+    from diffusers import PNDMScheduler
+
+    from napari_medit.backends import load_model
+    from napari_medit.editing.ddpm import NoiseSchedule
+
+    text = load_model("demo-cxr", device)
+    text.schedule = NoiseSchedule.from_scheduler(PNDMScheduler(**SD_V1_4_PNDM))
+    masks = load_model("demo-brain", device)
+    jobs = [  # method, model, options, expected evaluations, why
+        ("radedit", text, dict(prompt="pleural effusion", steps=10, skip=0), 10 + 2 * 10,
+         "10 inversion + 2 x 10 guided steps (PNDM's repeat run once)"),
+        ("pie", text, dict(prompt="pleural effusion", iterations=2, steps=10, strength=0.5, loop="reference"),
+         2 * 2 * 6, "2 iterations x 2 (guidance) x 6 PLMS calls: run_pie's slice [5:] of PNDM's 11 timesteps"),
+        ("pie", text, dict(prompt="pleural effusion", iterations=2, steps=10, strength=0.5, loop="latent"),
+         2 * 2 * 5, "2 iterations x 2 x 5 distinct DDIM steps"),
+        ("mededit", masks, dict(steps=20, jump_n_sample=3), 19 * 3 + 1, "19 steps x 3 repeats + the last step once"),
+        ("repaint", masks, dict(preset="mededit-paper", steps=50), 50, "MedEdit's loop: one call per step"),
+        ("repaint", masks, dict(steps=50, jump_length=10, jump_n_sample=2), 50 + 4 * 10,
+         "50 steps + 4 jumps x 10 steps redone"),
+    ]
+    lines = ["## Model evaluations against the algorithm's count", "",
+             "One 64x64 image; evaluations = network forward passes per image (guidance counts two).", "",
+             "| method | model (schedule) | parameters | evaluations | expected | why |", "|---|---|---|---:|---:|---|"]
+    for method, model, options, expected, why in jobs:
+        image, region = sample_image()
+        result = edit(method, image, model=model, **_masks(method, model, region), **options)
+        evaluations = result.provenance["model_evaluations"]
+        schedule = result.provenance["scheduler"]["class"]
+        described = ", ".join(f"{k}={v}" for k, v in options.items() if k != "prompt")
+        lines.append(f"| {method} | {model.name} ({schedule}) | {described} | {evaluations} | {expected} | {why} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def sections(device: torch.device) -> list[str]:
     """Markdown: wall against floor per method, then batched against one slice at a time."""
     torch.manual_seed(0)
@@ -176,10 +217,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
+    parser.add_argument("--counts-only", action="store_true", help="only the model-evaluation counts (fast)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    command = f"python benchmarks/engine.py --device {args.device}" + (" --counts-only" if args.counts_only else "")
+    body = [] if args.counts_only else [*sections(device), ""]
     lines = [f"# Editing engine benchmark ({device.type})", "", f"Machine: {machine(device)}",
-             f"Command: `python benchmarks/engine.py --device {args.device}`", "", *sections(device)]
+             f"Command: `{command}`", "", *body, *evaluation_counts(device)]
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:

@@ -202,7 +202,9 @@ def test_parameter_forms_hold_each_papers_defaults_with_their_sources(brain_widg
     _, widget = brain_widget
     for name, method in METHODS.items():
         form = widget.parameters[name]
-        assert method.make_params(form_values(form)) == method.make_params({})  # followers resolved alike
+        values = form_values(form)
+        assert not values.pop("preset", None)  # the method's own paper defaults
+        assert method.make_params(values) == method.make_params({})  # followers resolved alike
         assert all(w.tooltip for w in form), name
     widget.method.value = "radedit"
     assert not widget.parameters["radedit"].native.isHidden() and widget.parameters["mededit"].native.isHidden()
@@ -213,6 +215,14 @@ def test_parameter_forms_hold_each_papers_defaults_with_their_sources(brain_widg
     assert widget.request()["dilation"] == 9
     widget.parameter("dilation").value = 0
     assert widget.request()["dilation"] is None  # 0: MedEdit's own, scaled to the model
+    # A preset fills the form with its values (the request names it for the provenance); back to defaults.
+    widget.method.value = "repaint"
+    widget.parameter("preset").value = "mededit-paper"
+    request = widget.request()
+    assert (request["preset"], request["steps"], request["jump_length"], request["jump_n_sample"],
+            request["start"].value) == ("mededit-paper", 1000, 1, 1, "noised_input")
+    widget.parameter("preset").value = ""
+    assert (widget.parameter("steps").value, widget.parameter("start").value.value) == (250, "noise")
 
 
 def test_current_slice_scope_edits_only_the_slice_in_view(brain_widget, qtbot):

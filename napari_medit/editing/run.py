@@ -169,7 +169,7 @@ def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser,
         options.pop(name, None)
     if not spec.takes_text and options.get("prompt"):
         raise EditError(f"{spec.name} takes no prompt: it does not edit by text")
-    preset = options.pop("preset", None)
+    preset = options.pop("preset", None) or None
     try:
         params = spec.make_params(options, preset)
     except ValueError as exc:

@@ -79,7 +79,8 @@ def method_form(spec) -> Container:
     form = parameter_form(spec.params)
     if not spec.presets:
         return form
-    picker = ComboBox(choices=[("paper defaults", None), *((name, name) for name in spec.presets)], value=None,
+    # "" for the paper defaults: magicgui does not emit a change to None
+    picker = ComboBox(choices=[("paper defaults", ""), *((name, name) for name in spec.presets)], value="",
                       tooltip="; ".join(f"{name}: {preset.says}" for name, preset in spec.presets.items()))
     picker.name, picker.label = "preset", "preset"
     defaults = {item.name: item.default for item in catalogue.fields(spec.params)}
