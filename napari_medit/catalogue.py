@@ -384,6 +384,9 @@ class Method:
         if unknown:
             raise ValueError(f"{self.name} has no parameter {unknown[0]!r}; its parameters: {', '.join(known)}")
         given = {**self.preset(preset).values, **{k: v for k, v in values.items() if v is not None}}
+        for name, value in given.items():  # API callers may spell an option's value as text ('reference')
+            if issubclass(value_type(self.params, name), enum.Enum) and not isinstance(value, enum.Enum):
+                given[name] = parse_value(self.params, name, value)
         params = resolve(self.params(**given))
         params.validate()
         return params

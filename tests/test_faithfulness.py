@@ -276,6 +276,9 @@ def test_presets_and_the_methods_own_defaults():
     assert catalogue.method("repaint").make_params({"steps": 50}, "mededit-paper").steps == 50  # given wins
     with pytest.raises(ValueError, match="radedit has no preset 'mededit-paper'; its presets: none"):
         catalogue.method("radedit").make_params({}, "mededit-paper")
+    assert catalogue.method("pie").make_params({"loop": "reference"}).loop is PIELoop.reference  # text from the API
+    with pytest.raises(ValueError, match="loop must be one of reference, latent, got 'official'"):
+        catalogue.method("pie").make_params({"loop": "official"})
 
 
 # ---------------------------------------------------------------- 5. RadEdit
