@@ -388,7 +388,8 @@ def _edit_chunk(run, plan: EditPlan, model: Denoiser, chunk: list[int], progress
                 network_batch: int):
     """One batch of slices through the method; returns the native-resolution versions."""
     images = _to_model_range(model, plan.stack[chunk], plan.window, plan.grid)
-    x0 = _sampler_precision(model, model.encode(images))
+    with torch.no_grad():
+        x0 = _sampler_precision(model, model.encode(images))
     binary = getattr(plan.params, "mask_grid", MaskGrid.fractional) is MaskGrid.binary
     masks_model = {}
     for name, mask in plan.masks.items():
