@@ -259,8 +259,9 @@ def test_a_coronal_slice_range_edits_those_array_slices(brain_widget, qtbot):
     assert result.metadata["edit"]["axis"] == "coronal"
 
 
-def test_a_bad_slice_range_notifies(brain_widget, monkeypatch):
+def test_a_bad_slice_range_notifies(brain_widget, monkeypatch, qtbot):
     viewer, widget = brain_widget
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)  # the chosen model loaded
     shown = []
     monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
     widget.scope.value = "slice range"
