@@ -225,6 +225,15 @@ def pndm_timesteps(steps):
     return scheduler.timesteps
 
 
+def test_pie_reference_loop_refuses_a_model_that_does_not_predict_noise():
+    model = analytic(DDIMScheduler(prediction_type="v_prediction"), resolution=8, means={"": 0.0, "effusion": 0.5})
+    roi = torch.ones(1, 1, 8, 8, dtype=torch.float64)
+    params = PIEParams(prompt="effusion", iterations=1, steps=4, loop=PIELoop.reference)
+    with pytest.raises(ValueError, match="this model predicts v_prediction: use loop 'latent'"):
+        pie(model, torch.zeros(1, 1, 8, 8, dtype=torch.float64), roi_mask=roi, params=params,
+            noise=NoiseSource([0]), progress=Progress())
+
+
 def test_pie_reference_loop_reencodes_an_eight_bit_image_with_a_vae_sample():
     """Latent models: every iteration starts from the previous one's decoded 8-bit image, encoded with a
     posterior sample (not the mean), so two seeds differ even with a deterministic DDIM."""
@@ -279,6 +288,28 @@ def test_presets_and_the_methods_own_defaults():
     assert catalogue.method("pie").make_params({"loop": "reference"}).loop is PIELoop.reference  # text from the API
     with pytest.raises(ValueError, match="loop must be one of reference, latent, got 'official'"):
         catalogue.method("pie").make_params({"loop": "official"})
+
+
+def test_presets_reach_the_cli_and_the_manifest(tmp_path):
+    from napari_medit.batch import read_manifest
+    from napari_medit.cli import _parser, edit_job
+
+    args = _parser().parse_args(["edit", "repaint", "--image", "x.nii.gz", "--out", "y.nii.gz", "--model", "m",
+                                 "--pathology-mask", "p.nii.gz", "--preset", "mededit-paper", "--steps", "20"])
+    job = edit_job(args)
+    assert job.preset == "mededit-paper" and job.check().steps == 20 and job.check().jump_length == 1
+    with pytest.raises(SystemExit):  # argparse: radedit offers no --preset
+        _parser().parse_args(["edit", "radedit", "--image", "x", "--out", "y.nii.gz", "--model", "m",
+                              "--preset", "mededit-paper"])
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,image,method,model,preset,strength\n"
+                        "a,x.nii.gz,sdedit,m,mededit-paper,\n"
+                        "b,x.nii.gz,sdedit,m,,\n")
+    first, second = read_manifest(manifest, tmp_path / "out")
+    assert (first.job.check().strength, second.job.check().strength) == (0.1, 0.5)
+    manifest.write_text("id,image,method,model,preset\na,x.nii.gz,sdedit,m,mededit\n")
+    with pytest.raises(ValueError, match="sdedit has no preset 'mededit'; its presets: mededit-paper"):
+        read_manifest(manifest, tmp_path / "out")
 
 
 # ---------------------------------------------------------------- 5. RadEdit

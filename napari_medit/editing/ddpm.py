@@ -44,10 +44,12 @@ class NoiseSchedule:
     def from_scheduler(cls, scheduler) -> NoiseSchedule:
         """Read a diffusers (DDPM/DDIM/PNDM/...) or MONAI scheduler; ValueError names a setting
         the engine cannot honour."""
-        config = getattr(scheduler, "config", None)
-        setting = (lambda name: getattr(config, name, None)) if config is not None else \
-            (lambda name: getattr(scheduler, name, None))
-        prediction = setting("prediction_type") or getattr(scheduler, "prediction_type", "epsilon")
+        settings_from = getattr(scheduler, "config", None) or scheduler  # MONAI keeps them as attributes
+
+        def setting(name):
+            return getattr(settings_from, name, None)
+
+        prediction = setting("prediction_type") or "epsilon"
         if setting("thresholding"):
             raise ValueError(f"{type(scheduler).__name__} has thresholding=True (dynamic thresholding), which "
                              "napari-medit does not implement; set it to false in the scheduler config")

@@ -115,9 +115,9 @@ class Grid:
     @property
     def crop(self) -> tuple[slice, slice]:
         """The rows and columns of the slice the model sees (all of them when padding)."""
-        top, left = (self.height - self.side) // 2, (self.width - self.side) // 2
         if self.fit is Fit.pad:
             return slice(0, self.height), slice(0, self.width)
+        top, left = (self.height - self.side) // 2, (self.width - self.side) // 2
         return slice(top, top + self.side), slice(left, left + self.side)
 
     @property

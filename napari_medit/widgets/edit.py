@@ -88,8 +88,10 @@ def method_form(spec) -> Container:
     def apply(name):
         for field_name, value in {**defaults, **spec.preset(name).values}.items():
             widget = getattr(form, field_name)
-            if value is not None or field_name in form.automatic:
-                widget.value = 0 if value is None else value
+            if value is not None:
+                widget.value = value
+            elif field_name in form.automatic:  # as parameter_form shows a run-time default
+                widget.value = None if isinstance(widget, ComboBox) else 0
 
     picker.changed.connect(apply)
     form.insert(0, picker)
