@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .instructions import read_instruction, region_template
 from .masks import native_inpainting_mask, outside_brain_problem
 
 
@@ -249,6 +250,57 @@ class DiffEditParams:
         strength_steps(self.steps, self.strength)
 
 
+INSTRUCT_STEPS, INSTRUCT_TEXT_GUIDANCE, INSTRUCT_IMAGE_GUIDANCE = 100, 7.5, 1.5  # InstructPix2Pix's pipeline
+
+
+@dataclass(frozen=True)
+class InstructParams:
+    prompt: str = parameter("remove the right pleural effusion", "the instruction: what should change")
+    steps: int = parameter(INSTRUCT_STEPS, "sampling steps of the model's scheduler: 100, InstructPix2Pix's "
+                                           "pipeline default (and BiomedJourney's)")
+    text_guidance: float = parameter(INSTRUCT_TEXT_GUIDANCE, "s_T, guidance towards the instruction: "
+                                                             "InstructPix2Pix's 7.5")
+    image_guidance: float = parameter(INSTRUCT_IMAGE_GUIDANCE, "s_I, guidance towards the prior image: "
+                                                               "InstructPix2Pix's 1.5")
+    strength: float | None = parameter(
+        None, "start from the prior noised to this fraction of the schedule (SDEdit-style; not in the papers)",
+        automatic="pure noise, as the papers")
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.strength is not None:
+            strength_steps(self.steps, self.strength)
+        if self.text_guidance < 0 or self.image_guidance < 0:
+            raise ValueError("text_guidance and image_guidance must be at least 0")
+
+
+RELEVANCE_TIMESTEP = 0.8  # InstructX2X computes its relevance map at t = 0.8 T
+
+
+@dataclass(frozen=True)
+class InstructX2XParams:
+    prompt: str = parameter("remove the right pleural effusion", "the instruction: what should change")
+    steps: int = parameter(INSTRUCT_STEPS, "DDIM steps: 100 in InstructX2X's rse_x2x.py")
+    text_guidance: float = parameter(INSTRUCT_TEXT_GUIDANCE, "s_T: 7.5 in InstructX2X's rse_x2x.py")
+    image_guidance: float = parameter(INSTRUCT_IMAGE_GUIDANCE, "s_I: 1.5 in InstructX2X's rse_x2x.py")
+    threshold: float = parameter(
+        0.1, "tau, where the guidance map (relevance x region) is cut: 0.1 as InstructX2X's example run "
+        "(its function default 0.5 leaves a tighter map)")
+    relevance_timestep: float = parameter(
+        RELEVANCE_TIMESTEP, "the noise level the relevance map is read at, as a fraction of T: InstructX2X's 0.8")
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if not 0 <= self.threshold < 1:
+            raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
+        if not 0 < self.relevance_timestep <= 1:
+            raise ValueError(f"relevance_timestep must be in (0, 1], got {self.relevance_timestep}")
+        if self.text_guidance < 0 or self.image_guidance < 0:
+            raise ValueError("text_guidance and image_guidance must be at least 0")
+
+
 # ---------------------------------------------------------------- run options (every method)
 
 
@@ -327,7 +379,13 @@ MASK_ROLES: dict[str, MaskRole] = {
     "keep_mask": MaskRole("the region kept exactly (RadEdit)", ("keep",)),
     "pathology_mask": MaskRole("the lesion or finding to create", ("pathology", "lesion")),
     "brain_mask": MaskRole("the brain (MedEdit's second condition)", ("brain",)),
-    "roi_mask": MaskRole("the region of interest PIE progresses in", ("roi",)),
+    "roi_mask": MaskRole("the region of interest PIE progresses in, or InstructX2X may edit", ("roi",)),
+}
+
+# Maps a method computes while it runs (on the image's grid), returned beside the result.
+MAP_ROLES: dict[str, str] = {
+    "guidance_map": "InstructX2X's guidance map: relevance x region, in [0, 1]",
+    "guidance_mask": "the guidance map thresholded at tau: the only pixels the edit changes",
 }
 
 
@@ -368,9 +426,12 @@ class Method:
     editable: Callable[[Masks], np.ndarray | None]  # the region it may change; the rest is copied back
     region: Callable[[Masks], np.ndarray | None]  # the region it is asked to edit (for the metrics)
     model_conditions: tuple[str, ...] | None = None  # the exact mask conditions its model takes (None: any)
-    prepare_masks: Callable[[Masks, Any, int], dict[str, np.ndarray]] | None = None  # derived masks
+    # derived masks, from (the stacked masks, the parameters, the model's resolution, the stack's shape)
+    prepare_masks: Callable[[Masks, Any, int, tuple[int, ...]], dict[str, np.ndarray]] | None = None
     check_masks: Callable[[Masks], str | None] | None = None  # a request it refuses, in one sentence
     presets: Mapping[str, Preset] = field(default_factory=dict)  # other papers' settings, by name
+    edits_from_prior: bool = False  # an instruction method: its model reads the prior image beside x_t
+    produces: tuple[str, ...] = ()  # maps its runner returns (MAP_ROLES), available to editable/region
 
     @property
     def masks(self) -> tuple[str, ...]:
@@ -407,8 +468,14 @@ class Method:
             return f"{self.name} does not use a {unused[0]}; it takes: {', '.join(self.masks) or 'no masks'}"
         return None
 
-    def model_problem(self, text_conditioned: bool, condition_names) -> str | None:
+    def model_problem(self, text_conditioned: bool, condition_names, image_conditioned: bool = False) -> str | None:
         """Why a model with this conditioning cannot run the method, or None."""
+        if self.edits_from_prior and not image_conditioned:
+            return (f"{self.name} needs an instruction model, which reads the prior image beside the noise "
+                    "(an InstructPix2Pix-format model such as demo-cxr-instruct)")
+        if image_conditioned and not self.edits_from_prior:
+            instructed = ", ".join(m.name for m in METHODS.values() if m.edits_from_prior)
+            return f"the model is an instruction model (it reads the prior image): use {instructed}"
         if self.takes_text and not text_conditioned:
             without_text = ", ".join(m.name for m in METHODS.values() if not m.takes_text)
             return (f"{self.name} edits with a text prompt, and the model has no text conditioning; pick a "
@@ -425,10 +492,26 @@ class Method:
         return getattr(importlib.import_module(module), function)
 
 
-def _mededit_masks(masks: Masks, params: MedEditParams, resolution: int) -> dict[str, np.ndarray]:
+def _mededit_masks(masks: Masks, params: MedEditParams, resolution: int, shape) -> dict[str, np.ndarray]:
     """MedEdit regenerates dilate(pathology) AND brain, the kernel sized on the model's grid."""
     return {"inpaint_mask": native_inpainting_mask(masks["pathology_mask"], masks["brain_mask"],
                                                    params.kernel_size(resolution), resolution)}
+
+
+def _instruction_region(masks: Masks, params: InstructX2XParams, resolution: int, shape) -> dict[str, np.ndarray]:
+    """InstructX2X's anatomical region: the user's roi_mask, else the templates of the findings the
+    instruction names (the whole image when it names none)."""
+    if "roi_mask" in masks:
+        return {}
+    template = region_template(read_instruction(params.prompt), tuple(shape[1:]))
+    return {"roi_mask": np.broadcast_to(template, shape).copy()}
+
+
+def _guided_region(masks: Masks) -> np.ndarray | None:
+    """InstructX2X edits where its thresholded guidance map lies, cut to the region at the image's
+    own resolution (the map was thresholded on the model's coarser grid). None before it ran."""
+    guidance = masks.get("guidance_mask")
+    return None if guidance is None else guidance & masks["roi_mask"]
 
 
 def _mededit_check(masks: Masks) -> str | None:
@@ -470,6 +553,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("diffedit", "DiffEdit", "Couairon et al., DiffEdit, ICLR 2023 (given mask)", DiffEditParams,
            ("edit_mask",), (), True, "napari_medit.editing.diffedit:run", "edit_mask",
            editable=lambda m: m["edit_mask"], region=lambda m: m["edit_mask"]),
+    Method("instruct", "Instruction edit", "Gu et al., BiomedJourney, 2023 (InstructPix2Pix, Brooks et al., "
+           "CVPR 2023)", InstructParams, (), (), True, "napari_medit.editing.instruct:run", None,
+           editable=lambda m: None, region=lambda m: None, edits_from_prior=True),
+    Method("instructx2x", "InstructX2X", "Region-Specific Editing, InstructX2X (hgminn/InstructX2X)",
+           InstructX2XParams, (), ("roi_mask",), True, "napari_medit.editing.instructx2x:run", "roi_mask",
+           editable=_guided_region, region=_guided_region, prepare_masks=_instruction_region, edits_from_prior=True, produces=("guidance_map", "guidance_mask")),
 )}
 
 

@@ -159,12 +159,15 @@ CASES = {
     "sdedit": dict(model="pixel-unet", strength=0.5, steps=4),
     "repaint": dict(model="pixel-unet", steps=4, jump_length=2, jump_n_sample=2, pathology_mask=True),
     "diffedit": dict(model="latent-text-unet", prompt="effusion", steps=4, strength=0.5, edit_mask=True),
+    "instruct": dict(model="instruct-unet", prompt="add a right pleural effusion", steps=4),
+    "instructx2x": dict(model="instruct-unet", prompt="add a right pleural effusion", steps=4, roi_mask=True),
 }
+CASE_MODELS = {**MODELS, "instruct-unet": tiny_models.instruct_unet}
 
 
 def run_case(method, seed=0, image=None, **overrides):
     case = {**CASES[method], **overrides}
-    model = MODELS[case.pop("model")]()
+    model = CASE_MODELS[case.pop("model")]()
     image = phantom_slice() if image is None else image
     region = np.zeros(image.shape, bool)
     region[4:10, 5:11] = True

@@ -77,3 +77,15 @@ def monai_unet(resolution: int = 16) -> MonaiDenoiser:
     schedule = MonaiDDPM(num_train_timesteps=1000, schedule="linear_beta", beta_start=1e-4, beta_end=2e-2)
     return MonaiDenoiser(model, schedule, resolution=resolution, name="tiny-monai-mededit",
                          condition_names=("pathology_mask", "brain_mask"))
+
+
+def instruct_unet(resolution: int = 16) -> DiffusersDenoiser:
+    """A pixel-space instruction model: the noisy image and the prior image on two input channels."""
+    unet = _seeded(lambda: UNet2DConditionModel(
+        sample_size=resolution, in_channels=2, out_channels=1, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16, attention_head_dim=4,
+        norm_num_groups=4,
+    ))
+    return DiffusersDenoiser(unet, scheduler(), name="tiny-instruct-unet", text_encoder=HashingTextEncoder(),
+                             image_conditioned=True)

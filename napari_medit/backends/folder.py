@@ -13,6 +13,7 @@ medit.json:
      "network": {...DiffusionModelUNet arguments (monai)...},
      "scheduler": {"class": "DDPMScheduler", ...its config (monai)...},
      "text_encoder": {"max_length": 77, "use_attention_mask": false},
+     "image_conditioned": true,   (an instruction model: the UNet reads the prior image beside x_t)
      "preprocessing": {"fit": "pad" | "center-crop", "intensity": "window" | "min-max" | "8-bit"}}
 
 "preprocessing" says how the model was trained to see slices (napari_medit.preprocessing);
@@ -105,6 +106,8 @@ def save_model(folder: str | Path, denoiser: Denoiser, config: dict[str, Any]) -
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = {"format": FORMAT, **config, "preprocessing": denoiser.preprocessing.as_config()}
+    if denoiser.image_conditioned:
+        config["image_conditioned"] = True
     if isinstance(denoiser, MonaiDenoiser):
         from safetensors.torch import save_file
 
@@ -174,10 +177,15 @@ def _load_diffusers(folder: Path, config: dict, trust_remote_code: bool) -> Diff
         text_encoder = TransformersTextEncoder.from_folder(
             folder, options.get("max_length"), options.get("use_attention_mask", False), trust_remote_code
         )
+    image_conditioned = bool(config.get("image_conditioned", False))
+    if image_conditioned:
+        from .presets import check_instruction_scheduler
+
+        check_instruction_scheduler(scheduler, folder)
     return DiffusersDenoiser(
         unet, scheduler, name=config.get("name", folder.name), condition_names=config.get("condition_names", ()),
         text_encoder=text_encoder, value_range=tuple(config.get("value_range", (-1, 1))),
-        preprocessing=config["preprocessing"],
+        preprocessing=config["preprocessing"], image_conditioned=image_conditioned,
     )
 
 

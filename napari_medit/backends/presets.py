@@ -92,7 +92,30 @@ def load_pipeline_folder(folder: Path, trust_remote_code: bool = False):
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
     vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
     scheduler_config = diffusers.DDIMScheduler.load_config(folder / "scheduler")
-    scheduler = getattr(diffusers, scheduler_config.get("_class_name", "DDIMScheduler")).from_config(scheduler_config)
+    scheduler_class = scheduler_config.get("_class_name", "DDIMScheduler")
+    if not hasattr(diffusers, scheduler_class):
+        raise ModelLoadError(f"{folder / 'scheduler'}: diffusers {diffusers.__version__} has no {scheduler_class}; "
+                             "replace the scheduler config with a DDIMScheduler one")
+    scheduler = getattr(diffusers, scheduler_class).from_config(scheduler_config)
     text = TransformersTextEncoder.from_folder(folder, trust_remote_code=trust_remote_code)
+    # InstructPix2Pix folders: the UNet reads the prior image's latent beside the noisy one (4 + 4 channels)
+    image_conditioned = unet.config.in_channels == 2 * vae.config.latent_channels
+    if image_conditioned:
+        check_instruction_scheduler(scheduler, folder)
     return DiffusersDenoiser(unet, scheduler, name=folder.name, text_encoder=text, vae=vae,
-                             preprocessing=preprocessing.STABLE_DIFFUSION)
+                             preprocessing=preprocessing.STABLE_DIFFUSION, image_conditioned=image_conditioned)
+
+
+def check_instruction_scheduler(scheduler, folder: Path) -> None:
+    """Instruction models are sampled with their own scheduler, as diffusers' InstructPix2Pix
+    pipeline does: refuse one that cannot run that loop or that predicts anything but noise."""
+    from ..editing.instruct import INSTRUCTION_SCHEDULER_NEEDS
+
+    missing = [name for name in INSTRUCTION_SCHEDULER_NEEDS if not hasattr(scheduler, name)]
+    if missing:
+        raise ModelLoadError(f"{folder}: its {type(scheduler).__name__} has no {missing[0]}, which instruction "
+                             "editing needs; use a DDIM, DDPM, Euler or Euler ancestral scheduler config")
+    prediction = getattr(scheduler.config, "prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ModelLoadError(f"{folder}: the scheduler says prediction_type={prediction!r}; napari-medit's "
+                             "instruction editing supports epsilon-prediction models only")

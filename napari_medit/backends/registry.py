@@ -82,7 +82,8 @@ def describe(folder: Path) -> dict:
     config = json.loads((folder / CONFIG_NAME).read_text())
     conditions = list(config.get("condition_names", []))
     text = (folder / "text_encoder").is_dir() or "text_encoder" in config
-    methods = [m.name for m in METHODS.values() if m.model_problem(text, conditions) is None]
+    image_conditioned = bool(config.get("image_conditioned", False))
+    methods = [m.name for m in METHODS.values() if m.model_problem(text, conditions, image_conditioned) is None]
     return {
         "name": folder.name,
         "path": str(folder),

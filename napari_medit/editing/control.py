@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,11 @@ class NoiseSource:
 
     def like(self, x: torch.Tensor, kind: str = "") -> torch.Tensor:
         return self.draw(x.shape[1:], kind).to(x.dtype)
+
+    def step_generators(self, kind: str) -> list[torch.Generator]:
+        """One generator per item, seeded from its own (leading) seed and ``kind``: for diffusers
+        schedulers that draw their step noise themselves (``step(..., generator=[...])``)."""
+        return [torch.Generator().manual_seed(zlib.crc32(f"{m[0][0]}:{kind}".encode())) for m in self.mixtures]
 
 
 @dataclass
@@ -84,3 +90,13 @@ class Progress:
         if self.callback is not None:
             self.callback(StepInfo(self.done, self.total, x0_estimate.detach(), self.chunk))
         self.check()
+
+
+@dataclass
+class Edited:
+    """What a method returns when it also computed maps (e.g. InstructX2X's guidance map):
+    ``versions`` as the plain return value would be, ``maps`` by name (catalogue.MAP_ROLES),
+    each (B, 1, R, R) on the model's image grid, in [0, 1]."""
+
+    versions: list[torch.Tensor]
+    maps: dict[str, torch.Tensor]

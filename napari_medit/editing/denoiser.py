@@ -34,6 +34,7 @@ class Denoiser:
     latent_factor: int = 1  # image pixels per diffusion cell (8 for Stable Diffusion VAEs)
     value_range: tuple[float, float] = (-1.0, 1.0)
     condition_names: tuple[str, ...] = ()  # masks concatenated to x_t, in this order
+    image_conditioned: bool = False  # the prior image (its latent) follows x_t on channels (InstructPix2Pix)
     preprocessing: Preprocessing = Preprocessing()  # how slices are fit to the grid and intensities mapped
     schedule: NoiseSchedule
     evaluations: int = 0  # forward passes so far, counted per batch item
@@ -61,6 +62,11 @@ class Denoiser:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return latents
+
+    def encode_prior(self, images: torch.Tensor) -> torch.Tensor:
+        """The prior image as an image-conditioned model reads it beside x_t: the image itself in
+        pixel space; with a VAE, its posterior mode, *not* scaled (InstructPix2Pix was trained so)."""
+        return images
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor | None:
         return None
@@ -148,13 +154,17 @@ class DiffusersDenoiser(NetworkDenoiser):
         vae=None,
         value_range: tuple[float, float] = (-1.0, 1.0),
         preprocessing: Preprocessing = Preprocessing(),
+        image_conditioned: bool = False,
     ):
         self.unet, self.vae, self.text_encoder = unet.eval(), vae, text_encoder
         self.preprocessing = preprocessing
         self.schedule = NoiseSchedule.from_scheduler(scheduler)
         self.name, self.value_range = name, value_range
         self.condition_names = tuple(condition_names)
+        self.image_conditioned = image_conditioned
         in_channels = unet.config.in_channels - len(self.condition_names)
+        if image_conditioned:  # x_t and the prior image have the same channels
+            in_channels //= 2
         self.latent_channels = in_channels
         if vae is not None:
             self.vae = vae.eval()
@@ -176,6 +186,12 @@ class DiffusersDenoiser(NetworkDenoiser):
         latents = posterior.mean if noise is None else posterior.mean + posterior.std * noise.to(posterior.std)
         return latents.to(images.dtype) * self.vae.config.scaling_factor
 
+    def encode_prior(self, images: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return images
+        rgb = images.expand(-1, self.vae.config.in_channels, -1, -1)
+        return self.vae.encode(rgb.to(self.vae.dtype)).latent_dist.mode().to(images.dtype)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
             return latents
@@ -184,7 +200,9 @@ class DiffusersDenoiser(NetworkDenoiser):
 
     def model_output(self, x_t, t, text, conditions):
         x = x_t if conditions is None else torch.cat([x_t, conditions.to(x_t.dtype)], dim=1)
-        timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        # Karras-style schedulers (Euler) may ask for a timestep between two integers.
+        step_type = torch.long if float(t).is_integer() else torch.float32
+        timestep = torch.full((x.shape[0],), t, device=x.device, dtype=step_type)
         dtype = self.unet.dtype
         if text is None:
             return self.unet(x.to(dtype), timestep).sample.float()

@@ -21,7 +21,7 @@ from .. import catalogue
 from ..catalogue import MASK_ROLES, MaskGrid, Method, RunOptions, SliceNoise, check_slice_options
 from ..masks import mask_problem
 from ..metrics import edit_metrics, jsonable
-from .control import NoiseSource, Progress, StepInfo
+from .control import Edited, NoiseSource, Progress, StepInfo
 from .denoiser import Denoiser
 from .slice_noise import Mixture, slice_mixtures
 from .through_plane import ThroughPlaneSmoothing
@@ -60,6 +60,7 @@ class EditResult:
     provenance: dict[str, Any]
     progression: list[MedicalImage] | None = None  # PIE: every step, the last one is ``image``
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # masks as used (MedEdit: inpaint_mask)
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # maps the method computed (catalogue.MAP_ROLES)
     metrics: dict = field(default_factory=dict)  # napari_medit.metrics.edit_metrics; JSON form in provenance
 
 
@@ -113,8 +114,8 @@ def edit(
                      slice_noise=slice_noise, noise_correlation_mm=noise_correlation_mm,
                      through_plane_smoothing=through_plane_smoothing, **options)
     started, evaluations_before = time.perf_counter(), model.evaluations
-    outputs = run_plan(plan, model, callback=callback, cancel=cancel)
-    return assemble(plan, model, outputs, seconds=time.perf_counter() - started,
+    outputs, maps = run_plan(plan, model, callback=callback, cancel=cancel)
+    return assemble(plan, model, outputs, maps, seconds=time.perf_counter() - started,
                     evaluations=model.evaluations - evaluations_before)
 
 
@@ -192,7 +193,7 @@ def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser,
     stack = volume[None] if volume.ndim == 2 else np.moveaxis(volume, axis, 0)
     stacked = {k: (m[None] if volume.ndim == 2 else np.moveaxis(m, axis, 0)) for k, m in masks.items()}
     if spec.prepare_masks is not None:
-        stacked.update(spec.prepare_masks(stacked, params, model.resolution))
+        stacked.update(spec.prepare_masks(stacked, params, model.resolution, stack.shape))
     region = stacked.get(spec.slice_region) if spec.slice_region else None
     chosen = slices_to_edit(stack.shape[0], region, slices)
     if not chosen:
@@ -217,9 +218,10 @@ def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser,
 
 
 def run_plan(plan: EditPlan, model: Denoiser, *, callback: Callable[[EditProgress], None] | None = None,
-             cancel: threading.Event | None = None) -> list[np.ndarray]:
+             cancel: threading.Event | None = None) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Every chosen slice through the method in batches; one float64 stack per output version
-    (PIE: one per progression step), the source's values on the slices not chosen."""
+    (PIE: one per progression step), the source's values on the slices not chosen; and the
+    maps the method computed (float32 stacks, 0 on the slices not chosen)."""
     run = plan.spec.load_runner()
     together = plan.through_plane_smoothing > 0  # neighbours must be in the batch they are smoothed with
     size = len(plan.chosen) if together else plan.batch_size
@@ -227,11 +229,12 @@ def run_plan(plan: EditPlan, model: Denoiser, *, callback: Callable[[EditProgres
     network_batch = plan.batch_size
     progress = Progress(cancel=cancel, chunks=len(pending))
     outputs: list[np.ndarray] | None = None
+    maps = {name: np.zeros(plan.stack.shape, np.float32) for name in plan.spec.produces}
     while pending:
         chunk = pending.pop(0)
         done_before = progress.done
         try:
-            native = _edit_chunk(run, plan, model, chunk, progress, callback, network_batch)
+            native, native_maps = _edit_chunk(run, plan, model, chunk, progress, callback, network_batch)
         except torch.OutOfMemoryError:
             smaller = network_batch if together else len(chunk)
             if smaller == 1:
@@ -253,29 +256,37 @@ def run_plan(plan: EditPlan, model: Denoiser, *, callback: Callable[[EditProgres
             outputs = [plan.stack.astype(np.float64) for _ in native]
         for out, values in zip(outputs, native):
             out[chunk] = values
+        for name, values in native_maps.items():
+            maps[name][chunk] = values
         progress.next_chunk()
-    return outputs
+    return outputs, maps
 
 
-def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], *, seconds: float,
-             evaluations: int) -> EditResult:
+def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], maps: dict[str, np.ndarray] | None = None,
+             *, seconds: float, evaluations: int) -> EditResult:
     """Composite the edited slices into the source (bit-identical outside what the method may change),
     back in the source's voxel order and dtype, with metrics and provenance."""
     spec, stack = plan.spec, plan.stack
-    editable = spec.editable(plan.masks)
+    maps = maps or {}
+    # a computed mask (name ending in _mask) is a region: a native pixel is in it when its value is at least half
+    masks = {**plan.masks, **{k: m >= 0.5 for k, m in maps.items() if k.endswith("_mask")}}
+    editable = spec.editable(masks)
     if not plan.grid.covers_all:  # a centre crop: what the model never saw stays as it was
         covered = plan.grid.covered()[None]
         editable = covered if editable is None else editable & covered
     stacked_results = [_composite(stack, out, editable, plan.chosen, plan.source.array.dtype) for out in outputs]
     # Measured in the slicing orientation (slices along axis 0), where "edited slices" are defined.
-    metrics = edit_metrics(stack, stacked_results[-1], region=spec.region(plan.masks),
+    metrics = edit_metrics(stack, stacked_results[-1], region=spec.region(masks),
                            keep_mask=plan.masks.get("keep_mask"), slice_axis=0,
                            slices=None if plan.planar else plan.chosen)
     results = [r[0] if plan.planar else np.moveaxis(r, 0, plan.axis) for r in stacked_results]
-    used_masks = {k: (m[0] if plan.planar else np.moveaxis(m, 0, plan.axis)) for k, m in plan.masks.items()}
+    used_masks = {k: (m[0] if plan.planar else np.moveaxis(m, 0, plan.axis)) for k, m in masks.items()}
+    method_maps = {k: (m[0] if plan.planar else np.moveaxis(m, 0, plan.axis)) for k, m in maps.items()
+                   if not k.endswith("_mask")}
     if plan.back is not None:  # from the plane's orientation back to the image's voxel order
         results = [apply_orientation(r, plan.back) for r in results]
         used_masks = {k: apply_orientation(m, plan.back) for k, m in used_masks.items()}
+        method_maps = {k: apply_orientation(m, plan.back) for k, m in method_maps.items()}
     provenance = {
         "method": spec.name,
         "reference": spec.reference,
@@ -292,6 +303,7 @@ def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], *, seco
         "slices": plan.chosen,
         "batch_size": plan.batch_size,
         "masks": plan.given_masks,
+        "maps": sorted(method_maps),
         "preprocessing": {**plan.grid.describe(), **plan.window.describe()},
         "scheduler": model.schedule.settings(),
         "source": plan.source.metadata.get("path"),
@@ -312,6 +324,7 @@ def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], *, seco
         provenance=provenance,
         progression=images if len(images) > 1 else None,
         masks=used_masks,
+        maps=method_maps,
         metrics=metrics,
     )
 
@@ -351,7 +364,7 @@ def _check_request(spec: Method, source: MedicalImage, masks: dict, model: Denoi
     problem = spec.unused_mask_problem(masks)
     if problem:
         raise EditError(problem)
-    problem = spec.model_problem(model.text_conditioned, model.condition_names)
+    problem = spec.model_problem(model.text_conditioned, model.condition_names, model.image_conditioned)
     if problem:
         raise EditError(f"model '{model.name}': {problem}")
     needed = [c for c in model.condition_names if c not in masks]
@@ -409,8 +422,14 @@ def _edit_chunk(run, plan: EditPlan, model: Denoiser, chunk: list[int], progress
     with torch.no_grad():
         edited = run(denoiser, x0, masks_model, plan.params, noise, progress, conditions,
                      image=_sampler_precision(model, images))
+        maps = {}
+        if isinstance(edited, Edited):
+            edited, maps = edited.versions, edited.maps
         versions = edited if isinstance(edited, list) else [edited]
-        return [_from_model(model, v, plan.window, plan.grid, plan.stack[chunk]) for v in versions]
+        native = [_from_model(model, v, plan.window, plan.grid, plan.stack[chunk]) for v in versions]
+        # maps lie on the model's image grid; outside a centre crop they are 0 (nothing was edited there)
+        return native, {k: np.nan_to_num(plan.grid.from_model(m.float().cpu())).astype(np.float32)
+                        for k, m in maps.items()}
 
 
 def _to_model_range(model: Denoiser, slices: np.ndarray, window: IntensityWindow, grid: Grid) -> torch.Tensor:

@@ -209,7 +209,8 @@ class MasksWidget(Container):
             return self._fail(str(exc))
         masks = {"pathology_mask": np.asarray(pathology.data) > 0, "brain_mask": np.asarray(brain.data) > 0}
         # the catalogue's own hook: exactly the mask MedEdit will use
-        inpaint = METHODS["mededit"].prepare_masks(masks, MedEditParams(), resolution)["inpaint_mask"]
+        inpaint = METHODS["mededit"].prepare_masks(masks, MedEditParams(), resolution,
+                                                    masks["brain_mask"].shape)["inpaint_mask"]
         name = f"{source.name} inpainting_mask"
         if name in self.viewer.layers:
             self.viewer.layers[name].data = inpaint.astype(np.uint8)

@@ -1,0 +1,228 @@
+"""Instruction editing: parity with diffusers' InstructPix2Pix pipeline, Region-Specific Editing's
+guarantees, and the instruction reader and region templates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medit.backends import ModelLoadError, load_model
+from napari_medit.catalogue import InstructParams, InstructX2XParams, METHODS
+from napari_medit.editing import EditError, edit
+from napari_medit.editing.control import NoiseSource, Progress
+from napari_medit.editing.instruct import instruct
+from napari_medit.editing.instructx2x import relevance_map
+from napari_medit.instructions import (Change, Finding, Instruction, Side, hemithorax, read_instruction,
+                                       region_template, write_instruction)
+from napari_medit.sample_data.cxr_phantom import generate_cxr_phantom
+
+PROMPT = "remove the right pleural effusion"
+
+
+def tiny_pix2pix(folder, scheduler="DDIMScheduler"):
+    """A random InstructPix2Pix pipeline in diffusers' layout: 16 px images, 4 x 8 x 8 latents."""
+    import diffusers
+    from diffusers import AutoencoderKL, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+    from transformers import BertTokenizer, CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), latent_channels=4,
+                        norm_num_groups=8, sample_size=16)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", *sorted({w for w in (PROMPT + " add a left").split()})]
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, model_max_length=8)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=8,
+                                        pad_token_id=0, bos_token_id=2, eos_token_id=3))
+    schedule = getattr(diffusers, scheduler)(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                              steps_offset=1, **({"clip_sample": False, "set_alpha_to_one": False}
+                                                                 if scheduler == "DDIMScheduler" else {}))
+    pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                                  scheduler=schedule, safety_checker=None, feature_extractor=None,
+                                                  requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return pipe
+
+
+class StartFrom(NoiseSource):
+    """Seeded noise, except the starting latents, which are given (as the pipeline's ``latents=``)."""
+
+    def __init__(self, start):
+        super().__init__([0])
+        self.start = start
+
+    def draw(self, shape, kind=""):
+        return self.start.clone() if kind == "start" else super().draw(shape, kind)
+
+
+@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "EulerDiscreteScheduler"])
+def test_instruct_matches_diffusers_instruct_pix2pix_pipeline(tmp_path, scheduler):
+    pipe = tiny_pix2pix(tmp_path / "ip2p", scheduler)
+    model = load_model(tmp_path / "ip2p")
+    assert model.image_conditioned and model.latent and model.resolution == 16
+    gray = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
+    start = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = pipe(PROMPT, image=gray.float().expand(-1, 3, -1, -1), num_inference_steps=10, guidance_scale=7.5,
+                        image_guidance_scale=1.5, latents=start,  # the pipeline scales them by init_noise_sigma
+                        output_type="latent").images
+        ours = instruct(model, model.encode(gray), image=gray, params=InstructParams(prompt=PROMPT, steps=10),
+                        noise=StartFrom(start.double()), progress=Progress())
+    assert ours.shape == expected.shape
+    torch.testing.assert_close(ours.float(), expected, atol=2e-4, rtol=1e-4)
+    assert (ours.float() - expected).abs().max() < 1e-2 * expected.abs().max()
+
+
+@pytest.fixture(scope="module")
+def pix2pix(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "ip2p"
+    tiny_pix2pix(folder)
+    return load_model(folder)
+
+
+def chest(size=48):
+    return (generate_cxr_phantom(size, 7, effusion="right").image * 255).round().astype(np.uint8)
+
+
+def test_region_specific_editing_changes_nothing_outside_its_thresholded_map(pix2pix):
+    image = chest()
+    roi = np.zeros(image.shape, bool)
+    roi[20:44, 4:24] = True
+    result = edit("instructx2x", image, model=pix2pix, prompt=PROMPT, roi_mask=roi, steps=8, seed=3)
+    mask = result.masks["guidance_mask"] & roi  # thresholded on the model's grid, cut to the region here
+    assert mask.any() and not mask.all()
+    assert result.masks["guidance_mask"][~roi].mean() < 0.1  # the map is relevance x region
+    np.testing.assert_array_equal(result.image.array[~mask], image[~mask])
+    assert (result.image.array[mask] != image[mask]).any()
+    guidance = result.maps["guidance_map"]
+    assert guidance.shape == image.shape and 0 <= guidance.min() and guidance.max() <= 1
+    assert result.provenance["maps"] == ["guidance_map"]
+    again = edit("instructx2x", image, model=pix2pix, prompt=PROMPT, roi_mask=roi, steps=8, seed=3)
+    np.testing.assert_array_equal(again.maps["guidance_map"], guidance)
+    np.testing.assert_array_equal(again.image.array, result.image.array)
+    other = edit("instructx2x", image, model=pix2pix, prompt=PROMPT, roi_mask=roi, steps=8, seed=4)
+    assert not np.array_equal(other.maps["guidance_map"], guidance)
+
+
+def test_without_a_region_the_instruction_names_its_template(pix2pix):
+    image = chest()
+    result = edit("instructx2x", image, model=pix2pix, prompt=PROMPT, steps=4, seed=0)
+    template = region_template(read_instruction(PROMPT), image.shape)
+    np.testing.assert_array_equal(result.masks["roi_mask"], template)
+    np.testing.assert_array_equal(result.image.array[~template], image[~template])
+
+
+def test_relevance_map_clips_high_outliers_and_spans_zero_to_one():
+    class Difference:  # eps(text) - eps(no text) is a ramp with one hot cell
+        schedule = type("S", (), {"num_train_timesteps": 1000, "add_noise": lambda self, x, n, t: x})()
+
+        def __call__(self, x, t, text, conditions):
+            eps = torch.zeros_like(x)
+            ramp = torch.arange(16, dtype=x.dtype).reshape(4, 4)
+            ramp[0, 0] = 1000.0  # an outlier far above Q3 + 1.5 IQR
+            eps[: x.shape[0] // 2, 0] = ramp
+            return eps
+
+    x0 = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    out = relevance_map(Difference(), x0, x0, torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), InstructX2XParams(),
+                        NoiseSource([0]), None, (4, 4))[0, 0]
+    values = torch.arange(16, dtype=torch.float64)
+    values[0] = 1000.0
+    q1, q3 = torch.quantile(values, 0.25), torch.quantile(values, 0.75)
+    fence = q3 + 1.5 * (q3 - q1)  # 15.25 + 1.5 * 7.5 = 26.5: the outlier is clipped to it
+    expected = torch.minimum(values, fence)
+    expected = ((expected - expected.min()) / (expected.max() - expected.min())).reshape(4, 4)
+    torch.testing.assert_close(out, expected)
+    assert out[0, 0] == 1 and out[0, 1] == 0
+
+
+def test_instruction_methods_need_an_instruction_model_and_others_refuse_one(pix2pix):
+    from napari_medit.editing import GaussianDenoiser
+    from diffusers import DDIMScheduler
+
+    plain = GaussianDenoiser(DDIMScheduler(), resolution=16, means={"": 0.0, PROMPT: 1.0})
+    with pytest.raises(EditError, match="needs an instruction model"):
+        edit("instruct", np.zeros((16, 16)), model=plain, prompt=PROMPT)
+    with pytest.raises(EditError, match="instruction model .* use instruct, instructx2x"):
+        edit("sdedit", np.zeros((16, 16)), model=pix2pix)
+
+
+def test_instruct_from_pure_noise_and_with_strength(pix2pix):
+    image = chest()
+    full = edit("instruct", image, model=pix2pix, prompt=PROMPT, steps=6, seed=0)
+    assert full.image.array.shape == image.shape and full.provenance["model_evaluations"] == 6 * 3
+    part = edit("instruct", image, model=pix2pix, prompt=PROMPT, steps=6, strength=0.5, seed=0)
+    assert part.provenance["model_evaluations"] == 3 * 3
+    weak = edit("instruct", image, model=pix2pix, prompt=PROMPT, steps=6, seed=0, text_guidance=1.0)
+    assert weak.provenance["model_evaluations"] == 6  # no guidance: one conditional pass, as the pipeline
+
+
+def test_an_instruction_model_with_an_unusable_scheduler_is_refused(tmp_path):
+    import json
+
+    tiny_pix2pix(tmp_path / "ip2p")
+    config = tmp_path / "ip2p" / "scheduler" / "scheduler_config.json"
+    values = json.loads(config.read_text())
+    config.write_text(json.dumps({**values, "prediction_type": "v_prediction"}))
+    with pytest.raises(ModelLoadError, match="epsilon-prediction models only"):
+        load_model(tmp_path / "ip2p")
+    config.write_text(json.dumps({**values, "_class_name": "NoSuchScheduler"}))
+    with pytest.raises(ModelLoadError, match="has no NoSuchScheduler"):
+        load_model(tmp_path / "ip2p")
+
+
+# ---------------------------------------------------------------- instructions and templates
+
+
+@pytest.mark.parametrize("instruction", [
+    Instruction(Change.add, Finding.effusion, Side.right, small=True),
+    Instruction(Change.remove, Finding.effusion, Side.left),
+    Instruction(Change.add, Finding.pneumothorax, Side.left),
+    Instruction(Change.remove, Finding.opacity, Side.right),
+    Instruction(Change.enlarge, Finding.effusion, Side.right),
+    Instruction(Change.shrink, Finding.pneumothorax, Side.right),
+    Instruction(Change.enlarge, Finding.cardiomegaly),
+])
+def test_instructions_read_back_as_written(instruction):
+    text = instruction.text()
+    assert read_instruction(text) == [instruction]
+
+
+def test_instruction_texts():
+    assert write_instruction(Change.add, Finding.effusion, Side.right, small=True) == \
+        "add a small right pleural effusion"
+    assert write_instruction(Change.remove, Finding.effusion, Side.right) == PROMPT
+    assert write_instruction(Change.enlarge, Finding.cardiomegaly) == "enlarge the heart"
+    assert write_instruction(Change.add, Finding.pneumothorax, Side.left) == "add a left pneumothorax"
+    assert read_instruction("make it look nicer") == []
+
+
+@pytest.mark.parametrize("finding,side", [("effusion", "right"), ("effusion", "left"), ("pneumothorax", "right"),
+                                          ("pneumothorax", "left"), ("opacity", "left")])
+def test_templates_cover_the_phantoms_findings_on_their_side(finding, side):
+    covered = []
+    for seed in range(6):
+        phantom = generate_cxr_phantom(128, seed, **{finding: side})
+        template = region_template([Instruction(Change.add, Finding(finding), Side(side))], (128, 128))
+        mask = phantom.masks[finding]
+        covered.append((mask & template).sum() / mask.sum())
+        other = hemithorax(phantom.masks["lungs"], Side("left" if side == "right" else "right"))
+        assert (template & other).sum() < 0.1 * other.sum()  # the other side stays out
+    assert np.mean(covered) > 0.9, covered
+
+
+def test_cardiac_template_covers_the_enlarged_heart():
+    for seed in range(4):
+        phantom = generate_cxr_phantom(128, seed, cardiomegaly=True)
+        template = region_template(read_instruction("enlarge the heart"), (128, 128))
+        heart = phantom.masks["heart"]
+        assert (heart & template).sum() > 0.85 * heart.sum()
+
+
+def test_methods_are_in_the_catalogue():
+    assert METHODS["instruct"].edits_from_prior and METHODS["instructx2x"].produces == ("guidance_map", "guidance_mask")
