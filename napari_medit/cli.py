@@ -103,8 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     mededit_import.add_argument("--resolution", type=int, default=128)
     mededit_import.set_defaults(run=_import_mededit)
 
-    train = commands.add_parser("train", help="train a model folder: brain (MedEdit-style) or cxr (text-conditioned)")
-    train.add_argument("kind", choices=("brain", "cxr"))
+    train = commands.add_parser(
+        "train", help="train a model folder: brain (MedEdit-style), cxr (text-conditioned), cxr-instruct "
+        "(instruction model on phantom journeys) or cxr-findings (findings classifier)")
+    train.add_argument("kind", choices=("brain", "cxr", "cxr-instruct", "cxr-findings"))
     train.add_argument("--out", required=True, help="the model folder to write (checkpoints go there too)")
     train.add_argument("--data", help="brain: a folder of NIfTI volumes or a CSV (default: the bundled sample)")
     train.add_argument("--steps", type=int, default=2000)
@@ -309,6 +311,14 @@ def _train(args) -> int:
         from .training.brain import train_brain
 
         folder = train_brain(config, args.data, args.resolution, args.resume)
+    elif args.kind == "cxr-instruct":
+        from .training.cxr_instruct import train_cxr_instruct
+
+        folder = train_cxr_instruct(config, args.resolution, args.resume)
+    elif args.kind == "cxr-findings":
+        from .training.findings import train_findings
+
+        folder = train_findings(config, args.resolution, args.resume)
     else:
         from .training.cxr import train_cxr
 

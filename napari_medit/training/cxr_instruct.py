@@ -1,0 +1,193 @@
+"""Train a small instruction model (InstructPix2Pix-style, pixel space) on phantom patient journeys.
+
+A journey is two phantoms with the same anatomy seed, the prior and the current, with one
+finding changed between them: added, removed, grown or shrunk, on the left or the right
+(pleural effusion, cardiomegaly, pneumothorax, opacity). Its instruction is written from
+the change ('add a small right pleural effusion', 'remove the left pneumothorax', 'enlarge
+the heart'; napari_medit.instructions). The network reads the noisy current image and the
+prior on two channels, and the instruction by cross-attention. As InstructPix2Pix, the
+prior is dropped (zeros) 5% of the time and the instruction 10%, independently, so that
+both guidance scales have an unconditional model to push against.
+
+Both images of a pair are normalised with the *prior's* intensity window: the editing
+engine maps the source, and its edit, through the source's window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..editing.slicing import Grid, IntensityWindow
+from ..instructions import Change, Finding, Side, write_instruction
+from ..sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
+from .cxr import MAX_TOKENS, SCHEDULER, SPECIAL
+from .loop import TrainConfig, extra_levels, noised, train
+
+IMAGE_DROPOUT, TEXT_DROPOUT = 0.05, 0.10
+SMALL_EFFUSION, LARGE_EFFUSION = (0.2, 0.32), (0.45, 0.6)  # effusion_size ranges of 'small' and grown fluid
+SMALL_PNEUMOTHORAX, LARGE_PNEUMOTHORAX = (0.12, 0.18), (0.25, 0.32)
+CHANGES: dict[Finding, tuple[Change, ...]] = {
+    Finding.effusion: (Change.add, Change.remove, Change.enlarge, Change.shrink),
+    Finding.pneumothorax: (Change.add, Change.remove, Change.enlarge, Change.shrink),
+    Finding.opacity: (Change.add, Change.remove),
+    Finding.cardiomegaly: (Change.add, Change.remove),
+}
+
+
+@dataclass(frozen=True)
+class Journey:
+    prior: np.ndarray  # uint8, as a PNG would hold it
+    current: np.ndarray
+    instruction: str
+    change: Change
+    finding: Finding
+    side: Side | None
+    prior_masks: dict
+    current_masks: dict
+
+
+def journey(rng: np.random.Generator, size: int, finding: Finding | None = None, change: Change | None = None,
+            side: Side | None = None) -> Journey:
+    """One prior/current pair and its instruction (random where not given)."""
+    finding = finding or Finding(rng.choice([f.value for f in Finding]))
+    change = change or Change(rng.choice([c.value for c in CHANGES[finding]]))
+    seed = int(rng.integers(2**31))
+    if finding is Finding.cardiomegaly:
+        side = None
+        before, after = {"cardiomegaly": False}, {"cardiomegaly": True}
+    else:
+        side = side or Side(rng.choice(["left", "right"]))
+        knob = {Finding.effusion: "effusion_size", Finding.pneumothorax: "pneumothorax_size"}.get(finding)
+        small_range, large_range = ((SMALL_EFFUSION, LARGE_EFFUSION) if finding is Finding.effusion
+                                    else (SMALL_PNEUMOTHORAX, LARGE_PNEUMOTHORAX))
+        present = {finding.value: side.value}
+        if finding is Finding.opacity:
+            present["opacity_kind"] = str(rng.choice(["consolidation", "nodule"]))
+        before, after = {}, present
+        if change in (Change.enlarge, Change.shrink):  # small, then large
+            before = {**present, knob: float(rng.uniform(*small_range))}
+            after = {**present, knob: float(rng.uniform(*large_range))}
+        elif knob:
+            present[knob] = float(rng.uniform(small_range[0], large_range[1]))
+    small = finding is Finding.effusion and change is Change.add and after["effusion_size"] < SMALL_EFFUSION[1]
+    if change in (Change.remove, Change.shrink):
+        before, after = after, before
+    prior = generate_cxr_phantom(size, seed, **before)
+    current = generate_cxr_phantom(size, seed, **after)
+    return Journey(to_uint8(prior.image), to_uint8(current.image), write_instruction(change, finding, side, small),
+                   change, finding, side, prior.masks, current.masks)
+
+
+def vocabulary() -> list[str]:
+    words = set()
+    for finding, changes in CHANGES.items():
+        for change in changes:
+            for side in ([None] if finding is Finding.cardiomegaly else list(Side)):
+                for small in (False, True):
+                    words |= set(write_instruction(change, finding, side, small).split())
+    return SPECIAL + sorted(words)
+
+
+def batches(resolution: int, batch_size: int, seed: int, start_step: int) -> Iterator[dict]:
+    """Batch ``step`` depends on (seed, step) alone, so a resumed run sees what an unbroken one would."""
+    grid = Grid(resolution, resolution, resolution)
+    step = start_step
+    while True:
+        rng = np.random.default_rng([seed, step])
+        step += 1
+        priors, currents, prompts = [], [], []
+        for _ in range(batch_size):
+            pair = journey(rng, resolution)
+            window = IntensityWindow.of(pair.prior)  # the engine maps source and edit through the source's window
+            prior, current = (grid.to_model(window.to_unit(p)[None])[0] * 2 - 1 for p in (pair.prior, pair.current))
+            priors.append(prior * 0 if rng.random() < IMAGE_DROPOUT else prior)
+            currents.append(current)
+            prompts.append("" if rng.random() < TEXT_DROPOUT else pair.instruction)
+        yield {"current": torch.stack(currents).float(), "prior": torch.stack(priors).float(), "prompts": prompts}
+
+
+def build(resolution: int):
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import BertTokenizer, CLIPTextConfig, CLIPTextModel
+
+    from ..backends.text import TransformersTextEncoder
+
+    words = vocabulary()
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True,
+                              model_max_length=MAX_TOKENS)
+    text_model = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(words), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=MAX_TOKENS, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+    ))
+    # demo-cxr's network with a second input channel, the prior
+    extra = extra_levels(resolution)
+    unet = UNet2DConditionModel(
+        sample_size=resolution, in_channels=2, out_channels=1, layers_per_block=1,
+        block_out_channels=(32, 64, 64) + (128,) * extra,
+        down_block_types=("DownBlock2D",) * (2 + extra) + ("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (2 + extra), cross_attention_dim=64,
+        attention_head_dim=8,
+    )
+    return unet, TransformersTextEncoder(tokenizer, text_model, MAX_TOKENS), DDIMScheduler(**SCHEDULER)
+
+
+def train_cxr_instruct(config: TrainConfig, resolution: int = 64, resume: bool = False) -> Path:
+    from ..backends import save_model
+    from ..editing import DiffusersDenoiser
+
+    torch.manual_seed(config.seed)
+    unet, text_encoder, scheduler = build(resolution)
+    unet.to(config.device)
+    text_encoder.model.to(config.device)
+    alphas = scheduler.alphas_cumprod.to(config.device)
+
+    def loss_fn(batch, generator):
+        x_t, t, noise = noised(batch["current"].to(config.device), alphas, generator)
+        x = torch.cat([x_t, batch["prior"].to(config.device)], dim=1)
+        eps = unet(x, t, encoder_hidden_states=text_encoder(batch["prompts"])).sample
+        return torch.nn.functional.mse_loss(eps, noise)
+
+    denoiser = DiffusersDenoiser(unet, scheduler, name="demo-cxr-instruct", text_encoder=text_encoder,
+                                 image_conditioned=True)
+    model_config = {"name": config.out.name, "resolution": resolution, "value_range": [-1, 1],
+                    "text_encoder": {"max_length": MAX_TOKENS, "use_attention_mask": False},
+                    "prompts": example_instructions(), "trained_on": "napari-medit chest phantom journeys"}
+
+    def validate(step):
+        save_model(config.out, denoiser, model_config)
+        _validation_image(denoiser, resolution, config.out / f"validation_{step:06d}.png")
+
+    train(config, {"unet": unet, "text_encoder": text_encoder.model}, loss_fn,
+          lambda start: batches(resolution, config.batch_size, config.seed, start), validate, resume)
+    return save_model(config.out, denoiser, model_config)
+
+
+def example_instructions() -> list[str]:
+    return [write_instruction(Change.add, Finding.effusion, Side.right, small=True),
+            write_instruction(Change.remove, Finding.effusion, Side.right),
+            write_instruction(Change.enlarge, Finding.effusion, Side.left),
+            write_instruction(Change.add, Finding.pneumothorax, Side.left),
+            write_instruction(Change.remove, Finding.pneumothorax, Side.right),
+            write_instruction(Change.add, Finding.opacity, Side.right),
+            write_instruction(Change.enlarge, Finding.cardiomegaly),
+            write_instruction(Change.remove, Finding.cardiomegaly)]
+
+
+def _validation_image(denoiser, resolution: int, path: Path) -> None:
+    """On a held-out journey pair: remove the right effusion from the prior, add one to a healthy chest."""
+    from PIL import Image
+
+    from ..editing import edit
+
+    sick = to_uint8(generate_cxr_phantom(4 * resolution, 123456, effusion="right", effusion_size=0.5).image)
+    healthy = to_uint8(generate_cxr_phantom(4 * resolution, 123456).image)
+    tiles = []
+    for pixels, prompt in ((sick, "remove the right pleural effusion"), (healthy, "add a right pleural effusion")):
+        result = edit("instruct", pixels, model=denoiser, prompt=prompt, steps=20, seed=0)
+        tiles += [pixels, result.image.array]
+    Image.fromarray(np.concatenate(tiles, axis=1)).save(path)
