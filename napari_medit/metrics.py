@@ -201,3 +201,36 @@ def jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     return value
+
+
+# ---------------------------------------------------------------- counterfactual scores (BiomedJourney)
+
+
+def auroc(labels: Sequence[bool], scores: Sequence[float]) -> float:
+    """Area under the ROC curve: the probability that a positive outscores a negative (ties count
+    half), by the Mann-Whitney rank sum. ValueError when one class is missing."""
+    from scipy.stats import rankdata
+
+    labels, scores = np.asarray(labels, bool), np.asarray(scores, float)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        raise ValueError(f"AUROC needs both classes; got {positives} positives and {negatives} negatives")
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def geometric_mean(values: Sequence[float]) -> float:
+    values = np.asarray(list(values), float)
+    if values.size == 0 or (values <= 0).any():
+        raise ValueError(f"a geometric mean needs positive values, got {values.tolist()}")
+    return float(np.exp(np.log(values).mean()))
+
+
+def cmig_score(accuracy: dict[str, float], retention: dict[str, float]) -> float:
+    """BiomedJourney's Counterfactual Medical Image Generation score (Sec. 3.4): the geometric mean
+    of the geometric mean of the accuracy measures (e.g. pathology AUROC) and that of the
+    feature-retention measures (race AUROC, age correlation; for phantoms, fidelity outside the
+    edited region). Measures are named so a report says what went in; all must be positive."""
+    if not accuracy or not retention:
+        raise ValueError("the CMIG score needs at least one accuracy and one retention measure")
+    return math.sqrt(geometric_mean(accuracy.values()) * geometric_mean(retention.values()))
