@@ -112,9 +112,22 @@ def run_job(job: EditJob, model, callback=None) -> dict[str, Any]:
     for index, version in enumerate(versions, start=1):
         path = job.out if index == len(versions) else suffixed(job.out, f"_step{index:02d}")
         written += write_output(path, version, job.output_format, job.overwrite)
-    record = {"outputs": [str(p) for p in written], **result.provenance}
+    map_files = {name: write_map(job.out, name, values, result.image) for name, values in result.maps.items()}
+    record = {"outputs": [str(p) for p in [*written, *map_files.values()]], **result.provenance,
+              "maps": {name: str(path) for name, path in map_files.items()}}
     write_text_atomically(job.sidecar, json.dumps(record, indent=2))
     return record
+
+
+def write_map(out: Path, name: str, values, image) -> Path:
+    """A map the method computed (InstructX2X's guidance map, in [0, 1]) beside the result:
+    ``<out>_guidance.png`` (8-bit, 255 = 1) for a 2D image, ``<out>_guidance.nii.gz`` (float) otherwise."""
+    import numpy as np
+
+    planar = values.ndim == 2
+    stem = suffixed(out, "_" + name.removesuffix("_map"), ".png" if planar else OutputFormat.nifti.ending)
+    array = np.round(np.clip(values, 0, 1) * 255).astype(np.uint8) if planar else values.astype(np.float32)
+    return write_atomically(stem, image.with_array(array, map=name))
 
 
 def read_mask(role: str, path: Path, image):

@@ -491,6 +491,11 @@ class EditWidget(Container):
                 steps, name=f"{name} progression", colormap="gray", contrast_limits=display_range(result.image),
                 visible=False, scale=(1, *source.scale), translate=(0, *source.translate),
                 metadata={"edit": result.provenance}))
+        for map_name, values in result.maps.items():  # InstructX2X: its guidance map, as a heatmap over the result
+            tasks.append(lambda map_name=map_name, values=values: self.viewer.add_image(
+                values, name=f"{name} {map_name.replace('_', ' ')}", colormap="inferno", blending="additive",
+                opacity=0.5, contrast_limits=(0.0, 1.0), metadata={"edit": result.provenance, "map_of": name},
+                **placement))
         self._queue_gui(*tasks)
         ssim = result.metrics.get("outside", {}).get("ssim")
         fidelity = f"; SSIM outside the region {ssim:.3f}" if isinstance(ssim, float) and np.isfinite(ssim) else ""
