@@ -133,6 +133,7 @@ def evaluation_counts(device: torch.device) -> list[str]:
     text = load_model("demo-cxr", device)
     text.schedule = NoiseSchedule.from_scheduler(PNDMScheduler(**SD_V1_4_PNDM))
     masks = load_model("demo-brain", device)
+    instruction = load_model("demo-cxr-instruct", device)
     jobs = [  # method, model, options, expected evaluations, why
         ("radedit", text, dict(prompt="pleural effusion", steps=10, skip=0), 10 + 2 * 10,
          "10 inversion + 2 x 10 guided steps (PNDM's repeat run once)"),
@@ -144,6 +145,12 @@ def evaluation_counts(device: torch.device) -> list[str]:
         ("repaint", masks, dict(preset="mededit-paper", steps=50), 50, "MedEdit's loop: one call per step"),
         ("repaint", masks, dict(steps=50, jump_length=10, jump_n_sample=2), 50 + 4 * 10,
          "50 steps + 4 jumps x 10 steps redone"),
+        ("instruct", instruction, dict(prompt="remove the right pleural effusion", steps=10), 3 * 10,
+         "10 steps x 3 (text + image, image, neither): InstructPix2Pix's guidance"),
+        ("instruct", instruction, dict(prompt="remove the right pleural effusion", steps=10, text_guidance=1.0),
+         10, "guidance off when s_T <= 1 (the pipeline's rule): one pass per step"),
+        ("instructx2x", instruction, dict(prompt="remove the right pleural effusion", steps=10), 2 + 3 * 10,
+         "the relevance map's 2 passes + 10 guided steps x 3"),
     ]
     lines = ["## Model evaluations against the algorithm's count", "",
              "One 64x64 image; evaluations = network forward passes per image (guidance counts two).", "",

@@ -3,16 +3,19 @@
     python -m napari_medit.demo                      # interactive napari
     python -m napari_medit.demo --headless --out DIR # under Xvfb: files + screenshots, then quit
 
-Three edits run (on the CPU in about two minutes):
+Four edits run (on the CPU in about two minutes):
 
 - MedEdit on the brain sample: a lesion where the lesion mask is (demo-brain, axial slices);
 - RadEdit on the chest phantom: its right pleural effusion removed inside the edit mask,
   the keep mask untouched (demo-cxr, prompt 'No findings');
-- PIE on the chest phantom without findings: an effusion growing step by step in the ROI.
+- PIE on the chest phantom without findings: an effusion growing step by step in the ROI;
+- InstructX2X on the chest phantom: 'remove the right pleural effusion' (demo-cxr-instruct),
+  editing only where its guidance map (relevance x the effusion's region template) says.
 
 Each result appears as a layer aligned with its source, with a difference map. Headless,
 DIR gets the sample files, the results (NIfTI/PNG with their provenance JSON) and one
-screenshot per edit (napari_mededit.png, napari_radedit.png, napari_pie.png).
+screenshot per edit (napari_mededit.png, napari_radedit.png, napari_pie.png,
+napari_instructx2x.png) and InstructX2X's guidance map (instructx2x_guidance.png).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ PLUGIN = "napari-medit"
 MEDEDIT_STEPS = 250  # strided DDPM: a CPU-friendly quarter of the published 1000
 RADEDIT = dict(prompt="No findings")  # and the paper's defaults: 100 steps, skip 36, guidance 15
 PIE = dict(prompt="Pleural effusion")  # and PIE's defaults: 10 steps of strength 0.5, guidance 7.5
+INSTRUCTX2X = dict(prompt="remove the right pleural effusion")  # and InstructX2X's defaults: 100 DDIM steps, 7.5/1.5
 
 
 def run_edits(out: Path | None = None, progress=print) -> dict:
@@ -58,6 +62,9 @@ def run_edits(out: Path | None = None, progress=print) -> dict:
                            {"format": "phantom", "modality": "DX", "phantom": normal.findings, "path": "phantom, no findings"})
     roi = cxr["cxr"].with_array(binary_dilation(cxr["edit_mask"].array > 0, iterations=4).astype(np.uint8))
     runs["pie"] = (healthy, {"roi_mask": roi}, edit("pie", healthy, model=model, roi_mask=roi, seed=0, **PIE))
+    progress("InstructX2X on the chest phantom: 'remove the right pleural effusion'...")
+    runs["instructx2x"] = (cxr["cxr"], {}, edit("instructx2x", cxr["cxr"], model=load_model("demo-cxr-instruct"),
+                                                seed=0, **INSTRUCTX2X))
     if out is not None:
         _write(out, runs)
     return runs
@@ -65,6 +72,7 @@ def run_edits(out: Path | None = None, progress=print) -> dict:
 
 def _write(out: Path, runs: dict) -> None:
     from .io import write_image
+    from .jobs import write_map
 
     for name, (source, _, result) in runs.items():
         suffix = ".png" if source.array.ndim == 2 else ".nii.gz"
@@ -73,6 +81,8 @@ def _write(out: Path, runs: dict) -> None:
             tail = f"_step{index:02d}" if len(versions) > 1 else ""
             write_image(out / f"{name}_result{tail}{suffix}", version)
         (out / f"{name}_provenance.json").write_text(json.dumps(result.provenance, indent=2))
+        for map_name, values in result.maps.items():
+            write_map(out / f"{name}.png", map_name, values, result.image)
 
 
 def show(viewer, name: str, source, masks: dict, result, beside: bool = False) -> None:
@@ -103,6 +113,10 @@ def show(viewer, name: str, source, masks: dict, result, beside: bool = False) -
     limit = float(np.abs(result.difference).max()) or 1.0
     kwargs.update(colormap="PiYG", contrast_limits=(-limit, limit), visible=False)
     add(data, kwargs, "image")
+    for map_name, values in result.maps.items():  # InstructX2X's guidance map over its result
+        _, kwargs, _ = to_layer_data(result.image.with_array(values), f"{name} {map_name.replace('_', ' ')}", "image")
+        kwargs.update(colormap="inferno", blending="additive", opacity=0.5, contrast_limits=(0.0, 1.0))
+        add(values, kwargs, "image")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         viewer.screenshot(str(shot), canvas_only=False)
         written.append(shot)
         viewer.close()
-    written += sorted(out.glob("*_result*")) + sorted(out.glob("*_provenance.json"))
+    written += sorted(out.glob("*_result*")) + sorted(out.glob("*_guidance*")) + sorted(out.glob("*_provenance.json"))
     print(f"napari-medit demo wrote {len(written)} files to {out}/:")
     for path in written:
         print(f"  {path}")

@@ -171,6 +171,26 @@ def test_pie_through_the_masks_and_edit_widgets_adds_a_progression_stack(cxr_vie
     np.testing.assert_array_equal(stack.scale[1:], result.scale)
 
 
+def test_instructx2x_through_the_widget_adds_its_guidance_map(cxr_viewer, qtbot):
+    viewer, widget, _ = cxr_viewer
+    widget.method.value, widget.model.value, widget.image.value = "instructx2x", "demo-cxr-instruct", "cxr"
+    widget.masks["roi_mask"].value = "edit_mask"  # the region picker: the effusion's edit mask
+    for name, value in dict(prompt="remove the right pleural effusion", steps=4, text_guidance=5.0,
+                            image_guidance=1.5, threshold=0.2).items():
+        widget.parameter(name).value = value
+    source = viewer.layers["cxr"]
+    before = source.data.copy()
+    result = run_and_wait(widget, qtbot, "cxr instructx2x")
+    qtbot.waitUntil(lambda: "cxr instructx2x guidance map" in viewer.layers, timeout=10_000)
+    heatmap = viewer.layers["cxr instructx2x guidance map"]
+    assert heatmap.data.shape == source.data.shape and heatmap.data.max() <= 1
+    np.testing.assert_array_equal(heatmap.scale, source.scale)
+    region = viewer.layers["edit_mask"].data > 0
+    np.testing.assert_array_equal(result.data[~region], before[~region])
+    np.testing.assert_array_equal(source.data, before)
+    assert result.metadata["edit"]["parameters"]["threshold"] == 0.2
+
+
 def test_masks_widget_brain_mask_and_inpainting_mask(brain_widget, qtbot):
     from napari_medit.catalogue import MedEditParams
     from napari_medit.masks import native_inpainting_mask

@@ -46,7 +46,7 @@ class ThroughPlaneSmoothing(Denoiser):
         self.before = [position.get(s - 1, i) for i, s in enumerate(slices)]
         self.after = [position.get(s + 1, i) for i, s in enumerate(slices)]
         for name in ("name", "resolution", "image_channels", "latent_channels", "latent_factor", "value_range",
-                     "condition_names", "schedule"):
+                     "condition_names", "schedule", "image_conditioned"):
             setattr(self, name, getattr(denoiser, name))
 
     # What the methods ask of a model, answered by the wrapped one.
@@ -63,6 +63,9 @@ class ThroughPlaneSmoothing(Denoiser):
 
     def decode(self, latents):
         return self.inner.decode(latents)
+
+    def encode_prior(self, images):
+        return self.inner.encode_prior(images)
 
     def __call__(self, x_t, t: int, text=None, conditions=None) -> torch.Tensor:
         pieces = range(0, x_t.shape[0], self.max_batch)

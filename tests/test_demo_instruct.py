@@ -1,0 +1,70 @@
+"""The bundled instruction model and findings classifier do what they are shipped for."""
+
+import numpy as np
+import pytest
+
+from napari_medit.backends import describe, load_model, model_folders
+from napari_medit.editing import edit
+from napari_medit.findings import FindingsClassifier
+from napari_medit.instructions import Side, hemithorax
+from napari_medit.sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
+
+STEPS = 50  # half InstructX2X's 100 DDIM steps: CPU-friendly, same effect
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from napari_medit.sample_data import load_cxr
+
+    sample = load_cxr()  # phantom seed 0 with a right pleural effusion
+    truth = generate_cxr_phantom(512, 0, effusion="right")
+    healthy = to_uint8(generate_cxr_phantom(512, 0).image)
+    return sample["cxr"], healthy, truth, load_model("demo-cxr-instruct"), FindingsClassifier.load()
+
+
+def test_the_instruction_model_is_bundled_and_described():
+    info = describe(model_folders()["demo-cxr-instruct"])
+    assert set(info["methods"]) == {"instruct", "instructx2x"}
+    assert "remove the right pleural effusion" in info["prompts"]
+
+
+def test_the_findings_classifier_separates_phantom_findings():
+    from napari_medit.training.findings import _validation
+
+    classifier = FindingsClassifier.load()
+    assert classifier.findings == ("effusion", "cardiomegaly", "pneumothorax", "opacity")
+    scores = _validation(classifier, count=120)
+    assert min(scores.values()) > 0.8, scores
+
+
+def test_removing_the_right_effusion_darkens_it_and_lowers_its_probability(demo):
+    sample, _, truth, model, classifier = demo
+    effusion = truth.masks["effusion"]
+    result = edit("instructx2x", sample, model=model, prompt="remove the right pleural effusion", steps=STEPS,
+                  seed=0)
+    source, out = sample.array.astype(float), result.image.array.astype(float)
+    changed = result.masks["guidance_mask"] & result.masks["roi_mask"]
+    np.testing.assert_array_equal(out[~changed], source[~changed])
+    assert out[effusion].mean() < source[effusion].mean() - 15
+    before, after = (classifier.probabilities(image)["effusion"] for image in (sample.array, result.image.array))
+    assert after < before - 0.2, (before, after)
+
+
+def test_adding_a_right_effusion_to_a_healthy_chest_brightens_it(demo):
+    _, healthy, truth, model, classifier = demo
+    effusion = truth.masks["effusion"]
+    result = edit("instructx2x", healthy, model=model, prompt="add a right pleural effusion", steps=STEPS, seed=0)
+    out = result.image.array.astype(float)
+    assert out[effusion].mean() > healthy[effusion].mean() + 15
+    before, after = (classifier.probabilities(image)["effusion"] for image in (healthy, result.image.array))
+    assert after > before + 0.2, (before, after)
+
+
+def test_the_relevance_of_a_right_effusion_lies_over_the_right_hemithorax(demo):
+    sample, _, truth, model, _ = demo
+    everywhere = np.ones(sample.array.shape, bool)  # no region: the map is the relevance alone
+    result = edit("instructx2x", sample, model=model, prompt="remove the right pleural effusion", steps=1,
+                  roi_mask=everywhere, seed=0)
+    relevance = result.maps["guidance_map"]
+    right, left = (relevance[hemithorax(truth.masks["lungs"], side)].sum() for side in (Side.right, Side.left))
+    assert right > 2 * left, (right, left)
