@@ -380,6 +380,7 @@ MASK_ROLES: dict[str, MaskRole] = {
     "pathology_mask": MaskRole("the lesion or finding to create", ("pathology", "lesion")),
     "brain_mask": MaskRole("the brain (MedEdit's second condition)", ("brain",)),
     "roi_mask": MaskRole("the region of interest PIE progresses in, or InstructX2X may edit", ("roi",)),
+    "lung_mask": MaskRole("the lungs, which InstructX2X cuts its finding templates to", ("lung",)),
 }
 
 # Maps a method computes while it runs (on the image's grid), returned beside the result.
@@ -500,11 +501,13 @@ def _mededit_masks(masks: Masks, params: MedEditParams, resolution: int, shape) 
 
 def _instruction_region(masks: Masks, params: InstructX2XParams, resolution: int, shape) -> dict[str, np.ndarray]:
     """InstructX2X's anatomical region: the user's roi_mask, else the templates of the findings the
-    instruction names (the whole image when it names none)."""
+    instruction names (the whole image when it names none), cut to the lungs when a lung_mask is given."""
     if "roi_mask" in masks:
         return {}
-    template = region_template(read_instruction(params.prompt), tuple(shape[1:]))
-    return {"roi_mask": np.broadcast_to(template, shape).copy()}
+    found = read_instruction(params.prompt)
+    lungs = masks.get("lung_mask")
+    regions = [region_template(found, tuple(shape[1:]), None if lungs is None else lungs[i]) for i in range(shape[0])]
+    return {"roi_mask": np.stack(regions)}
 
 
 def _guided_region(masks: Masks) -> np.ndarray | None:
@@ -557,7 +560,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "CVPR 2023)", InstructParams, (), (), True, "napari_medit.editing.instruct:run", None,
            editable=lambda m: None, region=lambda m: None, edits_from_prior=True),
     Method("instructx2x", "InstructX2X", "Region-Specific Editing, InstructX2X (hgminn/InstructX2X)",
-           InstructX2XParams, (), ("roi_mask",), True, "napari_medit.editing.instructx2x:run", "roi_mask",
+           InstructX2XParams, (), ("roi_mask", "lung_mask"), True, "napari_medit.editing.instructx2x:run", "roi_mask",
            editable=_guided_region, region=_guided_region, prepare_masks=_instruction_region, edits_from_prior=True, produces=("guidance_map", "guidance_mask")),
 )}
 

@@ -10,7 +10,7 @@ Four edits run (on the CPU in about two minutes):
   the keep mask untouched (demo-cxr, prompt 'No findings');
 - PIE on the chest phantom without findings: an effusion growing step by step in the ROI;
 - InstructX2X on the chest phantom: 'remove the right pleural effusion' (demo-cxr-instruct),
-  editing only where its guidance map (relevance x the effusion's region template) says.
+  editing only where its guidance map (relevance x the effusion's template cut to the lungs) says.
 
 Each result appears as a layer aligned with its source, with a difference map. Headless,
 DIR gets the sample files, the results (NIfTI/PNG with their provenance JSON) and one
@@ -63,8 +63,9 @@ def run_edits(out: Path | None = None, progress=print) -> dict:
     roi = cxr["cxr"].with_array(binary_dilation(cxr["edit_mask"].array > 0, iterations=4).astype(np.uint8))
     runs["pie"] = (healthy, {"roi_mask": roi}, edit("pie", healthy, model=model, roi_mask=roi, seed=0, **PIE))
     progress("InstructX2X on the chest phantom: 'remove the right pleural effusion'...")
-    runs["instructx2x"] = (cxr["cxr"], {}, edit("instructx2x", cxr["cxr"], model=load_model("demo-cxr-instruct"),
-                                                seed=0, **INSTRUCTX2X))
+    runs["instructx2x"] = (cxr["cxr"], {"lung_mask": cxr["lung_mask"]}, edit(
+        "instructx2x", cxr["cxr"], model=load_model("demo-cxr-instruct"), lung_mask=cxr["lung_mask"], seed=0,
+        **INSTRUCTX2X))
     if out is not None:
         _write(out, runs)
     return runs

@@ -119,13 +119,22 @@ TEMPLATES: dict[Finding, tuple[tuple[float, float, float, float], ...]] = {
 CARDIAC_SILHOUETTE = (0.38, 0.88, 0.28, 0.80)
 
 
-def region_template(instructions: list[Instruction], shape: tuple[int, int]) -> np.ndarray:
+LUNG_MARGIN = 0.02  # of the image width: a lung mask is widened by this before it cuts a template
+
+
+def region_template(instructions: list[Instruction], shape: tuple[int, int], lungs: np.ndarray | None = None
+                    ) -> np.ndarray:
     """The union of the named findings' regions on an image of ``shape`` (bool). With no
-    finding named, the whole image (as InstructX2X's reference does without a match)."""
+    finding named, the whole image (as InstructX2X's reference does without a match). With a
+    lung mask, the lung findings' boxes are cut to the (slightly widened) lungs; the heart's is not."""
     height, width = shape
     region = np.zeros(shape, bool)
     if not instructions:
         return ~region
+    if lungs is not None:
+        from scipy.ndimage import binary_dilation
+
+        lungs = binary_dilation(np.asarray(lungs, bool), iterations=max(1, round(LUNG_MARGIN * width)))
     rows = (np.arange(height) + 0.5) / height
     cols = (np.arange(width) + 0.5) / width
     for item in instructions:
@@ -137,7 +146,8 @@ def region_template(instructions: list[Instruction], shape: tuple[int, int]) -> 
             # from the midline outwards: the patient's right is the image's left
             outward = 0.5 - cols if side is Side.right else cols - 0.5
             for top, bottom, near, far in TEMPLATES[item.finding]:
-                region |= ((rows >= top) & (rows < bottom))[:, None] & ((outward >= near) & (outward < far))[None]
+                box = ((rows >= top) & (rows < bottom))[:, None] & ((outward >= near) & (outward < far))[None]
+                region |= box if lungs is None else box & lungs
     return region
 
 

@@ -41,7 +41,7 @@ def test_removing_the_right_effusion_darkens_it_and_lowers_its_probability(demo)
     sample, _, truth, model, classifier = demo
     effusion = truth.masks["effusion"]
     result = edit("instructx2x", sample, model=model, prompt="remove the right pleural effusion", steps=STEPS,
-                  seed=0)
+                  lung_mask=truth.masks["lungs"], seed=0)
     source, out = sample.array.astype(float), result.image.array.astype(float)
     changed = result.masks["guidance_mask"] & result.masks["roi_mask"]
     np.testing.assert_array_equal(out[~changed], source[~changed])

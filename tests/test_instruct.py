@@ -117,6 +117,18 @@ def test_without_a_region_the_instruction_names_its_template(pix2pix):
     np.testing.assert_array_equal(result.image.array[~template], image[~template])
 
 
+def test_a_lung_mask_cuts_the_lung_templates_but_not_the_hearts(pix2pix):
+    phantom = generate_cxr_phantom(48, 7, effusion="right")
+    image, lungs = (phantom.image * 255).round().astype(np.uint8), phantom.masks["lungs"]
+    result = edit("instructx2x", image, model=pix2pix, prompt=PROMPT, lung_mask=lungs, steps=2, seed=0)
+    region = result.masks["roi_mask"]
+    template = region_template(read_instruction(PROMPT), image.shape)
+    assert region.any() and not (region & ~template).any()
+    assert region.sum() < template.sum()  # cut to the (widened) lungs
+    heart = region_template(read_instruction("enlarge the heart"), (48, 48))
+    np.testing.assert_array_equal(region_template(read_instruction("enlarge the heart"), (48, 48), lungs), heart)
+
+
 def test_relevance_map_clips_high_outliers_and_spans_zero_to_one():
     class Difference:  # eps(text) - eps(no text) is a ramp with one hot cell
         schedule = type("S", (), {"num_train_timesteps": 1000, "add_noise": lambda self, x, n, t: x})()
