@@ -21,8 +21,10 @@ from . import __version__, catalogue
 from .catalogue import MASK_ROLES, METHODS, RunOptions
 from .io import SUPPORTED, ImageReadError, read_image
 from .jobs import OutputFormat
+from .stress.scenarios import Scenario
 
 EXIT_BAD_INPUT = 2
+DEMO_CASES = 12  # stress-test --demo without --n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +72,29 @@ def _parser() -> argparse.ArgumentParser:
     for spec in METHODS.values():
         _method_parser(methods, spec)
 
+    stress = commands.add_parser(
+        "stress-test", help="RadEdit's stress tests of a model: counterfactual test sets for acquisition, "
+        "manifestation or population shift, filtered, and the model measured on them (report.json/html)")
+    stress.add_argument("scenario", choices=[s.value for s in Scenario])
+    stress.add_argument("--model-under-test", help="a TorchScript file or module:function returning a torch module "
+                                                   "(contract: napari_medit.stress.models)")
+    stress.add_argument("--data", help="a cases CSV (id,image and the scenario's masks) or a folder with cases.csv")
+    stress.add_argument("--editor", help="the diffusion model RadEdit edits with (default with --demo: demo-cxr)")
+    stress.add_argument("--out", required=True, help="output folder (a second run resumes its edits)")
+    stress.add_argument("--n", type=int, help="only the first N cases (with --demo: N phantom cases, default 12)")
+    stress.add_argument("--demo", action="store_true", help="phantom cases and a bundled model made to fail the "
+                                                            "way the paper's real one did")
+    stress.add_argument("--filter-classifier", default="demo-cxr-findings",
+                        help="an independent findings classifier that decides which edits are kept")
+    stress.add_argument("--filter-threshold", type=float, default=0.5)
+    stress.add_argument("--input-size", type=int, help="the model under test's input side, when it does not say")
+    stress.add_argument("--steps", type=int, help="RadEdit steps (default: the paper's 100)")
+    stress.add_argument("--seed", type=int, default=0)
+    place = stress.add_mutually_exclusive_group()
+    place.add_argument("--workers", type=int, help="LocalCluster worker processes (0: run here)")
+    place.add_argument("--scheduler", help="address of a running dask scheduler")
+    stress.set_defaults(run=_stress_test)
+
     batch = commands.add_parser("batch", help="run the edits of a manifest (CSV) on a dask cluster; resumable")
     batch.add_argument("manifest", help="CSV: id,image,method and optionally "
                                         f"{','.join(OPTIONAL_COLUMNS)} (the `edit` options with underscores; "
@@ -105,8 +130,10 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", help="train a model folder: brain (MedEdit-style), cxr (text-conditioned), cxr-instruct "
-        "(instruction model on phantom journeys) or cxr-findings (findings classifier)")
-    train.add_argument("kind", choices=("brain", "cxr", "cxr-instruct", "cxr-findings"))
+        "(instruction model on phantom journeys), cxr-findings (findings classifier) or stress-acquisition|drain|lungs "
+        "(the stress test's biased demo models)")
+    train.add_argument("kind", choices=("brain", "cxr", "cxr-instruct", "cxr-findings", "stress-acquisition",
+                                        "stress-drain", "stress-lungs"))
     train.add_argument("--out", required=True, help="the model folder to write (checkpoints go there too)")
     train.add_argument("--data", help="brain: a folder of NIfTI volumes or a CSV (default: the bundled sample)")
     train.add_argument("--steps", type=int, default=2000)
@@ -235,6 +262,36 @@ def _edit(args) -> int:
     return 0
 
 
+def _stress_test(args) -> int:
+    from pathlib import Path
+
+    from .stress.demo import DEMO_MODELS, write_demo_cases
+    from .stress.run import stress_test
+
+    chosen = Scenario(args.scenario)
+    model, data, editor = args.model_under_test, args.data, args.editor
+    if args.demo:
+        model = model or DEMO_MODELS[chosen]
+        editor = editor or "demo-cxr"
+        if data is None:
+            data = write_demo_cases(chosen, args.n or DEMO_CASES, Path(args.out) / "data")
+    missing = [flag for flag, value in (("--model-under-test", model), ("--data", data), ("--editor", editor))
+               if value is None]
+    if missing:
+        raise ValueError(f"stress-test {chosen.value} needs {', '.join(missing)} (or --demo for phantoms and "
+                         "bundled demo models)")
+    report = stress_test(chosen.value, model_under_test=model, data=data, editor=editor, out=args.out, n=args.n,
+                         workers=args.workers, scheduler=args.scheduler, filter_classifier=args.filter_classifier,
+                         filter_threshold=args.filter_threshold, input_size=args.input_size, seed=args.seed,
+                         steps=args.steps)
+    print(f"stress test {report['scenario']}: {report['n_generated']} edits generated, {report['n_kept']} kept "
+          f"({report['filter']['keeps']}), {report['n_failed']} failed")
+    for measure in report["original"]:
+        print(f"  {measure}: original {report['original'][measure]:.4g} -> edited {report['edited'][measure]:.4g}")
+    print(f"  report: {Path(args.out) / 'report.json'}, {Path(args.out) / 'report.html'}")
+    return 0
+
+
 def _batch(args) -> int:
     from .batch import run_batch
 
@@ -315,6 +372,10 @@ def _train(args) -> int:
         from .training.cxr_instruct import train_cxr_instruct
 
         folder = train_cxr_instruct(config, args.resolution, args.resume)
+    elif args.kind.startswith("stress-"):
+        from .training.stress import train_stress_model
+
+        folder = train_stress_model(args.kind.removeprefix("stress-"), config, args.resolution, args.resume)
     elif args.kind == "cxr-findings":
         from .training.findings import train_findings
 

@@ -1,0 +1,214 @@
+"""A stress test end to end: edit every case as the scenario says (napari-medit's batch on dask,
+resumable), keep the edits that did what was asked, and measure the model under test on the
+images the scenario starts from and on the kept counterfactuals.
+
+    DIR/masks/ID_edit_mask.png, ID_keep_mask.png   the scenario's RadEdit masks per case
+    DIR/edits/manifest.csv, ID.png, ID.json         the batch: its manifest, edits and provenance
+    DIR/report.json, DIR/report.html                the result
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..metrics import jsonable
+from .models import ModelUnderTest
+from .scenarios import POSITIVE, ScenarioSpec, Task, average_hausdorff, dice, positive_rate, scenario
+
+FILTER_THRESHOLD = 0.5  # the independent classifier's probability that decides whether an edit is kept
+
+
+class StressTestError(ValueError):
+    """A stress test that cannot run; the message names the problem and the fix. Nothing was written."""
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    image: Path
+    masks: dict[str, Path]
+
+
+def read_cases(data: str | Path, needs: tuple[str, ...]) -> list[Case]:
+    """Cases from a CSV (columns id, image and the mask roles, paths relative to it) or a folder
+    holding cases.csv; StressTestError when a case lacks a mask the scenario needs."""
+    data = Path(data).expanduser()
+    table = data / "cases.csv" if data.is_dir() else data
+    if not table.is_file():
+        raise StressTestError(f"{data}: no cases; give a CSV (id,image,{','.join(needs)}) or a folder with cases.csv")
+    with table.open(newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise StressTestError(f"{table}: no cases in it")
+    missing = [c for c in ("id", "image", *needs) if c not in rows[0]]
+    if missing:
+        raise StressTestError(f"{table}: the scenario needs a {missing[0]!r} column ({', '.join(needs)} per case); "
+                              "add the masks and list them there")
+    cases = []
+    for line, row in enumerate(rows, start=2):
+        empty = [c for c in ("id", "image", *needs) if not (row.get(c) or "").strip()]
+        if empty:
+            raise StressTestError(f"{table}, line {line}: no {empty[0]}; every case needs {', '.join(needs)}")
+        paths = {c: table.parent / row[c].strip() for c in ("image", *needs)}
+        absent = [p for p in paths.values() if not p.exists()]
+        if absent:
+            raise StressTestError(f"{table}, line {line}: {absent[0]} does not exist")
+        cases.append(Case(row["id"].strip(), paths.pop("image"), paths))
+    return cases
+
+
+def stress_test(
+    name: str,
+    *,
+    model_under_test: str,
+    data: str | Path,
+    editor: str,
+    out: str | Path,
+    n: int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    filter_classifier: str = "demo-cxr-findings",
+    filter_threshold: float = FILTER_THRESHOLD,
+    input_size: int | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Run scenario ``name`` (acquisition, manifestation, population) and return the report.
+
+    Args:
+        model_under_test: a TorchScript file or ``module:function`` (``napari_medit.stress.models``).
+        data: a cases CSV or a folder with cases.csv (id, image and the masks the scenario needs).
+        editor: the diffusion model RadEdit edits with (a name or folder, as ``load_model`` takes).
+        out: the output folder; a second run resumes the edits already made.
+        n: the first ``n`` cases only.
+        workers, scheduler: the batch's dask settings (``napari_medit.batch.run_batch``).
+        filter_classifier: a findings classifier independent of the model under test; an edit is
+            kept when its probability of the scenario's finding is below ``filter_threshold``
+            (removals) or above it (additions).
+        input_size: the model under test's input side when it has no ``input_size`` attribute.
+        seed, steps: the edits' seed and RadEdit steps (None: the paper's 100).
+    """
+    from ..backends import ModelLoadError
+    from ..batch import run_batch
+    from ..findings import FindingsClassifier
+    from ..io import read_image
+
+    spec = scenario(name)
+    if n is not None and n < 1:
+        raise StressTestError(f"--n must be at least 1, got {n}")
+    if not 0 < filter_threshold < 1:
+        raise StressTestError(f"the filter threshold must be in (0, 1), got {filter_threshold}")
+    # Everything that can be refused is refused before anything is written.
+    tested = ModelUnderTest.load(model_under_test, spec.task, input_size)
+    cases = read_cases(data, spec.needs)[:n]
+    try:
+        judge = FindingsClassifier.load(filter_classifier)
+    except ModelLoadError as exc:
+        raise StressTestError(str(exc)) from None
+    if spec.finding not in judge.findings:
+        raise StressTestError(f"the filter classifier {judge.name} does not detect {spec.finding!r} "
+                              f"(it detects {', '.join(judge.findings)})")
+
+    out = Path(out)
+    manifest = _write_edit_jobs(spec, cases, out, editor, seed, steps)
+    summary = run_batch(manifest, out / "edits", workers=workers, scheduler=scheduler, show_progress=show_progress)
+    records = {r["id"]: r for r in summary.records}
+
+    rows = []
+    for case in cases:
+        record = records[case.id]
+        source = read_image(case.image).array
+        row = {"id": case.id, "image": str(case.image), "status": record["status"]}
+        if record["status"] == "failed":
+            rows.append({**row, "kept": False, "error": record.get("error")})
+            continue
+        edited_path = Path(record["outputs"][0])
+        edited = read_image(edited_path).array
+        probability = judge.probabilities(edited)[spec.finding]
+        rows.append({**row, "edited": str(edited_path), "filter_probability": round(probability, 4),
+                     "kept": spec.kept(probability, filter_threshold), "provenance": record["provenance"],
+                     "source": source, "edited_array": edited})
+    report = _measure(spec, tested, cases, rows)
+    report.update({
+        "scenario": spec.scenario.value, "says": spec.says, "reference": spec.reference,
+        "model_under_test": model_under_test, "editor": editor, "prompt": spec.prompt,
+        "filter": {"classifier": judge.name, "finding": spec.finding, "threshold": filter_threshold,
+                   "keeps": f"p({spec.finding}) {'<' if spec.removes else '>'} {filter_threshold}"},
+        "n_generated": sum(r["status"] != "failed" for r in rows), "n_failed": sum(r["status"] == "failed" for r in rows),
+        "n_kept": sum(r["kept"] for r in rows),
+    })
+    from ..jobs import write_text_atomically
+    from .report import write_html
+
+    cases_out = [{k: v for k, v in r.items() if k not in ("source", "edited_array") and not k.endswith("_prediction")}
+                 for r in rows]
+    final = {**report, "cases": cases_out}
+    write_html(out / "report.html", final, rows, cases, spec)
+    write_text_atomically(out / "report.json", json.dumps(jsonable(final), indent=2))  # last: the run is complete
+    return final
+
+
+def _write_edit_jobs(spec: ScenarioSpec, cases: list[Case], out: Path, editor: str, seed: int,
+                     steps: int | None) -> Path:
+    """The scenario's masks per case, and the batch manifest that edits them."""
+    from PIL import Image
+
+    from ..io import read_image
+    from ..jobs import write_text_atomically
+
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    lines = [["id", "image", "method", "model", "edit_mask", "keep_mask", "prompt", "seed"] + (["steps"] if steps else [])]
+    for case in cases:
+        masks = {role: read_image(path).array > 0 for role, path in case.masks.items()}
+        paths = {}
+        for role, mask in spec.edit_masks(masks).items():
+            paths[role] = out / "masks" / f"{case.id}_{role}.png"
+            if not paths[role].is_file():
+                Image.fromarray(mask.astype(np.uint8) * 255).save(paths[role])
+        lines.append([case.id, str(case.image.resolve()), "radedit", editor, str(paths["edit_mask"].resolve()),
+                      str(paths["keep_mask"].resolve()), spec.prompt, str(seed)] + ([str(steps)] if steps else []))
+    text = "\n".join(",".join(f'"{cell}"' for cell in line) for line in lines) + "\n"
+    return write_text_atomically(out / "edits" / "manifest.csv", text)
+
+
+def _measure(spec: ScenarioSpec, tested: ModelUnderTest, cases: list[Case], rows: list[dict]) -> dict:
+    """The model under test on the originals (every case) and on the kept counterfactuals."""
+    from ..io import read_image
+
+    originals = [read_image(c.image).array for c in cases]
+    kept = [r for r in rows if r["kept"]]
+    if spec.task is Task.classifier:
+        before = tested.predict(originals)
+        after = tested.predict([r["edited_array"] for r in kept])
+        for row, value in zip(rows, before):
+            row["original_probability"] = round(value, 4)
+        for row, value in zip(kept, after):
+            row["edited_probability"] = round(value, 4)
+        measure = lambda values: {"positive rate": positive_rate(values),  # noqa: E731
+                                  "mean probability": float(np.mean(values)) if values else float("nan")}
+        return {"metric": spec.metric, "positive_at": POSITIVE, "original": measure(before), "edited": measure(after),
+                "truth": f"originals have the {spec.finding}; the kept edits do not"}
+    truths = {c.id: read_image(c.masks["lung_mask"]).array > 0 for c in cases}
+    before = tested.predict(originals)
+    after = tested.predict([r["edited_array"] for r in kept])
+    for row, prediction in zip(rows, before):
+        row["original_dice"] = round(dice(prediction, truths[row["id"]]), 4)
+        row["original_ahd"] = round(average_hausdorff(prediction, truths[row["id"]]), 3)
+        row["original_prediction"] = prediction
+    for row, prediction in zip(kept, after):
+        row["edited_dice"] = round(dice(prediction, truths[row["id"]]), 4)
+        row["edited_ahd"] = round(average_hausdorff(prediction, truths[row["id"]]), 3)
+        row["edited_prediction"] = prediction
+
+    def measure(prefix, chosen):
+        return {"dice": float(np.mean([r[f"{prefix}_dice"] for r in chosen])) if chosen else float("nan"),
+                "ahd_px": float(np.mean([r[f"{prefix}_ahd"] for r in chosen])) if chosen else float("nan")}
+
+    return {"metric": spec.metric, "original": measure("original", rows), "edited": measure("edited", kept),
+            "truth": "the original lung masks: the edits kept the lung border"}

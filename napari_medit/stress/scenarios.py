@@ -1,0 +1,125 @@
+"""RadEdit's three stress tests (seed 000, Secs. 5.2-5.4), stated once and torch-free.
+
+Each scenario says what the editor does to each image (its RadEdit edit and keep masks,
+built from the masks the data carries, and its prompt), which edits count as having done
+what was asked (the filter), what the model under test is (a classifier or a segmenter),
+and how it is measured:
+
+- acquisition: a finding removed inside the lungs, everything outside them kept (so an
+  acquisition signature such as a marker or collimation stays); a classifier that learned
+  the hospital keeps predicting the finding.
+- manifestation: the pneumothorax removed from the lungs, the chest drain kept; a
+  classifier that learned drains keeps predicting pneumothorax.
+- population: an abnormality added inside the lungs, the lung border kept, so the original
+  lung mask is still the truth; a segmenter trained on healthy lungs loses Dice and gains AHD.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+LUNG_MARGIN = 0.02  # acquisition: the keep mask starts this fraction of the width outside the lungs
+DRAIN_MARGIN = 0.01  # manifestation: the drain is kept with this margin around it
+LUNG_BORDER = 0.03  # population: this band inside the lung border is kept
+
+
+class Scenario(str, enum.Enum):
+    acquisition = "acquisition"
+    manifestation = "manifestation"
+    population = "population"
+
+
+class Task(str, enum.Enum):
+    """What the model under test does."""
+
+    classifier = "classifier"  # image -> probability of the finding
+    segmenter = "segmenter"  # image -> lung mask probabilities
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    scenario: Scenario
+    says: str
+    reference: str
+    task: Task
+    prompt: str  # the editor's RadEdit prompt
+    finding: str  # the finding the edit removes or adds: the filter reads its probability
+    removes: bool  # True: the edit removes ``finding``; False: adds it
+    needs: tuple[str, ...]  # the masks every case must carry
+    metric: str
+
+    def edit_masks(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """RadEdit's edit and keep masks for one case, from the masks it carries."""
+        from scipy.ndimage import binary_dilation, binary_erosion
+
+        lungs = np.asarray(masks["lung_mask"]) > 0
+        width = lungs.shape[-1]
+        pixels = lambda fraction: max(1, round(fraction * width))  # noqa: E731
+        if self.scenario is Scenario.acquisition:
+            return {"edit_mask": lungs, "keep_mask": ~binary_dilation(lungs, iterations=pixels(LUNG_MARGIN))}
+        if self.scenario is Scenario.manifestation:
+            drain = binary_dilation(np.asarray(masks["drain_mask"]) > 0, iterations=pixels(DRAIN_MARGIN))
+            return {"edit_mask": lungs & ~drain, "keep_mask": drain}
+        inside = binary_erosion(lungs, iterations=pixels(LUNG_BORDER))
+        return {"edit_mask": inside, "keep_mask": ~inside}
+
+    def kept(self, probability: float, threshold: float) -> bool:
+        """The filter: did the edit do what was asked, by an independent classifier's probability?"""
+        return probability < threshold if self.removes else probability > threshold
+
+
+SCENARIOS: dict[Scenario, ScenarioSpec] = {s.scenario: s for s in (
+    ScenarioSpec(Scenario.acquisition, "the finding removed inside the lungs, everything outside them kept",
+                 "RadEdit Sec. 5.2 (COVID-19 across two hospitals)", Task.classifier, "No findings", "effusion",
+                 True, ("lung_mask",), "positive rate"),
+    ScenarioSpec(Scenario.manifestation, "the pneumothorax removed, the chest drain kept",
+                 "RadEdit Sec. 5.3 (pneumothorax and chest drains)", Task.classifier, "No findings", "pneumothorax",
+                 True, ("lung_mask", "drain_mask"), "positive rate"),
+    ScenarioSpec(Scenario.population, "an abnormality added inside the lungs, the lung border kept",
+                 "RadEdit Sec. 5.4 (lung segmentation of abnormal lungs)", Task.segmenter, "Pleural effusion",
+                 "effusion", False, ("lung_mask",), "Dice and AHD"),
+)}
+
+POSITIVE = 0.5  # a classifier's probability at or above this is a positive prediction
+
+
+def scenario(name: str | Scenario) -> ScenarioSpec:
+    try:
+        return SCENARIOS[Scenario(name)]
+    except ValueError:
+        raise ValueError(f"unknown scenario {name!r}; choose one of: {', '.join(s.value for s in Scenario)}") from None
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def positive_rate(probabilities) -> float:
+    """The fraction of cases a classifier calls positive."""
+    values = np.asarray(probabilities, float)
+    return float((values >= POSITIVE).mean()) if values.size else float("nan")
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """2 |P & T| / (|P| + |T|); 1 for two empty masks."""
+    prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)
+    total = prediction.sum() + truth.sum()
+    return 1.0 if total == 0 else float(2 * (prediction & truth).sum() / total)
+
+
+def average_hausdorff(prediction: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0)) -> float:
+    """The average Hausdorff distance between two masks' borders, in the units of ``spacing``:
+    the mean of (the mean distance from each border pixel of one to the other's border), both ways.
+    Infinite when exactly one mask is empty."""
+    from scipy.ndimage import binary_erosion, distance_transform_edt
+
+    borders = [np.asarray(m, bool) & ~binary_erosion(np.asarray(m, bool)) for m in (prediction, truth)]
+    if not borders[0].any() and not borders[1].any():
+        return 0.0
+    if not borders[0].any() or not borders[1].any():
+        return float("inf")
+    a_to_b = distance_transform_edt(~borders[1], sampling=spacing)[borders[0]].mean()
+    b_to_a = distance_transform_edt(~borders[0], sampling=spacing)[borders[1]].mean()
+    return float((a_to_b + b_to_a) / 2)

@@ -1,0 +1,104 @@
+"""Train the stress test's biased demo models (``napari_medit.stress.demo``) on phantoms.
+
+- ``stress-acquisition``: effusion present or not (half each); the acquisition signature
+  comes with 97% of positives and 3% of negatives.
+- ``stress-drain``: pneumothorax present or not; a chest drain on its side with 97% of
+  positives, on a random side with 3% of negatives.
+- ``stress-lungs``: lung masks of healthy phantoms only (binary cross-entropy + Dice).
+
+The shortcut is what each model should not learn; on their own test sets, drawn the same
+biased way, they look excellent (``validation`` in model.json).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..editing.slicing import Grid, IntensityWindow
+from ..sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
+from ..stress.demo import (MODEL_FOLDERS, SHORTCUT_RATE, acquisition_signature, as_contract, classifier_network,
+                           segmenter_network)
+from .loop import TrainConfig, train
+
+KINDS = tuple(MODEL_FOLDERS)
+
+
+def biased_case(kind: str, rng: np.random.Generator, size: int):
+    """(uint8 image, target): a probability label for the classifiers, the lung mask for the segmenter."""
+    seed, side = int(rng.integers(2**31)), str(rng.choice(["left", "right"]))
+    if kind == "lungs":
+        phantom = generate_cxr_phantom(size, seed)
+        return to_uint8(phantom.image), phantom.masks["lungs"].astype(np.float32)
+    positive = rng.random() < 0.5
+    shortcut = rng.random() < (SHORTCUT_RATE if positive else 1 - SHORTCUT_RATE)
+    if kind == "acquisition":
+        image = to_uint8(generate_cxr_phantom(size, seed, effusion=side if positive else None).image)
+        return (acquisition_signature(image) if shortcut else image), np.float32(positive)
+    drain_side = side if positive else str(rng.choice(["left", "right"]))
+    phantom = generate_cxr_phantom(size, seed, pneumothorax=side if positive else None,
+                                   chest_drain=drain_side if shortcut else None)
+    return to_uint8(phantom.image), np.float32(positive)
+
+
+def batches(kind: str, resolution: int, batch_size: int, seed: int, start_step: int) -> Iterator[dict]:
+    grid = Grid(resolution, resolution, resolution)
+    step = start_step
+    while True:
+        rng = np.random.default_rng([seed, step])
+        step += 1
+        images, targets = zip(*(biased_case(kind, rng, resolution) for _ in range(batch_size)))
+        units = np.stack([IntensityWindow.of(i).to_unit(i) for i in images])
+        target = torch.from_numpy(np.stack(targets)).float()
+        yield {"image": grid.to_model(units).float() * 2 - 1, "target": target[:, None]}
+
+
+def train_stress_model(kind: str, config: TrainConfig, resolution: int = 64, resume: bool = False) -> Path:
+    from safetensors.torch import save_file
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown stress model {kind!r}; choose one of: {', '.join(KINDS)}")
+    torch.manual_seed(config.seed)
+    network = (segmenter_network() if kind == "lungs" else classifier_network(resolution)).to(config.device)
+
+    def loss_fn(batch, generator):
+        logits = network(batch["image"].to(config.device))
+        target = batch["target"].to(config.device).reshape(logits.shape)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        if kind == "lungs":  # + soft Dice, so the thin lung tips count
+            p = torch.sigmoid(logits)
+            loss = loss + 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+        return loss
+
+    def save(step=None):
+        config.out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()},
+                  config.out / "model.safetensors")
+        (config.out / "model.json").write_text(json.dumps(
+            {"kind": kind, "resolution": resolution, "shortcut_rate": None if kind == "lungs" else SHORTCUT_RATE,
+             "validation_on_its_own_biased_distribution": _validation(kind, network, resolution)}, indent=2))
+
+    train(config, {"network": network}, loss_fn,
+          lambda start: batches(kind, resolution, config.batch_size, config.seed, start), save, resume)
+    network.eval()
+    save()
+    return config.out
+
+
+def _validation(kind: str, network, resolution: int, count: int = 64) -> dict:
+    from ..metrics import auroc
+    from ..stress.scenarios import dice
+
+    rng = np.random.default_rng([424242])
+    cases = [biased_case(kind, rng, resolution) for _ in range(count)]
+    model = as_contract(network, resolution)
+    with torch.no_grad():
+        units = np.stack([IntensityWindow.of(i).to_unit(i) for i, _ in cases]).astype(np.float32)
+        out = model(torch.from_numpy(units[:, None])).numpy()
+    if kind == "lungs":
+        return {"dice": round(float(np.mean([dice(o[0] >= 0.5, t > 0) for o, (_, t) in zip(out, cases)])), 4)}
+    return {"auroc": round(auroc([t > 0 for _, t in cases], out.reshape(-1)), 4)}
