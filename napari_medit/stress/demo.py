@@ -25,7 +25,7 @@ from ..backends.registry import BUNDLED
 from ..sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
 from .scenarios import Scenario
 
-DEMO_SIZE = 256  # the phantom cases' pixels
+DEMO_SIZE = 128  # the phantom cases' pixels; the biased models trained on phantoms rendered so too
 SHORTCUT_RATE = 0.97  # how often the shortcut comes with the finding in the biased training sets
 MODEL_FOLDERS = {"acquisition": "stress-acquisition", "drain": "stress-drain", "lungs": "stress-lungs"}
 

@@ -6,7 +6,8 @@
   positives, on a random side with 3% of negatives.
 - ``stress-lungs``: lung masks of healthy phantoms only (binary cross-entropy + Dice).
 
-The shortcut is what each model should not learn; on their own test sets, drawn the same
+Phantoms are rendered at the demo cases' size (128 px) and reach the network as the stress
+test feeds a model under test. The shortcut is what each model should not learn; on their own test sets, drawn the same
 biased way, they look excellent (``validation`` in model.json).
 """
 
@@ -21,8 +22,8 @@ import torch
 
 from ..editing.slicing import Grid, IntensityWindow
 from ..sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
-from ..stress.demo import (MODEL_FOLDERS, SHORTCUT_RATE, acquisition_signature, as_contract, classifier_network,
-                           segmenter_network)
+from ..stress.demo import (DEMO_SIZE, MODEL_FOLDERS, SHORTCUT_RATE, acquisition_signature, as_contract,
+                           classifier_network, segmenter_network)
 from .loop import TrainConfig, train
 
 KINDS = tuple(MODEL_FOLDERS)
@@ -46,15 +47,20 @@ def biased_case(kind: str, rng: np.random.Generator, size: int):
 
 
 def batches(kind: str, resolution: int, batch_size: int, seed: int, start_step: int) -> Iterator[dict]:
-    grid = Grid(resolution, resolution, resolution)
+    """Phantoms rendered at the demo cases' size and brought to the network exactly as the stress
+    test's contract does (window, square, resample); lung masks resampled the same way (soft)."""
+    grid = Grid(DEMO_SIZE, DEMO_SIZE, resolution)
     step = start_step
     while True:
         rng = np.random.default_rng([seed, step])
         step += 1
-        images, targets = zip(*(biased_case(kind, rng, resolution) for _ in range(batch_size)))
+        images, targets = zip(*(biased_case(kind, rng, DEMO_SIZE) for _ in range(batch_size)))
         units = np.stack([IntensityWindow.of(i).to_unit(i) for i in images])
-        target = torch.from_numpy(np.stack(targets)).float()
-        yield {"image": grid.to_model(units).float() * 2 - 1, "target": target[:, None]}
+        if kind == "lungs":
+            target = grid.to_model(np.stack(targets), soft=True).float()
+        else:
+            target = torch.from_numpy(np.stack(targets)).float()[:, None]
+        yield {"image": grid.to_model(units).float() * 2 - 1, "target": target}
 
 
 def train_stress_model(kind: str, config: TrainConfig, resolution: int = 64, resume: bool = False) -> Path:
@@ -93,12 +99,13 @@ def _validation(kind: str, network, resolution: int, count: int = 64) -> dict:
     from ..metrics import auroc
     from ..stress.scenarios import dice
 
+    from ..stress.models import ModelUnderTest
+    from ..stress.scenarios import Task
+
     rng = np.random.default_rng([424242])
-    cases = [biased_case(kind, rng, resolution) for _ in range(count)]
-    model = as_contract(network, resolution)
-    with torch.no_grad():
-        units = np.stack([IntensityWindow.of(i).to_unit(i) for i, _ in cases]).astype(np.float32)
-        out = model(torch.from_numpy(units[:, None])).numpy()
+    cases = [biased_case(kind, rng, DEMO_SIZE) for _ in range(count)]
+    task = Task.segmenter if kind == "lungs" else Task.classifier
+    out = ModelUnderTest(as_contract(network, resolution), task, resolution, kind).predict([i for i, _ in cases])
     if kind == "lungs":
-        return {"dice": round(float(np.mean([dice(o[0] >= 0.5, t > 0) for o, (_, t) in zip(out, cases)])), 4)}
-    return {"auroc": round(auroc([t > 0 for _, t in cases], out.reshape(-1)), 4)}
+        return {"dice": round(float(np.mean([dice(o, t > 0) for o, (_, t) in zip(out, cases)])), 4)}
+    return {"auroc": round(auroc([t > 0 for _, t in cases], out), 4)}

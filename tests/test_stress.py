@@ -1,0 +1,178 @@
+"""RadEdit's stress tests: the scenarios' masks, filter and metrics against hand-computed values, the
+model-under-test contract, the report's schema, resuming, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medit.cli import main
+from napari_medit.stress.demo import Scenario, write_demo_cases
+from napari_medit.stress.models import ModelUnderTest, ModelUnderTestError
+from napari_medit.stress.run import StressTestError, read_cases, stress_test
+from napari_medit.stress.scenarios import (SCENARIOS, Task, average_hausdorff, dice, positive_rate, scenario)
+
+
+def rectangle(shape=(100, 100), top=20, left=10, height=50, width=30):
+    mask = np.zeros(shape, bool)
+    mask[top : top + height, left : left + width] = True
+    return mask
+
+
+def test_acquisition_edits_the_lungs_and_keeps_everything_two_pixels_beyond_them():
+    lungs = rectangle()
+    masks = SCENARIOS[Scenario.acquisition].edit_masks({"lung_mask": lungs})
+    np.testing.assert_array_equal(masks["edit_mask"], lungs)
+    # The lungs dilated by 2% of 100 px = 2 px with a cross: a 50 x 30 rectangle grows by 2 px on each
+    # side, its corners cut as a diamond's: 50*30 + 2*2*(50 + 30) + 2*2*(2 - 1) = 1824 pixels not kept.
+    assert (~masks["keep_mask"]).sum() == 1824
+    assert not (masks["keep_mask"] & masks["edit_mask"]).any()
+
+
+def test_manifestation_keeps_the_drain_and_edits_the_lungs_around_it():
+    lungs, drain = rectangle(), np.zeros((100, 100), bool)
+    drain[40, 5:60] = True  # a horizontal tube crossing the lung
+    masks = SCENARIOS[Scenario.manifestation].edit_masks({"lung_mask": lungs, "drain_mask": drain})
+    # The drain widened by 1 px (1% of 100): rows 39-41 over columns 5-59, plus one pixel at each end.
+    assert masks["keep_mask"].sum() == 3 * 55 + 2
+    np.testing.assert_array_equal(masks["edit_mask"], lungs & ~masks["keep_mask"])
+    assert masks["edit_mask"].sum() == 50 * 30 - 3 * 30
+
+
+def test_population_edits_inside_the_lungs_and_keeps_their_border():
+    lungs = rectangle()
+    masks = SCENARIOS[Scenario.population].edit_masks({"lung_mask": lungs})
+    assert masks["edit_mask"].sum() == (50 - 6) * (30 - 6)  # eroded by 3 px (3% of 100)
+    np.testing.assert_array_equal(masks["keep_mask"], ~masks["edit_mask"])
+    assert SCENARIOS[Scenario.population].prompt == "Pleural effusion"
+
+
+def test_the_filter_keeps_removals_below_and_additions_above_the_threshold():
+    removal, addition = SCENARIOS[Scenario.manifestation], SCENARIOS[Scenario.population]
+    assert removal.kept(0.1, 0.5) and not removal.kept(0.7, 0.5) and not removal.kept(0.5, 0.5)
+    assert addition.kept(0.7, 0.5) and not addition.kept(0.3, 0.5)
+    assert removal.finding == "pneumothorax" and SCENARIOS[Scenario.acquisition].finding == "effusion"
+
+
+def test_metrics_by_hand():
+    assert positive_rate([0.2, 0.5, 0.9, 0.49]) == 0.5
+    a, b = rectangle(height=10, width=10), rectangle(left=15, height=10, width=10)
+    assert dice(a, b) == pytest.approx(2 * 50 / 200)
+    assert dice(a, a) == 1.0 and average_hausdorff(a, a) == 0.0
+    one, other = np.zeros((9, 9), bool), np.zeros((9, 9), bool)
+    one[4, 1], other[4, 4] = True, True
+    assert average_hausdorff(one, other) == 3.0
+    assert average_hausdorff(one, other, spacing=(0.5, 2.0)) == 6.0
+    assert average_hausdorff(one, np.zeros((9, 9), bool)) == float("inf")
+
+
+def test_average_hausdorff_against_brute_force():
+    from scipy.ndimage import binary_erosion
+
+    a, b = rectangle((30, 30), 5, 5, 8, 12), rectangle((30, 30), 9, 8, 10, 6)
+    borders = [m & ~binary_erosion(m) for m in (a, b)]
+    points = [np.argwhere(m) for m in borders]
+    directed = [np.mean([min(np.hypot(*(p - q)) for q in points[1 - i]) for p in points[i]]) for i in (0, 1)]
+    assert average_hausdorff(a, b) == pytest.approx(sum(directed) / 2)
+
+
+# ---------------------------------------------------------------- the model under test
+
+
+class Constant(torch.nn.Module):
+    def __init__(self, value: float, shape: str = "classifier"):
+        super().__init__()
+        self.value, self.shape = value, shape
+
+    def forward(self, x):
+        if self.shape == "classifier":
+            return torch.full((x.shape[0], 1), self.value)
+        if self.shape == "segmenter":
+            return torch.full_like(x, self.value)
+        return torch.full((x.shape[0], 3), self.value)
+
+
+def scripted(tmp_path, value, shape="classifier", name="model.pt"):
+    path = tmp_path / name
+    torch.jit.save(torch.jit.script(Constant(value, shape)), str(path))
+    return str(path)
+
+
+def test_the_contract_is_checked_on_load(tmp_path):
+    assert ModelUnderTest.load(scripted(tmp_path, 0.7), Task.classifier).predict([np.zeros((20, 30))]) == [
+        pytest.approx(0.7)]
+    mask = ModelUnderTest.load(scripted(tmp_path, 0.9, "segmenter"), Task.segmenter).predict([np.zeros((20, 30))])[0]
+    assert mask.shape == (20, 30) and mask.all()
+    with pytest.raises(ModelUnderTestError, match=r"must return \(N,\) or \(N, 1\).*shape \(2, 3\)"):
+        ModelUnderTest.load(scripted(tmp_path, 0.5, "three"), Task.classifier)
+    with pytest.raises(ModelUnderTestError, match=r"probabilities in \[0, 1\].*sigmoid"):
+        ModelUnderTest.load(scripted(tmp_path, 3.0), Task.classifier)
+    with pytest.raises(ModelUnderTestError, match="a segmenter must return"):
+        ModelUnderTest.load(scripted(tmp_path, 0.5), Task.segmenter)
+    with pytest.raises(ModelUnderTestError, match="no such file"):
+        ModelUnderTest.load(str(tmp_path / "absent.pt"), Task.classifier)
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ModelUnderTestError, match="not a TorchScript file"):
+        ModelUnderTest.load(str(tmp_path / "junk.pt"), Task.classifier)
+    with pytest.raises(ModelUnderTestError, match="cannot import"):
+        ModelUnderTest.load("napari_medit.no_such_module:model", Task.classifier)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cases")
+    return write_demo_cases(Scenario.manifestation, 2, folder)
+
+
+def test_a_stress_test_writes_its_report_and_resumes(tmp_path, cases):
+    model = scripted(tmp_path, 0.8)
+    out = tmp_path / "run"
+    report = stress_test("manifestation", model_under_test=model, data=cases, editor="demo-cxr", out=out, workers=0,
+                         steps=3, show_progress=False)
+    on_disk = json.loads((out / "report.json").read_text())
+    for key in ("scenario", "metric", "original", "edited", "n_generated", "n_kept", "cases", "filter"):
+        assert key in on_disk, key
+    assert on_disk["scenario"] == "manifestation" and on_disk["n_generated"] == 2
+    assert on_disk["original"] == {"positive rate": 1.0, "mean probability": pytest.approx(0.8)}
+    kept = [c for c in on_disk["cases"] if c["kept"]]
+    assert on_disk["n_kept"] == len(kept)
+    for case in on_disk["cases"]:
+        assert case["provenance"]["method"] == "radedit" and case["provenance"]["parameters"]["prompt"] == "No findings"
+        assert set(case) >= {"id", "image", "edited", "filter_probability", "kept", "original_probability"}
+    assert (out / "report.html").read_text().startswith("<!doctype html>")
+    assert report["filter"]["keeps"] == "p(pneumothorax) < 0.5"
+
+    # An interruption: one edit's sidecar is gone; a second run redoes that edit only.
+    first = on_disk["cases"][0]["id"]
+    (out / "edits" / f"{first}.json").unlink()
+    stress_test("manifestation", model_under_test=model, data=cases, editor="demo-cxr", out=out, workers=0, steps=3,
+                show_progress=False)
+    summary = {r["id"]: r["status"] for r in json.loads((out / "edits" / "summary.json").read_text())}
+    assert summary == {first: "done", on_disk["cases"][1]["id"]: "skipped"}
+
+
+def test_bad_requests_are_refused_before_anything_is_written(tmp_path, cases):
+    model, out = scripted(tmp_path, 0.8), tmp_path / "never"
+    with pytest.raises(ValueError, match="unknown scenario 'drift'"):
+        scenario("drift")
+    population_cases = write_demo_cases(Scenario.population, 1, tmp_path / "healthy")
+    with pytest.raises(StressTestError, match="needs a 'drain_mask' column"):
+        stress_test("manifestation", model_under_test=model, data=population_cases, editor="demo-cxr", out=out)
+    with pytest.raises(StressTestError, match="no cases"):
+        stress_test("acquisition", model_under_test=model, data=tmp_path / "nowhere", editor="demo-cxr", out=out)
+    with pytest.raises(ModelUnderTestError, match="a segmenter must return"):
+        stress_test("population", model_under_test=model, data=population_cases, editor="demo-cxr", out=out)
+    broken = cases.parent / "broken.csv"  # beside the cases, so its relative paths resolve
+    broken.write_text(cases.read_text().replace("_drain_mask.png", "_gone.png"))
+    with pytest.raises(StressTestError, match="does not exist"):
+        stress_test("manifestation", model_under_test=model, data=broken, editor="demo-cxr", out=out)
+    assert not out.exists()
+    assert main(["stress-test", "manifestation", "--out", str(out), "--data", str(cases)]) == 2
+    assert not out.exists()
+
