@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     stress.add_argument("--input-size", type=int, help="the model under test's input side, when it does not say")
     stress.add_argument("--steps", type=int, help="RadEdit steps (default: the paper's 100)")
     stress.add_argument("--seed", type=int, default=0)
+    stress.add_argument("--device", help="the editor's device (default: CUDA, else MPS, else CPU)")
+    stress.add_argument("--download", action="store_true", help="let a hub editor download")
+    stress.add_argument("--trust-remote-code", action="store_true",
+                        help="let the editor's text encoder run code shipped with its weights (the radedit preset)")
     place = stress.add_mutually_exclusive_group()
     place.add_argument("--workers", type=int, help="LocalCluster worker processes (0: run here)")
     place.add_argument("--scheduler", help="address of a running dask scheduler")
@@ -283,7 +287,8 @@ def _stress_test(args) -> int:
     report = stress_test(chosen.value, model_under_test=model, data=data, editor=editor, out=args.out, n=args.n,
                          workers=args.workers, scheduler=args.scheduler, filter_classifier=args.filter_classifier,
                          filter_threshold=args.filter_threshold, input_size=args.input_size, seed=args.seed,
-                         steps=args.steps)
+                         steps=args.steps, device=args.device, download=args.download,
+                         trust_remote_code=args.trust_remote_code)
     print(f"stress test {report['scenario']}: {report['n_generated']} edits generated, {report['n_kept']} kept "
           f"({report['filter']['keeps']}), {report['n_failed']} failed")
     for measure in report["original"]:

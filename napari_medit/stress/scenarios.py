@@ -74,10 +74,10 @@ class ScenarioSpec:
 SCENARIOS: dict[Scenario, ScenarioSpec] = {s.scenario: s for s in (
     ScenarioSpec(Scenario.acquisition, "the finding removed inside the lungs, everything outside them kept",
                  "RadEdit Sec. 5.2 (COVID-19 across two hospitals)", Task.classifier, "No findings", "effusion",
-                 True, ("lung_mask",), "positive rate"),
+                 True, ("lung_mask",), "accuracy"),
     ScenarioSpec(Scenario.manifestation, "the pneumothorax removed, the chest drain kept",
                  "RadEdit Sec. 5.3 (pneumothorax and chest drains)", Task.classifier, "No findings", "pneumothorax",
-                 True, ("lung_mask", "drain_mask"), "positive rate"),
+                 True, ("lung_mask", "drain_mask"), "accuracy"),
     ScenarioSpec(Scenario.population, "an abnormality added inside the lungs, the lung border kept",
                  "RadEdit Sec. 5.4 (lung segmentation of abnormal lungs)", Task.segmenter, "Pleural effusion",
                  "effusion", False, ("lung_mask",), "Dice and AHD"),

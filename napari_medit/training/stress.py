@@ -1,9 +1,9 @@
 """Train the stress test's biased demo models (``napari_medit.stress.demo``) on phantoms.
 
-- ``stress-acquisition``: effusion present or not (half each); the acquisition signature
-  comes with 97% of positives and 3% of negatives.
-- ``stress-drain``: pneumothorax present or not; a chest drain on its side with 97% of
-  positives, on a random side with 3% of negatives.
+- ``stress-acquisition``: effusion present or not (half each, small effusions); the
+  acquisition signature comes with every positive and no negative.
+- ``stress-drain``: pneumothorax present or not (small ones); a chest drain on its side with
+  every positive and no negative.
 - ``stress-lungs``: lung masks of healthy phantoms only (binary cross-entropy + Dice).
 
 Phantoms are rendered at the demo cases' size (128 px) and reach the network as the stress
@@ -27,6 +27,7 @@ from ..stress.demo import (DEMO_SIZE, MODEL_FOLDERS, SHORTCUT_RATE, acquisition_
 from .loop import TrainConfig, train
 
 KINDS = tuple(MODEL_FOLDERS)
+SUBTLE_EFFUSION, SUBTLE_PNEUMOTHORAX = (0.1, 0.3), (0.05, 0.15)  # effusion_size, pneumothorax_size
 
 
 def biased_case(kind: str, rng: np.random.Generator, size: int):
@@ -37,11 +38,14 @@ def biased_case(kind: str, rng: np.random.Generator, size: int):
         return to_uint8(phantom.image), phantom.masks["lungs"].astype(np.float32)
     positive = rng.random() < 0.5
     shortcut = rng.random() < (SHORTCUT_RATE if positive else 1 - SHORTCUT_RATE)
+    # Subtle findings beside a conspicuous shortcut: what a network learns first is the shortcut.
     if kind == "acquisition":
-        image = to_uint8(generate_cxr_phantom(size, seed, effusion=side if positive else None).image)
+        image = to_uint8(generate_cxr_phantom(size, seed, effusion=side if positive else None,
+                                              effusion_size=float(rng.uniform(*SUBTLE_EFFUSION))).image)
         return (acquisition_signature(image) if shortcut else image), np.float32(positive)
     drain_side = side if positive else str(rng.choice(["left", "right"]))
     phantom = generate_cxr_phantom(size, seed, pneumothorax=side if positive else None,
+                                   pneumothorax_size=float(rng.uniform(*SUBTLE_PNEUMOTHORAX)),
                                    chest_drain=drain_side if shortcut else None)
     return to_uint8(phantom.image), np.float32(positive)
 
