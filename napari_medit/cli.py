@@ -21,7 +21,7 @@ from . import __version__, catalogue
 from .catalogue import MASK_ROLES, METHODS, RunOptions
 from .io import SUPPORTED, ImageReadError, read_image
 from .jobs import OutputFormat
-from .stress.scenarios import Scenario
+from .stress.scenarios import EditMethod, Scenario
 
 EXIT_BAD_INPUT = 2
 DEMO_CASES = 12  # stress-test --demo without --n
@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     stress.add_argument("--data", help="a cases CSV (id,image and the scenario's masks) or a folder with cases.csv")
     stress.add_argument("--editor", help="the diffusion model RadEdit edits with (default with --demo: demo-cxr)")
     stress.add_argument("--out", required=True, help="output folder (a second run resumes its edits)")
+    stress.add_argument("--method", choices=[m.value for m in EditMethod],
+                        help="how the counterfactuals are made: radedit (the paper's; default) or instructx2x with "
+                             "an instruction model (population only: it adds the finding)")
     stress.add_argument("--n", type=int, help="only the first N cases (with --demo: N phantom cases, default 12)")
     stress.add_argument("--demo", action="store_true", help="phantom cases and a bundled model made to fail the "
                                                             "way the paper's real one did")
@@ -269,14 +272,16 @@ def _edit(args) -> int:
 def _stress_test(args) -> int:
     from pathlib import Path
 
-    from .stress.demo import DEMO_MODELS, write_demo_cases
+    from .stress.demo import DEMO_EDITORS, DEMO_MODELS, write_demo_cases
     from .stress.run import stress_test
 
     chosen = Scenario(args.scenario)
     model, data, editor = args.model_under_test, args.data, args.editor
+    method = EditMethod(args.method) if args.method else None
     if args.demo:
         model = model or DEMO_MODELS[chosen]
-        editor = editor or "demo-cxr"
+        demo_method, demo_editor = DEMO_EDITORS[chosen]
+        method, editor = method or demo_method, editor or demo_editor
         if data is None:
             data = write_demo_cases(chosen, args.n or DEMO_CASES, Path(args.out) / "data")
     missing = [flag for flag, value in (("--model-under-test", model), ("--data", data), ("--editor", editor))
@@ -284,7 +289,8 @@ def _stress_test(args) -> int:
     if missing:
         raise ValueError(f"stress-test {chosen.value} needs {', '.join(missing)} (or --demo for phantoms and "
                          "bundled demo models)")
-    report = stress_test(chosen.value, model_under_test=model, data=data, editor=editor, out=args.out, n=args.n,
+    report = stress_test(chosen.value, model_under_test=model, data=data, editor=editor, out=args.out,
+                         method=method or EditMethod.radedit, n=args.n,
                          workers=args.workers, scheduler=args.scheduler, filter_classifier=args.filter_classifier,
                          filter_threshold=args.filter_threshold, input_size=args.input_size, seed=args.seed,
                          steps=args.steps, device=args.device, download=args.download,

@@ -178,3 +178,16 @@ def test_bad_requests_are_refused_before_anything_is_written(tmp_path, cases):
     assert main(["stress-test", "manifestation", "--out", str(out), "--data", str(cases)]) == 2
     assert not out.exists()
 
+
+
+def test_demo_wiring_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["stress-test", "population", "--demo", "--n", "2", "--steps", "3", "--workers", "0",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["model_under_test"] == "napari_medit.stress.demo:lung_segmenter"
+    assert report["editor"] == "demo-cxr" and report["n_generated"] == 2
+    assert report["original"]["dice"] > 0.9  # healthy lungs: the segmenter's home ground
+    assert len(list((out / "data").glob("population-*_lung_mask.png"))) == 2
+    printed = capsys.readouterr().out
+    assert "stress test population: 2 edits generated" in printed and "dice: original" in printed

@@ -117,3 +117,23 @@ def test_networks_grow_a_level_per_doubling_above_64_pixels():
     unet = build(128)[0]
     assert unet.config.block_out_channels == (32, 64, 64, 128)
     assert unet.config.down_block_types[-1] == "CrossAttnDownBlock2D"
+
+
+def test_ema_warms_up_as_diffusers_ema_model():
+    import torch
+    from torch.optim.swa_utils import AveragedModel
+
+    from napari_medit.training.loop import ema_with_warmup
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    module = torch.nn.Module()
+    module.weight = weight
+    average = AveragedModel(module, multi_avg_fn=ema_with_warmup(0.999))
+    expected = None
+    for n, value in enumerate([4.0, 2.0, 10.0, 6.0]):
+        with torch.no_grad():
+            weight.fill_(value)
+        average.update_parameters(module)
+        # the first update copies; then decay (1 + n) / (10 + n) with n the updates so far, below 0.999
+        expected = value if expected is None else expected + (1 - (1 + n) / (10 + n)) * (value - expected)
+        assert float(average.module.weight) == pytest.approx(expected)

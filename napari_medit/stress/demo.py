@@ -24,7 +24,7 @@ import numpy as np
 
 from ..backends.registry import BUNDLED
 from ..sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
-from .scenarios import Scenario
+from .scenarios import EditMethod, Scenario
 
 DEMO_SIZE = 128  # the phantom cases' pixels; the biased models trained on phantoms rendered so too
 SHORTCUT_RATE = 1.0  # the biased training sets: every positive carries the shortcut, no negative does
@@ -144,3 +144,10 @@ def lung_segmenter():
 DEMO_MODELS = {Scenario.acquisition: "napari_medit.stress.demo:acquisition_classifier",
                Scenario.manifestation: "napari_medit.stress.demo:drain_classifier",
                Scenario.population: "napari_medit.stress.demo:lung_segmenter"}
+
+# How --demo makes each scenario's counterfactuals. demo-cxr's RadEdit removes findings well but cannot
+# add an effusion to a healthy lung (its edit-friendly inversion holds the lung as it was: 0 of 12 edits
+# reached p(effusion) > 0.01), so the population demo adds it with the instruction model.
+DEMO_EDITORS = {Scenario.acquisition: (EditMethod.radedit, "demo-cxr"),
+                Scenario.manifestation: (EditMethod.radedit, "demo-cxr"),
+                Scenario.population: (EditMethod.instructx2x, "demo-cxr-instruct")}

@@ -70,14 +70,15 @@ def write_html(path: Path, report: dict, rows: list[dict], cases, spec) -> Path:
             for axis in (left, right):
                 axis.set_xticks([])
                 axis.set_yticks([])
+        figure.subplots_adjust(hspace=0.35)
         gallery = _figure_html(figure)
     numbers = "".join(f"<tr><td>{html.escape(m)}</td><td>{report['original'][m]:.4g}</td>"
                       f"<td>{report['edited'][m]:.4g}</td></tr>" for m in measures)
     text = f"""<!doctype html><html><head><meta charset="utf-8"><title>napari-medit stress test: {spec.scenario.value}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:right}}</style></head>
 <body><h1>Stress test: {spec.scenario.value}</h1>
-<p>{html.escape(spec.says)} ({html.escape(spec.reference)}). Editor: {html.escape(str(report['editor']))}, RadEdit,
-prompt '{html.escape(spec.prompt)}'. Model under test: {html.escape(str(report['model_under_test']))}.</p>
+<p>{html.escape(spec.says)} ({html.escape(spec.reference)}). Editor: {html.escape(str(report['editor']))}, {html.escape(report['method'])},
+prompt '{html.escape(report['prompt'])}'. Model under test: {html.escape(str(report['model_under_test']))}.</p>
 <p>{report['n_generated']} edits generated, {report['n_kept']} kept by the filter
 ({html.escape(report['filter']['classifier'])}: {html.escape(report['filter']['keeps'])}); {report['n_failed']} failed.
 Truth: {html.escape(report['truth'])}.</p>

@@ -18,7 +18,8 @@ import numpy as np
 
 from ..metrics import jsonable
 from .models import ModelUnderTest
-from .scenarios import POSITIVE, ScenarioSpec, Task, average_hausdorff, dice, positive_rate, scenario
+from .scenarios import (POSITIVE, EditMethod, ScenarioSpec, Task, average_hausdorff, dice, positive_rate,
+                        scenario)
 
 FILTER_THRESHOLD = 0.5  # the independent classifier's probability that decides whether an edit is kept
 
@@ -69,6 +70,7 @@ def stress_test(
     data: str | Path,
     editor: str,
     out: str | Path,
+    method: EditMethod | str = EditMethod.radedit,
     n: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
@@ -87,7 +89,9 @@ def stress_test(
     Args:
         model_under_test: a TorchScript file or ``module:function`` (``napari_medit.stress.models``).
         data: a cases CSV or a folder with cases.csv (id, image and the masks the scenario needs).
-        editor: the diffusion model RadEdit edits with (a name or folder, as ``load_model`` takes).
+        editor: the diffusion model that edits (a name or folder, as ``load_model`` takes).
+        method: 'radedit' (the paper's), or 'instructx2x' with an instruction model, for scenarios that
+            add a finding (the scenario's edit region becomes its region).
         out: the output folder; a second run resumes the edits already made.
         n: the first ``n`` cases only.
         workers, scheduler: the batch's dask settings (``napari_medit.batch.run_batch``).
@@ -104,6 +108,14 @@ def stress_test(
     from ..io import read_image
 
     spec = scenario(name)
+    try:
+        method = EditMethod(method)
+    except ValueError:
+        raise StressTestError(f"unknown edit method {method!r}; choose one of: "
+                              f"{', '.join(m.value for m in EditMethod)}") from None
+    if method is EditMethod.instructx2x and spec.instruction is None:
+        raise StressTestError(f"the {spec.scenario.value} scenario removes a finding whose side the data does not "
+                              "state, which an instruction needs; use --method radedit")
     if n is not None and n < 1:
         raise StressTestError(f"--n must be at least 1, got {n}")
     if not 0 < filter_threshold < 1:
@@ -120,7 +132,7 @@ def stress_test(
                               f"(it detects {', '.join(judge.findings)})")
 
     out = Path(out)
-    manifest = _write_edit_jobs(spec, cases, out, editor, seed, steps)
+    manifest = _write_edit_jobs(spec, method, cases, out, editor, seed, steps)
     summary = run_batch(manifest, out / "edits", workers=workers, scheduler=scheduler, device=device,
                         download=download, trust_remote_code=trust_remote_code, show_progress=show_progress)
     records = {r["id"]: r for r in summary.records}
@@ -142,7 +154,8 @@ def stress_test(
     report = _measure(spec, tested, cases, rows)
     report.update({
         "scenario": spec.scenario.value, "says": spec.says, "reference": spec.reference,
-        "model_under_test": model_under_test, "editor": editor, "prompt": spec.prompt,
+        "model_under_test": model_under_test, "editor": editor, "method": method.value,
+        "prompt": spec.prompt if method is EditMethod.radedit else spec.instruction,
         "filter": {"classifier": judge.name, "finding": spec.finding, "threshold": filter_threshold,
                    "keeps": f"p({spec.finding}) {'<' if spec.removes else '>'} {filter_threshold}"},
         "n_generated": sum(r["status"] != "failed" for r in rows), "n_failed": sum(r["status"] == "failed" for r in rows),
@@ -159,7 +172,7 @@ def stress_test(
     return final
 
 
-def _write_edit_jobs(spec: ScenarioSpec, cases: list[Case], out: Path, editor: str, seed: int,
+def _write_edit_jobs(spec: ScenarioSpec, method: EditMethod, cases: list[Case], out: Path, editor: str, seed: int,
                      steps: int | None) -> Path:
     """The scenario's masks per case, and the batch manifest that edits them."""
     from PIL import Image
@@ -168,16 +181,19 @@ def _write_edit_jobs(spec: ScenarioSpec, cases: list[Case], out: Path, editor: s
     from ..jobs import write_text_atomically
 
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    lines = [["id", "image", "method", "model", "edit_mask", "keep_mask", "prompt", "seed"] + (["steps"] if steps else [])]
-    for case in cases:
+    roles = ["edit_mask", "keep_mask"] if method is EditMethod.radedit else ["roi_mask"]
+    lines = [["id", "image", "method", "model", *roles, "prompt", "seed"] + (["steps"] if steps else [])]
+    for index, case in enumerate(cases):
         masks = {role: read_image(path).array > 0 for role, path in case.masks.items()}
+        prompt, regions = spec.edit_job(method, index, masks)
         paths = {}
-        for role, mask in spec.edit_masks(masks).items():
+        for role, mask in regions.items():
             paths[role] = out / "masks" / f"{case.id}_{role}.png"
             if not paths[role].is_file():
                 Image.fromarray(mask.astype(np.uint8) * 255).save(paths[role])
-        lines.append([case.id, str(case.image.resolve()), "radedit", editor, str(paths["edit_mask"].resolve()),
-                      str(paths["keep_mask"].resolve()), spec.prompt, str(seed)] + ([str(steps)] if steps else []))
+        lines.append([case.id, str(case.image.resolve()), method.value, editor,
+                      *(str(paths[role].resolve()) for role in roles), prompt, str(seed)]
+                     + ([str(steps)] if steps else []))
     text = "\n".join(",".join(f'"{cell}"' for cell in line) for line in lines) + "\n"
     return write_text_atomically(out / "edits" / "manifest.csv", text)
 

@@ -32,6 +32,14 @@ class Scenario(str, enum.Enum):
     population = "population"
 
 
+class EditMethod(str, enum.Enum):
+    """How the counterfactuals are made: the paper's RadEdit (edit and keep masks, a prompt), or
+    InstructX2X with the scenario's edit region as its region (for additions; an instruction model)."""
+
+    radedit = "radedit"
+    instructx2x = "instructx2x"
+
+
 class Task(str, enum.Enum):
     """What the model under test does."""
 
@@ -50,6 +58,7 @@ class ScenarioSpec:
     removes: bool  # True: the edit removes ``finding``; False: adds it
     needs: tuple[str, ...]  # the masks every case must carry
     metric: str
+    instruction: str | None = None  # for instructx2x: the instruction, '{side}' filled per case (additions only)
 
     def edit_masks(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """RadEdit's edit and keep masks for one case, from the masks it carries."""
@@ -66,6 +75,18 @@ class ScenarioSpec:
         inside = binary_erosion(lungs, iterations=pixels(LUNG_BORDER))
         return {"edit_mask": inside, "keep_mask": ~inside}
 
+    def edit_job(self, method: EditMethod, index: int, masks: dict[str, np.ndarray]) -> tuple[str, dict]:
+        """The prompt and the masks by role for one case's edit with ``method``. An added finding
+        goes on the right for even cases, the left for odd ones."""
+        regions = self.edit_masks(masks)
+        if method is EditMethod.radedit:
+            return self.prompt, regions
+        if self.instruction is None:
+            raise ValueError(f"the {self.scenario.value} scenario removes a finding whose side the data does not "
+                             f"state, which an instruction needs; use --method radedit")
+        # InstructX2X changes nothing outside its region, so the scenario's keep mask holds by construction
+        return self.instruction.format(side=("right", "left")[index % 2]), {"roi_mask": regions["edit_mask"]}
+
     def kept(self, probability: float, threshold: float) -> bool:
         """The filter: did the edit do what was asked, by an independent classifier's probability?"""
         return probability < threshold if self.removes else probability > threshold
@@ -80,7 +101,7 @@ SCENARIOS: dict[Scenario, ScenarioSpec] = {s.scenario: s for s in (
                  True, ("lung_mask", "drain_mask"), "accuracy"),
     ScenarioSpec(Scenario.population, "an abnormality added inside the lungs, the lung border kept",
                  "RadEdit Sec. 5.4 (lung segmentation of abnormal lungs)", Task.segmenter, "Pleural effusion",
-                 "effusion", False, ("lung_mask",), "Dice and AHD"),
+                 "effusion", False, ("lung_mask",), "Dice and AHD", instruction="add a {side} pleural effusion"),
 )}
 
 POSITIVE = 0.5  # a classifier's probability at or above this is a positive prediction

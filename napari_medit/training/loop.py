@@ -48,7 +48,7 @@ def train(
     and the loss log. With ``config.ema_decay`` the modules hold the averaged
     weights while ``validate`` runs and when training returns.
     """
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import AveragedModel
     from tqdm.auto import tqdm
 
     if not 0.0 <= config.ema_decay < 1.0:
@@ -60,7 +60,7 @@ def train(
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
     generator = torch.Generator().manual_seed(config.seed)
-    averages = {name: AveragedModel(m, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+    averages = {name: AveragedModel(m, multi_avg_fn=ema_with_warmup(config.ema_decay))
                 for name, m in modules.items()} if config.ema_decay else {}
     step, losses = 0, []
     if resume:
@@ -104,6 +104,19 @@ def train(
     for name, average in averages.items():  # what the caller saves is the averaged model
         _copy_parameters(average.module.parameters(), modules[name])
     return losses
+
+
+def ema_with_warmup(decay: float):
+    """EMA whose decay grows as (1 + n) / (10 + n) up to ``decay`` (diffusers' EMAModel.get_decay):
+    a fixed 0.999 from the first step would still hold 0.999**2000 = 13% of the random
+    initial weights after 2,000 steps."""
+    def update(averaged, current, num_averaged):
+        n = int(num_averaged)
+        rate = min(decay, (1 + n) / (10 + n))
+        for average, value in zip(averaged, current):
+            average.lerp_(value, 1 - rate)
+
+    return update
 
 
 @contextmanager
