@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_medit.editing import DiffusersDenoiser, MonaiDenoiser, edit
+from napari_medit.editing import edit
 
 RESOLUTION = 64
 

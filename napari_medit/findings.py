@@ -40,7 +40,6 @@ class FindingsClassifier:
     @classmethod
     def load(cls, path: str | Path = DEMO) -> FindingsClassifier:
         """A classifier folder, or the name of a bundled one (``demo-cxr-findings``)."""
-        import torch
         from monai.networks.nets import Classifier
         from safetensors.torch import load_file
 

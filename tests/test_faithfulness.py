@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
 
 import tiny_models
 from napari_medit import catalogue
-from napari_medit.catalogue import PIELoop, PIEParams, RadEditParams
+from napari_medit.catalogue import PIELoop, PIEParams
 from napari_medit.editing import EditError, GaussianDenoiser, edit
 from napari_medit.editing.control import NoiseSource, Progress
 from napari_medit.editing.ddpm import NoiseSchedule

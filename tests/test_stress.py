@@ -12,7 +12,7 @@ import torch
 from napari_medit.cli import main
 from napari_medit.stress.demo import Scenario, write_demo_cases
 from napari_medit.stress.models import ModelUnderTest, ModelUnderTestError
-from napari_medit.stress.run import StressTestError, read_cases, stress_test
+from napari_medit.stress.run import StressTestError, stress_test
 from napari_medit.stress.scenarios import (SCENARIOS, Task, average_hausdorff, dice, positive_rate, scenario)
 
 
@@ -55,6 +55,19 @@ def test_the_filter_keeps_removals_below_and_additions_above_the_threshold():
     assert removal.kept(0.1, 0.5) and not removal.kept(0.7, 0.5) and not removal.kept(0.5, 0.5)
     assert addition.kept(0.7, 0.5) and not addition.kept(0.3, 0.5)
     assert removal.finding == "pneumothorax" and SCENARIOS[Scenario.acquisition].finding == "effusion"
+
+
+def test_instruction_edits_are_offered_for_additions_only():
+    from napari_medit.stress.scenarios import EditMethod
+
+    lungs = rectangle()
+    population = SCENARIOS[Scenario.population]
+    prompt, masks = population.edit_job(EditMethod.instructx2x, 3, {"lung_mask": lungs})
+    assert prompt == "add a left pleural effusion" and set(masks) == {"roi_mask"}
+    np.testing.assert_array_equal(masks["roi_mask"], population.edit_masks({"lung_mask": lungs})["edit_mask"])
+    assert population.edit_job(EditMethod.instructx2x, 0, {"lung_mask": lungs})[0] == "add a right pleural effusion"
+    with pytest.raises(ValueError, match="use --method radedit"):
+        SCENARIOS[Scenario.acquisition].edit_job(EditMethod.instructx2x, 0, {"lung_mask": lungs})
 
 
 def test_metrics_by_hand():
@@ -170,6 +183,11 @@ def test_bad_requests_are_refused_before_anything_is_written(tmp_path, cases):
         stress_test("acquisition", model_under_test=model, data=tmp_path / "nowhere", editor="demo-cxr", out=out)
     with pytest.raises(ModelUnderTestError, match="a segmenter must return"):
         stress_test("population", model_under_test=model, data=population_cases, editor="demo-cxr", out=out)
+    with pytest.raises(StressTestError, match="use --method radedit"):
+        stress_test("manifestation", model_under_test=model, data=cases, editor="demo-cxr", out=out,
+                    method="instructx2x")
+    with pytest.raises(StressTestError, match="unknown edit method 'lance'"):
+        stress_test("manifestation", model_under_test=model, data=cases, editor="demo-cxr", out=out, method="lance")
     broken = cases.parent / "broken.csv"  # beside the cases, so its relative paths resolve
     broken.write_text(cases.read_text().replace("_drain_mask.png", "_gone.png"))
     with pytest.raises(StressTestError, match="does not exist"):
@@ -186,7 +204,7 @@ def test_demo_wiring_from_the_cli(tmp_path, capsys):
                  "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["model_under_test"] == "napari_medit.stress.demo:lung_segmenter"
-    assert report["editor"] == "demo-cxr" and report["n_generated"] == 2
+    assert (report["editor"], report["method"], report["n_generated"]) == ("demo-cxr-instruct", "instructx2x", 2)
     assert report["original"]["dice"] > 0.9  # healthy lungs: the segmenter's home ground
     assert len(list((out / "data").glob("population-*_lung_mask.png"))) == 2
     printed = capsys.readouterr().out

@@ -75,13 +75,15 @@ def batches(resolution: int, batch_size: int, seed: int, start_step: int) -> Ite
         yield {"image": torch.stack(images).float(), "prompts": prompts}
 
 
-def build(resolution: int):
+def build(resolution: int, words: list[str] | None = None, in_channels: int = 1):
+    """The UNet, its text encoder over ``words`` (default: the findings' vocabulary) and the scheduler.
+    ``in_channels`` 2: the instruction model, which reads the prior image on the second channel."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import BertTokenizer, CLIPTextConfig, CLIPTextModel
 
     from ..backends.text import TransformersTextEncoder
 
-    words = vocabulary()
+    words = words or vocabulary()
     # transformers 5 ignores BertTokenizer(vocab_file=...): the vocabulary is passed as a dict.
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True,
                               model_max_length=MAX_TOKENS)
@@ -93,7 +95,7 @@ def build(resolution: int):
     # model): cross-attention always works on a grid of at most 16 x 16.
     extra = extra_levels(resolution)
     unet = UNet2DConditionModel(
-        sample_size=resolution, in_channels=1, out_channels=1, layers_per_block=1,
+        sample_size=resolution, in_channels=in_channels, out_channels=1, layers_per_block=1,
         block_out_channels=(32, 64, 64) + (128,) * extra,
         down_block_types=("DownBlock2D",) * (2 + extra) + ("CrossAttnDownBlock2D",),
         up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (2 + extra), cross_attention_dim=64,

@@ -25,8 +25,8 @@ import torch
 from ..editing.slicing import Grid, IntensityWindow
 from ..instructions import Change, Finding, Side, write_instruction
 from ..sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
-from .cxr import MAX_TOKENS, SCHEDULER, SPECIAL
-from .loop import TrainConfig, extra_levels, noised, train
+from .cxr import MAX_TOKENS, SPECIAL, build
+from .loop import TrainConfig, noised, train
 
 IMAGE_DROPOUT, TEXT_DROPOUT = 0.05, 0.10
 SMALL_EFFUSION, LARGE_EFFUSION = (0.2, 0.32), (0.45, 0.6)  # effusion_size ranges of 'small' and grown fluid
@@ -111,37 +111,13 @@ def batches(resolution: int, batch_size: int, seed: int, start_step: int) -> Ite
         yield {"current": torch.stack(currents).float(), "prior": torch.stack(priors).float(), "prompts": prompts}
 
 
-def build(resolution: int):
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import BertTokenizer, CLIPTextConfig, CLIPTextModel
-
-    from ..backends.text import TransformersTextEncoder
-
-    words = vocabulary()
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True,
-                              model_max_length=MAX_TOKENS)
-    text_model = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(words), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-    ))
-    # demo-cxr's network with a second input channel, the prior
-    extra = extra_levels(resolution)
-    unet = UNet2DConditionModel(
-        sample_size=resolution, in_channels=2, out_channels=1, layers_per_block=1,
-        block_out_channels=(32, 64, 64) + (128,) * extra,
-        down_block_types=("DownBlock2D",) * (2 + extra) + ("CrossAttnDownBlock2D",),
-        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (2 + extra), cross_attention_dim=64,
-        attention_head_dim=8,
-    )
-    return unet, TransformersTextEncoder(tokenizer, text_model, MAX_TOKENS), DDIMScheduler(**SCHEDULER)
-
-
 def train_cxr_instruct(config: TrainConfig, resolution: int = 64, resume: bool = False) -> Path:
     from ..backends import save_model
     from ..editing import DiffusersDenoiser
 
     torch.manual_seed(config.seed)
-    unet, text_encoder, scheduler = build(resolution)
+    # demo-cxr's network and text encoder, over the instructions' words, with the prior as a second channel
+    unet, text_encoder, scheduler = build(resolution, vocabulary(), in_channels=2)
     unet.to(config.device)
     text_encoder.model.to(config.device)
     alphas = scheduler.alphas_cumprod.to(config.device)
