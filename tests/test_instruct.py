@@ -60,17 +60,22 @@ class StartFrom(NoiseSource):
         return self.start.clone() if kind == "start" else super().draw(shape, kind)
 
 
-@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "EulerDiscreteScheduler"])
+@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"])
 def test_instruct_matches_diffusers_instruct_pix2pix_pipeline(tmp_path, scheduler):
+    """Euler ancestral (public IP2P checkpoints) draws step noise: the slice's own generator, seeded
+    as napari-medit seeds it, gives the pipeline the same draws."""
+    import zlib
+
     pipe = tiny_pix2pix(tmp_path / "ip2p", scheduler)
     model = load_model(tmp_path / "ip2p")
     assert model.image_conditioned and model.latent and model.resolution == 16
     gray = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
     start = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
+        step_noise = torch.Generator().manual_seed(zlib.crc32(b"0:scheduler-step"))  # NoiseSource([0])'s
         expected = pipe(PROMPT, image=gray.float().expand(-1, 3, -1, -1), num_inference_steps=10, guidance_scale=7.5,
                         image_guidance_scale=1.5, latents=start,  # the pipeline scales them by init_noise_sigma
-                        output_type="latent").images
+                        output_type="latent", generator=step_noise).images
         ours = instruct(model, model.encode(gray), image=gray, params=InstructParams(prompt=PROMPT, steps=10),
                         noise=StartFrom(start.double()), progress=Progress())
     assert ours.shape == expected.shape
