@@ -19,6 +19,8 @@ Differences from the reference, on purpose:
   reproducible;
 - outside M, the original is noised to t', the level of the sample it joins; the reference
   noises it to t, one step noisier (the off-by-one RadEdit's official pipeline has too);
+- on a pixel-space model the map is average-pooled to the reference's grid (8 x 8 pixels a cell,
+  a Stable Diffusion latent's), where one noise draw's per-pixel map would be speckle;
 - the region, when the user gives none, comes from napari-medit's per-finding templates
   (``napari_medit.instructions``) instead of the union of MS-CXR boxes, which are not
   shipped with the reference code.
@@ -36,6 +38,7 @@ from .instruct import guided_eps, model_scheduler, scheduler_step_options
 from .slicing import binarised, to_latent_grid
 
 OUTLIER_IQR = 1.5  # Tukey's fence: values above Q3 + 1.5 IQR are clipped
+LATENT_CELL = 8  # image pixels per cell of the grid the reference's map lies on (SD's VAE)
 
 
 def instructx2x(
@@ -90,6 +93,11 @@ def relevance_map(denoiser, x0, prior, text, null, params: InstructX2XParams, no
     with_text, without_text = denoiser(torch.cat([z_t, z_t]), t, torch.cat([text, null]),
                                        images if masks is None else torch.cat([images, masks], dim=1)).chunk(2)
     relevance = (with_text - without_text).abs().sum(dim=1, keepdim=True)
+    # The reference reads the map on Stable Diffusion's latent grid, one cell per 8 x 8 pixels. A
+    # pixel-space model's per-pixel map of one noise draw is speckle: pool it to the same grid.
+    cell = max(1, LATENT_CELL // denoiser.latent_factor)
+    if cell > 1 and min(relevance.shape[-2:]) >= 2 * cell:
+        relevance = F.avg_pool2d(relevance, cell, ceil_mode=True)
     flat = relevance.flatten(1)
     q1, q3 = torch.quantile(flat, 0.25, dim=1), torch.quantile(flat, 0.75, dim=1)
     fence = (q3 + OUTLIER_IQR * (q3 - q1))[:, None, None, None]
