@@ -115,9 +115,9 @@ def scripted(tmp_path, value, shape="classifier", name="model.pt"):
 
 
 def test_the_contract_is_checked_on_load(tmp_path):
-    assert ModelUnderTest.load(scripted(tmp_path, 0.7), Task.classifier).predict([np.zeros((20, 30))]) == [
-        pytest.approx(0.7)]
-    mask = ModelUnderTest.load(scripted(tmp_path, 0.9, "segmenter"), Task.segmenter).predict([np.zeros((20, 30))])[0]
+    image = np.random.default_rng(0).random((20, 30))
+    assert ModelUnderTest.load(scripted(tmp_path, 0.7), Task.classifier).predict([image]) == [pytest.approx(0.7)]
+    mask = ModelUnderTest.load(scripted(tmp_path, 0.9, "segmenter"), Task.segmenter).predict([image])[0]
     assert mask.shape == (20, 30) and mask.all()
     with pytest.raises(ModelUnderTestError, match=r"must return \(N,\) or \(N, 1\).*shape \(2, 3\)"):
         ModelUnderTest.load(scripted(tmp_path, 0.5, "three"), Task.classifier)

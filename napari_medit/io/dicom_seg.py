@@ -43,6 +43,7 @@ SEGMENT_MEANINGS: dict[str, SegmentMeaning] = {
     "roi_mask": SegmentMeaning(codes.cid7150.SpatialAndRelationalConcept, codes.DCM.ImageRegion),
     "pathology_mask": SegmentMeaning(codes.cid7150.MorphologicallyAbnormalStructure, codes.SCT.Lesion),
     "brain_mask": SegmentMeaning(codes.cid7150.AnatomicalStructure, codes.SCT.Brain),
+    "lung_mask": SegmentMeaning(codes.cid7150.AnatomicalStructure, codes.SCT.Lung),
 }
 
 
