@@ -54,7 +54,8 @@ class CallLog:
 
 def forward_seconds(denoiser, inner, batch: int, repeats: int = 15) -> float:
     side = denoiser.resolution // denoiser.latent_factor
-    x = torch.randn(batch, denoiser.latent_channels, side, side, device=denoiser.device)
+    channels = denoiser.latent_channels * (2 if denoiser.image_conditioned else 1)  # x_t and the prior
+    x = torch.randn(batch, channels, side, side, device=denoiser.device)
     text = denoiser.encode_text(["pleural effusion"] * batch)
     text = None if text is None else text.to(denoiser.device)
     conditions = torch.rand(batch, len(denoiser.condition_names), side, side, device=denoiser.device) \

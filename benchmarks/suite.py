@@ -6,9 +6,11 @@
 2. Batched slices against one slice at a time (engine.py).
 3. napari-medit's RePaint against diffusers' RePaintPipeline run slice by slice on the same
    UNet (demo-cxr's, driven with the empty prompt) and the same schedule.
-4. Peak memory against the number of slices edited (each count in a fresh process).
-5. GUI event-loop stall during an edit (gui_stall.py; needs a display, e.g. Xvfb).
-6. Import time: the plugin's package and reader against a bare interpreter and the engine.
+4. napari-medit's ``instruct`` against diffusers' StableDiffusionInstructPix2PixPipeline on
+   demo-cxr-instruct's UNet, one image and batched slices.
+5. Peak memory against the number of slices edited (each count in a fresh process).
+6. GUI event-loop stall during an edit (gui_stall.py; needs a display, e.g. Xvfb).
+7. Import time: the plugin's package and reader against a bare interpreter and the engine.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -108,6 +111,81 @@ def repaint_against_diffusers(slices: int = 4, steps: int = 50, jump_length: int
         f"| napari-medit, one slice at a time | {calls_single} | {ours_single:.2f} | {ours_single / theirs:.2f} |",
         f"| napari-medit, {slices} slices batched | {calls_batched} | {ours_batched:.2f} | "
         f"{ours_batched / theirs:.2f} |",
+    ]
+
+
+# ---------------------------------------------------------------- instruct vs diffusers
+
+
+class PixelSpaceVAE(torch.nn.Module):
+    """What diffusers' pipelines call a VAE, for a pixel-space model: the "latent" is the image."""
+
+    config = SimpleNamespace(block_out_channels=[1], latent_channels=1, scaling_factor=1.0)
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def encode(self, image):
+        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: image))
+
+
+def instruct_against_diffusers(slices: int = 4, steps: int = 50) -> list[str]:
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    from engine import CallLog, forward_seconds, sample_image
+    from napari_medit.backends import load_model
+    from napari_medit.editing import edit
+
+    prompt = "remove the right pleural effusion"
+    model = load_model("demo-cxr-instruct", "cpu")
+    image, _ = sample_image()
+    volume = np.stack([np.roll(image, 3 * i, axis=1) for i in range(slices)])
+    edit("instruct", volume[:1], model=model, prompt=prompt, steps=2)  # warm-up
+
+    log = CallLog(model)
+    ours = {}
+    for batch in (1, slices):
+        log.sizes.clear()
+        start = time.perf_counter()
+        edit("instruct", volume[:batch], model=model, prompt=prompt, steps=steps, batch_size=batch)
+        ours[batch] = time.perf_counter() - start, list(log.sizes)
+    model.model_output = log.inner
+    per_call = {size: forward_seconds(model, log.inner, size) for size in {3, 3 * slices}}
+    floor = {batch: sum(per_call[size] for size in sizes) for batch, (_, sizes) in ours.items()}
+
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=PixelSpaceVAE(), text_encoder=None, tokenizer=None, unet=model.unet, scheduler=model.schedule.scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        text, empty = model.encode_text([prompt]), model.encode_text([""])
+    # [0, 1]: the pipeline's image processor maps it to the model's [-1, 1] as napari-medit's window does
+    unit = torch.from_numpy((volume - volume.min()) / (volume.max() - volume.min())).float()[:, None]
+    theirs = {}
+    for batch in (1, slices):
+        start = time.perf_counter()
+        with torch.no_grad():
+            pipe(image=unit[:batch], prompt_embeds=text.expand(batch, -1, -1),
+                 negative_prompt_embeds=empty.expand(batch, -1, -1), num_inference_steps=steps,
+                 guidance_scale=7.5, image_guidance_scale=1.5, output_type="latent",
+                 generator=torch.Generator().manual_seed(0))
+        theirs[batch] = time.perf_counter() - start
+    rows = []
+    for batch in (1, slices):
+        wall, sizes = ours[batch]
+        what = "one image" if batch == 1 else f"{batch} slices in one batch"
+        rows += [f"| diffusers StableDiffusionInstructPix2PixPipeline, {what} | {len(sizes)} x {3 * batch} | "
+                 f"{theirs[batch]:.2f} | {floor[batch]:.2f} | {theirs[batch] / floor[batch]:.2f} | 1.00 |",
+                 f"| napari-medit `instruct`, {what} | {len(sizes)} x {sizes[0]} | {wall:.2f} | {floor[batch]:.2f} | "
+                 f"{wall / floor[batch]:.2f} | {wall / theirs[batch]:.2f} |"]
+    return [
+        "## Instruct: napari-medit against diffusers' InstructPix2Pix pipeline",
+        "",
+        f"demo-cxr-instruct's UNet and DDIM scheduler, {steps} steps, s_T 7.5, s_I 1.5, 64x64; the pipeline is "
+        "given the model's text embeddings and an identity \"VAE\" (the model is pixel-space). "
+        "Floor = the run's network calls, each one forward pass at its batch size (median of 15).",
+        "",
+        "| run | network calls x batch | wall s | floor s | wall / floor | / diffusers |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
     ]
 
 
@@ -222,9 +300,20 @@ def import_time() -> list[str]:
     return lines
 
 
+def engine_sections() -> list[str]:
+    import engine
+
+    return engine.sections(torch.device("cpu"))
+
+
+SECTIONS = {"engine": engine_sections, "repaint": repaint_against_diffusers, "instruct": instruct_against_diffusers,
+            "memory": memory_against_slices, "gui": gui_stall, "imports": import_time}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
+    parser.add_argument("--only", choices=sorted(SECTIONS), help="run one section and print it (nothing written)")
     parser.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -233,13 +322,15 @@ def main() -> int:
 
     import engine
 
-    device = torch.device("cpu")
+    if args.only:
+        print("\n".join(SECTIONS[args.only]()))
+        return 0
     started = time.perf_counter()
-    lines = ["# Benchmarks (CPU)", "", f"Machine: {engine.machine(device)}",
+    lines = ["# Benchmarks (CPU)", "", f"Machine: {engine.machine(torch.device('cpu'))}",
              "Command: `make benchmark` (= `xvfb-run -a .venv/bin/python benchmarks/suite.py "
              "--out benchmarks/results/cpu.md`)", ""]
-    for section in (engine.sections, repaint_against_diffusers, memory_against_slices, gui_stall, import_time):
-        part = section(device) if section is engine.sections else section()
+    for section in SECTIONS.values():
+        part = section()
         lines += [*part, ""]
         print("\n".join(part) + "\n", flush=True)
     lines.append(f"Whole suite: {time.perf_counter() - started:.0f} s.")
