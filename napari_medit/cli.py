@@ -21,7 +21,7 @@ from . import __version__, catalogue
 from .catalogue import MASK_ROLES, METHODS, RunOptions
 from .io import SUPPORTED, ImageReadError, read_image
 from .jobs import OutputFormat
-from .stress.scenarios import EditMethod, Scenario
+from .stress.scenarios import ADDITION_RISE, REMOVAL_THRESHOLD, EditMethod, Scenario
 
 EXIT_BAD_INPUT = 2
 DEMO_CASES = 12  # stress-test --demo without --n
@@ -89,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                                                             "way the paper's real one did")
     stress.add_argument("--filter-classifier", default="demo-cxr-findings",
                         help="an independent findings classifier that decides which edits are kept")
-    stress.add_argument("--filter-threshold", type=float, default=0.5)
+    stress.add_argument("--filter-threshold", type=float, default=None,
+                        help=f"a removal is kept below this probability of the finding (default "
+                             f"{REMOVAL_THRESHOLD}); an addition when it raised it by this much (default {ADDITION_RISE})")
     stress.add_argument("--input-size", type=int, help="the model under test's input side, when it does not say")
     stress.add_argument("--steps", type=int, help="RadEdit steps (default: the paper's 100)")
     stress.add_argument("--seed", type=int, default=0)
@@ -297,8 +299,10 @@ def _stress_test(args) -> int:
                          trust_remote_code=args.trust_remote_code)
     print(f"stress test {report['scenario']}: {report['n_generated']} edits generated, {report['n_kept']} kept "
           f"({report['filter']['keeps']}), {report['n_failed']} failed")
+    paired = report.get("original_of_kept", {})
     for measure in report["original"]:
-        print(f"  {measure}: original {report['original'][measure]:.4g} -> edited {report['edited'][measure]:.4g}")
+        same = f" (the kept cases before: {paired[measure]:.4g})" if measure in paired else ""
+        print(f"  {measure}: original {report['original'][measure]:.4g} -> edited {report['edited'][measure]:.4g}{same}")
     print(f"  report: {Path(args.out) / 'report.json'}, {Path(args.out) / 'report.html'}")
     return 0
 

@@ -34,7 +34,7 @@ def test_the_findings_classifier_separates_phantom_findings():
     classifier = FindingsClassifier.load()
     assert classifier.findings == ("effusion", "cardiomegaly", "pneumothorax", "opacity")
     scores = _validation(classifier, count=120)
-    # measured on 200 phantoms: 1.000, 1.000, 0.998; opacity 0.767 (small nodules at 64 px)
+    # measured on 200 phantoms: 1.000, 1.000, 0.999; opacity 0.834 (small nodules at 64 px)
     assert min(scores[f] for f in ("effusion", "cardiomegaly", "pneumothorax")) > 0.95, scores
     assert scores["opacity"] > 0.65, scores
 
@@ -50,7 +50,7 @@ def test_removing_the_right_effusion_darkens_it_and_lowers_its_probability(demo)
     # measured at 1750 steps: 158 -> 78 (healthy lung there: 104; at s_T 7.5 the small model overshoots)
     assert out[effusion].mean() < source[effusion].mean() - 30
     before, after = (classifier.probabilities(image)["effusion"] for image in (sample.array, result.image.array))
-    assert after < before, (before, after)  # measured: 0.99998 -> 0.991, a small move
+    assert after < before - 0.3, (before, after)  # measured: 0.9998 -> 0.44
 
 
 def test_adding_a_right_effusion_to_a_healthy_chest_brightens_it(demo):
@@ -60,7 +60,7 @@ def test_adding_a_right_effusion_to_a_healthy_chest_brightens_it(demo):
     out = result.image.array.astype(float)
     assert out[effusion].mean() > healthy[effusion].mean() + 30  # measured: 104 -> 212
     before, after = (classifier.probabilities(image)["effusion"] for image in (healthy, result.image.array))
-    assert after > before + 0.1, (before, after)  # measured: 0.00007 -> 0.24
+    assert after > before + 0.3, (before, after)  # measured: 0.003 -> 0.69
 
 
 def test_the_relevance_of_a_right_effusion_lies_over_the_right_hemithorax(demo):
@@ -71,3 +71,30 @@ def test_the_relevance_of_a_right_effusion_lies_over_the_right_hemithorax(demo):
     relevance = result.maps["guidance_map"]
     right, left = (relevance[hemithorax(truth.masks["lungs"], side)].sum() for side in (Side.right, Side.left))
     assert right > 1.2 * left, (right, left)  # measured: 59% of the map's mass over the right lung
+
+
+def test_border_kept_effusions_are_the_healthy_phantom_outside_the_eroded_lungs():
+    from scipy.ndimage import binary_erosion
+
+    from napari_medit.training.findings import _effusion_inside_the_lung_border
+
+    effusion, healthy = generate_cxr_phantom(64, 3, effusion="right", effusion_size=0.6), generate_cxr_phantom(64, 3)
+    image = _effusion_inside_the_lung_border(effusion, healthy)
+    inside = binary_erosion(healthy.masks["lungs"] > 0, iterations=2)  # 3% of 64 px
+    np.testing.assert_array_equal(image[~inside], healthy.image[~inside])
+    np.testing.assert_array_equal(image[inside], effusion.image[inside])
+    assert (image != healthy.image).any()
+
+
+def test_the_findings_classifier_sees_effusions_that_keep_the_lung_border():
+    """What the population stress test adds: fluid inside the healthy lung border."""
+    from napari_medit.training.findings import _effusion_inside_the_lung_border
+
+    classifier = FindingsClassifier.load()
+    for seed in range(500, 506):
+        healthy = generate_cxr_phantom(64, seed)
+        effusion = generate_cxr_phantom(64, seed, effusion=("left", "right")[seed % 2], effusion_size=0.3)
+        bordered = to_uint8(_effusion_inside_the_lung_border(effusion, healthy))
+        # measured: p >= 0.995 with the border kept, <= 0.007 healthy
+        assert classifier.probabilities(bordered)["effusion"] > 0.9
+        assert classifier.probabilities(to_uint8(healthy.image))["effusion"] < 0.1

@@ -50,10 +50,17 @@ def test_population_edits_inside_the_lungs_and_keeps_their_border():
     assert SCENARIOS[Scenario.population].prompt == "Pleural effusion"
 
 
-def test_the_filter_keeps_removals_below_and_additions_above_the_threshold():
+def test_the_filter_keeps_removals_called_negative_and_additions_that_raised_the_probability():
     removal, addition = SCENARIOS[Scenario.manifestation], SCENARIOS[Scenario.population]
-    assert removal.kept(0.1, 0.5) and not removal.kept(0.7, 0.5) and not removal.kept(0.5, 0.5)
-    assert addition.kept(0.7, 0.5) and not addition.kept(0.3, 0.5)
+    assert (removal.filter_threshold, addition.filter_threshold) == (0.5, 0.2)
+    # a removal: where the edit ends, whatever the original was
+    assert removal.kept(0.99, 0.1, 0.5) and not removal.kept(0.99, 0.7, 0.5) and not removal.kept(0.99, 0.5, 0.5)
+    assert removal.kept(0.2, 0.1, 0.5)
+    # an addition: how far the edit moved the probability from the original's
+    assert addition.kept(0.01, 0.35, 0.2) and addition.kept(0.0, 0.2, 0.2)
+    assert not addition.kept(0.01, 0.2, 0.2) and not addition.kept(0.6, 0.7, 0.2) and not addition.kept(0.5, 0.3, 0.2)
+    assert removal.filter_rule(0.5) == "p(pneumothorax) of the edit < 0.5"
+    assert addition.filter_rule(0.2) == "p(effusion) of the edit - p(effusion) of the original >= 0.2"
     assert removal.finding == "pneumothorax" and SCENARIOS[Scenario.acquisition].finding == "effusion"
 
 
@@ -159,9 +166,10 @@ def test_a_stress_test_writes_its_report_and_resumes(tmp_path, cases):
     assert on_disk["n_kept"] == len(kept)
     for case in on_disk["cases"]:
         assert case["provenance"]["method"] == "radedit" and case["provenance"]["parameters"]["prompt"] == "No findings"
-        assert set(case) >= {"id", "image", "edited", "filter_probability", "kept", "original_probability"}
+        assert set(case) >= {"id", "image", "edited", "filter_probability", "filter_probability_original", "kept",
+                             "original_probability"}
     assert (out / "report.html").read_text().startswith("<!doctype html>")
-    assert report["filter"]["keeps"] == "p(pneumothorax) < 0.5"
+    assert report["filter"]["keeps"] == "p(pneumothorax) of the edit < 0.5"
 
     # An interruption: one edit's sidecar is gone; a second run redoes that edit only.
     first = on_disk["cases"][0]["id"]

@@ -72,8 +72,11 @@ def write_html(path: Path, report: dict, rows: list[dict], cases, spec) -> Path:
                 axis.set_yticks([])
         figure.subplots_adjust(hspace=0.35)
         gallery = _figure_html(figure)
+    paired = report.get("original_of_kept", {})
     numbers = "".join(f"<tr><td>{html.escape(m)}</td><td>{report['original'][m]:.4g}</td>"
-                      f"<td>{report['edited'][m]:.4g}</td></tr>" for m in measures)
+                      + (f"<td>{paired[m]:.4g}</td>" if paired else "")
+                      + f"<td>{report['edited'][m]:.4g}</td></tr>" for m in measures)
+    kept_before = "<th>original (kept cases)</th>" if paired else ""
     text = f"""<!doctype html><html><head><meta charset="utf-8"><title>napari-medit stress test: {spec.scenario.value}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:right}}</style></head>
 <body><h1>Stress test: {spec.scenario.value}</h1>
@@ -82,7 +85,7 @@ prompt '{html.escape(report['prompt'])}'. Model under test: {html.escape(str(rep
 <p>{report['n_generated']} edits generated, {report['n_kept']} kept by the filter
 ({html.escape(report['filter']['classifier'])}: {html.escape(report['filter']['keeps'])}); {report['n_failed']} failed.
 Truth: {html.escape(report['truth'])}.</p>
-<table><tr><th>measure</th><th>original</th><th>edited (kept)</th></tr>{numbers}</table>
+<table><tr><th>measure</th><th>original</th>{kept_before}<th>edited (kept)</th></tr>{numbers}</table>
 <h2>Original against edited</h2>{bars}
 <h2>Distribution</h2>{distribution}
 <h2>Cases</h2>{gallery or '<p>No edit was kept.</p>'}

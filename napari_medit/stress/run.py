@@ -21,7 +21,6 @@ from .models import ModelUnderTest
 from .scenarios import (POSITIVE, EditMethod, ScenarioSpec, Task, average_hausdorff, dice, positive_rate,
                         scenario)
 
-FILTER_THRESHOLD = 0.5  # the independent classifier's probability that decides whether an edit is kept
 
 
 class StressTestError(ValueError):
@@ -75,7 +74,7 @@ def stress_test(
     workers: int | None = None,
     scheduler: str | None = None,
     filter_classifier: str = "demo-cxr-findings",
-    filter_threshold: float = FILTER_THRESHOLD,
+    filter_threshold: float | None = None,
     input_size: int | None = None,
     seed: int = 0,
     steps: int | None = None,
@@ -95,9 +94,10 @@ def stress_test(
         out: the output folder; a second run resumes the edits already made.
         n: the first ``n`` cases only.
         workers, scheduler: the batch's dask settings (``napari_medit.batch.run_batch``).
-        filter_classifier: a findings classifier independent of the model under test; an edit is
-            kept when its probability of the scenario's finding is below ``filter_threshold``
-            (removals) or above it (additions).
+        filter_classifier: a findings classifier independent of the model under test; a removal
+            is kept when its probability of the scenario's finding is below ``filter_threshold``
+            (None: 0.5), an addition when it raised that probability by ``filter_threshold`` or more
+            (None: 0.2); ``ScenarioSpec.kept`` says why.
         input_size: the model under test's input side when it has no ``input_size`` attribute.
         seed, steps: the edits' seed and RadEdit steps (None: the paper's 100).
         device, download, trust_remote_code: how the editor loads (``napari_medit.backends.load_model``).
@@ -118,6 +118,7 @@ def stress_test(
                               "state, which an instruction needs; use --method radedit")
     if n is not None and n < 1:
         raise StressTestError(f"--n must be at least 1, got {n}")
+    filter_threshold = spec.filter_threshold if filter_threshold is None else filter_threshold
     if not 0 < filter_threshold < 1:
         raise StressTestError(f"the filter threshold must be in (0, 1), got {filter_threshold}")
     # Everything that can be refused is refused before anything is written.
@@ -147,9 +148,10 @@ def stress_test(
             continue
         edited_path = Path(record["outputs"][0])
         edited = read_image(edited_path).array
-        probability = judge.probabilities(edited)[spec.finding]
-        rows.append({**row, "edited": str(edited_path), "filter_probability": round(probability, 4),
-                     "kept": spec.kept(probability, filter_threshold), "provenance": record["provenance"],
+        before, after = (judge.probabilities(image)[spec.finding] for image in (source, edited))
+        rows.append({**row, "edited": str(edited_path), "filter_probability": round(after, 4),
+                     "filter_probability_original": round(before, 4),
+                     "kept": spec.kept(before, after, filter_threshold), "provenance": record["provenance"],
                      "source": source, "edited_array": edited})
     report = _measure(spec, tested, cases, rows)
     report.update({
@@ -157,7 +159,7 @@ def stress_test(
         "model_under_test": model_under_test, "editor": editor, "method": method.value,
         "prompt": spec.prompt if method is EditMethod.radedit else spec.instruction,
         "filter": {"classifier": judge.name, "finding": spec.finding, "threshold": filter_threshold,
-                   "keeps": f"p({spec.finding}) {'<' if spec.removes else '>'} {filter_threshold}"},
+                   "keeps": spec.filter_rule(filter_threshold)},
         "n_generated": sum(r["status"] != "failed" for r in rows), "n_failed": sum(r["status"] == "failed" for r in rows),
         "n_kept": sum(r["kept"] for r in rows),
     })
@@ -236,4 +238,5 @@ def _measure(spec: ScenarioSpec, tested: ModelUnderTest, cases: list[Case], rows
                 "ahd_px": float(np.mean([r[f"{prefix}_ahd"] for r in chosen])) if chosen else float("nan")}
 
     return {"metric": spec.metric, "original": measure("original", rows), "edited": measure("edited", kept),
+            "original_of_kept": measure("original", kept),  # the same cases before and after: a paired view
             "truth": "the original lung masks: the edits kept the lung border"}

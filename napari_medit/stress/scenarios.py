@@ -24,6 +24,8 @@ import numpy as np
 LUNG_MARGIN = 0.02  # acquisition: the keep mask starts this fraction of the width outside the lungs
 DRAIN_MARGIN = 0.01  # manifestation: the drain is kept with this margin around it
 LUNG_BORDER = 0.03  # population: this band inside the lung border is kept
+REMOVAL_THRESHOLD = 0.5  # a removal is kept when the filter's probability of the finding is below this
+ADDITION_RISE = 0.2  # an addition is kept when it raised the filter's probability by this (the paper's S >= 0.2)
 
 
 class Scenario(str, enum.Enum):
@@ -87,9 +89,25 @@ class ScenarioSpec:
         # InstructX2X changes nothing outside its region, so the scenario's keep mask holds by construction
         return self.instruction.format(side=("right", "left")[index % 2]), {"roi_mask": regions["edit_mask"]}
 
-    def kept(self, probability: float, threshold: float) -> bool:
-        """The filter: did the edit do what was asked, by an independent classifier's probability?"""
-        return probability < threshold if self.removes else probability > threshold
+    @property
+    def filter_threshold(self) -> float:
+        return REMOVAL_THRESHOLD if self.removes else ADDITION_RISE
+
+    def filter_rule(self, threshold: float) -> str:
+        """The filter in words, as the report states it."""
+        if self.removes:
+            return f"p({self.finding}) of the edit < {threshold}"
+        return f"p({self.finding}) of the edit - p({self.finding}) of the original >= {threshold}"
+
+    def kept(self, original: float, edited: float, threshold: float) -> bool:
+        """The filter: did the edit do what was asked, by an independent classifier's probabilities
+        of the finding before and after?
+
+        A removal's edit is scored as a negative, so the classifier must call it one. An addition's
+        label is never scored (the lung mask is the truth), so it need only move the classifier
+        towards the finding, as RadEdit's editing score asks the embeddings to move towards the text.
+        """
+        return edited < threshold if self.removes else edited - original >= threshold
 
 
 SCENARIOS: dict[Scenario, ScenarioSpec] = {s.scenario: s for s in (
