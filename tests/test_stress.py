@@ -217,3 +217,21 @@ def test_demo_wiring_from_the_cli(tmp_path, capsys):
     assert len(list((out / "data").glob("population-*_lung_mask.png"))) == 2
     printed = capsys.readouterr().out
     assert "stress test population: 2 edits generated" in printed and "dice: original" in printed
+
+
+def test_a_population_run_measures_the_segmenter_against_the_lung_masks(tmp_path):
+    from napari_medit.io import read_image
+
+    cases = write_demo_cases(Scenario.population, 2, tmp_path / "healthy")
+    everything = scripted(tmp_path, 0.9, "segmenter")  # calls every pixel lung
+    report = stress_test("population", model_under_test=everything, data=cases, editor="demo-cxr-instruct",
+                         method="instructx2x", out=tmp_path / "run", workers=0, steps=3, show_progress=False)
+    assert report["filter"]["keeps"] == "p(effusion) of the edit - p(effusion) of the original >= 0.2"
+    assert report["n_generated"] == 2 and report["n_kept"] == sum(c["kept"] for c in report["cases"])
+    for index, case in enumerate(report["cases"]):
+        lungs = read_image(tmp_path / "healthy" / f"population-{index:03d}_lung_mask.png").array > 0
+        assert case["original_dice"] == round(2 * lungs.sum() / (lungs.size + lungs.sum()), 4)
+        assert case["kept"] == (case["filter_probability"] - case["filter_probability_original"] >= 0.2)
+        assert case["provenance"]["method"] == "instructx2x"
+    assert report["original"]["dice"] == pytest.approx(np.mean([c["original_dice"] for c in report["cases"]]))
+    assert set(report["original_of_kept"]) == {"dice", "ahd_px"}
