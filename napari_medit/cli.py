@@ -21,6 +21,7 @@ from . import __version__, catalogue
 from .catalogue import MASK_ROLES, METHODS, RunOptions
 from .io import SUPPORTED, ImageReadError, read_image
 from .jobs import OutputFormat
+from .metrics import EDITING_SCORE_THRESHOLD
 from .stress.scenarios import ADDITION_RISE, REMOVAL_THRESHOLD, EditMethod, Scenario
 
 EXIT_BAD_INPUT = 2
@@ -89,9 +90,13 @@ def _parser() -> argparse.ArgumentParser:
                                                             "way the paper's real one did")
     stress.add_argument("--filter-classifier", default="demo-cxr-findings",
                         help="an independent findings classifier that decides which edits are kept")
+    stress.add_argument("--filter-encoder", metavar="MODULE:FUNCTION",
+                        help="an image-text encoder (e.g. napari_medit.stress.biovil:biovil_t): filter with "
+                             "RadEdit's editing score instead of the classifier")
     stress.add_argument("--filter-threshold", type=float, default=None,
                         help=f"a removal is kept below this probability of the finding (default "
-                             f"{REMOVAL_THRESHOLD}); an addition when it raised it by this much (default {ADDITION_RISE})")
+                             f"{REMOVAL_THRESHOLD}); an addition when it raised it by this much (default {ADDITION_RISE}); "
+                             f"with --filter-encoder, the lowest editing score kept (default {EDITING_SCORE_THRESHOLD})")
     stress.add_argument("--input-size", type=int, help="the model under test's input side, when it does not say")
     stress.add_argument("--steps", type=int, help="RadEdit steps (default: the paper's 100)")
     stress.add_argument("--seed", type=int, default=0)
@@ -294,6 +299,7 @@ def _stress_test(args) -> int:
     report = stress_test(chosen.value, model_under_test=model, data=data, editor=editor, out=args.out,
                          method=method or EditMethod.radedit, n=args.n,
                          workers=args.workers, scheduler=args.scheduler, filter_classifier=args.filter_classifier,
+                         filter_encoder=args.filter_encoder,
                          filter_threshold=args.filter_threshold, input_size=args.input_size, seed=args.seed,
                          steps=args.steps, device=args.device, download=args.download,
                          trust_remote_code=args.trust_remote_code)

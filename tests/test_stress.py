@@ -3,6 +3,7 @@ model-under-test contract, the report's schema, resuming, and bad input."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -235,3 +236,62 @@ def test_a_population_run_measures_the_segmenter_against_the_lung_masks(tmp_path
         assert case["provenance"]["method"] == "instructx2x"
     assert report["original"]["dice"] == pytest.approx(np.mean([c["original_dice"] for c in report["cases"]]))
     assert set(report["original_of_kept"]) == {"dice", "ahd_px"}
+
+
+TOY_ENCODER = '''
+import numpy as np
+
+class Brightness:
+    """Images embed as (mean, 0), texts as (1, 0) for an effusion and (0, 0) otherwise: the editing
+    score is then +1 when an edit brightened the image, -1 when it darkened it, NaN when unchanged."""
+
+    def embed_images(self, images):
+        return np.array([[float(np.mean(image)), 0.0] for image in images])
+
+    def embed_texts(self, texts):
+        return np.array([[1.0 if "effusion" in text.lower() else 0.0, 0.0] for text in texts])
+
+def brightness():
+    return Brightness()
+
+def half():
+    return object()
+'''
+
+
+def test_the_editing_score_filter_keeps_edits_that_move_towards_the_text(tmp_path, monkeypatch):
+    from napari_medit.io import read_image
+
+    (tmp_path / "toy_encoder.py").write_text(TOY_ENCODER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cases = write_demo_cases(Scenario.population, 2, tmp_path / "healthy")
+    report = stress_test("population", model_under_test=scripted(tmp_path, 0.9, "segmenter"), data=cases,
+                         editor="demo-cxr-instruct", method="instructx2x", out=tmp_path / "run", workers=0, steps=3,
+                         filter_encoder="toy_encoder:brightness", show_progress=False)
+    assert report["filter"] == {"kind": "editing score", "encoder": "toy_encoder:brightness",
+                                "real_text": "No findings", "edit_text": "Pleural effusion", "threshold": 0.2,
+                                "keeps": "editing score S('No findings' -> 'Pleural effusion') >= 0.2"}
+    for case in report["cases"]:
+        change = read_image(case["edited"]).array.astype(float).mean() - read_image(case["image"]).array.mean()
+        if change:
+            assert case["editing_score"] == np.sign(change)
+        else:
+            assert np.isnan(case["editing_score"])
+        assert case["kept"] == (change > 0)
+    with pytest.raises(ValueError, match=r"has no embed_images or embed_texts"):
+        stress_test("population", model_under_test=scripted(tmp_path, 0.9, "segmenter"), data=cases,
+                    editor="demo-cxr-instruct", method="instructx2x", out=tmp_path / "bad",
+                    filter_encoder="toy_encoder:half")
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("health_multimodal") is not None, reason="hi-ml-multimodal installed")
+def test_biovil_t_without_its_package_is_one_clear_message(tmp_path, cases):
+    from napari_medit.stress.biovil import biovil_t
+
+    with pytest.raises(ModelUnderTestError, match=r"BioViL-T needs Microsoft's hi-ml-multimodal package"):
+        biovil_t()
+    with pytest.raises(ModelUnderTestError, match=r"pip install hi-ml-multimodal"):
+        stress_test("manifestation", model_under_test=scripted(tmp_path, 0.5), data=cases, editor="demo-cxr",
+                    out=tmp_path / "run", filter_encoder="napari_medit.stress.biovil:biovil_t")
+    assert not (tmp_path / "run").exists()

@@ -27,6 +27,16 @@ class ModelUnderTestError(ValueError):
     """A model under test that is missing, fails to load or breaks the contract."""
 
 
+def import_callable(spec: str, what: str, returning: str):
+    """The function ``module:function`` names; ModelUnderTestError names the fix when it cannot be imported."""
+    module_name, _, function = spec.rpartition(":")
+    try:
+        return getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ModelUnderTestError(f"{what} {spec!r}: cannot import it ({exc}); give module:function of a "
+                                  f"function returning {returning}") from None
+
+
 class ModelUnderTest:
     def __init__(self, module, task: Task, input_size: int, name: str):
         self.module, self.task, self.input_size, self.name = module, task, input_size, name
@@ -38,12 +48,7 @@ class ModelUnderTest:
 
         path = Path(spec).expanduser()
         if ":" in spec and not path.exists():
-            module_name, function = spec.rsplit(":", 1)
-            try:
-                module = getattr(importlib.import_module(module_name), function)()
-            except (ImportError, AttributeError) as exc:
-                raise ModelUnderTestError(f"model under test {spec!r}: cannot import it ({exc}); give "
-                                          "module:function of a function returning a torch module") from None
+            module = import_callable(spec, "model under test", "a torch module")()
         elif path.is_file():
             try:
                 module = torch.jit.load(str(path), map_location="cpu")

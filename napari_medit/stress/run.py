@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import jsonable
+from ..metrics import EDITING_SCORE_THRESHOLD, jsonable
+from .filters import ClassifierFilter, EditingScoreFilter, load_encoder
 from .models import ModelUnderTest
 from .scenarios import (POSITIVE, EditMethod, ScenarioSpec, Task, average_hausdorff, dice, positive_rate,
                         scenario)
@@ -74,6 +75,7 @@ def stress_test(
     workers: int | None = None,
     scheduler: str | None = None,
     filter_classifier: str = "demo-cxr-findings",
+    filter_encoder: str | None = None,
     filter_threshold: float | None = None,
     input_size: int | None = None,
     seed: int = 0,
@@ -98,6 +100,9 @@ def stress_test(
             is kept when its probability of the scenario's finding is below ``filter_threshold``
             (None: 0.5), an addition when it raised that probability by ``filter_threshold`` or more
             (None: 0.2); ``ScenarioSpec.kept`` says why.
+        filter_encoder: ``module:function`` returning an image-text encoder (``metrics.ImageTextEncoder``,
+            e.g. ``napari_medit.stress.biovil:biovil_t``): when given, the filter is RadEdit's editing
+            score instead, kept at ``filter_threshold`` or above (None: the paper's 0.2).
         input_size: the model under test's input side when it has no ``input_size`` attribute.
         seed, steps: the edits' seed and RadEdit steps (None: the paper's 100).
         device, download, trust_remote_code: how the editor loads (``napari_medit.backends.load_model``).
@@ -118,19 +123,24 @@ def stress_test(
                               "state, which an instruction needs; use --method radedit")
     if n is not None and n < 1:
         raise StressTestError(f"--n must be at least 1, got {n}")
-    filter_threshold = spec.filter_threshold if filter_threshold is None else filter_threshold
+    if filter_threshold is None:
+        filter_threshold = EDITING_SCORE_THRESHOLD if filter_encoder else spec.filter_threshold
     if not 0 < filter_threshold < 1:
         raise StressTestError(f"the filter threshold must be in (0, 1), got {filter_threshold}")
     # Everything that can be refused is refused before anything is written.
     tested = ModelUnderTest.load(model_under_test, spec.task, input_size)
     cases = read_cases(data, spec.needs)[:n]
-    try:
-        judge = FindingsClassifier.load(filter_classifier)
-    except ModelLoadError as exc:
-        raise StressTestError(str(exc)) from None
-    if spec.finding not in judge.findings:
-        raise StressTestError(f"the filter classifier {judge.name} does not detect {spec.finding!r} "
-                              f"(it detects {', '.join(judge.findings)})")
+    if filter_encoder:
+        judge = EditingScoreFilter(load_encoder(filter_encoder), filter_encoder, spec, filter_threshold)
+    else:
+        try:
+            classifier = FindingsClassifier.load(filter_classifier)
+        except ModelLoadError as exc:
+            raise StressTestError(str(exc)) from None
+        if spec.finding not in classifier.findings:
+            raise StressTestError(f"the filter classifier {classifier.name} does not detect {spec.finding!r} "
+                                  f"(it detects {', '.join(classifier.findings)})")
+        judge = ClassifierFilter(classifier, spec, filter_threshold)
 
     out = Path(out)
     manifest = _write_edit_jobs(spec, method, cases, out, editor, seed, steps)
@@ -148,18 +158,15 @@ def stress_test(
             continue
         edited_path = Path(record["outputs"][0])
         edited = read_image(edited_path).array
-        before, after = (judge.probabilities(image)[spec.finding] for image in (source, edited))
-        rows.append({**row, "edited": str(edited_path), "filter_probability": round(after, 4),
-                     "filter_probability_original": round(before, 4),
-                     "kept": spec.kept(before, after, filter_threshold), "provenance": record["provenance"],
+        rows.append({**row, "edited": str(edited_path), **judge.judge(source, edited),
+                     "provenance": record["provenance"],
                      "source": source, "edited_array": edited})
     report = _measure(spec, tested, cases, rows)
     report.update({
         "scenario": spec.scenario.value, "says": spec.says, "reference": spec.reference,
         "model_under_test": model_under_test, "editor": editor, "method": method.value,
         "prompt": spec.prompt if method is EditMethod.radedit else spec.instruction,
-        "filter": {"classifier": judge.name, "finding": spec.finding, "threshold": filter_threshold,
-                   "keeps": spec.filter_rule(filter_threshold)},
+        "filter": judge.describe(),
         "n_generated": sum(r["status"] != "failed" for r in rows), "n_failed": sum(r["status"] == "failed" for r in rows),
         "n_kept": sum(r["kept"] for r in rows),
     })

@@ -60,6 +60,7 @@ class ScenarioSpec:
     removes: bool  # True: the edit removes ``finding``; False: adds it
     needs: tuple[str, ...]  # the masks every case must carry
     metric: str
+    source_text: str  # what the images the scenario starts from show: the editing score's real text
     instruction: str | None = None  # for instructx2x: the instruction, '{side}' filled per case (additions only)
 
     def edit_masks(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -113,13 +114,14 @@ class ScenarioSpec:
 SCENARIOS: dict[Scenario, ScenarioSpec] = {s.scenario: s for s in (
     ScenarioSpec(Scenario.acquisition, "the finding removed inside the lungs, everything outside them kept",
                  "RadEdit Sec. 5.2 (COVID-19 across two hospitals)", Task.classifier, "No findings", "effusion",
-                 True, ("lung_mask",), "accuracy"),
+                 True, ("lung_mask",), "accuracy", "Pleural effusion"),
     ScenarioSpec(Scenario.manifestation, "the pneumothorax removed, the chest drain kept",
                  "RadEdit Sec. 5.3 (pneumothorax and chest drains)", Task.classifier, "No findings", "pneumothorax",
-                 True, ("lung_mask", "drain_mask"), "accuracy"),
+                 True, ("lung_mask", "drain_mask"), "accuracy", "Pneumothorax"),
     ScenarioSpec(Scenario.population, "an abnormality added inside the lungs, the lung border kept",
                  "RadEdit Sec. 5.4 (lung segmentation of abnormal lungs)", Task.segmenter, "Pleural effusion",
-                 "effusion", False, ("lung_mask",), "Dice and AHD", instruction="add a {side} pleural effusion"),
+                 "effusion", False, ("lung_mask",), "Dice and AHD", "No findings",
+                 instruction="add a {side} pleural effusion"),
 )}
 
 POSITIVE = 0.5  # a classifier's probability at or above this is a positive prediction
