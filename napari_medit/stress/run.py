@@ -23,7 +23,6 @@ from .scenarios import (POSITIVE, EditMethod, ScenarioSpec, Task, average_hausdo
                         scenario)
 
 
-
 class StressTestError(ValueError):
     """A stress test that cannot run; the message names the problem and the fix. Nothing was written."""
 
