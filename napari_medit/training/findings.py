@@ -47,12 +47,9 @@ def _effusion_inside_the_lung_border(effusion, healthy) -> np.ndarray:
     """The effusion phantom inside the healthy lungs eroded as the population stress test keeps
     their border, the healthy phantom (same seed, so the same anatomy) elsewhere: fluid density
     without the blunted costophrenic angle, as an edit that keeps the lung border adds it."""
-    from scipy.ndimage import binary_erosion
+    from ..stress.scenarios import SCENARIOS, Scenario
 
-    from ..stress.scenarios import LUNG_BORDER
-
-    lungs = healthy.masks["lungs"] > 0
-    inside = binary_erosion(lungs, iterations=max(1, round(LUNG_BORDER * lungs.shape[-1])))
+    inside = SCENARIOS[Scenario.population].edit_masks({"lung_mask": healthy.masks["lungs"]})["edit_mask"]
     return np.where(inside, effusion.image, healthy.image)
 
 
