@@ -151,15 +151,14 @@ def stress_test(
     for case in cases:
         record = records[case.id]
         source = read_image(case.image).array
-        row = {"id": case.id, "image": str(case.image), "status": record["status"]}
+        row = {"id": case.id, "image": str(case.image), "status": record["status"], "source": source}
         if record["status"] == "failed":
             rows.append({**row, "kept": False, "error": record.get("error")})
             continue
         edited_path = Path(record["outputs"][0])
         edited = read_image(edited_path).array
         rows.append({**row, "edited": str(edited_path), **judge.judge(source, edited),
-                     "provenance": record["provenance"],
-                     "source": source, "edited_array": edited})
+                     "provenance": record["provenance"], "edited_array": edited})
     report = _measure(spec, tested, cases, rows)
     report.update({
         "scenario": spec.scenario.value, "says": spec.says, "reference": spec.reference,
@@ -210,7 +209,7 @@ def _measure(spec: ScenarioSpec, tested: ModelUnderTest, cases: list[Case], rows
     """The model under test on the originals (every case) and on the kept counterfactuals."""
     from ..io import read_image
 
-    originals = [read_image(c.image).array for c in cases]
+    originals = [r["source"] for r in rows]  # one row per case, in order
     kept = [r for r in rows if r["kept"]]
     if spec.task is Task.classifier:
         before = tested.predict(originals)
