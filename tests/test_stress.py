@@ -268,7 +268,7 @@ def test_the_editing_score_filter_keeps_edits_that_move_towards_the_text(tmp_pat
     report = stress_test("population", model_under_test=scripted(tmp_path, 0.9, "segmenter"), data=cases,
                          editor="demo-cxr-instruct", method="instructx2x", out=tmp_path / "run", workers=0, steps=3,
                          filter_encoder="toy_encoder:brightness", show_progress=False)
-    assert report["filter"] == {"kind": "editing score", "encoder": "toy_encoder:brightness",
+    assert report["filter"] == {"kind": "editing score", "judge": "toy_encoder:brightness",
                                 "real_text": "No findings", "edit_text": "Pleural effusion", "threshold": 0.2,
                                 "keeps": "editing score S('No findings' -> 'Pleural effusion') >= 0.2"}
     for case in report["cases"]:

@@ -29,7 +29,7 @@ class ClassifierFilter:
     threshold: float
 
     def describe(self) -> dict:
-        return {"kind": "classifier", "classifier": self.classifier.name, "finding": self.spec.finding,
+        return {"kind": "classifier", "judge": self.classifier.name, "finding": self.spec.finding,
                 "threshold": self.threshold, "keeps": self.spec.filter_rule(self.threshold)}
 
     def judge(self, source: np.ndarray, edited: np.ndarray) -> dict:
@@ -47,7 +47,7 @@ class EditingScoreFilter:
     threshold: float = EDITING_SCORE_THRESHOLD
 
     def describe(self) -> dict:
-        return {"kind": "editing score", "encoder": self.name, "real_text": self.spec.source_text,
+        return {"kind": "editing score", "judge": self.name, "real_text": self.spec.source_text,
                 "edit_text": self.spec.prompt, "threshold": self.threshold,
                 "keeps": f"editing score S('{self.spec.source_text}' -> '{self.spec.prompt}') >= {self.threshold}"}
 

@@ -82,7 +82,7 @@ def write_html(path: Path, report: dict, rows: list[dict], cases, spec) -> Path:
 <p>{html.escape(spec.says)} ({html.escape(spec.reference)}). Editor: {html.escape(str(report['editor']))}, {html.escape(report['method'])},
 prompt '{html.escape(report['prompt'])}'. Model under test: {html.escape(str(report['model_under_test']))}.</p>
 <p>{report['n_generated']} edits generated, {report['n_kept']} kept by the filter
-({html.escape(report['filter'].get('classifier') or report['filter']['encoder'])}: {html.escape(report['filter']['keeps'])}); {report['n_failed']} failed.
+({html.escape(report['filter']['judge'])}: {html.escape(report['filter']['keeps'])}); {report['n_failed']} failed.
 Truth: {html.escape(report['truth'])}.</p>
 <table><tr><th>measure</th><th>original</th>{kept_before}<th>edited (kept)</th></tr>{numbers}</table>
 <h2>Original against edited</h2>{bars}
