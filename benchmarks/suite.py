@@ -33,6 +33,11 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 
+def shifted_slices(image: np.ndarray, count: int) -> np.ndarray:
+    """``count`` slices of ``image``, each shifted 3 pixels further: a volume whose slices differ."""
+    return np.stack([np.roll(image, 3 * i, axis=1) for i in range(count)])
+
+
 # ---------------------------------------------------------------- RePaint vs diffusers
 
 
@@ -68,7 +73,7 @@ def repaint_against_diffusers(slices: int = 4, steps: int = 50, jump_length: int
 
     model = load_model("demo-cxr", "cpu")
     image, region = sample_image()
-    volume = np.stack([np.roll(image, 3 * i, axis=1) for i in range(slices)])
+    volume = shifted_slices(image, slices)
     masks = np.stack([region] * slices)
     options = dict(steps=steps, jump_length=jump_length, jump_n_sample=jump_n_sample)
     edit("repaint", volume[:1], model=model, pathology_mask=masks[:1], steps=2, jump_length=1, jump_n_sample=1)
@@ -137,7 +142,7 @@ def instruct_against_diffusers(slices: int = 4, steps: int = 50) -> list[str]:
     prompt = "remove the right pleural effusion"
     model = load_model("demo-cxr-instruct", "cpu")
     image, _ = sample_image()
-    volume = np.stack([np.roll(image, 3 * i, axis=1) for i in range(slices)])
+    volume = shifted_slices(image, slices)
     edit("instruct", volume[:1], model=model, prompt=prompt, steps=2)  # warm-up
 
     log = CallLog(model)
