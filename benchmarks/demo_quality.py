@@ -3,7 +3,8 @@ still happen? The same edits with each set of demo models, side by side.
 
     python benchmarks/demo_quality.py \
         --brain "64 px (bundled)=demo-brain" --brain "128 px=.training/demo-brain-128" \
-        --cxr "64 px (bundled)=demo-cxr" --out benchmarks/results/demo_quality.md
+        --cxr "64 px (bundled)=demo-cxr" --out benchmarks/results/demo_quality.md \
+        [--mededit-steps 250 100] [--crops docs/images]
 
 Texture: the mean squared intensity gradient (image in window units, 0..1) inside the edited
 region of the result, divided by the same measure on comparable anatomy elsewhere in the same
@@ -15,6 +16,9 @@ The edit still happens: MedEdit's lesion mean against the source's mean there (b
 hypointense); RadEdit's 'No findings' removal, the effusion's mean before and after (it should
 fall towards aerated lung); PIE's 'Pleural effusion' progression, the effusion region's mean at
 each step (it should rise). Cost: wall time of each edit on this machine.
+
+Crops: the source and each model's result, around the lesion (brain, the lesion's centre slice)
+and the effusion (chest, RadEdit's removal), side by side at the source's resolution.
 """
 
 from __future__ import annotations
@@ -22,19 +26,22 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import torch
+from nibabel.orientations import apply_orientation
 
 from napari_medit.backends import load_model
 from napari_medit.editing import edit
 from napari_medit.editing.slicing import IntensityWindow
+from napari_medit.io.image import PLANES, plane_transforms
 from napari_medit.sample_data import load_brain, load_cxr
 from napari_medit.sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
 
-MEDEDIT_STEPS = 250  # as make demo
 CORTEX_VOXELS = 6
+CROP_MARGIN = 0.5  # of the region's extent, on each side
 
 
 def gradient_energy(image: np.ndarray, region: np.ndarray, window: IntensityWindow) -> float:
@@ -46,7 +53,7 @@ def gradient_energy(image: np.ndarray, region: np.ndarray, window: IntensityWind
     return float(energy[region].mean())
 
 
-def brain_row(label: str, spec: str) -> dict:
+def brain_row(label: str, spec: str, steps: int, crops: dict) -> dict:
     from scipy.ndimage import binary_erosion
 
     brain = load_brain()
@@ -56,7 +63,7 @@ def brain_row(label: str, spec: str) -> dict:
     model = load_model(spec)
     start = time.perf_counter()
     result = edit("mededit", t1, model=model, pathology_mask=lesion, brain_mask=mask, axis="axial",
-                  slices=slices, steps=MEDEDIT_STEPS, seed=0)
+                  slices=slices, steps=steps, seed=0)
     seconds = time.perf_counter() - start
     out, source = result.image.array, t1.array
     edited = result.masks["inpaint_mask"] & (out != source)
@@ -67,11 +74,19 @@ def brain_row(label: str, spec: str) -> dict:
     texture = gradient_energy(out, edited, window) / gradient_energy(out, cortex, window)
     source_texture = gradient_energy(source, edited, window) / gradient_energy(source, cortex, window)
     hypo = float(out[lesion & edited].mean() / source[lesion & edited].mean())
-    return {"models": label, "resolution": model.resolution, "texture": texture, "source texture": source_texture,
-            "lesion / source": hypo, "seconds": seconds, "slices": slices[1] - slices[0]}
+    # Shown as napari-medit shows it: the axial slice in radiological view.
+    there, _ = plane_transforms(t1.affine, PLANES["axial"])
+    axial = lambda volume: apply_orientation(volume, there)
+    index = int(np.argwhere(axial(lesion))[:, 0].mean())
+    box = crop_box(axial(lesion)[index])
+    crops.setdefault("source", axial(source)[index][box])
+    crops[f"{label}, {steps} steps"] = axial(out)[index][box]
+    return {"models": label, "resolution": model.resolution, "steps": steps, "texture": texture,
+            "source texture": source_texture, "lesion / source": hypo, "seconds": seconds,
+            "slices": slices[1] - slices[0]}
 
 
-def cxr_rows(label: str, spec: str) -> dict:
+def cxr_rows(label: str, spec: str, crops: dict) -> dict:
     from napari_medit.instructions import Side, hemithorax
 
     sample = load_cxr()
@@ -93,6 +108,9 @@ def cxr_rows(label: str, spec: str) -> dict:
     pie = edit("pie", healthy, model=model, prompt="Pleural effusion", roi_mask=sample["edit_mask"], seed=0)
     pie_seconds = time.perf_counter() - start
     steps = [float(v.array[effusion].astype(float).mean()) for v in pie.progression]
+    box = crop_box(effusion)
+    crops.setdefault("source", image.array[box])
+    crops[label] = out[box]
     return {"models": label, "resolution": model.resolution,
             "texture": gradient_energy(out, edited, window) / gradient_energy(out, contralateral, window),
             "healthy texture": gradient_energy(healthy.array, edited, window)
@@ -101,7 +119,34 @@ def cxr_rows(label: str, spec: str) -> dict:
             "effusion after": float(out[effusion].astype(float).mean()),
             "radedit seconds": radedit_seconds,
             "pie steps": [round(float(healthy.array[effusion].mean()), 1)] + [round(m, 1) for m in steps],
-            "pie rises": sum(b > a for a, b in zip(steps, steps[1:])), "pie seconds": pie_seconds}
+            "pie rises": sum(b > a for a, b in pairwise(steps)), "pie seconds": pie_seconds}
+
+
+def crop_box(region: np.ndarray) -> tuple[slice, slice]:
+    """The region's bounding box grown by CROP_MARGIN of its extent on each side, inside the image."""
+    corners = np.argwhere(region)
+    low, high = corners.min(0), corners.max(0) + 1
+    pad = ((high - low) * CROP_MARGIN).astype(int)
+    return tuple(slice(max(0, a - p), min(n, b + p)) for a, b, p, n in zip(low, high, pad, region.shape))
+
+
+def save_crops(crops: dict, path: Path, title: str) -> None:
+    """One row of grey crops, each titled, on a shared intensity window (the source's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    window = IntensityWindow.of(crops["source"])
+    figure, axes = plt.subplots(1, len(crops), figsize=(2.6 * len(crops), 3.0), squeeze=False)
+    for axis, (name, crop) in zip(axes[0], crops.items()):
+        axis.imshow(window.to_unit(crop.astype(np.float64)), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        axis.set_title(name, fontsize=8)
+        axis.axis("off")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -116,19 +161,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--brain", action="append", default=[], help="LABEL=MODEL (repeatable)")
     parser.add_argument("--cxr", action="append", default=[], help="LABEL=MODEL (repeatable)")
+    parser.add_argument("--mededit-steps", type=int, nargs="+", default=[250],
+                        help="strided DDPM steps for each brain model (make demo: 250)")
     parser.add_argument("--out", help="write the figures as markdown here")
+    parser.add_argument("--crops", help="write quality_brain.png / quality_cxr.png (before/after crops) here")
     args = parser.parse_args()
     command = "python benchmarks/demo_quality.py " + " ".join(
         f'--{kind} "{spec}"' for kind in ("brain", "cxr") for spec in getattr(args, kind))
+    command += " --mededit-steps " + " ".join(map(str, args.mededit_steps)) if args.brain else ""
     lines = ["# Demo-model quality (CPU)", "",
-             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-             f"torch {torch.__version__}", f"Command: `{command}`", "", __doc__.split("\n\n", 2)[2].strip(), ""]
+             (f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+              f"torch {torch.__version__}"), f"Command: `{command}`", "", __doc__.split("\n\n", 2)[2].strip(), ""]
+    brain_crops, cxr_crops = {}, {}
     if args.brain:
-        lines += ["## Brain: MedEdit on the sample's lesion (3 axial slices, 250 strided DDPM steps)", ""]
-        lines += table([brain_row(*spec.split("=", 1)) for spec in args.brain]) + [""]
+        lines += ["## Brain: MedEdit on the sample's lesion (3 axial slices, strided DDPM)", ""]
+        lines += table([brain_row(*spec.split("=", 1), steps, brain_crops)
+                        for spec in args.brain for steps in args.mededit_steps]) + [""]
     if args.cxr:
         lines += ["## Chest: RadEdit removes the effusion (100 steps), PIE grows one (10 x 25 DDIM steps)", ""]
-        lines += table([cxr_rows(*spec.split("=", 1)) for spec in args.cxr]) + [""]
+        lines += table([cxr_rows(*spec.split("=", 1), cxr_crops) for spec in args.cxr]) + [""]
+    if args.crops:
+        Path(args.crops).mkdir(parents=True, exist_ok=True)
+        if brain_crops:
+            save_crops(brain_crops, Path(args.crops) / "quality_brain.png",
+                       "MedEdit: a lesion where the mask is (its centre slice)")
+        if cxr_crops:
+            save_crops(cxr_crops, Path(args.crops) / "quality_cxr.png",
+                       "RadEdit 'No findings': the right effusion removed")
     text = "\n".join(lines)
     print(text)
     if args.out:

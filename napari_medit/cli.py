@@ -158,6 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--ema-decay", type=float, default=0.0,
                        help="keep an exponential moving average of the weights (e.g. 0.999) and save it; 0 = off")
+    train.add_argument("--save-float16", action="store_true",
+                       help="diffusion models: store the weights in float16 (half the size; loaded as float32)")
     train.add_argument("--device", default="cpu")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.set_defaults(run=_train)
@@ -384,7 +386,8 @@ def _train(args) -> int:
         raise ValueError("steps and batch size must be at least 1, resolution at least 16")
     config = TrainConfig(out=Path(args.out), steps=args.steps, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, seed=args.seed, device=args.device,
-                         validate_every=args.validate_every, ema_decay=args.ema_decay)
+                         validate_every=args.validate_every, ema_decay=args.ema_decay,
+                         save_float16=args.save_float16)
     if args.kind == "brain":
         from .training.brain import train_brain
 

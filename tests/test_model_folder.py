@@ -40,6 +40,39 @@ def test_diffusers_model_round_trips(tmp_path):
     same_outputs(model, loaded, 1)
 
 
+@pytest.mark.parametrize("backend", ["monai", "diffusers"])
+def test_float16_storage_halves_the_weights_and_loads_as_float32(tmp_path, backend):
+    """save_model(float16=True) (train --save-float16, the bundled demo models): the stored tensors are
+    half precision, the loaded network is float32 holding exactly the rounded weights, and the live
+    network that was saved is untouched."""
+    from safetensors import safe_open
+
+    if backend == "monai":
+        model, config, weights, channels = tiny_models.monai_unet(), MONAI_CONFIG, "model.safetensors", 1
+    else:
+        model, config, channels = tiny_models.pixel_unet(conditions=("pathology_mask",)), \
+            {"name": "tiny", "condition_names": ["pathology_mask"], "value_range": [-1, 1]}, 1
+        weights = "unet/diffusion_pytorch_model.safetensors"
+    before = {k: v.clone() for k, v in model.network.state_dict().items()}
+    full = save_model(tmp_path / "full", model, config) / weights
+    half = save_model(tmp_path / "half", model, config, float16=True) / weights
+    with safe_open(half, "pt") as stored:
+        dtypes = {stored.get_slice(k).get_dtype() for k in stored.keys()}
+    assert dtypes == {"F16"}
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    for key, value in model.network.state_dict().items():
+        assert value.dtype == torch.float32 and torch.equal(value, before[key])
+    loaded = load_model(half.parent if backend == "monai" else half.parent.parent)
+    for key, value in loaded.network.state_dict().items():
+        assert value.dtype == before[key].dtype
+        assert torch.equal(value, before[key].half().to(value.dtype)), key
+    x = torch.randn(2, channels, 16, 16, generator=torch.Generator().manual_seed(0))
+    conditions = torch.rand(2, len(model.condition_names), 16, 16)
+    with torch.no_grad():  # fp16 rounding of the weights, not of the computation: outputs agree closely
+        torch.testing.assert_close(model(x, 321, None, conditions), loaded(x, 321, None, conditions),
+                                   atol=5e-3, rtol=5e-3)
+
+
 def test_bad_model_folders(tmp_path):
     with pytest.raises(ModelLoadError, match="no such model folder"):
         load_model(tmp_path / "missing")

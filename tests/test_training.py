@@ -43,6 +43,23 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path):
     assert json.loads((resumed / "training_log.json").read_text())["steps"] == 10
 
 
+def test_a_finished_run_re_exports_in_float16_from_its_checkpoint(tmp_path):
+    """How the bundled demo models were written: `train ... --steps N --resume --save-float16` on a
+    checkpoint at step N trains nothing more and saves the same weights, rounded to float16."""
+    from napari_medit.cli import main
+    from napari_medit.training.brain import train_brain
+
+    folder = train_brain(brain_config(tmp_path / "brain", 5), resolution=32)
+    full = load_file(folder / "model.safetensors")
+    assert main(["train", "brain", "--out", str(folder), "--steps", "5", "--resolution", "32", "--batch-size", "4",
+                 "--learning-rate", "1e-3", "--resume", "--save-float16"]) == 0
+    half = load_file(folder / "model.safetensors")
+    assert half.keys() == full.keys()
+    for key, value in full.items():
+        assert half[key].dtype == torch.float16 and torch.equal(half[key], value.half()), key
+    assert json.loads((folder / "training_log.json").read_text())["steps"] == 5
+
+
 def test_resume_without_checkpoint_says_so(tmp_path):
     from napari_medit.training.brain import train_brain
 

@@ -24,6 +24,7 @@ Everything is read from local files: nothing touches the network, and no pickle 
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,11 @@ def _load(path, device, trust_remote_code: bool, download: bool) -> Denoiser:
     return _to_device(denoiser, device)
 
 
-def save_model(folder: str | Path, denoiser: Denoiser, config: dict[str, Any]) -> Path:
-    """Write a Denoiser built from diffusers or MONAI parts as a model folder."""
+def save_model(folder: str | Path, denoiser: Denoiser, config: dict[str, Any], float16: bool = False) -> Path:
+    """Write a Denoiser built from diffusers or MONAI parts as a model folder.
+
+    ``float16`` stores the denoising network's weights in half precision (half the size on disk;
+    ``load_model`` gives float32 networks either way). The text encoder is kept in float32."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = {"format": FORMAT, **config, "preprocessing": denoiser.preprocessing.as_config()}
@@ -112,11 +116,12 @@ def save_model(folder: str | Path, denoiser: Denoiser, config: dict[str, Any]) -
         from safetensors.torch import save_file
 
         config["backend"] = "monai"
-        state = {k: v.detach().cpu().contiguous() for k, v in denoiser.model.state_dict().items()}
+        state = {k: _stored(v, float16) for k, v in denoiser.model.state_dict().items()}
         save_file(state, folder / "model.safetensors")
     elif isinstance(denoiser, DiffusersDenoiser):
         config["backend"] = "diffusers"
-        denoiser.unet.save_pretrained(folder / "unet", safe_serialization=True)
+        unet = copy.deepcopy(denoiser.unet).half() if float16 else denoiser.unet  # the live network stays float32
+        unet.save_pretrained(folder / "unet", safe_serialization=True)
         denoiser.schedule.scheduler.save_pretrained(folder / "scheduler")
         if denoiser.text_encoder is not None:
             denoiser.text_encoder.save(folder)
@@ -124,6 +129,11 @@ def save_model(folder: str | Path, denoiser: Denoiser, config: dict[str, Any]) -
         raise TypeError(f"cannot save a {type(denoiser).__name__}")
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     return folder
+
+
+def _stored(tensor: torch.Tensor, float16: bool) -> torch.Tensor:
+    tensor = tensor.detach().cpu().contiguous()
+    return tensor.half() if float16 and tensor.is_floating_point() else tensor
 
 
 def _load_monai(folder: Path, config: dict) -> MonaiDenoiser:
@@ -135,7 +145,7 @@ def _load_monai(folder: Path, config: dict) -> MonaiDenoiser:
     if not weights.is_file():
         raise ModelLoadError(f"{folder}: no model.safetensors weights")
     model = DiffusionModelUNet(**config["network"])
-    state = load_file(weights)
+    state = load_file(weights)  # float16 weights are copied into the float32 network
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ModelLoadError(
@@ -160,7 +170,9 @@ def _load_diffusers(folder: Path, config: dict, trust_remote_code: bool) -> Diff
     unet_class = json.loads((unet_folder / "config.json").read_text()).get("_class_name", "UNet2DModel")
     if unet_class not in ("UNet2DModel", "UNet2DConditionModel"):
         raise ModelLoadError(f"{unet_folder}: unsupported network {unet_class}")
-    unet = getattr(diffusers, unet_class).from_pretrained(unet_folder, use_safetensors=True, local_files_only=True)
+    # float32 whatever the stored precision: CPUs compute in it, and _to_device halves for CUDA.
+    unet = getattr(diffusers, unet_class).from_pretrained(unet_folder, use_safetensors=True, local_files_only=True,
+                                                         torch_dtype=torch.float32)
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     if not scheduler_file.is_file():
         raise ModelLoadError(f"{folder}: no scheduler/scheduler_config.json")

@@ -191,12 +191,12 @@ def train_brain(config: TrainConfig, data=None, resolution: int = 64, resume: bo
                     "scheduler": SCHEDULER, "trained_on": "bundled MNI152 sample" if data is None else str(data)}
 
     def validate(step):
-        save_model(config.out, denoiser, model_config)
+        save_model(config.out, denoiser, model_config, config.save_float16)
         _validation_image(denoiser, subjects[0], resolution, config.out / f"validation_{step:06d}.png")
 
     train(config, {"unet": unet}, loss_fn, lambda start: batches(subjects, resolution, config.batch_size,
                                                                     config.seed, start), validate, resume)
-    return save_model(config.out, denoiser, model_config)
+    return save_model(config.out, denoiser, model_config, config.save_float16)
 
 
 def _validation_image(denoiser, subject: Subject, resolution: int, path: Path) -> None:

@@ -125,12 +125,12 @@ def train_cxr(config: TrainConfig, resolution: int = 64, resume: bool = False) -
                     "prompts": [NO_FINDINGS, *PROMPTS.values()], "trained_on": "napari-medit chest phantoms"}
 
     def validate(step):
-        save_model(config.out, denoiser, model_config)
+        save_model(config.out, denoiser, model_config, config.save_float16)
         _validation_image(denoiser, resolution, config.out / f"validation_{step:06d}.png")
 
     train(config, {"unet": unet, "text_encoder": text_encoder.model}, loss_fn,
           lambda start: batches(resolution, config.batch_size, config.seed, start), validate, resume)
-    return save_model(config.out, denoiser, model_config)
+    return save_model(config.out, denoiser, model_config, config.save_float16)
 
 
 def _validation_image(denoiser, resolution: int, path: Path) -> None:

@@ -135,12 +135,12 @@ def train_cxr_instruct(config: TrainConfig, resolution: int = 64, resume: bool =
                     "prompts": example_instructions(), "trained_on": "napari-medit chest phantom journeys"}
 
     def validate(step):
-        save_model(config.out, denoiser, model_config)
+        save_model(config.out, denoiser, model_config, config.save_float16)
         _validation_image(denoiser, resolution, config.out / f"validation_{step:06d}.png")
 
     train(config, {"unet": unet, "text_encoder": text_encoder.model}, loss_fn,
           lambda start: batches(resolution, config.batch_size, config.seed, start), validate, resume)
-    return save_model(config.out, denoiser, model_config)
+    return save_model(config.out, denoiser, model_config, config.save_float16)
 
 
 def example_instructions() -> list[str]:

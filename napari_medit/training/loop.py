@@ -30,6 +30,9 @@ class TrainConfig:
     # Exponential moving average of the weights (0 = off). Validation samples and the saved
     # model use the averaged weights; DDPM (Ho et al.) and ADM train with 0.9999 over far longer runs.
     ema_decay: float = 0.0
+    # Store the saved diffusion model's weights in float16: half the size on disk. Loading gives
+    # float32 networks either way (the GPU runs them in half precision regardless).
+    save_float16: bool = False
 
 
 def train(
