@@ -3,7 +3,7 @@
     python -m napari_medit.demo                      # interactive napari
     python -m napari_medit.demo --headless --out DIR # under Xvfb: files + screenshots, then quit
 
-Four edits run (on the CPU in about two minutes):
+Four edits run (on the CPU in about three minutes):
 
 - MedEdit on the brain sample: a lesion where the lesion mask is (demo-brain, axial slices);
 - RadEdit on the chest phantom: its right pleural effusion removed inside the edit mask,
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 PLUGIN = "napari-medit"
-MEDEDIT_STEPS = 250  # strided DDPM: a CPU-friendly quarter of the published 1000
+MEDEDIT_STEPS = 100  # strided DDPM, a tenth of the published 1000: see benchmarks/results/demo_quality.md
 RADEDIT = dict(prompt="No findings")  # and the paper's defaults: 100 steps, skip 36, guidance 15
 PIE = dict(prompt="Pleural effusion")  # and PIE's defaults: 10 steps of strength 0.5, guidance 7.5
 INSTRUCTX2X = dict(prompt="remove the right pleural effusion")  # and InstructX2X's defaults: 100 DDIM steps, 7.5/1.5
