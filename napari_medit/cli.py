@@ -160,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="keep an exponential moving average of the weights (e.g. 0.999) and save it; 0 = off")
     train.add_argument("--save-float16", action="store_true",
                        help="diffusion models: store the weights in float16 (half the size; loaded as float32)")
+    train.add_argument("--init-from", metavar="MODEL",
+                       help="cxr-instruct: start from this text-to-image model (e.g. demo-cxr), as InstructPix2Pix "
+                       "starts from Stable Diffusion; the prior's input channel starts at zero")
     train.add_argument("--device", default="cpu")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.set_defaults(run=_train)
@@ -384,6 +387,9 @@ def _train(args) -> int:
 
     if args.steps < 1 or args.batch_size < 1 or args.resolution < 16:
         raise ValueError("steps and batch size must be at least 1, resolution at least 16")
+    if args.init_from and args.kind != "cxr-instruct":
+        raise ValueError(f"--init-from starts an instruction model from a text-to-image one; "
+                         f"{args.kind} models train from scratch (drop --init-from)")
     config = TrainConfig(out=Path(args.out), steps=args.steps, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, seed=args.seed, device=args.device,
                          validate_every=args.validate_every, ema_decay=args.ema_decay,
@@ -395,7 +401,7 @@ def _train(args) -> int:
     elif args.kind == "cxr-instruct":
         from .training.cxr_instruct import train_cxr_instruct
 
-        folder = train_cxr_instruct(config, args.resolution, args.resume)
+        folder = train_cxr_instruct(config, args.resolution, args.resume, args.init_from)
     elif args.kind.startswith("stress-"):
         from .training.stress import train_stress_model
 

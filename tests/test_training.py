@@ -154,3 +154,37 @@ def test_ema_warms_up_as_diffusers_ema_model():
         # the first update copies; then decay (1 + n) / (10 + n) with n the updates so far, below 0.999
         expected = value if expected is None else expected + (1 - (1 + n) / (10 + n)) * (value - expected)
         assert float(average.module.weight) == pytest.approx(expected)
+
+
+def test_instruction_model_starts_as_the_text_to_image_model_it_is_initialised_from(tmp_path):
+    # InstructPix2Pix's initialisation: with the prior's input channel at zero, the new model is the donor
+    from napari_medit.training.cxr import train_cxr
+    from napari_medit.training.cxr_instruct import build, initialise_from, vocabulary
+
+    donor_folder = train_cxr(TrainConfig(out=tmp_path / "cxr", steps=2, batch_size=2, warmup=1,
+                                         validate_every=10_000, checkpoint_every=10), resolution=32)
+    donor = load_model(donor_folder)
+    unet, text_encoder, _ = build(32, vocabulary(), in_channels=2)
+    initialise_from(unet, text_encoder, donor_folder)
+
+    assert torch.count_nonzero(unet.conv_in.weight[:, 1]) == 0
+    prompt = ["remove the right pleural effusion"]  # 'remove' and 'the' are new words, the rest shared
+    with torch.no_grad():
+        shared = text_encoder(["right pleural effusion"])
+        assert torch.allclose(shared, donor.text_encoder(["right pleural effusion"]), atol=1e-6)
+        x, prior = torch.randn(1, 1, 32, 32), torch.randn(1, 1, 32, 32)
+        t = torch.tensor([500])
+        ours = unet(torch.cat([x, prior], 1), t, encoder_hidden_states=text_encoder(prompt)).sample
+        theirs = donor.unet(x, t, encoder_hidden_states=text_encoder(prompt)).sample
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+    larger, encoder, _ = build(128, vocabulary(), in_channels=2)  # one level more
+    with pytest.raises(ValueError, match="same --resolution"):
+        initialise_from(larger, encoder, donor_folder)
+
+
+def test_init_from_is_refused_for_models_that_train_from_scratch(tmp_path, capsys):
+    from napari_medit.cli import EXIT_BAD_INPUT, main
+
+    assert main(["train", "brain", "--out", str(tmp_path / "b"), "--init-from", "demo-cxr"]) == EXIT_BAD_INPUT
+    assert "--init-from" in capsys.readouterr().err and not (tmp_path / "b").exists()

@@ -11,6 +11,11 @@ both guidance scales have an unconditional model to push against.
 
 Both images of a pair are normalised with the *prior's* intensity window: the editing
 engine maps the source, and its edit, through the source's window.
+
+As InstructPix2Pix starts from Stable Diffusion, training can start from a text-to-image
+model of the same shape (``init_from``, e.g. demo-cxr): its UNet with the prior's new
+input channel zero-initialised, so the first step is exactly the text-to-image model, and
+its text encoder, word by word.
 """
 
 from __future__ import annotations
@@ -111,13 +116,18 @@ def batches(resolution: int, batch_size: int, seed: int, start_step: int) -> Ite
         yield {"current": torch.stack(currents).float(), "prior": torch.stack(priors).float(), "prompts": prompts}
 
 
-def train_cxr_instruct(config: TrainConfig, resolution: int = 64, resume: bool = False) -> Path:
+def train_cxr_instruct(config: TrainConfig, resolution: int = 64, resume: bool = False,
+                       init_from: str | Path | None = None) -> Path:
+    """Train the instruction model into ``config.out``; ``init_from``: a text-to-image model folder
+    or name (e.g. ``demo-cxr``) to start from (ignored when resuming: the checkpoint has the weights)."""
     from ..backends import save_model
     from ..editing import DiffusersDenoiser
 
     torch.manual_seed(config.seed)
     # demo-cxr's network and text encoder, over the instructions' words, with the prior as a second channel
     unet, text_encoder, scheduler = build(resolution, vocabulary(), in_channels=2)
+    if init_from is not None and not resume:
+        initialise_from(unet, text_encoder, init_from)
     unet.to(config.device)
     text_encoder.model.to(config.device)
     alphas = scheduler.alphas_cumprod.to(config.device)
@@ -133,6 +143,8 @@ def train_cxr_instruct(config: TrainConfig, resolution: int = 64, resume: bool =
     model_config = {"name": config.out.name, "resolution": resolution, "value_range": [-1, 1],
                     "text_encoder": {"max_length": MAX_TOKENS, "use_attention_mask": False},
                     "prompts": example_instructions(), "trained_on": "napari-medit chest phantom journeys"}
+    if init_from is not None:
+        model_config["initialised_from"] = Path(init_from).name
 
     def validate(step):
         save_model(config.out, denoiser, model_config, config.save_float16)
@@ -141,6 +153,41 @@ def train_cxr_instruct(config: TrainConfig, resolution: int = 64, resume: bool =
     train(config, {"unet": unet, "text_encoder": text_encoder.model}, loss_fn,
           lambda start: batches(resolution, config.batch_size, config.seed, start), validate, resume)
     return save_model(config.out, denoiser, model_config, config.save_float16)
+
+
+def initialise_from(unet, text_encoder, source: str | Path) -> None:
+    """Copy a text-to-image model's weights into the instruction model, InstructPix2Pix's way
+    (Brooks et al. 2023, section 3.2): every UNet weight, with the input convolution's new
+    channel (the prior) set to zero; the text encoder's layers, and the token embeddings of
+    the words both vocabularies share (the others keep their random initialisation)."""
+    from ..backends import load_model
+
+    donor = load_model(source)
+    if getattr(donor, "unet", None) is None or getattr(donor, "text_encoder", None) is None:
+        raise ValueError(f"{source}: not a text-conditioned diffusers model; start from one such as demo-cxr")
+    weights = donor.unet.state_dict()
+    conv_in = weights["conv_in.weight"]
+    if conv_in.shape[1] != 1:
+        raise ValueError(f"{source}: its UNet reads {conv_in.shape[1]} channels; a text-to-image model reads 1")
+    widened = torch.zeros_like(unet.conv_in.weight)
+    widened[:, :1] = conv_in
+    weights["conv_in.weight"] = widened
+    try:
+        unet.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ValueError(f"{source}: its UNet has another shape than this instruction model's "
+                         f"(train both at the same --resolution): {str(exc).splitlines()[0]}") from None
+
+    encoder = donor.text_encoder.model.state_dict()
+    key = next(k for k in encoder if k.endswith("token_embedding.weight"))  # CLIP's; its prefix varies
+    embedding = text_encoder.model.state_dict()[key].clone()
+    donor_words = donor.text_encoder.tokenizer.get_vocab()
+    for word, row in text_encoder.tokenizer.get_vocab().items():
+        # get_vocab() also lists special tokens the tokenizer adds ([MASK]) beyond the table
+        if word in donor_words and row < len(embedding) and donor_words[word] < len(encoder[key]):
+            embedding[row] = encoder[key][donor_words[word]]
+    encoder[key] = embedding
+    text_encoder.model.load_state_dict(encoder)
 
 
 def example_instructions() -> list[str]:
