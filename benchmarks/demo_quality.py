@@ -3,8 +3,9 @@ still happen? The same edits with each set of demo models, side by side.
 
     python benchmarks/demo_quality.py \
         --brain "64 px (bundled)=demo-brain" --brain "128 px=.training/demo-brain-128" \
-        --cxr "64 px (bundled)=demo-cxr" --out benchmarks/results/demo_quality.md \
-        [--mededit-steps 250 100] [--crops docs/images]
+        --cxr "64 px (bundled)=demo-cxr" --instruct "64 px (bundled)=demo-cxr-instruct" \
+        --out benchmarks/results/demo_quality.md [--mededit-steps 250 100] \
+        [--radedit-steps 100 50 --pie-steps 50 20] [--instruct-steps 100 50] [--crops docs/images]
 
 Texture: the mean squared intensity gradient (image in window units, 0..1) inside the edited
 region of the result, divided by the same measure on comparable anatomy elsewhere in the same
@@ -15,7 +16,9 @@ around it; a blur gives far less.
 The edit still happens: MedEdit's lesion mean against the source's mean there (below 1:
 hypointense); RadEdit's 'No findings' removal, the effusion's mean before and after (it should
 fall towards aerated lung); PIE's 'Pleural effusion' progression, the effusion region's mean at
-each step (it should rise). Cost: wall time of each edit on this machine.
+each step (it should rise); InstructX2X's 'remove the right pleural effusion' in the lung mask,
+the effusion's mean before and after. Cost: wall time of each edit on this machine. RadEdit
+skips its reference ratio of the steps (36 of 100), whatever their number.
 
 Crops: the source and each model's result, around the lesion (brain, the lesion's centre slice)
 and the effusion (chest, RadEdit's removal), side by side at the source's resolution.
@@ -86,40 +89,64 @@ def brain_row(label: str, spec: str, steps: int, crops: dict) -> dict:
             "slices": slices[1] - slices[0]}
 
 
-def cxr_rows(label: str, spec: str, crops: dict) -> dict:
-    from napari_medit.instructions import Side, hemithorax
-
-    sample = load_cxr()
-    truth = generate_cxr_phantom(512, 0, effusion="right")
-    effusion, lungs = truth.masks["effusion"], truth.masks["lungs"]
-    rows = np.arange(512)[:, None] >= 256
-    contralateral = hemithorax(lungs, Side.left) & rows  # the left lower zone: aerated lung
+def cxr_rows(label: str, spec: str, radedit_steps: int, pie_steps: int, crops: dict) -> dict:
+    sample, effusion, contralateral = chest_regions()
     model = load_model(spec)
     image = sample["cxr"]
     window = IntensityWindow.of(image.array)
     start = time.perf_counter()
     removal = edit("radedit", image, model=model, prompt="No findings", edit_mask=sample["edit_mask"],
-                   keep_mask=sample["keep_mask"], seed=0)
+                   keep_mask=sample["keep_mask"], steps=radedit_steps, seed=0)
     radedit_seconds = time.perf_counter() - start
     out = removal.image.array
     edited = (sample["edit_mask"].array > 0) & (out != image.array)
     healthy = image.with_array(to_uint8(generate_cxr_phantom(512, 0).image))
     start = time.perf_counter()
-    pie = edit("pie", healthy, model=model, prompt="Pleural effusion", roi_mask=sample["edit_mask"], seed=0)
+    pie = edit("pie", healthy, model=model, prompt="Pleural effusion", roi_mask=sample["edit_mask"],
+               steps=pie_steps, seed=0)
     pie_seconds = time.perf_counter() - start
     steps = [float(v.array[effusion].astype(float).mean()) for v in pie.progression]
     box = crop_box(effusion)
     crops.setdefault("source", image.array[box])
-    crops[label] = out[box]
-    return {"models": label, "resolution": model.resolution,
+    crops[f"{label}, {radedit_steps} steps"] = out[box]
+    return {"models": label, "resolution": model.resolution, "radedit steps": radedit_steps,
             "texture": gradient_energy(out, edited, window) / gradient_energy(out, contralateral, window),
             "healthy texture": gradient_energy(healthy.array, edited, window)
             / gradient_energy(healthy.array, contralateral, window),
             "effusion before": float(image.array[effusion].astype(float).mean()),
             "effusion after": float(out[effusion].astype(float).mean()),
-            "radedit seconds": radedit_seconds,
+            "radedit seconds": radedit_seconds, "pie DDIM steps": pie_steps,
             "pie steps": [round(float(healthy.array[effusion].mean()), 1)] + [round(m, 1) for m in steps],
             "pie rises": sum(b > a for a, b in pairwise(steps)), "pie seconds": pie_seconds}
+
+
+def instruct_row(label: str, spec: str, steps: int) -> dict:
+    sample, effusion, contralateral = chest_regions()
+    model = load_model(spec)
+    image = sample["cxr"]
+    window = IntensityWindow.of(image.array)
+    start = time.perf_counter()
+    result = edit("instructx2x", image, model=model, prompt="remove the right pleural effusion",
+                  lung_mask=sample["lung_mask"], steps=steps, seed=0)
+    seconds = time.perf_counter() - start
+    out = result.image.array
+    edited = out != image.array
+    return {"models": label, "resolution": model.resolution, "steps": steps,
+            "texture": gradient_energy(out, edited & effusion, window) / gradient_energy(out, contralateral, window),
+            "effusion before": float(image.array[effusion].astype(float).mean()),
+            "effusion after": float(out[effusion].astype(float).mean()),
+            "left lower zone change": float(np.abs(out[contralateral].astype(float)
+                                                   - image.array[contralateral].astype(float)).mean()),
+            "seconds": seconds}
+
+
+def chest_regions():
+    """The chest sample, its right effusion (the phantom's truth) and the left lower lung zone (aerated)."""
+    from napari_medit.instructions import Side, hemithorax
+
+    truth = generate_cxr_phantom(512, 0, effusion="right")
+    rows = np.arange(512)[:, None] >= 256
+    return load_cxr(), truth.masks["effusion"], hemithorax(truth.masks["lungs"], Side.left) & rows
 
 
 def crop_box(region: np.ndarray) -> tuple[slice, slice]:
@@ -163,12 +190,25 @@ def main() -> int:
     parser.add_argument("--cxr", action="append", default=[], help="LABEL=MODEL (repeatable)")
     parser.add_argument("--mededit-steps", type=int, nargs="+", default=[250],
                         help="strided DDPM steps for each brain model (make demo: 250)")
+    parser.add_argument("--instruct", action="append", default=[], help="LABEL=MODEL (repeatable)")
+    parser.add_argument("--radedit-steps", type=int, nargs="+", default=[100],
+                        help="RadEdit steps for each chest model (the paper's 100), paired with --pie-steps")
+    parser.add_argument("--pie-steps", type=int, nargs="+", default=[50],
+                        help="PIE's DDIM steps per iteration, of which strength 0.5 runs (PIE's 50)")
+    parser.add_argument("--instruct-steps", type=int, nargs="+", default=[100],
+                        help="InstructX2X's DDIM steps for each instruction model (its 100)")
     parser.add_argument("--out", help="write the figures as markdown here")
     parser.add_argument("--crops", help="write quality_brain.png / quality_cxr.png (before/after crops) here")
     args = parser.parse_args()
+    if len(args.radedit_steps) != len(args.pie_steps):
+        parser.error("give as many --pie-steps as --radedit-steps: each pair is one chest row per model")
     command = "python benchmarks/demo_quality.py " + " ".join(
-        f'--{kind} "{spec}"' for kind in ("brain", "cxr") for spec in getattr(args, kind))
-    command += " --mededit-steps " + " ".join(map(str, args.mededit_steps)) if args.brain else ""
+        f'--{kind} "{spec}"' for kind in ("brain", "cxr", "instruct") for spec in getattr(args, kind))
+    for flag, values, used in (("mededit-steps", args.mededit_steps, args.brain),
+                               ("radedit-steps", args.radedit_steps, args.cxr),
+                               ("pie-steps", args.pie_steps, args.cxr),
+                               ("instruct-steps", args.instruct_steps, args.instruct)):
+        command += f" --{flag} " + " ".join(map(str, values)) if used else ""
     lines = ["# Demo-model quality (CPU)", "",
              (f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
               f"torch {torch.__version__}"), f"Command: `{command}`", "", __doc__.split("\n\n", 2)[2].strip(), ""]
@@ -178,8 +218,13 @@ def main() -> int:
         lines += table([brain_row(*spec.split("=", 1), steps, brain_crops)
                         for spec in args.brain for steps in args.mededit_steps]) + [""]
     if args.cxr:
-        lines += ["## Chest: RadEdit removes the effusion (100 steps), PIE grows one (10 x 25 DDIM steps)", ""]
-        lines += table([cxr_rows(*spec.split("=", 1), cxr_crops) for spec in args.cxr]) + [""]
+        lines += ["## Chest: RadEdit removes the effusion, PIE grows one (10 iterations at strength 0.5)", ""]
+        lines += table([cxr_rows(*spec.split("=", 1), radedit, pie, cxr_crops) for spec in args.cxr
+                        for radedit, pie in zip(args.radedit_steps, args.pie_steps)]) + [""]
+    if args.instruct:
+        lines += ["## Chest: InstructX2X, 'remove the right pleural effusion' in the lung mask", ""]
+        lines += table([instruct_row(*spec.split("=", 1), steps) for spec in args.instruct
+                        for steps in args.instruct_steps]) + [""]
     if args.crops:
         Path(args.crops).mkdir(parents=True, exist_ok=True)
         if brain_crops:
