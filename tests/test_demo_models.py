@@ -50,8 +50,9 @@ def test_demo_cxr_removes_the_effusion_inside_the_edit_mask(chest):
     source, out = sample["cxr"].array.astype(float), result.image.array.astype(float)
     keep = sample["keep_mask"].array > 0
     np.testing.assert_array_equal(out[keep], source[keep])
-    # Fluid is dense (bright); removing it darkens the region towards aerated lung (measured: 158 -> ~115).
-    assert out[effusion].mean() < source[effusion].mean() - 15
+    # Fluid is dense (bright); removing it darkens the region towards aerated lung (measured with the
+    # 128 px model: 158 -> 112; the same region without effusion: 104).
+    assert out[effusion].mean() < source[effusion].mean() - 30
 
 
 def test_demo_cxr_grows_an_effusion_with_pie(chest):
@@ -60,6 +61,7 @@ def test_demo_cxr_grows_an_effusion_with_pie(chest):
     sample, effusion, model = chest
     healthy = sample["cxr"].with_array(to_uint8(generate_cxr_phantom(512, 0).image))
     result = edit("pie", healthy, model=model, prompt="Pleural effusion", roi_mask=sample["edit_mask"],
-                  iterations=4, seed=0)
+                  iterations=4, steps=20, seed=0)
     means = [v.array[effusion].astype(float).mean() for v in result.progression]
-    assert means[-1] > healthy.array[effusion].astype(float).mean() + 3
+    # measured with the 128 px model: 104 -> 116, 129, 145, 146
+    assert means[-1] > healthy.array[effusion].astype(float).mean() + 20
