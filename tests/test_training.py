@@ -182,6 +182,19 @@ def test_instruction_model_starts_as_the_text_to_image_model_it_is_initialised_f
     with pytest.raises(ValueError, match="same --resolution"):
         initialise_from(larger, encoder, donor_folder)
 
+    # a text encoder of another width is refused by name, before any weight is copied into it
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from napari_medit.backends.text import TransformersTextEncoder
+
+    narrow = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocabulary()), hidden_size=32, intermediate_size=64,
+                                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16))
+    before = {k: v.clone() for k, v in narrow.state_dict().items()}
+    unet, _, _ = build(32, vocabulary(), in_channels=2)
+    with pytest.raises(ValueError, match="text encoder"):
+        initialise_from(unet, TransformersTextEncoder(text_encoder.tokenizer, narrow, 16), donor_folder)
+    assert all(torch.equal(before[k], v) for k, v in narrow.state_dict().items())
+
 
 def test_init_from_is_refused_for_models_that_train_from_scratch(tmp_path, capsys):
     from napari_medit.cli import EXIT_BAD_INPUT, main

@@ -179,15 +179,24 @@ def initialise_from(unet, text_encoder, source: str | Path) -> None:
                          f"(train both at the same --resolution): {str(exc).splitlines()[0]}") from None
 
     encoder = donor.text_encoder.model.state_dict()
-    key = next(k for k in encoder if k.endswith("token_embedding.weight"))  # CLIP's; its prefix varies
-    embedding = text_encoder.model.state_dict()[key].clone()
+    ours = text_encoder.model.state_dict()
+    # CLIP's token table; its prefix varies with the transformers version
+    key = next((k for k in encoder if k.endswith("token_embedding.weight")), None)
+    if key not in ours or encoder[key].shape[1:] != ours[key].shape[1:]:
+        raise ValueError(f"{source}: its text encoder is not a CLIP text model of this one's width; "
+                         "start from a model trained by `napari-medit train cxr` at the same --resolution")
+    embedding = ours[key].clone()
     donor_words = donor.text_encoder.tokenizer.get_vocab()
     for word, row in text_encoder.tokenizer.get_vocab().items():
         # get_vocab() also lists special tokens the tokenizer adds ([MASK]) beyond the table
         if word in donor_words and row < len(embedding) and donor_words[word] < len(encoder[key]):
             embedding[row] = encoder[key][donor_words[word]]
     encoder[key] = embedding
-    text_encoder.model.load_state_dict(encoder)
+    try:
+        text_encoder.model.load_state_dict(encoder)
+    except RuntimeError as exc:
+        raise ValueError(f"{source}: its text encoder has another shape than this one's: "
+                         f"{str(exc).splitlines()[0]}") from None
 
 
 def example_instructions() -> list[str]:
