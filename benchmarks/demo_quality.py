@@ -120,7 +120,9 @@ def cxr_rows(label: str, spec: str, radedit_steps: int, pie_steps: int, crops: d
             "pie rises": sum(b > a for a, b in pairwise(steps)), "pie seconds": pie_seconds}
 
 
-def instruct_row(label: str, spec: str, steps: int) -> dict:
+def instruct_row(label: str, spec: str, steps: int, crops: dict) -> dict:
+    from napari_medit.findings import FindingsClassifier
+
     sample, effusion, contralateral = chest_regions()
     model = load_model(spec)
     image = sample["cxr"]
@@ -131,12 +133,17 @@ def instruct_row(label: str, spec: str, steps: int) -> dict:
     seconds = time.perf_counter() - start
     out = result.image.array
     edited = out != image.array
+    box = crop_box(effusion)
+    crops.setdefault("source", image.array[box])
+    crops[f"{label}, {steps} steps"] = out[box]
+    p_effusion = FindingsClassifier.load().probabilities
     return {"models": label, "resolution": model.resolution, "steps": steps,
             "texture": gradient_energy(out, edited & effusion, window) / gradient_energy(out, contralateral, window),
             "effusion before": float(image.array[effusion].astype(float).mean()),
             "effusion after": float(out[effusion].astype(float).mean()),
             "left lower zone change": float(np.abs(out[contralateral].astype(float)
                                                    - image.array[contralateral].astype(float)).mean()),
+            "p(effusion) before": p_effusion(image.array)["effusion"], "p(effusion) after": p_effusion(out)["effusion"],
             "seconds": seconds}
 
 
@@ -198,7 +205,7 @@ def main() -> int:
     parser.add_argument("--instruct-steps", type=int, nargs="+", default=[100],
                         help="InstructX2X's DDIM steps for each instruction model (its 100)")
     parser.add_argument("--out", help="write the figures as markdown here")
-    parser.add_argument("--crops", help="write quality_brain.png / quality_cxr.png (before/after crops) here")
+    parser.add_argument("--crops", help="write quality_brain.png / quality_cxr.png / quality_instruct.png (before/after crops) here")
     args = parser.parse_args()
     if len(args.radedit_steps) != len(args.pie_steps):
         parser.error("give as many --pie-steps as --radedit-steps: each pair is one chest row per model")
@@ -212,7 +219,7 @@ def main() -> int:
     lines = ["# Demo-model quality (CPU)", "",
              (f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
               f"torch {torch.__version__}"), f"Command: `{command}`", "", __doc__.split("\n\n", 2)[2].strip(), ""]
-    brain_crops, cxr_crops = {}, {}
+    brain_crops, cxr_crops, instruct_crops = {}, {}, {}
     if args.brain:
         lines += ["## Brain: MedEdit on the sample's lesion (3 axial slices, strided DDPM)", ""]
         lines += table([brain_row(*spec.split("=", 1), steps, brain_crops)
@@ -223,7 +230,7 @@ def main() -> int:
                         for radedit, pie in zip(args.radedit_steps, args.pie_steps)]) + [""]
     if args.instruct:
         lines += ["## Chest: InstructX2X, 'remove the right pleural effusion' in the lung mask", ""]
-        lines += table([instruct_row(*spec.split("=", 1), steps) for spec in args.instruct
+        lines += table([instruct_row(*spec.split("=", 1), steps, instruct_crops) for spec in args.instruct
                         for steps in args.instruct_steps]) + [""]
     if args.crops:
         Path(args.crops).mkdir(parents=True, exist_ok=True)
@@ -233,6 +240,9 @@ def main() -> int:
         if cxr_crops:
             save_crops(cxr_crops, Path(args.crops) / "quality_cxr.png",
                        "RadEdit 'No findings': the right effusion removed")
+        if instruct_crops:
+            save_crops(instruct_crops, Path(args.crops) / "quality_instruct.png",
+                       "InstructX2X 'remove the right pleural effusion' in the lung mask")
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -161,3 +161,26 @@ def test_cli_batch_in_process_reports_failures_with_exit_1(items_folder, tmp_pat
     assert (tmp_path / "case00.nii.gz").exists() and not (tmp_path / "case01.nii.gz").exists()
     assert main(["batch", str(manifest), "--out", str(tmp_path), "--workers", "0"]) == 1
     assert "0 edited, 1 already finished, 1 failed" in capsys.readouterr().out
+
+
+def test_local_dask_workers_start_without_dask_s_malloc_trimming(monkeypatch):
+    import os
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    from napari_medit.batch import TORCH_WORKER_ENVIRON
+
+    # a nanny writes its environment into the process that starts it, so an earlier cluster here with dask's
+    # defaults left its threshold behind for every later worker to inherit
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with dask.config.set(TORCH_WORKER_ENVIRON):
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        (threshold,) = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()
+    assert threshold is None  # dask's default, 65536, made torch edits ~3x slower
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        (threshold,) = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()
+    assert threshold == "65536"  # what the setting undoes
