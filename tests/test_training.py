@@ -178,22 +178,33 @@ def test_instruction_model_starts_as_the_text_to_image_model_it_is_initialised_f
         theirs = donor.unet(x, t, encoder_hidden_states=text_encoder(prompt)).sample
     assert torch.allclose(ours, theirs, atol=1e-5)
 
-    larger, encoder, _ = build(128, vocabulary(), in_channels=2)  # one level more
-    with pytest.raises(ValueError, match="same --resolution"):
-        initialise_from(larger, encoder, donor_folder)
-
-    # a text encoder of another width is refused by name, before any weight is copied into it
+    # a donor that does not fit is refused by name, before any weight is copied into the new model
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from napari_medit.backends.text import TransformersTextEncoder
 
+    def snapshot(*modules):
+        return [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
+
+    def unchanged(modules, before):
+        return all(torch.equal(b[k], v) for m, b in zip(modules, before) for k, v in m.state_dict().items())
+
+    larger, encoder, _ = build(128, vocabulary(), in_channels=2)  # one level more
+    before = snapshot(larger, encoder.model)
+    with pytest.raises(ValueError, match="same --resolution"):
+        initialise_from(larger, encoder, donor_folder)
+    assert unchanged((larger, encoder.model), before)
+
     narrow = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocabulary()), hidden_size=32, intermediate_size=64,
                                           num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16))
-    before = {k: v.clone() for k, v in narrow.state_dict().items()}
-    unet, _, _ = build(32, vocabulary(), in_channels=2)
-    with pytest.raises(ValueError, match="text encoder"):
-        initialise_from(unet, TransformersTextEncoder(text_encoder.tokenizer, narrow, 16), donor_folder)
-    assert all(torch.equal(before[k], v) for k, v in narrow.state_dict().items())
+    shallower = CLIPTextModel(text_encoder.model.config.__class__(**{
+        **text_encoder.model.config.to_dict(), "num_hidden_layers": text_encoder.model.config.num_hidden_layers - 1}))
+    for other, message in ((narrow, "not a CLIP text model of this one's width"), (shallower, "another shape")):
+        unet, _, _ = build(32, vocabulary(), in_channels=2)
+        before = snapshot(unet, other)
+        with pytest.raises(ValueError, match=message):
+            initialise_from(unet, TransformersTextEncoder(text_encoder.tokenizer, other, 16), donor_folder)
+        assert unchanged((unet, other), before)
 
 
 def test_init_from_is_refused_for_models_that_train_from_scratch(tmp_path, capsys):

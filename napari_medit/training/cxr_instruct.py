@@ -169,15 +169,11 @@ def initialise_from(unet, text_encoder, source: str | Path) -> None:
     conv_in = weights["conv_in.weight"]
     if conv_in.shape[1] != 1:
         raise ValueError(f"{source}: its UNet reads {conv_in.shape[1]} channels; a text-to-image model reads 1")
-    widened = torch.zeros_like(unet.conv_in.weight)
-    widened[:, :1] = conv_in
-    weights["conv_in.weight"] = widened
-    try:
-        unet.load_state_dict(weights)
-    except RuntimeError as exc:
+    prior = torch.zeros_like(conv_in).expand(-1, unet.conv_in.in_channels - 1, -1, -1)
+    weights["conv_in.weight"] = torch.cat([conv_in, prior], dim=1)
+    if mismatch := _first_mismatch(unet, weights):
         raise ValueError(f"{source}: its UNet has another shape than this instruction model's "
-                         f"(train both at the same --resolution): {str(exc).splitlines()[0]}") from None
-
+                         f"(train both at the same --resolution): {mismatch}")
     encoder = donor.text_encoder.model.state_dict()
     ours = text_encoder.model.state_dict()
     # CLIP's token table; its prefix varies with the transformers version
@@ -192,11 +188,21 @@ def initialise_from(unet, text_encoder, source: str | Path) -> None:
         if word in donor_words and row < len(embedding) and donor_words[word] < len(encoder[key]):
             embedding[row] = encoder[key][donor_words[word]]
     encoder[key] = embedding
-    try:
-        text_encoder.model.load_state_dict(encoder)
-    except RuntimeError as exc:
-        raise ValueError(f"{source}: its text encoder has another shape than this one's: "
-                         f"{str(exc).splitlines()[0]}") from None
+    if mismatch := _first_mismatch(text_encoder.model, encoder):
+        raise ValueError(f"{source}: its text encoder has another shape than this one's: {mismatch}")
+    # loaded only once both fit: a refused donor leaves this model as it was
+    unet.load_state_dict(weights)
+    text_encoder.model.load_state_dict(encoder)
+
+
+def _first_mismatch(module: torch.nn.Module, weights: dict) -> str | None:
+    """Why ``weights`` cannot load into ``module`` exactly, or None. Checked up front because
+    load_state_dict copies every tensor that fits before it raises on the ones that do not."""
+    own = module.state_dict()
+    if unmatched := sorted(own.keys() ^ weights.keys()):
+        return f"{unmatched[0]} is {'missing' if unmatched[0] in own else 'unexpected'}"
+    return next((f"{name} is {tuple(weights[name].shape)}, here {tuple(tensor.shape)}"
+                 for name, tensor in own.items() if weights[name].shape != tensor.shape), None)
 
 
 def example_instructions() -> list[str]:
