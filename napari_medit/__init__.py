@@ -17,9 +17,9 @@ __all__ = ["ImageReadError", "MedicalImage", "__version__", "edit", "read_image"
 
 
 def __getattr__(name: str):
-    # ``napari_medit.edit`` pulls in torch: load it on first use, not at import.
+    # ``napari_medit.edit`` computes in this process or on a dask worker (``compute``); loaded on first use.
     if name == "edit":
-        from .editing import edit
+        from .compute import edit
 
         return edit
     raise AttributeError(f"module 'napari_medit' has no attribute {name!r}")

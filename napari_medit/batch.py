@@ -8,7 +8,7 @@ PNG/JPEG inputs) and ``DIR/ID.json`` (provenance and metrics) — the sidecar la
 item is finished exactly when its sidecar is there. Re-running a batch skips finished
 items, and a failing item is recorded in the summary while the others go on.
 
-Every worker loads each model once and keeps it (``_worker_model``). A worker that dies
+Every worker loads each model once and keeps it (``compute.cached_model``). A worker that dies
 mid-item loses nothing: dask gives the item to another worker, and the half-written
 file, under a temporary name, is never mistaken for a result.
 """
@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import catalogue
-from .catalogue import MASK_ROLES, RunOptions
+from .catalogue import LOCAL_WORKER, MASK_ROLES, ComputeOptions, RunOptions
 from .jobs import PARTIAL_PREFIX, EditJob, OutputFormat, is_finished
 from .metrics import jsonable
 
@@ -170,13 +169,18 @@ def run_batch(
 ) -> BatchSummary:
     """Run every unfinished item of ``manifest`` and write ``out/summary.{csv,json}``.
 
-    ``scheduler`` is the address of a running dask scheduler; otherwise a LocalCluster of
+    ``scheduler`` is the address of a running dask scheduler (None: $NAPARI_MEDIT_SCHEDULER unless
+    ``workers`` is given; 'local': as None); otherwise a LocalCluster of
     ``workers`` processes (default: one per two CPU cores) with one thread each is started
     and stopped. ``workers=0`` runs the items in this process, one after the other.
     ``output_format`` as in ``read_manifest``.
     """
     from tqdm.auto import tqdm
 
+    if workers is None:
+        scheduler = ComputeOptions(scheduler).resolved_scheduler()
+    if scheduler == LOCAL_WORKER:
+        scheduler = None
     out = Path(out)
     items = read_manifest(manifest, out, model, output_format)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,17 +208,11 @@ def run_batch(
     return summary
 
 
-# Dask's worker defaults suit numpy tasks, not torch's: its MALLOC_TRIM_THRESHOLD_ of 64 KiB also fixes
-# glibc's mmap threshold, so every activation buffer is mapped, faulted in and returned to the kernel;
-# an edit spent ~40% of its CPU in the kernel and ran ~3x slower than in-process (128 px InstructX2X:
-# 71 s against 25 s). None leaves it unset (one in the caller's own environment is inherited still).
-# Torch's threads are set per item (run_item).
-TORCH_WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-
-
 def _on_dask(pending: list[BatchItem], scheduler: str | None, workers: int | None, options: dict):
     import dask
     from distributed import Client, LocalCluster, as_completed
+
+    from .compute import TORCH_WORKER_ENVIRON
 
     cores = os.cpu_count() or 1
     if scheduler is None:
@@ -242,6 +240,7 @@ def _on_dask(pending: list[BatchItem], scheduler: str | None, workers: int | Non
 def run_item(item: BatchItem, *, threads: int | None, device: str | None, download: bool,
              trust_remote_code: bool) -> dict[str, Any]:
     """One item on a worker: never raises, a failure becomes the item's record."""
+    from .compute import cached_model
     from .jobs import run_job
 
     started = time.perf_counter()
@@ -250,29 +249,14 @@ def run_item(item: BatchItem, *, threads: int | None, device: str | None, downlo
             import torch
 
             torch.set_num_threads(threads)
-        model, loaded_now = _worker_model(item.model, device, download, trust_remote_code)
+        model, loaded_now = cached_model(item.model, ComputeOptions(device=device, download=download,
+                                                                    trust_remote_code=trust_remote_code))
         record = run_job(item.job, model)
     except Exception as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return _failed(item, message, traceback.format_exc(limit=3))
     return {"id": item.id, "status": "done", "worker_pid": os.getpid(), "model_loaded": loaded_now,
             "wall_seconds": round(time.perf_counter() - started, 3), **_summary_fields(record)}
-
-
-_MODELS: dict[tuple, Any] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def _worker_model(spec: str, device: str | None, download: bool, trust_remote_code: bool):
-    """The worker's copy of a model, loaded on first use and kept (returns it and whether it loaded now)."""
-    from .backends import load_model
-
-    key = (spec, device, download, trust_remote_code)
-    with _MODELS_LOCK:
-        if key in _MODELS:
-            return _MODELS[key], False
-        _MODELS[key] = load_model(spec, device, trust_remote_code=trust_remote_code, download=download)
-        return _MODELS[key], True
 
 
 def _failed(item: BatchItem, message: str, details: str | None) -> dict[str, Any]:

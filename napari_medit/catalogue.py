@@ -342,6 +342,35 @@ class RunOptions:
         return {**values, "axis": parse_axis(self.axis), "slices": parse_slices(self.slices)}
 
 
+SCHEDULER_ENVIRON = "NAPARI_MEDIT_SCHEDULER"  # the scheduler option's value when none is given
+LOCAL_WORKER = "local"  # the scheduler option's value for a worker process on this machine (127.0.0.1)
+
+
+@dataclass(frozen=True)
+class ComputeOptions:
+    """Where an edit's model runs and how it is loaded: once per command or batch, not per edit."""
+
+    scheduler: str | None = parameter(
+        None, f"where the edit runs: a dask scheduler's address (tcp://host:8786, tls://..., localhost:PORT "
+        f"through an SSH tunnel), or {LOCAL_WORKER!r} for a worker process on this machine",
+        automatic=f"${SCHEDULER_ENVIRON}, else this process")
+    device: str | None = parameter(None, "cpu, cuda, cuda:1, mps, on the machine that computes",
+                                   automatic="CUDA if available, then MPS, then CPU")
+    download: bool = parameter(False, "let a hub model download (default: offline)")
+    trust_remote_code: bool = parameter(
+        False, "let a model's text encoder run code from its repository (BioViL-T needs it)")
+
+    def resolved_scheduler(self) -> str | None:
+        """The scheduler given, else $NAPARI_MEDIT_SCHEDULER; None: compute in this process."""
+        import os
+
+        return self.scheduler or os.environ.get(SCHEDULER_ENVIRON) or None
+
+    def load_arguments(self) -> dict[str, Any]:
+        """The keyword arguments ``napari_medit.backends.load_model`` takes for these options."""
+        return {"device": self.device, "download": self.download, "trust_remote_code": self.trust_remote_code}
+
+
 def check_slice_options(noise_correlation_mm: float, through_plane_smoothing: float) -> None:
     """ValueError naming a slice option out of range."""
     if not noise_correlation_mm > 0:

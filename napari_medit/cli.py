@@ -18,7 +18,7 @@ import json
 import sys
 
 from . import __version__, catalogue
-from .catalogue import MASK_ROLES, METHODS, RunOptions
+from .catalogue import MASK_ROLES, METHODS, ComputeOptions, RunOptions
 from .io import SUPPORTED, ImageReadError, read_image
 from .jobs import OutputFormat
 from .metrics import EDITING_SCORE_THRESHOLD
@@ -100,13 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     stress.add_argument("--input-size", type=int, help="the model under test's input side, when it does not say")
     stress.add_argument("--steps", type=int, help="RadEdit steps (default: the paper's 100)")
     stress.add_argument("--seed", type=int, default=0)
-    stress.add_argument("--device", help="the editor's device (default: CUDA, else MPS, else CPU)")
-    stress.add_argument("--download", action="store_true", help="let a hub editor download")
-    stress.add_argument("--trust-remote-code", action="store_true",
-                        help="let the editor's text encoder run code shipped with its weights (the radedit preset)")
-    place = stress.add_mutually_exclusive_group()
-    place.add_argument("--workers", type=int, help="LocalCluster worker processes (0: run here)")
-    place.add_argument("--scheduler", help="address of a running dask scheduler")
+    stress.add_argument("--workers", type=int, help="LocalCluster worker processes (0: run here)")
+    _add_fields(stress.add_argument_group("compute (the editor's)"), ComputeOptions)
     stress.set_defaults(run=_stress_test)
 
     batch = commands.add_parser("batch", help="run the edits of a manifest (CSV) on a dask cluster; resumable")
@@ -118,13 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--format", choices=[f.value for f in OutputFormat],
                        help="write every result as this (dicom: ID.dcm for a DICOM file, a derived series in the "
                             "folder ID for a series); default: the source's own kind (.png, .mgz, else .nii.gz)")
-    where = batch.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per two cores; "
+    batch.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per two cores; "
                                                    "0: run here, one item after another)")
-    where.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://10.0.0.5:8786")
-    batch.add_argument("--device", help="cpu, cuda, mps (default: auto on each worker)")
-    batch.add_argument("--download", action="store_true", help="let hub models download (default: offline)")
-    batch.add_argument("--trust-remote-code", action="store_true")
+    _add_fields(batch.add_argument_group("compute"), ComputeOptions)
     batch.set_defaults(run=_batch)
 
     listing = commands.add_parser("methods", help="list the editing methods, their masks and parameters")
@@ -202,10 +193,7 @@ def _method_parser(methods, spec) -> None:
                            + ". Options given explicitly still win")
     _add_fields(group, spec.params)
     _add_fields(parser.add_argument_group("run options"), RunOptions)
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: CUDA if available, then MPS, then CPU)")
-    parser.add_argument("--download", action="store_true", help="let a hub model download (default: offline)")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="let a model's text encoder run code from its repository (BioViL-T needs it)")
+    _add_fields(parser.add_argument_group("compute"), ComputeOptions)
     parser.set_defaults(run=_edit, spec=spec)
 
 
@@ -214,9 +202,13 @@ def _option(name: str) -> str:
 
 
 def _add_fields(group, params: type) -> None:
-    """One option per dataclass field: typed and checked by the catalogue, default None (= the default rule)."""
+    """One option per dataclass field: typed and checked by the catalogue, default None (= the default rule);
+    a flag for a yes/no field."""
     for item in catalogue.fields(params):
         kind = catalogue.value_type(params, item.name)
+        if kind is bool:
+            group.add_argument(_option(item.name), dest=item.name, action="store_true", help=item.metadata["source"])
+            continue
         extra = {"choices": [m.value for m in kind]} if issubclass(kind, enum.Enum) else {"metavar": kind.__name__.upper()}
         group.add_argument(_option(item.name), dest=item.name, type=_parse(params, item.name, kind), default=None,
                            help=f"{item.metadata['source']} (default: {catalogue.default_text(params, item)})"
@@ -257,24 +249,29 @@ def edit_job(args):
     return job
 
 
+def compute_options(args) -> ComputeOptions:
+    """Where the command's edits run and how their model loads, as its options say."""
+    return ComputeOptions(**{item.name: getattr(args, item.name) for item in catalogue.fields(ComputeOptions)})
+
+
 def _edit(args) -> int:
-    from .backends import ModelLoadError, load_model
-    from .editing import EditError
+    from tqdm.auto import tqdm
+
+    from .backends import ModelLoadError
+    from .compute import ComputeError
     from .jobs import run_job
+    from .results import EditError
 
     job = edit_job(args)
     read_image(job.image)  # a bad image fails before a model loads
-    from tqdm.auto import tqdm
-
     try:
-        model = load_model(args.model, args.device, trust_remote_code=args.trust_remote_code, download=args.download)
         with tqdm(desc=f"napari-medit {job.method}", unit="step", disable=None) as bar:  # off when not a terminal
             def show(progress):
                 bar.total = progress.total
                 bar.update(progress.step - bar.n)
 
-            record = run_job(job, model, callback=show)
-    except (EditError, ModelLoadError) as exc:
+            record = run_job(job, args.model, callback=show, compute=compute_options(args))
+    except (EditError, ModelLoadError, ComputeError) as exc:
         raise ValueError(str(exc)) from None
     for path in [*record["outputs"], job.sidecar]:
         print(path)
@@ -287,6 +284,7 @@ def _stress_test(args) -> int:
     from .stress.demo import DEMO_EDITORS, DEMO_MODELS, write_demo_cases
     from .stress.run import stress_test
 
+    _check_workers(args)
     chosen = Scenario(args.scenario)
     model, data, editor = args.model_under_test, args.data, args.editor
     method = EditMethod(args.method) if args.method else None
@@ -318,9 +316,15 @@ def _stress_test(args) -> int:
     return 0
 
 
+def _check_workers(args) -> None:
+    if args.workers is not None and args.scheduler:
+        raise ValueError("give --workers (a cluster started here) or --scheduler (one running), not both")
+
+
 def _batch(args) -> int:
     from .batch import run_batch
 
+    _check_workers(args)
     summary = run_batch(args.manifest, args.out, model=args.model, workers=args.workers, scheduler=args.scheduler,
                         device=args.device, download=args.download, trust_remote_code=args.trust_remote_code,
                         output_format=OutputFormat(args.format) if args.format else None)

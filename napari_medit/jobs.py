@@ -7,6 +7,7 @@ finished.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import catalogue
-from .catalogue import MASK_ROLES, RunOptions
+from .catalogue import MASK_ROLES, ComputeOptions, RunOptions
 from .io import read_image, write_image
 
 PARTIAL_PREFIX = ".partial-"
@@ -96,17 +97,19 @@ class EditJob:
         return spec.make_params(self.parameters, self.preset)
 
 
-def run_job(job: EditJob, model, callback=None) -> dict[str, Any]:
-    """Read, edit with ``model`` (a loaded Denoiser), write; returns the sidecar's content.
-    ``callback`` gets the edit's ``EditProgress`` after every denoising step."""
-    from .editing import edit
+def run_job(job: EditJob, model, callback=None, compute: ComputeOptions | None = None) -> dict[str, Any]:
+    """Read here, edit where ``compute`` says (``napari_medit.compute.edit``), write here; returns the
+    sidecar's content. ``model``: a loaded Denoiser (this process), or a name the computing side loads.
+    ``callback`` gets the edit's progress after every denoising step."""
+    from .compute import edit
 
     job.check()
     image = read_image(job.image)
     check_output(job.out, job.output_format, image, job.overwrite)  # before the edit, not after
     masks = {name: read_mask(name, path, image) for name, path in job.masks.items()}
-    result = edit(job.method, image, model=model, callback=callback, **job.run.edit_arguments(), **masks,
-                  **job.parameters, preset=job.preset)
+    placement = dataclasses.asdict(compute) if compute is not None else {}
+    result = edit(job.method, image, model=model, callback=callback, **placement, **job.run.edit_arguments(),
+                  **masks, **job.parameters, preset=job.preset)
     versions = result.progression or [result.image]
     written = []
     for index, version in enumerate(versions, start=1):

@@ -169,7 +169,7 @@ def test_local_dask_workers_start_without_dask_s_malloc_trimming(monkeypatch):
     import dask
     from distributed import Client, LocalCluster
 
-    from napari_medit.batch import TORCH_WORKER_ENVIRON
+    from napari_medit.compute import TORCH_WORKER_ENVIRON
 
     # a nanny writes its environment into the process that starts it, so an earlier cluster here with dask's
     # defaults left its threshold behind for every later worker to inherit

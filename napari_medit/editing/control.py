@@ -10,9 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
-class EditCancelled(Exception):
-    """Raised within one denoising step of a cancel request; nothing partial is returned."""
+from ..results import EditCancelled
 
 
 class NoiseSource:

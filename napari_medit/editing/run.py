@@ -8,7 +8,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from ..io.image import PLANES, apply_orientation, plane_transforms
 from .. import catalogue
 from ..catalogue import MASK_ROLES, MaskGrid, Method, RunOptions, SliceNoise, check_slice_options
 from ..masks import mask_problem
+from ..results import EditError, EditProgress, EditResult
 from ..metrics import edit_metrics, jsonable
 from .control import Edited, NoiseSource, Progress, StepInfo
 from .denoiser import Denoiser
@@ -29,39 +30,6 @@ from .slicing import Grid, IntensityWindow, binarised, slices_to_edit, to_dtype,
 
 DEFAULT_CPU_BATCH = 4  # batching helps little on 2 CPU cores and costs memory (see benchmarks/)
 RUN = RunOptions()  # the run options' defaults, stated once in the catalogue
-
-
-class EditError(ValueError):
-    """A request that cannot run: the message names the problem and the fix."""
-
-
-@dataclass
-class EditProgress:
-    """A denoising step done; the slices in work, as they lie in the source array (for any ``axis``)."""
-
-    step: int
-    total: int
-    slices: list[int]  # indices along ``axis`` of the slices being edited right now, in preview() order
-    axis: int  # the source array's axis they are slices of
-    render: Callable[[], np.ndarray] = field(repr=False)
-
-    def preview(self) -> np.ndarray:
-        """The current estimate of those slices in source units, (n, *the other two axes in array order)."""
-        return self.render()
-
-
-@dataclass
-class EditResult:
-    image: MedicalImage  # the counterfactual, on the source's grid and affine
-    difference: np.ndarray  # float32, result - source
-    edited_slices: list[int]  # indices along the slice axis (of the plane's orientation for a named plane,
-    #                           see plane_axis())
-    axis: int | str
-    provenance: dict[str, Any]
-    progression: list[MedicalImage] | None = None  # PIE: every step, the last one is ``image``
-    masks: dict[str, np.ndarray] = field(default_factory=dict)  # masks as used (MedEdit: inpaint_mask)
-    maps: dict[str, np.ndarray] = field(default_factory=dict)  # maps the method computed (catalogue.MAP_ROLES)
-    metrics: dict = field(default_factory=dict)  # napari_medit.metrics.edit_metrics; JSON form in provenance
 
 
 def edit(
@@ -308,7 +276,7 @@ def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], maps: d
         "scheduler": model.schedule.settings(),
         "source": plan.source.metadata.get("path"),
         "napari_medit": __version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion would make unpickling the result import torch
         "device": str(model.device),
         "platform": platform.platform(),
         "model_evaluations": evaluations,

@@ -1,24 +1,27 @@
 """The Edit dock widget: pick a method, a model, the image and its masks; Run, watch, Cancel.
 
-All maths lives in ``napari_medit.editing``: this widget gathers parameters, runs
-``edit()`` in a napari thread worker (the GUI stays responsive), shows the current
-estimate as a preview layer, and adds the result and a difference map as layers aligned
-with the source. Errors become notifications; a cancelled or failed run leaves no layer.
+All maths lives in ``napari_medit.editing``, and by default it runs outside napari's process:
+this widget gathers parameters and hands the edit to ``napari_medit.compute`` (a dask worker
+process it starts on 127.0.0.1, a cluster by address, or a thread here), shows the estimate it
+reports as a preview layer, and adds the result and a difference map as layers aligned with the
+source. Errors become notifications; a cancelled or failed run leaves no layer. With a worker,
+napari's process never imports torch.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import threading
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from .. import catalogue
-from ..catalogue import MASK_ROLES, METHODS, RunOptions, name_like
+from ..catalogue import LOCAL_WORKER, MASK_ROLES, METHODS, SCHEDULER_ENVIRON, RunOptions, name_like
 from ..io.image import PLANES, plane_axis
 from ..io.layers import display_range, from_layer
 from ._viewer_parts import plane_view
@@ -28,10 +31,18 @@ if TYPE_CHECKING:
 
 NONE = "(none)"
 GUI_TASK_GAP_MS = 20  # between layer insertions: long enough for queued input and paint events to run
-WARM_UP_POLL_MS = 100  # how often the GUI looks whether the background warm-up is done
+CONNECT_POLL_MS = 100  # how often the GUI looks whether the engine is connected
 SCOPES = ("slices the mask touches", "current slice", "slice range")
 # Run options the form holds (axis and slices: the scope widgets).
 RUN_FORM_FIELDS = ("seed", "batch_size", "slice_noise", "noise_correlation_mm", "through_plane_smoothing")
+
+
+class Compute(str, enum.Enum):
+    """Where the Edit widget's edits run."""
+
+    worker_process = "worker process"  # a dask worker process on this machine, started with the widget
+    scheduler = "scheduler address"  # a dask cluster the user started (a GPU machine, an SSH tunnel)
+    this_process = "this process"  # a thread in napari's process (debugging): torch is imported here
 
 
 def parameter_form(params: type, only: tuple[str, ...] | None = None) -> Container:
@@ -133,25 +144,26 @@ def show_failure(status: Label, message: str) -> None:
     status.value = "failed"
 
 
-class _Failed:
-    """An expected failure (cancel, bad request, missing model) handed back by the worker."""
-
-    def __init__(self, error: Exception):
-        self.error = error
-
-
 class _Relay(QObject):
-    """Carries progress from the worker thread to the GUI thread (queued Qt signal)."""
+    """Carries progress and the outcome from the thread that waits to the GUI thread (queued Qt signals)."""
 
     step = Signal(object)
-
-
+    outcome = Signal(object)  # an EditResult, or the exception that ended the edit
 class EditWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
+        self._engine_names: list[str] = []  # the models the computing side has (the model picker's choices)
+        address = os.environ.get(SCHEDULER_ENVIRON, "")
+        self.compute = ComboBox(label="compute", choices=[(c.value, c) for c in Compute],
+                                value=Compute.scheduler if address else Compute.worker_process,
+                                tooltip="where edits run: a worker process on this machine (napari stays light), "
+                                        "a dask cluster by address (a GPU machine), or napari's own process")
+        self.address = LineEdit(label="scheduler", value=address,
+                                tooltip="tcp://host:8786, tls://host:8786 (dask's TLS configuration), or "
+                                        "localhost:PORT through an SSH tunnel")
         self.method = ComboBox(label="method", choices=list(METHODS), value="mededit")
-        self.model = ComboBox(label="model", choices=self._models)
+        self.model = ComboBox(label="model", choices=self._models, tooltip="the models the computing side has")
         self.image = ComboBox(label="image", choices=self._image_layers)
         self.masks = {role: ComboBox(label=role.replace("_", " "), choices=self._label_layers,
                                      tooltip=MASK_ROLES[role].says) for role in MASK_ROLES}
@@ -169,119 +181,152 @@ class EditWidget(Container):
         self.view = plane_view(self.viewer, lambda text: setattr(self.status, "value", text))
         self.run_button = PushButton(text="Run", enabled=False)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = status_label("loading the editing engine...")
-        self.extend([self.method, self.model, self.image, *self.masks.values(), self.parameter_box, self.axis,
-                     self.scope, self.first, self.last, self.view, self.run_options, self.run_button,
-                     self.cancel_button, self.status])
+        self.status = status_label()
+        self.extend([self.compute, self.address, self.method, self.model, self.image, *self.masks.values(),
+                     self.parameter_box, self.axis, self.scope, self.first, self.last, self.view, self.run_options,
+                     self.run_button, self.cancel_button, self.status])
         self.method.changed.connect(self._show_relevant)
         self.image.changed.connect(self._image_changed)
         self.axis.changed.connect(self._scope_changed)
         self.scope.changed.connect(self._scope_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        self.compute.changed.connect(self._compute_changed)
+        self.address.native.editingFinished.connect(self._compute_changed)
+        self.model.changed.connect(self._warm_up)
         self.viewer.layers.events.inserted.connect(self._refresh_choices)
         self.viewer.layers.events.removed.connect(self._refresh_choices)
         self._relay = _Relay()
         self._relay.step.connect(self._on_step)
+        self._relay.outcome.connect(self._on_outcome)
         self._cancel = threading.Event()
         self._preview = None
         self._progress_bar = None
         self._first_step_at: float | None = None  # when the run's first step came, and its number
         self._first_step = 0
-        self._models_loaded: dict[str, object] = {}  # kept between runs: a second Run starts at once
-        self._models_lock = threading.Lock()
         self._gui_tasks: list = []
-        self.worker = None
-        self._warm = threading.Event()  # set once the engine is imported and the model loaded
+        self._run: tuple | None = None  # (source layer name, method) of the edit under way
         self._run_done = threading.Event()
         self._run_done.set()
+        self.engine = None  # napari_medit.compute's InProcess or Cluster, once connected
+        self._connected = threading.Event()  # set by the thread that connects, with its outcome
+        self._connection: tuple | None = None  # (engine, model names) or (None, error message)
+        self._ready = False
+        self._connect_timer = QTimer(self.native)
+        self._connect_timer.setInterval(CONNECT_POLL_MS)
+        self._connect_timer.timeout.connect(self._check_connected)
         self._show_relevant()
         self._image_changed()
-        self._warm_up()
-        # Closing the dock or the viewer mid-run (or mid warm-up) must not leave a thread signalling.
+        self._compute_changed()
+        # Closing the dock or the viewer mid-run (or mid-connect) cancels the edit and stops the worker.
         self.native.destroyed.connect(self._on_destroyed)
 
     @property
     def ready(self) -> bool:
-        """True once the engine is imported in the background (Run is enabled then)."""
-        return self._warm.is_set()
+        """True once the computing side is connected and its models listed (Run is enabled then)."""
+        return self._ready
 
     def parameter(self, name: str):
         """The current method's widget for parameter ``name`` (tests and scripts set values through it)."""
         return self.parameters[self.method.value][name]
 
-    def _warm_up(self) -> None:
-        """Import the engine and load the selected model in a background thread while the user sets up:
-        imports hold Python's lock for up to ~0.4 s at a time, which would stall the GUI mid-run.
+    # ------------------------------------------------------------ where edits run
 
-        A plain thread that only sets an Event, polled by a timer the widget owns: when the widget
-        or the viewer closes first, nothing is left to signal a deleted Qt object."""
-        from qtpy.QtCore import QTimer
+    def _compute_changed(self, _=None) -> None:
+        """Connect to the chosen place in a background thread (a worker process takes seconds to start;
+        a scheduler may be slow to answer): a plain thread that sets an Event, polled by a timer the
+        widget owns, so nothing is left to signal a deleted Qt object when the widget closes first."""
+        self.address.visible = self.compute.value is Compute.scheduler
+        place = {Compute.worker_process: LOCAL_WORKER, Compute.scheduler: self.address.value.strip(),
+                 Compute.this_process: None}[self.compute.value]
+        if place == "":
+            self.status.value = "type the scheduler's address"
+            return
+        self._disconnect()
+        self._ready, self.run_button.enabled = False, False
+        self.status.value = f"connecting to {place or 'this process'}..."
+        done, self._connected = threading.Event(), threading.Event()
 
-        model_name = self.model.value
+        def connect():
+            from ..compute import Cluster, ComputeError, InProcess
+
+            try:
+                engine = InProcess() if place is None else Cluster(place)
+            except ComputeError as exc:
+                self._connection = (None, str(exc))
+            else:
+                try:
+                    self._connection = (engine, engine.models())
+                except Exception as exc:  # noqa: BLE001 - a broken cluster: said in the status, nothing added
+                    engine.close()
+                    self._connection = (None, f"{place}: cannot list the models there ({exc})")
+            done.set()
+
+        self._connected = done
+        threading.Thread(target=connect, name="napari-medit connect", daemon=True).start()
+        self._connect_timer.start()
+
+    def _check_connected(self) -> None:
+        if not self._connected.is_set():
+            return
+        self._connect_timer.stop()
+        engine, names = self._connection
+        self._connection = None
+        if engine is None:
+            show_failure(self.status, names)
+            return
+        self.engine, self._engine_names = engine, names or []
+        self.model.reset_choices()
+        self._ready = True
+        self.run_button.enabled = self._run is None
+        self.status.value = ""
+        self._warm_up()
+
+    def _warm_up(self, _=None) -> None:
+        """Load the chosen model where edits run while the user sets up (errors show when it runs)."""
+        if self.engine is None or self.model.value == NONE:
+            return
+        engine, name = self.engine, self.model.value
 
         def load():
             try:
-                import napari_medit.editing  # noqa: F401 - the import is the point
-
-                self._model(model_name)
+                engine.warm_up(name)
             except Exception:  # noqa: BLE001 - a broken model is reported when the user runs it
                 pass
-            finally:
-                self._warm.set()
 
         threading.Thread(target=load, name="napari-medit warm-up", daemon=True).start()
-        self._warm_timer = QTimer(self.native)
-        self._warm_timer.setInterval(WARM_UP_POLL_MS)
-        self._warm_timer.timeout.connect(self._check_warm)
-        self._warm_timer.start()
 
-    def _check_warm(self):
-        if self._warm.is_set():
-            self._warm_timer.stop()
-            self.run_button.enabled = self.worker is None
-            self.status.value = ""
+    def _disconnect(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.close()
 
     def _on_destroyed(self, _=None):
         self._gui_tasks.clear()
-        self.close_workers()
+        self.close_engine()
 
-    def close_workers(self, timeout: float = 10.0) -> None:
-        """Stop the background work before the widget goes: cancel a run, disconnect its signals and
-        wait for it (one denoising step), so no thread reports to a deleted widget."""
+    def close_engine(self, timeout: float = 10.0) -> None:
+        """Stop the background work before the widget goes: cancel a run and wait for it (one denoising
+        step), disconnect the signals, and stop the worker process, so nothing is left running."""
         self._cancel.set()
-        worker = self.worker
-        if worker is not None:
-            for signal in (worker.returned, worker.finished, worker.errored):
-                try:
-                    signal.disconnect()
-                except (TypeError, RuntimeError):  # nothing connected, or already deleted
-                    pass
-            worker.quit()
-            self._run_done.wait(timeout)
-        try:
-            self._relay.step.disconnect()
-        except (TypeError, RuntimeError):
-            pass
+        self._run_done.wait(timeout)
+        for signal in (self._relay.step, self._relay.outcome):
+            try:
+                signal.disconnect()
+            except (TypeError, RuntimeError):  # nothing connected, or already deleted
+                pass
         if self._progress_bar is not None:
             self._progress_bar.close()
             self._progress_bar = None
-
-    def _model(self, name: str):
-        """The named model, loaded once and kept between runs."""
-        from ..backends import load_model
-
-        with self._models_lock:
-            if name not in self._models_loaded:
-                self._models_loaded[name] = load_model(name)
-            return self._models_loaded[name]
+        self._connected.wait(timeout)  # a connection under way: close what it made
+        if self._connection is not None and self._connection[0] is not None:
+            self._connection[0].close()
+        self._disconnect()
 
     # ------------------------------------------------------------ choices
 
     def _models(self, _=None):
-        from ..backends import model_folders
-
-        return list(model_folders()) or [NONE]
+        return self._engine_names or [NONE]
 
     def _image_layers(self, _=None):
         return image_layer_names(self.viewer)
@@ -389,8 +434,9 @@ class EditWidget(Container):
         return first, last + 1
 
     def run(self, _=None):
-        from napari.qt.threading import create_worker
         from napari.utils import notifications, progress
+
+        from ..compute import EditRequest
 
         try:
             kwargs = self.request()
@@ -398,8 +444,9 @@ class EditWidget(Container):
             notifications.show_error(str(exc))
             return
         method, model_name, source_name = self.method.value, self.model.value, self.image.value
-        cancel, relay, done = threading.Event(), self._relay, threading.Event()
-        self._cancel, self._run_done = cancel, done
+        cancel, relay, done, engine = threading.Event(), self._relay, threading.Event(), self.engine
+        self._cancel, self._run_done, self._run = cancel, done, (source_name, method)
+        request = EditRequest(method, kwargs.pop("image"), model_name, kwargs)
 
         def report(step):
             try:
@@ -407,29 +454,25 @@ class EditWidget(Container):
             except RuntimeError:  # the widget is gone: stop at the next step
                 cancel.set()
 
-        def job():
-            from ..backends import ModelLoadError
-            from ..editing import EditCancelled, EditError, edit
-
-            # Expected failures come back wrapped: napari re-raises a worker's exceptions,
-            # and even treats a returned exception as one.
+        def wait():
             try:
-                model = self._model(model_name)
-                return edit(method, kwargs.pop("image"), model=model, cancel=cancel, callback=report, **kwargs)
-            except (EditCancelled, EditError, ModelLoadError) as failure:
-                return _Failed(failure)
+                outcome = engine.submit(request, report, cancel).result()
+            except Exception as exc:  # noqa: BLE001 - every failure becomes one notification
+                outcome = exc
+            try:
+                relay.outcome.emit(outcome)
+            except RuntimeError:  # the widget is gone
+                pass
             finally:
                 done.set()
 
-        self.worker = create_worker(job)
-        self.worker.returned.connect(lambda result: self._on_result(result, source_name, method))
-        self.worker.finished.connect(self._on_finished)
         self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.compute.enabled = self.address.enabled = False  # the edit runs there until it ends
         self.status.value = f"{method}: loading {model_name}..."
         self._first_step_at = None
         # napari's activity dock shows it with the time left; the total is known from the first step.
         self._progress_bar = progress(total=0, desc=f"{method} on {source_name}")
-        self.worker.start()
+        threading.Thread(target=wait, name="napari-medit edit", daemon=True).start()
         self._add_preview(self.viewer.layers[source_name])
 
     def _add_preview(self, source):
@@ -459,19 +502,24 @@ class EditWidget(Container):
         left = f", {(now - self._first_step_at) / done_since * (progress.total - progress.step):.0f} s left" \
             if done_since else ""
         self.status.value = f"step {progress.step} / {progress.total}{left}"
-        if progress.step % 5 and progress.step != progress.total:
-            return  # a preview every 5 steps keeps the GUI responsive
-        if self._preview is not None and self._preview in self.viewer.layers:
-            estimate = progress.preview()
+        estimate = progress.preview()  # every few steps (compute.PREVIEW_EVERY) and the last
+        if estimate is not None and self._preview is not None and self._preview in self.viewer.layers:
             planes = np.moveaxis(self._preview.data, progress.axis, 0) if self._preview.ndim == 3 \
                 else self._preview.data[None]
             planes[progress.slices] = estimate  # a view: this writes into the preview layer's own array
             self._preview.refresh()
 
+    def _on_outcome(self, outcome):
+        (source_name, method), self._run = self._run, None
+        if isinstance(outcome, Exception):
+            self._on_error(outcome)
+        elif source_name not in self.viewer.layers:
+            show_failure(self.status, f"the layer {source_name!r} was removed during the edit: nothing was added")
+        else:
+            self._on_result(outcome, source_name, method)
+        self._on_finished()
+
     def _on_result(self, result, source_name, method):
-        if isinstance(result, _Failed):
-            self._on_error(result.error)
-            return
         source = self.viewer.layers[source_name]
         name = f"{source_name} {method}"
         placement = {"scale": source.scale, "translate": source.translate}
@@ -516,7 +564,7 @@ class EditWidget(Container):
     def _on_error(self, exc):
         from napari.utils import notifications
 
-        from ..editing import EditCancelled
+        from ..results import EditCancelled
 
         if isinstance(exc, EditCancelled):
             notifications.show_info("edit cancelled: nothing was added")
@@ -531,8 +579,8 @@ class EditWidget(Container):
             self._preview = None
 
         def ready():
-            self.worker = None
             self.run_button.enabled, self.cancel_button.enabled = self.ready, False
+            self.compute.enabled = self.address.enabled = True
 
         if self._progress_bar is not None:
             self._progress_bar.close()
@@ -542,8 +590,6 @@ class EditWidget(Container):
 
     def _queue_gui(self, *tasks):
         """Run ``tasks`` on the GUI thread one per event-loop turn, after what is already queued."""
-        from qtpy.QtCore import QTimer
-
         self._gui_tasks.extend(tasks)
 
         def next_task():
