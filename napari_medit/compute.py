@@ -21,7 +21,11 @@ Nothing here imports torch at module level, and nothing the client unpickles nee
 from __future__ import annotations
 
 import atexit
+import logging
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -39,6 +43,8 @@ from .results import EditCancelled, EditError, EditResult
 
 PREVIEW_EVERY = 5  # steps between two previews of the current estimate (and the last step)
 CONNECT_TIMEOUT_S = 10.0
+LOCAL_START_TIMEOUT_S = 120.0  # a local worker process imports dask and registers; slow disks take a while
+LOCAL_STOP_TIMEOUT_S = 10.0
 NO_WORKER_GRACE_S = 5.0  # a nanny restarts a killed worker within this; longer with none: report it
 POLL_S = 0.1  # how often the client looks for progress, a finished task or a lost worker
 VERSIONED = ("napari-medit", "numpy", "torch", "dask", "distributed")  # must agree on both sides
@@ -107,8 +113,10 @@ def compute_edit(request: EditRequest, *, report: Callable[[StepUpdate], None] |
     from .editing import edit as edit_here
 
     model, _ = cached_model(request.model, request.compute)
-    return edit_here(request.method, request.image, model=model, cancel=cancel,
-                     callback=None if report is None else _reporting(report), **request.options)
+    result = edit_here(request.method, request.image, model=model, cancel=cancel,
+                       callback=None if report is None else _reporting(report), **request.options)
+    result.provenance["computed_on"] = {"host": socket.gethostname(), "process": os.getpid()}
+    return result
 
 
 def _reporting(report: Callable[[StepUpdate], None]):
@@ -118,6 +126,11 @@ def _reporting(report: Callable[[StepUpdate], None]):
         report(StepUpdate(progress.step, progress.total, list(progress.slices), progress.axis, estimate))
 
     return on_step
+
+
+def _load(model: str, compute: ComputeOptions) -> None:
+    """Load ``model`` into this process's cache (a task: the model itself stays on the worker)."""
+    cached_model(model, compute)
 
 
 def available_models() -> list[str]:
@@ -237,9 +250,7 @@ class InProcess:
         return available_models()
 
     def warm_up(self, model: str, compute: ComputeOptions = ComputeOptions()) -> None:
-        import napari_medit.editing  # noqa: F401 - the import is the point
-
-        cached_model(model, compute)
+        _load(model, compute)
 
     def submit(self, request: EditRequest, on_step: Callable[[StepUpdate], None] | None = None,
                cancel: threading.Event | None = None) -> RunningEdit:
@@ -288,22 +299,28 @@ class _ThreadEdit(RunningEdit):
 
 
 class Cluster:
-    """A dask scheduler that edits run on: one the user started (by address), or, for
-    ``LOCAL_WORKER``, a scheduler here and one worker process with a nanny, both on 127.0.0.1."""
+    """A dask scheduler that edits run on: one the user started (by address), or, for ``LOCAL_WORKER``,
+    a scheduler in this process and one ``dask worker`` with a nanny in a child process, both on
+    127.0.0.1. The worker is a command of its own, not a multiprocessing child of this process: a
+    spawned child would re-run the main script of whoever started napari; and it stops itself when
+    this process dies (``--death-timeout``), so a crash of napari leaves no worker behind."""
 
-    def __init__(self, scheduler: str, *, timeout: float = CONNECT_TIMEOUT_S):
-        import dask
-        from distributed import Client, LocalCluster
+    def __init__(self, scheduler: str, *, timeout: float | None = None):
+        from distributed import Client
 
-        self.address, self._cluster = scheduler, None
-        if scheduler == LOCAL_WORKER:
-            with dask.config.set(TORCH_WORKER_ENVIRON):
-                self._cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                             dashboard_address=None, worker_dashboard_address=None)
+        self.address, self._scheduler, self._worker = scheduler, None, None
+        timeout = timeout or CONNECT_TIMEOUT_S
         try:
-            self.client = Client(self._cluster or scheduler, timeout=timeout, set_as_default=False)
+            if scheduler == LOCAL_WORKER:
+                self._start_local(timeout)
+            self.client = Client(self._scheduler or scheduler, timeout=timeout, set_as_default=False)
+            if self._worker is not None:
+                self.client.wait_for_workers(1, timeout=LOCAL_START_TIMEOUT_S)
         except (OSError, TimeoutError) as exc:
             self.close()
+            if scheduler == LOCAL_WORKER:
+                raise ComputeError(f"the local worker process did not start ({exc}); run `python -m dask "
+                                   "worker --help` to check the dask installation") from None
             raise ComputeError(f"cannot reach the dask scheduler at {scheduler} ({exc}). Start one on the GPU "
                                "machine (`dask scheduler`, then `dask worker ADDRESS`), check the address, or "
                                "open the SSH tunnel (ssh -N -L 8786:localhost:8786 HOST)") from None
@@ -312,6 +329,23 @@ class Cluster:
         except ComputeError:
             self.close()
             raise
+
+    def _start_local(self, timeout: float) -> None:
+        import dask
+        from distributed import LocalCluster
+
+        # Its HTTP server (health checks; no dashboard) on loopback too, not on every interface at :8787.
+        self._scheduler = LocalCluster(n_workers=0, host="127.0.0.1", silence_logs=logging.ERROR,
+                                       scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
+        with dask.config.set(TORCH_WORKER_ENVIRON):
+            inherited = dask.config.serialize({"distributed": {"nanny": dask.config.get("distributed.nanny")}})
+        environ = {**os.environ, "DASK_INTERNAL_INHERIT_CONFIG": inherited}
+        environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        self._worker = subprocess.Popen(
+            [sys.executable, "-m", "dask", "worker", self._scheduler.scheduler_address, "--host", "127.0.0.1",
+             "--nthreads", "1", "--nanny", "--no-dashboard", "--death-timeout", str(int(timeout)),
+             "--name", "napari-medit"],
+            env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _check_versions(self) -> None:
         try:
@@ -336,7 +370,7 @@ class Cluster:
 
     def warm_up(self, model: str, compute: ComputeOptions = ComputeOptions()) -> None:
         """Import the engine and load ``model`` on a worker, so the first edit starts at once."""
-        self.client.submit(cached_model, model, compute, pure=False).result()
+        self.client.submit(_load, model, compute, pure=False).result()
 
     def submit(self, request: EditRequest, on_step: Callable[[StepUpdate], None] | None = None,
                cancel: threading.Event | None = None) -> RunningEdit:
@@ -345,12 +379,21 @@ class Cluster:
         return _DaskEdit(self, request, on_step, cancel or threading.Event())
 
     def close(self) -> None:
+        """Disconnect; a local worker and its scheduler are stopped (the worker killed if it lingers)."""
         client, self.client = getattr(self, "client", None), None
         if client is not None:
             client.close()
-        if self._cluster is not None:
-            self._cluster.close()
-            self._cluster = None
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.terminate()  # the nanny closes its worker process, then itself
+            try:
+                worker.wait(LOCAL_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.close()
 
 
 class _DaskEdit(RunningEdit):

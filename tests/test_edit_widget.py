@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from napari_medit.widgets.edit import Compute
+
 PLUGIN = "napari-medit"
 
 
@@ -84,6 +86,8 @@ def test_layers_not_read_by_napari_medit_keep_their_layout(make_napari_viewer, q
     region[1:3, 8:16, 10:30] = 1
     viewer.add_labels(region, name="edit_mask", scale=(3.0, 1.0, 0.5))
     widget = open_edit_widget(viewer, qtbot)
+    widget.compute.value = Compute.this_process  # today's thread worker, kept for debugging
+    qtbot.waitUntil(lambda: widget.ready, timeout=120_000)
     widget.method.value, widget.model.value, widget.image.value = "sdedit", "demo-cxr", "scan"
     assert widget.masks["edit_mask"].value == "edit_mask"
     assert widget.axis.choices == (0, 1, 2)  # no affine: array axes, not anatomical planes
@@ -354,11 +358,11 @@ if during_run:
 _, widget = viewer.window.add_plugin_dock_widget("napari-medit", "Edit")
 app = QApplication.instance()
 if during_run:
-    widget.method.value, widget.model.value, widget.image.value = "mededit", "demo-brain", "t1"
-    widget.parameter("steps").value = 400
     deadline = time.monotonic() + 120
     while not widget.ready and time.monotonic() < deadline:
         app.processEvents(); time.sleep(0.01)
+    widget.method.value, widget.model.value, widget.image.value = "mededit", "demo-brain", "t1"
+    widget.parameter("steps").value = 400
     widget.run()
     while widget._progress_bar is not None and widget._progress_bar.n < 2 and time.monotonic() < deadline:
         app.processEvents(); time.sleep(0.01)  # the run is denoising
@@ -368,8 +372,10 @@ napari.run()
 if during_run:
     print("run stopped:", run_done.wait(30))
 for thread in threading.enumerate():
-    if thread.name == "napari-medit warm-up":
+    if thread.name in ("napari-medit warm-up", "napari-medit connect"):
         thread.join(120)  # let the warm-up finish with nothing left to report to
+import psutil
+print("processes left:", len(psutil.Process().children(recursive=True)))  # the worker process stopped with napari
 print("clean exit")
 """
 
@@ -389,6 +395,7 @@ def test_closing_the_viewer_mid_warm_up_or_mid_run_exits_cleanly(moment, tmp_pat
     assert "clean exit" in done.stdout
     if moment == "run":
         assert "run stopped: True" in done.stdout  # cancelled and waited for, not left running
+    assert "processes left: 0" in done.stdout
     for sign in ("has been deleted", "Traceback", "Aborted"):
         assert sign not in done.stderr, done.stderr[-2000:]
 
@@ -442,3 +449,54 @@ viewer.close()
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.split()[-2:] == ["1", "False"], done.stderr[-2000:]
+
+
+LIGHT_SCRIPT = """
+import sys, time
+import numpy as np
+import napari
+from qtpy.QtWidgets import QApplication
+
+def wait(condition, seconds=300):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        app.processEvents(); time.sleep(0.01)
+
+viewer = napari.Viewer(show=True)
+app = QApplication.instance()
+viewer.open_sample("napari-medit", "cxr")
+viewer.open_sample("napari-medit", "brain")
+_, widget = viewer.window.add_plugin_dock_widget("napari-medit", "Edit")
+for name in ("Masks", "Compare", "Data", "Image info"):
+    viewer.window.add_plugin_dock_widget("napari-medit", name)
+wait(lambda: widget.ready)
+print("compute:", widget.compute.value.value, "models:", ",".join(widget.model.choices))
+for method, model, image, steps in (("radedit", "demo-cxr", "cxr", 3), ("mededit", "demo-brain", "t1", 3)):
+    widget.method.value, widget.model.value, widget.image.value = method, model, image
+    widget.parameter("steps").value = steps
+    widget.run()
+    wait(lambda: f"{image} {method}" in viewer.layers and widget.run_button.enabled)
+    wait(lambda: widget.run_button.enabled)
+    result, source = viewer.layers[f"{image} {method}"], viewer.layers[image]
+    print(method, widget.status.value.split(" in ")[0], result.data.shape == source.data.shape,
+          bool((result.data != source.data).any()), result.metadata["edit"]["computed_on"]["process"] != __import__("os").getpid())
+print("heavy:", sorted(name for name in ("torch", "diffusers", "monai", "transformers") if name in sys.modules))
+viewer.close()
+"""
+
+
+def test_the_default_compute_edits_in_a_worker_process_and_napari_never_imports_torch(tmp_path):
+    """Chest (2D) and brain (3D) edits through the Edit widget with its default compute: they run in the
+    worker process, and napari's process (here a fresh one) never holds torch, diffusers, monai or
+    transformers, with every napari-medit widget open."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "light.py"
+    script.write_text(LIGHT_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("compute: worker process models: ") and "demo-brain" in lines[0]
+    assert lines[1:3] == ["radedit radedit: done True True True", "mededit mededit: done True True True"], done.stdout
+    assert lines[3] == "heavy: []"
