@@ -272,7 +272,7 @@ def gui_stall() -> list[str]:
     run = subprocess.run([sys.executable, str(HERE / "gui_stall.py"), "--json"], capture_output=True, text=True,
                          check=True)
     figures = json.loads(run.stdout.strip().splitlines()[-1])
-    return ["## GUI stall", "", probe.report(figures)]
+    return ["## GUI stall and the compute boundary", "", probe.report(figures["runs"], figures["boundary"])]
 
 
 def import_seconds(statement: str, repeats: int = 5) -> float:

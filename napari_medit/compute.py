@@ -405,7 +405,9 @@ class _DaskEdit(RunningEdit):
         client = cluster.client
         self._updates, self._stop = Queue(self.channel, client=client), Event(self.channel, client=client)
         self._cancelled = cancel
-        self.future = client.submit(_edit_task, request, self.channel, key=self.channel, pure=False)
+        # Scattered rather than embedded in the task: dask sends the arrays to a worker as data, once.
+        self._request = client.scatter(request, hash=False)
+        self.future = client.submit(_edit_task, self._request, self.channel, key=self.channel, pure=False)
         self._finished = threading.Event()
         self.future.add_done_callback(lambda _: self._finished.set())
 
