@@ -401,15 +401,16 @@ def parse_slices(text: str | None) -> tuple[int, int] | None:
 class MaskRole:
     says: str  # what the mask marks
     hints: tuple[str, ...]  # words in a layer or file name that say it plays this role
+    color: str  # label 1's colour wherever a mask of this role is shown (0 stays transparent)
 
 
 MASK_ROLES: dict[str, MaskRole] = {
-    "edit_mask": MaskRole("the region to change", ("edit",)),
-    "keep_mask": MaskRole("the region kept exactly (RadEdit)", ("keep",)),
-    "pathology_mask": MaskRole("the lesion or finding to create", ("pathology", "lesion")),
-    "brain_mask": MaskRole("the brain (MedEdit's second condition)", ("brain",)),
-    "roi_mask": MaskRole("the region of interest PIE progresses in, or InstructX2X may edit", ("roi",)),
-    "lung_mask": MaskRole("the lungs, which InstructX2X cuts its finding templates to", ("lung",)),
+    "edit_mask": MaskRole("the region to change", ("edit",), "#ff4fd8"),  # magenta: where the edit happens
+    "keep_mask": MaskRole("the region kept exactly (RadEdit)", ("keep",), "#3ddc84"),  # green: must not change
+    "pathology_mask": MaskRole("the lesion or finding to create", ("pathology", "lesion"), "#ff5a36"),
+    "brain_mask": MaskRole("the brain (MedEdit's second condition)", ("brain",), "#3d8bff"),
+    "roi_mask": MaskRole("the region of interest PIE progresses in, or InstructX2X may edit", ("roi",), "#ffb000"),
+    "lung_mask": MaskRole("the lungs, which InstructX2X cuts its finding templates to", ("lung",), "#00c8ff"),
 }
 
 # Maps a method computes while it runs (on the image's grid), returned beside the result.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .dicom import is_dicom_path, read_dicom_file, read_dicom_series
 from .image import NEUROLOGICAL_AXIAL, RADIOLOGICAL_AXIAL, ImageReadError, MedicalImage
+from .limits import check_geometry
 from .mgh import is_mgh_path, read_mgh, write_mgh
 from .nifti import is_nifti_path, read_nifti, write_nifti
 from .raster import is_raster_path, read_raster, write_png
@@ -33,8 +34,28 @@ SUPPORTED = (
 
 
 def read_image(path: str | os.PathLike) -> MedicalImage:
-    """Read a NIfTI or FreeSurfer MGH/MGZ volume, a DICOM file or series folder, or a PNG/JPEG radiograph."""
+    """Read a NIfTI or FreeSurfer MGH/MGZ volume, a DICOM file or series folder, or a PNG/JPEG radiograph.
+
+    Every failure, from any library underneath (nibabel, pydicom, Pillow, GDCM, pylibjpeg), is one
+    ``ImageReadError`` naming the file and the problem; a file that declares more pixel data than
+    the memory available (or $NAPARI_MEDIT_MAX_IMAGE_BYTES) is refused before it is decoded, and an
+    image is never handed on with an affine that is not finite and invertible."""
     path = Path(path).expanduser()
+    try:
+        image = _read(path)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(f"{path}: not enough memory to read it; free memory or use a smaller file") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file makes any library raise anything
+        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise ImageReadError(f"{path}: cannot be read, the file is damaged or not what its name says "
+                             f"({type(exc).__name__}: {reason})") from exc
+    check_geometry(path, image)
+    return image
+
+
+def _read(path: Path) -> MedicalImage:
     if not path.exists():
         raise ImageReadError(f"{path}: no such file or folder")
     if path.is_dir():

@@ -23,6 +23,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 
 from .image import ImageReadError, MedicalImage
+from .limits import check_declared
 
 SUFFIXES = (".dcm", ".dicom", ".ima")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -106,9 +107,22 @@ def _dcmread(path: Path, header_only: bool = False) -> Dataset:
         raise ImageReadError(f"{path}: corrupt DICOM file ({_first_line(exc)})") from exc
 
 
+def _check_declared(ds: Dataset, path: Path, slices: int = 1) -> None:
+    """Refuse, before decoding, pixels the header says would not fit (``slices`` such files: a series)."""
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    if bits not in (1, 8, 16, 32, 64):
+        raise ImageReadError(f"{path}: BitsAllocated {bits} is not a size pixels are stored in (the header is "
+                             "damaged)")
+    frames = int(ds.get("NumberOfFrames", 1) or 1) * slices
+    # per voxel: the stored samples, and float64 output after a rescale
+    itemsize = int(ds.get("SamplesPerPixel", 1) or 1) * bits / 8 + 8
+    check_declared(path, (frames, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)), itemsize)
+
+
 def _pixels(ds: Dataset, path: Path) -> np.ndarray:
     """Decoded pixels in output units: MONOCHROME1 inverted, then Rescale Slope/Intercept."""
     syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
+    _check_declared(ds, path)
     try:
         stored = ds.pixel_array
     except Exception as exc:
@@ -298,6 +312,7 @@ def _stack_series(members: list[tuple[Path, Dataset]], folder: Path) -> MedicalI
     positions = np.array([np.array(ds.ImagePositionPatient, dtype=float) for _, ds in members])
     order, spacing_info = _ordered_positions(positions, normal, folder)
     paths = [members[i][0] for i in order]
+    _check_declared(first_ds, folder, slices=len(paths))
     slices = [_pixels(_dcmread(p), p) for p in paths]
     dtype = np.result_type(*[s.dtype for s in slices])
     array = np.stack([s.astype(dtype, copy=False) for s in slices])

@@ -14,19 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from ..catalogue import MASK_ROLES
 from .image import RADIOLOGICAL_AXIAL, MedicalImage
 
 _MASK_NAME = re.compile(r"mask|seg|label|roi", re.IGNORECASE)
-# One colour per mask role, the same wherever the mask appears (label 1; 0 stays transparent).
-MASK_COLORS = {
-    "edit": "#ff4fd8",  # magenta: where the edit happens
-    "keep": "#3ddc84",  # green: what must not change
-    "lesion": "#ff5a36",
-    "pathology": "#ff5a36",
-    "brain": "#3d8bff",
-    "roi": "#ffb000",
-    "lung": "#00c8ff",
-}
+# A mask file or layer named like a role (lesion_mask.nii.gz) is coloured like that role (catalogue.MASK_ROLES).
+MASK_COLORS = {hint: role.color for role in MASK_ROLES.values() for hint in role.hints}
 
 
 def guess_layer_type(image: MedicalImage, name: str) -> str:

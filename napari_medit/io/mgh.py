@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from .image import ImageReadError, MedicalImage
+from .limits import check_declared
 
 SUFFIXES = (".mgz", ".mgh")
 # FreeSurfer's classic voxel types. uint16 (MRI_USHRT) is left out: older FreeSurfer releases
@@ -28,10 +29,13 @@ def is_mgh_path(path: Path) -> bool:
 def read_mgh(path: Path) -> MedicalImage:
     try:
         image = nib.MGHImage.from_filename(path, mmap=False)  # in memory: the file is not held open
+        check_declared(path, image.header.get_data_shape(), image.header.get_data_dtype().itemsize * 2)
         # Reading the voxels here surfaces truncated or corrupt files now, not in napari later.
         # MGH is big-endian on disk; native byte order is what torch and napari's thumbnails accept.
         stored = np.asanyarray(image.dataobj)
         array = np.asarray(stored, dtype=stored.dtype.newbyteorder("="))
+    except ImageReadError:
+        raise
     except Exception as exc:  # nibabel, gzip and zlib each raise their own types
         raise ImageReadError(f"{path}: not a readable FreeSurfer MGH/MGZ file ({_reason(exc)})") from exc
     header = image.header

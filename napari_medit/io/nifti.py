@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from .image import ImageReadError, MedicalImage
+from .limits import affine_problem, check_declared
 
 SUFFIXES = (".nii", ".nii.gz")
 
@@ -21,6 +23,9 @@ def read_nifti(path: Path) -> MedicalImage:
         image = nib.load(path)
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise ImageReadError(f"{path}: not a NIfTI image (nibabel sees {type(image).__name__})")
+        scaled = image.dataobj.slope != 1 or image.dataobj.inter != 0
+        check_declared(path, image.header.get_data_shape(),
+                       max(image.header.get_data_dtype().itemsize, 8 if scaled else 0))
         # dataobj applies scl_slope/scl_inter; reading it here surfaces truncated files now.
         array = np.asanyarray(image.dataobj)
     except ImageReadError:
@@ -47,9 +52,34 @@ def read_nifti(path: Path) -> MedicalImage:
         "_nifti_header": header,
         "_nifti_affine": image.affine,
     }
-    if sform_code == 0 and qform_code == 0:
-        metadata["warning"] = "no sform or qform: spacing comes from pixdim, orientation unknown"
-    return MedicalImage(array, image.affine, metadata)
+    affine, source = _usable_affine(path, header, sform_code, qform_code)
+    metadata["nifti"]["affine_from"] = source
+    if source != "sform" and sform_code > 0:
+        metadata["warning"] = f"the sform is unusable ({affine_problem(header.get_sform())}): the {source} is used"
+        warnings.warn(f"{path}: {metadata['warning']}", stacklevel=3)
+    elif source == "pixdim":
+        metadata["warning"] = "no usable sform or qform: spacing comes from pixdim, orientation unknown"
+    return MedicalImage(array, affine, metadata)
+
+
+def _usable_affine(path: Path, header, sform_code: int, qform_code: int) -> tuple[np.ndarray, str]:
+    """The sform, else the qform, else the voxel sizes: the first that is finite and invertible, as the
+    NIfTI standard orders them (nibabel takes the sform whenever its code is set, whatever it holds)."""
+    candidates = []
+    if sform_code > 0:
+        candidates.append(("sform", header.get_sform))
+    if qform_code > 0:
+        candidates.append(("qform", header.get_qform))
+    candidates.append(("pixdim", header.get_base_affine))
+    for source, affine_of in candidates:
+        try:
+            affine = affine_of()
+        except Exception:  # noqa: BLE001 - a quaternion nibabel cannot use counts as unusable
+            continue
+        if affine_problem(affine) is None:
+            return affine, source
+    raise ImageReadError(f"{path}: no usable geometry: the sform, qform and voxel sizes (pixdim "
+                         f"{[float(v) for v in header['pixdim'][1:4]]}) are all non-finite, zero or singular")
 
 
 def write_nifti(path: Path, image: MedicalImage) -> Path:

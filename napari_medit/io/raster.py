@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .image import ImageReadError, MedicalImage
+from .limits import check_declared
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 # A radiograph file carries no geometry: rows run head -> feet and columns towards the
@@ -24,11 +25,16 @@ def is_raster_path(path: Path) -> bool:
 def read_raster(path: Path) -> MedicalImage:
     try:
         with Image.open(path) as picture:
+            # bytes per pixel as stored, and as the uint16/float array it becomes
+            check_declared(path, picture.size[::-1], len(picture.getbands()) * 4 + 4)
             picture.load()
             mode = picture.mode
             array = _gray(picture)
     except FileNotFoundError as exc:
         raise ImageReadError(f"{path}: no such file") from exc
+    except Image.DecompressionBombError as exc:  # Pillow refuses these at open, before our own check
+        raise ImageReadError(f"{path}: declares more pixels than Pillow will decode ({exc}); a damaged or "
+                             "hostile file") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"{path}: not a readable PNG/JPEG image ({exc})") from exc
     metadata = {

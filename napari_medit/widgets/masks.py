@@ -14,15 +14,12 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, PushButton
 
 from ..catalogue import MASK_ROLES, METHODS, MedEditParams, name_like
-from ..io.layers import MASK_COLORS
 from .edit import NONE, image_layer_names, layer_image, show_failure, status_label
 
 if TYPE_CHECKING:
     import napari
 
-ROLE_COLORS = {"edit_mask": MASK_COLORS["edit"], "keep_mask": MASK_COLORS["keep"],
-               "pathology_mask": MASK_COLORS["pathology"], "brain_mask": MASK_COLORS["brain"],
-               "roi_mask": MASK_COLORS["roi"]}
+ROLE_COLORS = {name: role.color for name, role in MASK_ROLES.items()}
 INPAINT_COLOR = "#ffe14d"
 
 
