@@ -36,7 +36,8 @@ REQUIRED_COLUMNS = ("id", "image", "method")
 OPTIONAL_COLUMNS = ("model", "preset", *MASK_ROLES, *catalogue.parameter_names(),
                     *(item.name for item in catalogue.fields(RunOptions)))
 SUMMARY_NAME = "summary"  # DIR/summary.csv and DIR/summary.json
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# An id names files in --out: no folders, no leading dot, short enough for a file name with its endings.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
 class ManifestError(ValueError):
@@ -106,7 +107,8 @@ def _item(row: dict[str, str | None], base: Path, out: Path, default_model: str 
     cells = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
     item_id = cells["id"]
     if not _SAFE_ID.match(item_id) or item_id == SUMMARY_NAME:
-        raise ValueError(f"id {item_id!r} must be letters, digits, '.', '_' or '-' (and not {SUMMARY_NAME!r})")
+        raise ValueError(f"id {item_id[:60]!r}{'...' if len(item_id) > 60 else ''} must be up to 200 letters, "
+                         f"digits, '.', '_' or '-' (and not {SUMMARY_NAME!r})")
     for column in REQUIRED_COLUMNS:
         if not cells[column]:
             raise ValueError(f"the {column!r} cell is empty")

@@ -59,6 +59,9 @@ TORCH_WORKER_ENVIRON = {f"distributed.nanny.pre-spawn-environ.{name}": None for 
     "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 
 
+DEFAULTS = ComputeOptions()  # the catalogue's defaults: this process, the automatic device, offline
+
+
 class ComputeError(RuntimeError):
     """Where the edit should run cannot run it (unreachable, mismatched, no worker left); says what to do."""
 
@@ -95,7 +98,7 @@ _MODELS: dict[tuple, Any] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def cached_model(spec: str, compute: ComputeOptions = ComputeOptions()) -> tuple[Any, bool]:
+def cached_model(spec: str, compute: ComputeOptions = DEFAULTS) -> tuple[Any, bool]:
     """This process's copy of a model, loaded on first use and kept; and whether it loaded now."""
     from .backends import load_model
 
@@ -249,7 +252,7 @@ class InProcess:
     def models(self) -> list[str]:
         return available_models()
 
-    def warm_up(self, model: str, compute: ComputeOptions = ComputeOptions()) -> None:
+    def warm_up(self, model: str, compute: ComputeOptions = DEFAULTS) -> None:
         _load(model, compute)
 
     def submit(self, request: EditRequest, on_step: Callable[[StepUpdate], None] | None = None,
@@ -368,7 +371,7 @@ class Cluster:
         """The models the workers see (model folders and hub caches are paths on their machine)."""
         return self.client.submit(available_models, pure=False).result()
 
-    def warm_up(self, model: str, compute: ComputeOptions = ComputeOptions()) -> None:
+    def warm_up(self, model: str, compute: ComputeOptions = DEFAULTS) -> None:
         """Import the engine and load ``model`` on a worker, so the first edit starts at once."""
         self.client.submit(_load, model, compute, pure=False).result()
 

@@ -16,9 +16,8 @@ from typing import Any
 
 from . import catalogue
 from .catalogue import MASK_ROLES, ComputeOptions, RunOptions
-from .io import read_image, write_image
+from .io import PARTIAL_PREFIX, read_image, write_image
 
-PARTIAL_PREFIX = ".partial-"
 
 
 class OutputFormat(str, enum.Enum):
@@ -130,7 +129,7 @@ def write_map(out: Path, name: str, values, image) -> Path:
     planar = values.ndim == 2
     stem = suffixed(out, "_" + name.removesuffix("_map"), ".png" if planar else OutputFormat.nifti.ending)
     array = np.round(np.clip(values, 0, 1) * 255).astype(np.uint8) if planar else values.astype(np.float32)
-    return write_atomically(stem, image.with_array(array, map=name))
+    return write_image(stem, image.with_array(array, map=name))
 
 
 def read_mask(role: str, path: Path, image):
@@ -184,19 +183,7 @@ def write_output(path: Path, image, kind: OutputFormat, overwrite: bool = False)
         from .io.dicom_derived import write_dicom
 
         return write_dicom(path, image, overwrite=overwrite)
-    return [write_atomically(path, image)]
-
-
-def write_atomically(path: Path, image) -> Path:
-    """Write beside the target, then rename: a failed run never leaves a half-written result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(PARTIAL_PREFIX + path.name)
-    try:
-        write_image(temporary, image)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return [write_image(path, image)]  # written beside the target and renamed
 
 
 def write_text_atomically(path: Path, text: str) -> Path:

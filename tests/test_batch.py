@@ -138,6 +138,10 @@ def test_manifest_errors_name_the_line_and_the_fix(items_folder, tmp_path):
         "id 'a b'": [{**good, "id": "a b"}],
         "the 'image' cell is empty": [{**good, "image": ""}],
         "slices must look like 10:20": [{**good, "slices": "3-5"}],
+        "id '../escape' must be": [{**good, "id": "../escape"}],  # outputs stay in --out
+        "id '.hidden' must be": [{**good, "id": ".hidden"}],
+        "must be up to 200 letters": [{**good, "id": "x" * 300}],  # longer than a file name may be
+        "id '' must be": [{**good, "id": ""}],
     }
     for expected, rows in cases.items():
         manifest = write_manifest(tmp_path, rows)
@@ -146,6 +150,10 @@ def test_manifest_errors_name_the_line_and_the_fix(items_folder, tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ManifestError, match="cannot read"):
         read_manifest(tmp_path / "nowhere.csv", tmp_path / "out")
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("id,image,method\ncaf\xe9,t1.nii.gz,mededit\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match="not a CSV file"):
+        read_manifest(latin, tmp_path / "out")
 
 
 def test_cli_batch_in_process_reports_failures_with_exit_1(items_folder, tmp_path, capsys):

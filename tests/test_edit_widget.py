@@ -500,3 +500,35 @@ def test_the_default_compute_edits_in_a_worker_process_and_napari_never_imports_
     assert lines[0].startswith("compute: worker process models: ") and "demo-brain" in lines[0]
     assert lines[1:3] == ["radedit radedit: done True True True", "mededit mededit: done True True True"], done.stdout
     assert lines[3] == "heavy: []"
+
+
+@pytest.mark.parametrize("method", ["radedit", "mededit", "pie", "sdedit", "repaint", "diffedit", "instruct",
+                                    "instructx2x"])
+def test_the_masks_widget_makes_every_method_s_masks(make_napari_viewer, method, tmp_path):
+    """Create empty masks, check them, load a file for each role: every role a method takes is one the
+    Masks widget knows (its colours come from the catalogue; lung_mask once raised KeyError)."""
+    from napari_medit import MedicalImage, write_image
+    from napari_medit.catalogue import MASK_ROLES, METHODS
+
+    assert sorted(METHODS) == sorted(["radedit", "mededit", "pie", "sdedit", "repaint", "diffedit", "instruct",
+                                      "instructx2x"])  # a new method joins this test's list
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 40), np.float32), name="scan")
+    _, masks = viewer.window.add_plugin_dock_widget(PLUGIN, "Masks")
+    masks.image.value, masks.method.value = "scan", method
+    spec = METHODS[method]
+    masks.create_masks()
+    for role in spec.masks:
+        layer = viewer.layers[f"scan {role}"]
+        assert layer.data.shape == (32, 40) and not layer.data.any()
+        assert layer.colormap.map(np.array([1]))[0, :3] == pytest.approx(
+            np.array([int(MASK_ROLES[role].color[i:i + 2], 16) / 255 for i in (1, 3, 5)]), abs=1e-3)
+    problems = masks.check()
+    assert all(f"{role} ('scan {role}') is empty" in " ".join(problems) for role in spec.required_masks)
+    for role in spec.masks:
+        region = np.zeros((32, 40), np.uint8)
+        region[8:20, 10:30] = 1
+        path = write_image(tmp_path / f"{role}.png", MedicalImage(region, np.eye(4)))
+        viewer.layers.remove(f"scan {role}")
+        assert masks.load_mask(path, role) is not None, role
+        assert viewer.layers[f"scan {role}"].data.sum() == region.sum()

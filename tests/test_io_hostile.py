@@ -123,3 +123,30 @@ def test_the_napari_reader_hook_refuses_with_the_same_message(tmp_path, monkeypa
     reader = get_reader(str(path))
     with pytest.raises(ImageReadError, match="NAPARI_MEDIT_MAX_IMAGE_BYTES"):
         reader(str(path))
+
+
+def test_a_write_that_fails_halfway_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    from napari_medit import MedicalImage, write_image
+
+    target = write_image(tmp_path / "result.nii.gz", MedicalImage(np.ones((4, 5, 6), np.int16), np.eye(4)))
+    before = target.read_bytes()
+
+    def disk_full(path, image):  # half a file, then the disk is full
+        Path(path).write_bytes(before[: len(before) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("napari_medit.io.write_nifti", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_image(target, MedicalImage(np.zeros((4, 5, 6), np.int16), np.eye(4)))
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.nii.gz"]  # no partial file left
+
+
+def test_a_folder_that_cannot_be_written_leaves_nothing(tmp_path):
+    from napari_medit import MedicalImage, write_image
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output folder should be")
+    with pytest.raises(OSError):
+        write_image(blocker / "result.png", MedicalImage(np.zeros((4, 5), np.uint8), np.eye(4)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"]

@@ -73,19 +73,30 @@ def _read(path: Path) -> MedicalImage:
     raise ImageReadError(f"{path}: unsupported file type; napari-medit reads {SUPPORTED}")
 
 
+PARTIAL_PREFIX = ".partial-"  # a file being written; renamed to its name once complete
+
+
 def write_image(path: str | os.PathLike, image: MedicalImage) -> Path:
     """Write ``image`` as NIfTI (.nii/.nii.gz, any dimension), FreeSurfer MGH (.mgz/.mgh, 3D/4D)
-    or PNG (2D only)."""
+    or PNG (2D only). Written beside the target and renamed: a failure halfway (disk full, permission
+    denied, killed) leaves neither a partial file nor a damaged previous one."""
     path = Path(path).expanduser()
     if is_nifti_path(path):
-        return write_nifti(path, image)
-    if is_mgh_path(path):
-        return write_mgh(path, image)
-    if path.suffix.lower() == ".png":
-        return write_png(path, image)
-    raise ValueError(
-        f"{path}: cannot write this file type; use .nii.gz (any image), .mgz (volumes) or .png (2D)"
-    )
+        writer = write_nifti
+    elif is_mgh_path(path):
+        writer = write_mgh
+    elif path.suffix.lower() == ".png":
+        writer = write_png
+    else:
+        raise ValueError(f"{path}: cannot write this file type; use .nii.gz (any image), .mgz (volumes) or .png (2D)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(PARTIAL_PREFIX + path.name)  # the same ending: the writer picks its format by it
+    try:
+        writer(temporary, image)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
 
 
 def can_read(path: str | os.PathLike) -> bool:
