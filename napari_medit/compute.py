@@ -21,6 +21,7 @@ Nothing here imports torch at module level, and nothing the client unpickles nee
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import socket
@@ -420,9 +421,13 @@ class _DaskEdit(RunningEdit):
     def result(self) -> EditResult:
         try:
             return self._wait()
+        except OSError as exc:  # distributed's CommClosedError and timeouts: the scheduler went away
+            raise ComputeError(f"lost the dask scheduler at {self.cluster.address} during the edit ({exc}); "
+                               "check that it still runs, then run again") from None
         finally:
-            self._stop.clear()
-            self._updates.close()
+            with contextlib.suppress(Exception):  # the scheduler may be gone: nothing left to tidy there
+                self._stop.clear()
+                self._updates.close()
 
     def _wait(self) -> EditResult:
         workerless_since, last_look, stopping = None, 0.0, False
