@@ -402,6 +402,7 @@ class Cluster:
 
 class _DaskEdit(RunningEdit):
     def __init__(self, cluster: Cluster, request: EditRequest, on_step, cancel: threading.Event):
+        import dask
         from distributed import Event, Queue
 
         self.cluster, self.source, self.on_step = cluster, request.image, on_step
@@ -409,9 +410,10 @@ class _DaskEdit(RunningEdit):
         client = cluster.client
         self._updates, self._stop = Queue(self.channel, client=client), Event(self.channel, client=client)
         self._cancelled = cancel
-        # Scattered rather than embedded in the task: dask sends the arrays to a worker as data, once.
-        self._request = client.scatter(request, hash=False)
-        self.future = client.submit(_edit_task, self._request, self.channel, key=self.channel, pure=False)
+        # In the task, not scattered: data scattered to a worker dies with it, and dask could not rerun the
+        # edit on the worker that replaces it. The source is the task's payload, not an oversized graph.
+        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "64GB"}):
+            self.future = client.submit(_edit_task, request, self.channel, key=self.channel, pure=False)
         self._finished = threading.Event()
         self.future.add_done_callback(lambda _: self._finished.set())
 

@@ -144,6 +144,21 @@ def show_failure(status: Label, message: str) -> None:
     status.value = "failed"
 
 
+class _Connecting:
+    """One attempt to connect to where edits run, made in a background thread."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.engine = None  # InProcess or Cluster, until the widget adopts it
+        self.names: list[str] = []  # the models there
+        self.error = ""
+
+    def close(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.close()
+
+
 class _Relay(QObject):
     """Carries progress and the outcome from the thread that waits to the GUI thread (queued Qt signals)."""
 
@@ -209,8 +224,8 @@ class EditWidget(Container):
         self._run_done = threading.Event()
         self._run_done.set()
         self.engine = None  # napari_medit.compute's InProcess or Cluster, once connected
-        self._connected = threading.Event()  # set by the thread that connects, with its outcome
-        self._connection: tuple | None = None  # (engine, model names) or (None, error message)
+        self._connecting = _Connecting()  # the latest connection attempt
+        self._connecting.done.set()
         self._ready = False
         self._connect_timer = QTimer(self.native)
         self._connect_timer.setInterval(CONNECT_POLL_MS)
@@ -245,37 +260,34 @@ class EditWidget(Container):
         self._disconnect()
         self._ready, self.run_button.enabled = False, False
         self.status.value = f"connecting to {place or 'this process'}..."
-        done, self._connected = threading.Event(), threading.Event()
+        attempt = self._connecting = _Connecting()
 
         def connect():
             from ..compute import Cluster, ComputeError, InProcess
 
             try:
-                engine = InProcess() if place is None else Cluster(place)
+                attempt.engine = InProcess() if place is None else Cluster(place)
+                attempt.names = attempt.engine.models()
             except ComputeError as exc:
-                self._connection = (None, str(exc))
-            else:
-                try:
-                    self._connection = (engine, engine.models())
-                except Exception as exc:  # noqa: BLE001 - a broken cluster: said in the status, nothing added
-                    engine.close()
-                    self._connection = (None, f"{place}: cannot list the models there ({exc})")
-            done.set()
+                attempt.error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - a broken cluster: said in the status, nothing added
+                attempt.error = f"{place}: cannot list the models there ({exc})"
+            if attempt.error or attempt is not self._connecting:  # failed, or another choice since
+                attempt.close()
+            attempt.done.set()
 
-        self._connected = done
         threading.Thread(target=connect, name="napari-medit connect", daemon=True).start()
         self._connect_timer.start()
 
     def _check_connected(self) -> None:
-        if not self._connected.is_set():
+        attempt = self._connecting
+        if not attempt.done.is_set():
             return
         self._connect_timer.stop()
-        engine, names = self._connection
-        self._connection = None
-        if engine is None:
-            show_failure(self.status, names)
+        if attempt.error:
+            show_failure(self.status, attempt.error)
             return
-        self.engine, self._engine_names = engine, names or []
+        self.engine, self._engine_names, attempt.engine = attempt.engine, attempt.names, None  # adopted
         self.model.reset_choices()
         self._ready = True
         self.run_button.enabled = self._run is None
@@ -318,9 +330,8 @@ class EditWidget(Container):
         if self._progress_bar is not None:
             self._progress_bar.close()
             self._progress_bar = None
-        self._connected.wait(timeout)  # a connection under way: close what it made
-        if self._connection is not None and self._connection[0] is not None:
-            self._connection[0].close()
+        self._connecting.done.wait(timeout)  # a connection under way: close what it made
+        self._connecting.close()
         self._disconnect()
 
     # ------------------------------------------------------------ choices
