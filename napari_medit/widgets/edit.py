@@ -226,6 +226,7 @@ class EditWidget(Container):
         self.engine = None  # napari_medit.compute's InProcess or Cluster, once connected
         self._connecting = _Connecting()  # the latest connection attempt
         self._connecting.done.set()
+        self._place: str | None = ""  # where that attempt connects ("" before the first)
         self._ready = False
         self._connect_timer = QTimer(self.native)
         self._connect_timer.setInterval(CONNECT_POLL_MS)
@@ -257,6 +258,11 @@ class EditWidget(Container):
         if place == "":
             self.status.value = "type the scheduler's address"
             return
+        if self._run is not None:
+            return  # the edit runs where it started (the compute widgets are disabled until it ends)
+        if place == self._place and (self.engine is not None or not self._connecting.done.is_set()):
+            return  # connected there, or on the way (the address field also says so when it loses focus)
+        self._place = place
         self._disconnect()
         self._ready, self.run_button.enabled = False, False
         self.status.value = f"connecting to {place or 'this process'}..."
@@ -500,8 +506,8 @@ class EditWidget(Container):
     # ------------------------------------------------------------ results (GUI thread)
 
     def _on_step(self, progress):
-        if self._cancel.is_set() or self.run_button.enabled:
-            return  # a step queued before the run ended
+        if self._cancel.is_set() or self._run is None:
+            return  # cancelling, or a step that arrived after the run's outcome
         now = time.monotonic()
         if self._first_step_at is None:
             self._first_step_at, self._first_step = now, progress.step
