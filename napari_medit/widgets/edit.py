@@ -455,6 +455,9 @@ class EditWidget(Container):
 
         from ..compute import EditRequest
 
+        if self._run is not None:
+            notifications.show_info("an edit is running: cancel it first")
+            return
         try:
             kwargs = self.request()
         except ValueError as exc:
