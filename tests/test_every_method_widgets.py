@@ -1,4 +1,5 @@
-"""Every method of the catalogue through every widget, on a 2D chest image and a brain volume: the Masks
+"""Run once (not again on napari's previous release, unlike test_edit_widget.py): every method of the catalogue
+through every widget, on a 2D chest image and a brain volume: the Masks
 widget makes and checks its masks, the Edit widget runs one short edit (on the default worker process),
 and the Compare widget saves the result, which reads back as shown."""
 
@@ -71,3 +72,85 @@ def test_every_method_through_masks_edit_and_compare(make_napari_viewer, qtbot, 
         np.testing.assert_array_equal(source.data, before)  # the source is never modified
         for name in [layer.name for layer in viewer.layers if layer.name != image]:
             viewer.layers.remove(name)
+
+
+LIGHT_SCRIPT = """
+import sys, time
+import numpy as np
+import napari
+from qtpy.QtWidgets import QApplication
+
+def wait(condition, seconds=300):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        app.processEvents(); time.sleep(0.01)
+
+viewer = napari.Viewer(show=True)
+app = QApplication.instance()
+viewer.open_sample("napari-medit", "cxr")
+viewer.open_sample("napari-medit", "brain")
+_, widget = viewer.window.add_plugin_dock_widget("napari-medit", "Edit")
+for name in ("Masks", "Compare", "Data", "Image info"):
+    viewer.window.add_plugin_dock_widget("napari-medit", name)
+wait(lambda: widget.ready)
+print("compute:", widget.compute.value.value, "models:", ",".join(widget.model.choices))
+for method, model, image, steps in (("radedit", "demo-cxr", "cxr", 3), ("mededit", "demo-brain", "t1", 3)):
+    widget.method.value, widget.model.value, widget.image.value = method, model, image
+    widget.parameter("steps").value = steps
+    widget.run()
+    wait(lambda: widget.run_button.enabled and widget.status.value.split(":")[0] in (method, "failed"))
+    result, source = viewer.layers[f"{image} {method}"], viewer.layers[image]
+    print(method, widget.status.value.split(" in ")[0], result.data.shape == source.data.shape,
+          bool((result.data != source.data).any()), result.metadata["edit"]["computed_on"]["process"] != __import__("os").getpid())
+print("heavy:", sorted(name for name in ("torch", "diffusers", "monai", "transformers") if name in sys.modules))
+viewer.close()
+"""
+
+
+def test_the_default_compute_edits_in_a_worker_process_and_napari_never_imports_torch(tmp_path):
+    """Chest (2D) and brain (3D) edits through the Edit widget with its default compute: they run in the
+    worker process, and napari's process (here a fresh one) never holds torch, diffusers, monai or
+    transformers, with every napari-medit widget open."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "light.py"
+    script.write_text(LIGHT_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("compute: worker process models: ") and "demo-brain" in lines[0]
+    assert lines[1:3] == ["radedit radedit: done True True True", "mededit mededit: done True True True"], done.stdout
+    assert lines[3] == "heavy: []"
+
+
+@pytest.mark.parametrize("method", ["radedit", "mededit", "pie", "sdedit", "repaint", "diffedit", "instruct",
+                                    "instructx2x"])
+def test_the_masks_widget_makes_every_method_s_masks(make_napari_viewer, method, tmp_path):
+    """Create empty masks, check them, load a file for each role: every role a method takes is one the
+    Masks widget knows (its colours come from the catalogue; lung_mask once raised KeyError)."""
+    from napari_medit import MedicalImage, write_image
+    from napari_medit.catalogue import MASK_ROLES, METHODS
+
+    assert sorted(METHODS) == sorted(["radedit", "mededit", "pie", "sdedit", "repaint", "diffedit", "instruct",
+                                      "instructx2x"])  # a new method joins this test's list
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 40), np.float32), name="scan")
+    _, masks = viewer.window.add_plugin_dock_widget(PLUGIN, "Masks")
+    masks.image.value, masks.method.value = "scan", method
+    spec = METHODS[method]
+    masks.create_masks()
+    for role in spec.masks:
+        layer = viewer.layers[f"scan {role}"]
+        assert layer.data.shape == (32, 40) and not layer.data.any()
+        assert layer.colormap.map(np.array([1]))[0, :3] == pytest.approx(
+            np.array([int(MASK_ROLES[role].color[i:i + 2], 16) / 255 for i in (1, 3, 5)]), abs=1e-3)
+    problems = masks.check()
+    assert all(f"{role} ('scan {role}') is empty" in " ".join(problems) for role in spec.required_masks)
+    for role in spec.masks:
+        region = np.zeros((32, 40), np.uint8)
+        region[8:20, 10:30] = 1
+        path = write_image(tmp_path / f"{role}.png", MedicalImage(region, np.eye(4)))
+        viewer.layers.remove(f"scan {role}")
+        assert masks.load_mask(path, role) is not None, role
+        assert viewer.layers[f"scan {role}"].data.sum() == region.sum()
