@@ -28,7 +28,8 @@ from typing import Any
 
 from . import catalogue
 from .catalogue import LOCAL_WORKER, MASK_ROLES, ComputeOptions, RunOptions
-from .jobs import PARTIAL_PREFIX, EditJob, OutputFormat, is_finished
+from .io import PARTIAL_PREFIX
+from .jobs import EditJob, OutputFormat, is_finished
 from .metrics import jsonable
 
 REQUIRED_COLUMNS = ("id", "image", "method")

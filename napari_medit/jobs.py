@@ -16,7 +16,7 @@ from typing import Any
 
 from . import catalogue
 from .catalogue import MASK_ROLES, ComputeOptions, RunOptions
-from .io import PARTIAL_PREFIX, read_image, write_image
+from .io import read_image, replacing, write_image
 
 
 
@@ -187,11 +187,6 @@ def write_output(path: Path, image, kind: OutputFormat, overwrite: bool = False)
 
 
 def write_text_atomically(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(PARTIAL_PREFIX + path.name)
-    try:
+    with replacing(path) as temporary:
         temporary.write_text(text)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path

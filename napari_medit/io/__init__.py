@@ -7,6 +7,7 @@ and the problem.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -89,14 +90,22 @@ def write_image(path: str | os.PathLike, image: MedicalImage) -> Path:
         writer = write_png
     else:
         raise ValueError(f"{path}: cannot write this file type; use .nii.gz (any image), .mgz (volumes) or .png (2D)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(PARTIAL_PREFIX + path.name)  # the same ending: the writer picks its format by it
-    try:
+    with replacing(path) as temporary:  # the same ending: the writer picks its format by it
         writer(temporary, image)
+    return path
+
+
+@contextlib.contextmanager
+def replacing(path: Path):
+    """A temporary name beside ``path`` to write to; renamed to ``path`` when the block completes,
+    removed when it fails, so ``path`` is either the old file, whole, or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(PARTIAL_PREFIX + path.name)
+    try:
+        yield temporary
         temporary.replace(path)
     finally:
         temporary.unlink(missing_ok=True)
-    return path
 
 
 def can_read(path: str | os.PathLike) -> bool:
