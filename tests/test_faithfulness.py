@@ -366,3 +366,112 @@ def test_pndm_schedules_run_each_timestep_once():
     image = np.random.default_rng(8).random((16, 16)).astype(np.float32)
     result = edit("radedit", image, model=model, prompt="clear", steps=10, skip=0)
     assert result.provenance["model_evaluations"] == 10 + 2 * 10
+
+
+# ---------------------------------------------------------------- 7. round two: InstructX2X's DDIM and noise
+
+
+def test_instructx2x_samples_with_ddim_built_from_the_folders_pndm_config(tmp_path):
+    """rse_x2x.py replaces the folder's scheduler (its converter writes PNDM) by DDIM on sd-v1-4's config,
+    starts from z_0 noised with one noise, and re-noises the region outside its mask with that same noise.
+    Written from those equations, with napari-medit's documented level (t', the sample's own)."""
+    from diffusers import PNDMScheduler
+    from test_instruct import PROMPT, tiny_pix2pix
+
+    from napari_medit.backends import load_model
+    from napari_medit.catalogue import InstructX2XParams
+    from napari_medit.editing.instruct import guided_eps
+    from napari_medit.editing.instructx2x import instructx2x
+
+    tiny_pix2pix(tmp_path / "ix2x", "PNDMScheduler")
+    model = load_model(tmp_path / "ix2x")
+    assert isinstance(model.schedule.scheduler, PNDMScheduler)
+    gray = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
+    params = InstructX2XParams(prompt=PROMPT, steps=6, threshold=0.3)
+    with torch.no_grad():
+        x0 = model.encode(gray)
+        ours = instructx2x(model, x0, image=gray, region=torch.ones_like(gray), params=params,
+                           noise=NoiseSource([4]), progress=Progress())
+        keep = 1 - binarised(to_latent_grid(ours.maps["guidance_mask"], model.latent_factor))
+        assert 0 < keep.mean() < 1
+        ddim = DDIMScheduler.from_config(model.schedule.scheduler.config, clip_sample=False)
+        ddim.set_timesteps(6)
+        timesteps = ddim.timesteps
+        assert len(timesteps) == 6  # PNDM's list for 6 steps has 7
+        source = NoiseSource([4])  # drawn in the method's order: the relevance map's noise, then the start's
+        source.like(x0, "relevance")
+        noise = source.like(x0, "start")
+        prior, (text, null) = model.encode_prior(gray).double(), model.embed([PROMPT, ""], 1)
+        z = ddim.add_noise(x0, noise, timesteps[:1])
+        for i, t in enumerate(timesteps):
+            eps = guided_eps(model, z, t, text, null, prior, 7.5, 1.5)
+            z = ddim.step(eps, t, z).prev_sample
+            known = x0 if i == 5 else ddim.add_noise(x0, noise, timesteps[i + 1 : i + 2])
+            z = (1 - keep) * z + keep * known
+    torch.testing.assert_close(ours.versions[0], z, atol=1e-5, rtol=1e-5)
+    assert ours.scheduler["class"] == "DDIMScheduler"
+
+
+def test_instructx2x_records_the_ddim_it_ran_and_costs_three_passes_a_step(tmp_path):
+    from test_instruct import PROMPT, tiny_pix2pix
+
+    from napari_medit.backends import load_model
+
+    tiny_pix2pix(tmp_path / "ix2x", "PNDMScheduler")
+    model = load_model(tmp_path / "ix2x")
+    image = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    result = edit("instructx2x", image, model=model, prompt=PROMPT, steps=10, threshold=0.3)
+    # the relevance map's two passes, then 10 DDIM steps of the three-way batch (PLMS would run 11)
+    assert result.provenance["model_evaluations"] == 2 + 3 * 10
+    assert result.provenance["scheduler"]["class"] == "DDIMScheduler"
+    assert result.provenance["scheduler"]["built_from"] == "PNDMScheduler"
+
+
+# ---------------------------------------------------------------- 8. round two: PIE with any scheduler
+
+LOADABLE_SCHEDULERS = ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
+                       "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler", "DPMSolverMultistepScheduler"]
+
+
+def sd_scheduler(name):
+    import diffusers
+
+    return getattr(diffusers, name)(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                    steps_offset=1)
+
+
+@pytest.mark.parametrize("name", LOADABLE_SCHEDULERS)
+def test_pie_reference_loop_is_seeded_at_every_draw_with_every_scheduler(name):
+    """Two seeded runs are bit-identical whatever the folder's scheduler: stochastic ones (DDPM, Euler
+    ancestral) get the slice's own generators, and fractional timesteps (Euler-type) are not cast to int."""
+    x0 = torch.linspace(-0.9, 0.9, 64, dtype=torch.float64).reshape(1, 1, 8, 8)
+    roi = torch.zeros_like(x0)
+    roi[..., 2:6, 2:6] = 1
+    params = PIEParams(prompt="effusion", iterations=2, steps=6, strength=0.8, guidance=4.0, loop=PIELoop.reference)
+
+    global_seeds = iter(range(100, 103))
+
+    def run(seed):
+        model = analytic(sd_scheduler(name), resolution=8, means={"": 0.0, "effusion": 0.7})
+        torch.manual_seed(next(global_seeds))  # a draw from torch's global generator differs between runs
+        return pie(model, x0, roi_mask=roi, params=params, noise=NoiseSource([seed]), progress=Progress())
+
+    first, again, other = run(0), run(0), run(1)
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert all(torch.isfinite(v).all() for v in first)
+    assert not torch.equal(first[-1], other[-1])
+
+
+def test_fractional_timesteps_have_the_alpha_bar_euler_schedulers_step_with():
+    """Euler-type schedulers query the model between training timesteps; alpha_bar there is the one
+    their sigma interpolation implies: sigma_t^2 = (1 - a_t) / a_t."""
+    scheduler = sd_scheduler("EulerDiscreteScheduler")
+    scheduler.set_timesteps(7)
+    schedule = NoiseSchedule.from_scheduler(scheduler)
+    fractional = [(t, s) for t, s in zip(scheduler.timesteps.tolist(), scheduler.sigmas.tolist())
+                  if t != int(t)]
+    assert fractional
+    for t, sigma in fractional:
+        assert schedule.alpha_bar(t) == pytest.approx(1 / (1 + sigma**2), rel=1e-6)
+    assert schedule.alpha_bar(500.0) == float(schedule.alphas_cumprod[500])

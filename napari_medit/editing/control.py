@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 import zlib
 from collections.abc import Callable, Sequence
@@ -45,6 +46,14 @@ class NoiseSource:
         """One generator per item, seeded from its own (leading) seed and ``kind``: for diffusers
         schedulers that draw their step noise themselves (``step(..., generator=[...])``)."""
         return [torch.Generator().manual_seed(zlib.crc32(f"{m[0][0]}:{kind}".encode())) for m in self.mixtures]
+
+
+def scheduler_step_options(scheduler, noise: NoiseSource) -> dict:
+    """A stochastic scheduler (Euler ancestral, DDPM) draws its own step noise: hand it one
+    generator per slice, seeded from the slice's seed, so results do not depend on batching."""
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        return {"generator": noise.step_generators("scheduler-step")}
+    return {}
 
 
 @dataclass
@@ -98,3 +107,4 @@ class Edited:
 
     versions: list[torch.Tensor]
     maps: dict[str, torch.Tensor]
+    scheduler: dict | None = None  # the scheduler the method sampled with, when not the model's own

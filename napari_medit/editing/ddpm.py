@@ -64,20 +64,26 @@ class NoiseSchedule:
 
     def settings(self) -> dict[str, Any]:
         """What the engine takes from the scheduler, for provenance."""
-        scheduler = self.scheduler
-        config = getattr(scheduler, "config", {}) or {}
-        spacing = {k: config.get(k) for k in ("timestep_spacing", "steps_offset") if config.get(k) is not None}
-        return {"class": type(scheduler).__name__ if scheduler is not None else None,
-                "prediction_type": self.prediction_type,
+        return {**scheduler_settings(self.scheduler), "prediction_type": self.prediction_type,
                 "clip_sample": None if self.clip_range is None else list(self.clip_range),
-                "final_alpha_cumprod": self.final_alpha_cumprod, **spacing}
+                "final_alpha_cumprod": self.final_alpha_cumprod}
 
     @property
     def num_train_timesteps(self) -> int:
         return len(self.alphas_cumprod)
 
-    def alpha_bar(self, t: int) -> float:
-        return self.final_alpha_cumprod if t == FINAL else float(self.alphas_cumprod[t])
+    def alpha_bar(self, t: float) -> float:
+        """alpha_bar at a training timestep; at a fractional one (Euler-type schedulers query the
+        model between them), from sigma = sqrt((1 - a) / a) interpolated linearly in t, as they do."""
+        if t == FINAL:
+            return self.final_alpha_cumprod
+        t = float(t)
+        below = int(t)
+        if t == below:
+            return float(self.alphas_cumprod[below])
+        sigmas = ((1 - self.alphas_cumprod[below : below + 2]) / self.alphas_cumprod[below : below + 2]) ** 0.5
+        sigma = float(sigmas[0] + (t - below) * (sigmas[1] - sigmas[0]))
+        return 1 / (1 + sigma**2)
 
     def timesteps(self, num_steps: int) -> list[int]:
         """Descending inference timesteps as the scheduler spaces them (its own config decides),
@@ -145,6 +151,13 @@ class NoiseSchedule:
         a_from, a_to = self.alpha_bar(t_from), self.alpha_bar(t_to)
         ratio = a_to / a_from
         return ratio**0.5 * x + (1 - ratio) ** 0.5 * noise
+
+
+def scheduler_settings(scheduler) -> dict[str, Any]:
+    """A scheduler's class and timestep spacing, for provenance."""
+    config = getattr(scheduler, "config", {}) or {}
+    spacing = {k: config.get(k) for k in ("timestep_spacing", "steps_offset") if config.get(k) is not None}
+    return {"class": type(scheduler).__name__ if scheduler is not None else None, **spacing}
 
 
 def _clip_range(scheduler, setting) -> tuple[float, float] | None:

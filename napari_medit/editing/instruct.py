@@ -17,12 +17,10 @@ papers) starts from the prior noised part-way instead of pure noise, as img2img 
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from ..catalogue import InstructParams
-from .control import NoiseSource, Progress
+from .control import NoiseSource, Progress, scheduler_step_options
 from .denoiser import Denoiser
 
 
@@ -53,7 +51,7 @@ def instruct(
     for t in timesteps:
         eps = guided_eps(denoiser, scheduler.scale_model_input(z, t), t, text, null, prior,
                          params.text_guidance, params.image_guidance, conditions)
-        x0_estimate = denoiser.schedule.predict_x0(scheduler.scale_model_input(z, t), eps, int(round(float(t))))
+        x0_estimate = denoiser.schedule.predict_x0(scheduler.scale_model_input(z, t), eps, float(t))
         z = scheduler.step(eps, t, z, **step_options).prev_sample.to(x0.dtype)
         progress.step(x0_estimate)
     return z
@@ -92,14 +90,6 @@ def model_scheduler(denoiser: Denoiser, method: str):
                          f"{'has no ' + missing[0] if missing else 'is not for an epsilon-prediction model'}: "
                          "use a diffusers DDIM, DDPM, Euler or Euler ancestral scheduler")
     return scheduler
-
-
-def scheduler_step_options(scheduler, noise: NoiseSource) -> dict:
-    """A stochastic scheduler (Euler ancestral, DDPM) draws its own step noise: hand it one
-    generator per slice, seeded from the slice's seed, so results do not depend on batching."""
-    if "generator" in inspect.signature(scheduler.step).parameters:
-        return {"generator": noise.step_generators("scheduler-step")}
-    return {}
 
 
 def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):

@@ -9,9 +9,9 @@ inference/rse_x2x.py).
     G = R x region                          # the user's roi_mask, else the instruction's finding templates
     M = G > tau                             # the guidance mask: nothing outside it changes
     z = z_0 noised to the first timestep
-    for t -> t' in the scheduler's timesteps:
+    for t -> t' in DDIM's timesteps (the folder's scheduler config, as the reference builds it):
         z = instruction step (InstructPix2Pix guidance, napari_medit.editing.instruct)
-        z = M z + (1 - M) (z_0 noised to t' with one fixed noise)
+        z = M z + (1 - M) (z_0 noised to t' with the start noise)
     result = decode(z), composited with M at the image's own resolution
 
 Differences from the reference, on purpose:
@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler
 
 from ..catalogue import InstructX2XParams
-from .control import Edited, NoiseSource, Progress
+from .control import Edited, NoiseSource, Progress, scheduler_step_options
+from .ddpm import scheduler_settings
 from .denoiser import Denoiser
-from .instruct import guided_eps, model_scheduler, scheduler_step_options
+from .instruct import guided_eps, model_scheduler
 from .slicing import binarised, to_latent_grid
 
 OUTLIER_IQR = 1.5  # Tukey's fence: values above Q3 + 1.5 IQR are clipped
@@ -53,7 +55,7 @@ def instructx2x(
     conditions: torch.Tensor | None = None,
 ) -> Edited:
     """``region`` (B, 1, h, w) on the diffusion grid, in [0, 1]: where the instruction may act."""
-    scheduler = model_scheduler(denoiser, "instructx2x")
+    scheduler = reference_ddim(model_scheduler(denoiser, "instructx2x"))
     prior = denoiser.encode_prior(image).to(x0.dtype)
     text, null = denoiser.embed([params.prompt, ""], x0.shape[0])
 
@@ -66,20 +68,29 @@ def instructx2x(
     scheduler.set_timesteps(params.steps)
     timesteps = list(scheduler.timesteps)
     progress.start(len(timesteps))
-    known_noise = noise.like(x0, "known")  # one noise for every level, as the reference
-    z = scheduler.add_noise(x0, noise.like(x0, "start"), timesteps[0].reshape(1))
+    start_noise = noise.like(x0, "start")  # also the known region's, at every level, as the reference
+    z = scheduler.add_noise(x0, start_noise, timesteps[0].reshape(1))
     step_options = scheduler_step_options(scheduler, noise)
     for i, t in enumerate(timesteps):
         z_scaled = scheduler.scale_model_input(z, t)
         eps = guided_eps(denoiser, z_scaled, t, text, null, prior, params.text_guidance, params.image_guidance,
                          conditions)
-        x0_estimate = denoiser.schedule.predict_x0(z_scaled, eps, int(round(float(t))))
+        x0_estimate = denoiser.schedule.predict_x0(z_scaled, eps, float(t))
         z = scheduler.step(eps, t, z, **step_options).prev_sample.to(x0.dtype)
         # Outside the map: the original at the level of the sample just produced (clean after the last step).
-        known = x0 if i + 1 == len(timesteps) else scheduler.add_noise(x0, known_noise, timesteps[i + 1].reshape(1))
+        known = x0 if i + 1 == len(timesteps) else scheduler.add_noise(x0, start_noise, timesteps[i + 1].reshape(1))
         z = (1 - keep) * z + keep * known
         progress.step(x0_estimate)
-    return Edited([z], {"guidance_map": guidance_map, "guidance_mask": guidance_mask})
+    return Edited([z], {"guidance_map": guidance_map, "guidance_mask": guidance_mask},
+                  scheduler=scheduler_settings(scheduler))
+
+
+def reference_ddim(scheduler) -> DDIMScheduler:
+    """The reference samples with DDIM whatever the model folder ships (its converter writes PNDM):
+    a DDIMScheduler on the folder's betas and offsets. ``clip_sample`` as the folder says, else off,
+    as in the CompVis sd-v1-4 config the reference builds its DDIM from (DDIM's own default clips)."""
+    config = dict(scheduler.config)
+    return DDIMScheduler.from_config({**config, "clip_sample": bool(config.get("clip_sample", False))})
 
 
 def relevance_map(denoiser, x0, prior, text, null, params: InstructX2XParams, noise: NoiseSource, conditions,

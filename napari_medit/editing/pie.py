@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ..catalogue import PIEParams, PIELoop
-from .control import NoiseSource, Progress
+from .control import NoiseSource, Progress, scheduler_step_options
 from .denoiser import Denoiser
 
 OUTSIDE_ROI_KEEP, INSIDE_ROI_KEEP = 0.01, 0.75  # the end-of-step blend of PIE's code (beta_1, beta_2)
@@ -90,7 +90,7 @@ def _reference_loop(denoiser, image, roi_mask, params, noise, progress, conditio
     # The pipeline's get_timesteps: the last int(steps * strength) of `steps`, indexed into the
     # scheduler's own list (PNDM's has one more entry: it then runs one step more, from one step higher).
     first = params.steps - int(params.steps * params.strength)
-    timesteps = [int(t) for t in scheduler.timesteps[first:]]
+    timesteps = scheduler.timesteps[first:].tolist()  # ints, or floats for Euler-type schedulers
     progress.start(params.iterations * len(timesteps))
     text, null = denoiser.embed([params.prompt, ""], image.shape[0])
 
@@ -106,6 +106,7 @@ def _reference_loop(denoiser, image, roi_mask, params, noise, progress, conditio
     z_original = latents(image, "vae-original")  # the end-of-iteration blend's reference
     z_known = latents(image, "vae-known")  # the known region, noised to each timestep with one noise
     known_noise = noise.draw(shape, "known")
+    step_options = scheduler_step_options(scheduler, noise)  # a stochastic scheduler's draws, seeded per slice
     current, progression = image, []
     for _ in range(params.iterations):
         scheduler.set_timesteps(params.steps)  # a fresh multistep history (PNDM keeps one)
@@ -113,9 +114,10 @@ def _reference_loop(denoiser, image, roi_mask, params, noise, progress, conditio
         for i, t in enumerate(timesteps):
             if i > 0:
                 x = roi_mask * x + (1 - roi_mask) * noised(z_known, known_noise, t)
-            eps, _ = denoiser.guided(scheduler.scale_model_input(x, t), t, text, null, params.guidance, conditions)
-            x0_estimate = schedule.predict_x0(x, eps, t)
-            x = scheduler.step(eps, t, x).prev_sample
+            x_scaled = scheduler.scale_model_input(x, t)
+            eps, _ = denoiser.guided(x_scaled, t, text, null, params.guidance, conditions)
+            x0_estimate = schedule.predict_x0(x_scaled, eps, t)
+            x = scheduler.step(eps, t, x, **step_options).prev_sample
             progress.step(x0_estimate)
         z = _blend(x, z_original, roi_mask)
         progression.append(z)

@@ -82,9 +82,9 @@ def edit(
                      slice_noise=slice_noise, noise_correlation_mm=noise_correlation_mm,
                      through_plane_smoothing=through_plane_smoothing, **options)
     started, evaluations_before = time.perf_counter(), model.evaluations
-    outputs, maps = run_plan(plan, model, callback=callback, cancel=cancel)
+    outputs, maps, scheduler = run_plan(plan, model, callback=callback, cancel=cancel)
     return assemble(plan, model, outputs, maps, seconds=time.perf_counter() - started,
-                    evaluations=model.evaluations - evaluations_before)
+                    evaluations=model.evaluations - evaluations_before, scheduler=scheduler)
 
 
 @dataclass
@@ -186,10 +186,11 @@ def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser,
 
 
 def run_plan(plan: EditPlan, model: Denoiser, *, callback: Callable[[EditProgress], None] | None = None,
-             cancel: threading.Event | None = None) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+             cancel: threading.Event | None = None) -> tuple[list[np.ndarray], dict[str, np.ndarray], dict | None]:
     """Every chosen slice through the method in batches; one float64 stack per output version
-    (PIE: one per progression step), the source's values on the slices not chosen; and the
-    maps the method computed (float32 stacks, 0 on the slices not chosen)."""
+    (PIE: one per progression step), the source's values on the slices not chosen; the maps
+    the method computed (float32 stacks, 0 on the slices not chosen); and the scheduler it
+    sampled with when that is not the model's own (its provenance settings), else None."""
     run = plan.spec.load_runner()
     together = plan.through_plane_smoothing > 0  # neighbours must be in the batch they are smoothed with
     size = len(plan.chosen) if together else plan.batch_size
@@ -198,11 +199,12 @@ def run_plan(plan: EditPlan, model: Denoiser, *, callback: Callable[[EditProgres
     progress = Progress(cancel=cancel, chunks=len(pending))
     outputs: list[np.ndarray] | None = None
     maps = {name: np.zeros(plan.stack.shape, np.float32) for name in plan.spec.produces}
+    scheduler = None
     while pending:
         chunk = pending.pop(0)
         done_before = progress.done
         try:
-            native, native_maps = _edit_chunk(run, plan, model, chunk, progress, callback, network_batch)
+            native, native_maps, scheduler = _edit_chunk(run, plan, model, chunk, progress, callback, network_batch)
         except torch.OutOfMemoryError:
             smaller = network_batch if together else len(chunk)
             if smaller == 1:
@@ -227,11 +229,11 @@ def run_plan(plan: EditPlan, model: Denoiser, *, callback: Callable[[EditProgres
         for name, values in native_maps.items():
             maps[name][chunk] = values
         progress.next_chunk()
-    return outputs, maps
+    return outputs, maps, scheduler
 
 
 def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], maps: dict[str, np.ndarray] | None = None,
-             *, seconds: float, evaluations: int) -> EditResult:
+             *, seconds: float, evaluations: int, scheduler: dict | None = None) -> EditResult:
     """Composite the edited slices into the source (bit-identical outside what the method may change),
     back in the source's voxel order and dtype, with metrics and provenance."""
     spec, stack = plan.spec, plan.stack
@@ -273,7 +275,8 @@ def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], maps: d
         "masks": plan.given_masks,
         "maps": sorted(method_maps),
         "preprocessing": {**plan.grid.describe(), **plan.window.describe()},
-        "scheduler": model.schedule.settings(),
+        "scheduler": model.schedule.settings() if scheduler is None else {
+            **scheduler, "built_from": model.schedule.settings()["class"]},
         "source": plan.source.metadata.get("path"),
         "napari_medit": __version__,
         "torch": str(torch.__version__),  # a TorchVersion would make unpickling the result import torch
@@ -390,14 +393,14 @@ def _edit_chunk(run, plan: EditPlan, model: Denoiser, chunk: list[int], progress
     with torch.no_grad():
         edited = run(denoiser, x0, masks_model, plan.params, noise, progress, conditions,
                      image=_sampler_precision(model, images))
-        maps = {}
+        maps, scheduler = {}, None
         if isinstance(edited, Edited):
-            edited, maps = edited.versions, edited.maps
+            edited, maps, scheduler = edited.versions, edited.maps, edited.scheduler
         versions = edited if isinstance(edited, list) else [edited]
         native = [_from_model(model, v, plan.window, plan.grid, plan.stack[chunk]) for v in versions]
         # maps lie on the model's image grid; outside a centre crop they are 0 (nothing was edited there)
         return native, {k: np.nan_to_num(plan.grid.from_model(m.float().cpu())).astype(np.float32)
-                        for k, m in maps.items()}
+                        for k, m in maps.items()}, scheduler
 
 
 def _to_model_range(model: Denoiser, slices: np.ndarray, window: IntensityWindow, grid: Grid) -> torch.Tensor:

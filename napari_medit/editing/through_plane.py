@@ -58,8 +58,8 @@ class ThroughPlaneSmoothing(Denoiser):
     def encode_text(self, prompts):
         return self.inner.encode_text(prompts)
 
-    def encode(self, images):
-        return self.inner.encode(images)
+    def encode(self, images, noise=None):
+        return self.inner.encode(images, noise=noise)
 
     def decode(self, latents):
         return self.inner.decode(latents)
@@ -67,7 +67,7 @@ class ThroughPlaneSmoothing(Denoiser):
     def encode_prior(self, images):
         return self.inner.encode_prior(images)
 
-    def __call__(self, x_t, t: int, text=None, conditions=None) -> torch.Tensor:
+    def __call__(self, x_t, t: float, text=None, conditions=None) -> torch.Tensor:
         pieces = range(0, x_t.shape[0], self.max_batch)
         eps = torch.cat([self.inner(x_t[i : i + self.max_batch], t,
                                     None if text is None else text[i : i + self.max_batch],
@@ -75,7 +75,7 @@ class ThroughPlaneSmoothing(Denoiser):
                          for i in pieces])
         return self.regularised(x_t, eps, t)
 
-    def regularised(self, x_t: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
+    def regularised(self, x_t: torch.Tensor, eps: torch.Tensor, t: float) -> torch.Tensor:
         """eps' whose clean estimate is one smoothing step along the slices (the module docstring)."""
         schedule, count = self.schedule, len(self.before)
         a_t = schedule.alpha_bar(t)
