@@ -2,6 +2,7 @@
 
 import json
 import threading
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from napari_medit.editing import (
 )
 from napari_medit.editing.ddpm import FINAL, pairs
 from napari_medit.editing.radedit import RadEditParams, radedit
+from napari_medit.catalogue import RunOptions, SliceNoise
 from napari_medit.io import MedicalImage
 
 
@@ -182,6 +184,45 @@ def run_case(method, seed=0, image=None, **overrides):
 
 def test_every_method_is_registered_with_a_case():
     assert set(METHODS) == set(CASES)
+
+
+# A value other than the default for every run option; a new option must join (the first test says so).
+OTHER_RUN_OPTIONS = [("seed", 3), ("axis", "coronal"), ("slices", "1:3"), ("batch_size", 1),
+                     *[("slice_noise", kind) for kind in SliceNoise], ("noise_correlation_mm", 2.0),
+                     ("through_plane_smoothing", 0.5)]
+# Besides each method's case model, the model kinds that take a method down another path: a VAE
+# (PIE's reference loop re-encodes with a posterior sample), an Euler ancestral scheduler (fractional
+# timesteps and step noise drawn by the scheduler, as public InstructPix2Pix checkpoints ship).
+OTHER_MODELS = {"pie": "latent-text-unet", "instruct": "instruct-unet-euler", "instructx2x": "instruct-unet-euler"}
+CASE_MODELS["instruct-unet-euler"] = lambda: tiny_models.instruct_unet(scheduler_kind="euler-ancestral")
+
+
+def test_every_run_option_has_another_value_to_try():
+    assert {name for name, _ in OTHER_RUN_OPTIONS} == {item.name for item in fields(RunOptions)}
+
+
+@pytest.mark.parametrize("method, model", [*((m, CASES[m]["model"]) for m in CASES), *OTHER_MODELS.items()])
+def test_every_method_runs_on_a_volume_with_every_run_option(method, model):
+    """Each method, each model path, each run option away from its default: a finite edit that leaves
+    the slices it did not edit bit-identical."""
+    volume, brain, lesion = volume_with_lesion((16, 16, 4))
+    lesion[4:10, 5:11, :] = True
+    image = MedicalImage(volume, np.diag([1.0, 1.2, 2.5, 1.0]))
+    case = {**CASES[method], "steps": 2}
+    case.pop("model")
+    case.update({name: {"edit_mask": lesion, "pathology_mask": lesion, "roi_mask": lesion,
+                        "brain_mask": brain}[name] for name, value in case.items() if value is True})
+    if "skip" in case:
+        case["skip"] = 0
+    loaded = CASE_MODELS[model]()
+    for name, value in OTHER_RUN_OPTIONS:
+        options = RunOptions(**{"axis": "2", name: value}).edit_arguments()
+        result = edit(method, image, model=loaded, **options, **case)
+        out = result.image.array
+        assert np.isfinite(out).all() and out.shape == volume.shape, (name, value)
+        axis = 1 if options["axis"] == "coronal" else options["axis"]  # the affine is diagonal: RAS order
+        untouched = [i for i in range(volume.shape[axis]) if i not in result.edited_slices]
+        np.testing.assert_array_equal(np.take(out, untouched, axis), np.take(volume, untouched, axis))
 
 
 @pytest.mark.parametrize("method", list(CASES))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import zlib
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, EulerAncestralDiscreteScheduler,
+                       UNet2DConditionModel, UNet2DModel)
 
 from napari_medit.editing import DiffusersDenoiser, MonaiDenoiser
 
@@ -15,6 +16,8 @@ def scheduler(kind: str = "ddim", steps: int = 1000):
                   beta_end=2e-2 * 1000 / steps, clip_sample=False, prediction_type="epsilon")
     if kind == "ddpm":
         return DDPMScheduler(**common)
+    if kind == "euler-ancestral":  # public InstructPix2Pix checkpoints' scheduler: fractional timesteps
+        return EulerAncestralDiscreteScheduler(**{k: v for k, v in common.items() if k != "clip_sample"})
     return DDIMScheduler(**common, timestep_spacing="leading", set_alpha_to_one=True, steps_offset=0)
 
 
@@ -79,7 +82,7 @@ def monai_unet(resolution: int = 16) -> MonaiDenoiser:
                          condition_names=("pathology_mask", "brain_mask"))
 
 
-def instruct_unet(resolution: int = 16) -> DiffusersDenoiser:
+def instruct_unet(resolution: int = 16, scheduler_kind: str = "ddim") -> DiffusersDenoiser:
     """A pixel-space instruction model: the noisy image and the prior image on two input channels."""
     unet = _seeded(lambda: UNet2DConditionModel(
         sample_size=resolution, in_channels=2, out_channels=1, layers_per_block=1,
@@ -87,5 +90,5 @@ def instruct_unet(resolution: int = 16) -> DiffusersDenoiser:
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16, attention_head_dim=4,
         norm_num_groups=4,
     ))
-    return DiffusersDenoiser(unet, scheduler(), name="tiny-instruct-unet", text_encoder=HashingTextEncoder(),
+    return DiffusersDenoiser(unet, scheduler(scheduler_kind), name="tiny-instruct-unet", text_encoder=HashingTextEncoder(),
                              image_conditioned=True)
