@@ -67,8 +67,27 @@ def test_centre_crop_keeps_what_the_model_never_sees_bit_identical():
     np.testing.assert_array_equal(out[:, 26:], image[:, 26:])
     assert not np.array_equal(out[:, 6:26], image[:, 6:26])
     assert result.provenance["preprocessing"] == {"fit": "center-crop", "resolution": 16, "region": [0, 6, 20, 20],
-                                                  "intensity": "min-max", "low": float(image.min()),
-                                                  "high": float(image.max())}
+                                                  "intensity": "min-max", "low": float(image[:, 6:26].min()),
+                                                  "high": float(image[:, 6:26].max())}
+
+
+def test_the_intensity_window_is_taken_after_the_centre_crop():
+    """RadEdit's App. D crops, then min-maxes: burned-in text in the band cropped away (here 4095 in
+    the outer columns) must not shift the mapping of the centre the model sees."""
+    rng = np.random.default_rng(2)
+    image = rng.integers(100, 900, size=(16, 24)).astype(np.int16)
+    image[2:5, :3] = 4095  # a marker left of the centred 16 x 16 square
+    model = analytic(resolution=16, means={"": 0.0, "clear": -0.8},
+                     preprocessing=Preprocessing(Fit.center_crop, Intensity.min_max))
+    mask = np.zeros_like(image, bool)
+    mask[6:10, 10:14] = True
+    result = edit("radedit", image, model=model, edit_mask=mask, prompt="clear", steps=4, guidance=3.0)
+    centre = image[:, 4:20]
+    assert result.provenance["preprocessing"]["low"] == centre.min()
+    assert result.provenance["preprocessing"]["high"] == centre.max() < 4095
+    out = result.image.array
+    np.testing.assert_array_equal(out[~mask], image[~mask])
+    assert out[mask].max() <= centre.max()  # decoded values map back into the centre's range
 
 
 def test_a_mask_outside_the_crop_is_refused_and_one_partly_outside_warned():

@@ -166,11 +166,11 @@ def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser,
     chosen = slices_to_edit(stack.shape[0], region, slices)
     if not chosen:
         raise EditError(f"the {spec.slice_region} touches no slice along axis {axis}: nothing to edit")
-    try:
-        window = IntensityWindow.of(volume, model.preprocessing.intensity)
+    grid = Grid(stack.shape[1], stack.shape[2], model.resolution, model.preprocessing.fit)
+    try:  # over what the model sees: a centre crop first, then the window (RadEdit's App. D order)
+        window = IntensityWindow.of(stack[(slice(None), *grid.crop)], model.preprocessing.intensity)
     except ValueError as exc:
         raise EditError(str(exc)) from None
-    grid = Grid(stack.shape[1], stack.shape[2], model.resolution, model.preprocessing.fit)
     _check_coverage(spec, grid, stacked, chosen)
     # mm between neighbouring slices (a 2D image is one slice: no spacing to speak of)
     spacing = 1.0 if volume.ndim == 2 else source.spacing[axis if back is None else int(back[0, 0])]
