@@ -100,3 +100,52 @@ def test_stable_diffusion_folder_loads(tmp_path, no_network):
 def test_unknown_model_names_the_known_ones():
     with pytest.raises(ModelLoadError, match="known: .*radedit"):
         load_model("radedti")
+
+
+def test_text_encoders_get_the_attention_mask_when_their_config_asks(tmp_path):
+    """diffusers' rule: a BERT-type encoder saved with use_attention_mask=true (BiomedCLIP, CXR-BERT
+    folders) is given the mask; CLIP's config has no such field and runs without one."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from napari_medit.backends.text import TransformersTextEncoder
+
+    prompt = ["acute effusion"]
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)}, model_max_length=16)
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=16, use_attention_mask=True)).eval()
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=16)).eval()
+    for name, model in (("bert", bert), ("clip", clip)):
+        tokenizer.save_pretrained(tmp_path / name / "tokenizer")
+        model.save_pretrained(tmp_path / name / "text_encoder")
+    tokens = tokenizer(prompt, padding="max_length", max_length=16, return_tensors="pt")
+    with torch.no_grad():
+        masked, unmasked = bert(tokens.input_ids, attention_mask=tokens.attention_mask)[0], bert(tokens.input_ids)[0]
+        assert not torch.allclose(masked, unmasked, atol=1e-4)  # the padding is attended to without the mask
+        from_bert = TransformersTextEncoder.from_folder(tmp_path / "bert")
+        from_clip = TransformersTextEncoder.from_folder(tmp_path / "clip")
+        assert from_bert.use_attention_mask and not from_clip.use_attention_mask
+        torch.testing.assert_close(from_bert(prompt), masked)
+        torch.testing.assert_close(from_clip(prompt), clip(tokens.input_ids)[0])
+        # a napari-medit model folder's medit.json may still say otherwise, explicitly
+        assert not TransformersTextEncoder.from_folder(tmp_path / "bert", use_attention_mask=False).use_attention_mask
+
+
+def test_the_radedit_preset_can_run_its_text_encoder_without_the_attention_mask(tmp_path, monkeypatch, no_network):
+    """Whether RadEdit's own pipeline passes BioViL-T the mask is not confirmable offline: the second
+    preset runs it without, so the two can be compared on the real weights."""
+    unet, vae, tokenizer, text = tiny_parts()
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    unet.save_pretrained(cache_snapshot(tmp_path, RADEDIT_UNET) / "unet")
+    vae.save_pretrained(cache_snapshot(tmp_path, RADEDIT_VAE))
+    text_dir = cache_snapshot(tmp_path, RADEDIT_TEXT)
+    tokenizer.save_pretrained(text_dir)
+    text.save_pretrained(text_dir)
+    masked = load_model("radedit", trust_remote_code=True)
+    unmasked = load_model("radedit-unmasked-text", trust_remote_code=True)
+    assert masked.text_encoder.use_attention_mask and not unmasked.text_encoder.use_attention_mask
+    assert unmasked.name == "radedit-unmasked-text"
+    with torch.no_grad():
+        a, b = masked.encode_text(["effusion"]), unmasked.encode_text(["effusion"])
+    assert a.shape == b.shape and not torch.allclose(a, b, atol=1e-4)

@@ -62,7 +62,8 @@ def _load(path, device, trust_remote_code: bool, download: bool) -> Denoiser:
 
     spec = str(path)
     if spec in presets.PRESETS:
-        return _to_device(presets.load_radedit(download, trust_remote_code), device)
+        return _to_device(presets.load_radedit(download, trust_remote_code,
+                                               text_attention_mask=spec != presets.RADEDIT_UNMASKED_TEXT), device)
     repository = hub_repository(spec)
     if repository == presets.RADEDIT_UNET:  # the published RadEdit UNet: the preset brings its VAE and text encoder
         return _to_device(presets.load_radedit(download, trust_remote_code), device)
@@ -187,7 +188,7 @@ def _load_diffusers(folder: Path, config: dict, trust_remote_code: bool) -> Diff
             raise ModelLoadError(f"{folder}: a text-conditioned UNet needs {' and '.join(missing)}/ beside it")
         options = config.get("text_encoder", {})
         text_encoder = TransformersTextEncoder.from_folder(
-            folder, options.get("max_length"), options.get("use_attention_mask", False), trust_remote_code
+            folder, options.get("max_length"), options.get("use_attention_mask"), trust_remote_code
         )
     image_conditioned = bool(config.get("image_conditioned", False))
     if image_conditioned:

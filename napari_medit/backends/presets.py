@@ -27,8 +27,15 @@ RADEDIT_UNET, RADEDIT_VAE, RADEDIT_TEXT = "microsoft/radedit", "stabilityai/sdxl
 RADEDIT_SCHEDULER = dict(beta_schedule="linear", clip_sample=False, prediction_type="epsilon",
                          timestep_spacing="trailing", steps_offset=1)  # the model card's DDIMScheduler
 BIOVIL_MAX_TOKENS = 128
+# Whether RadEdit's own pipeline hands BioViL-T the attention mask could not be confirmed offline
+# (BioViL-T's config has no use_attention_mask, so a stock StableDiffusionPipeline would not): the
+# preset gives it, as a BERT-type encoder expects; the second preset runs it without, to compare.
+RADEDIT_UNMASKED_TEXT = "radedit-unmasked-text"
 PRESETS = {
-    "radedit": f"RadEdit: {RADEDIT_UNET} + {RADEDIT_VAE} + {RADEDIT_TEXT} (needs trust_remote_code)",
+    "radedit": f"RadEdit: {RADEDIT_UNET} + {RADEDIT_VAE} + {RADEDIT_TEXT} (needs trust_remote_code); "
+               "the text encoder gets the attention mask",
+    RADEDIT_UNMASKED_TEXT: "the radedit preset with its text encoder run without the attention mask "
+                           "(as a stock StableDiffusionPipeline runs BioViL-T, whose config does not ask for it)",
 }
 
 
@@ -53,7 +60,7 @@ def fetch(repo_id: str, download: bool = False) -> Path:
         raise ModelLoadError(f"could not download {repo_id}: {reason} (check the network and your hub login)") from exc
 
 
-def load_radedit(download: bool = False, trust_remote_code: bool = False):
+def load_radedit(download: bool = False, trust_remote_code: bool = False, text_attention_mask: bool = True):
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
     from ..editing import DiffusersDenoiser
@@ -73,8 +80,9 @@ def load_radedit(download: bool = False, trust_remote_code: bool = False):
     tokenizer = AutoTokenizer.from_pretrained(text_dir, local_files_only=True, trust_remote_code=True,
                                               model_max_length=BIOVIL_MAX_TOKENS)
     text_model = AutoModel.from_pretrained(text_dir, local_files_only=True, trust_remote_code=True)
-    text = TransformersTextEncoder(tokenizer, text_model, BIOVIL_MAX_TOKENS, use_attention_mask=True)
-    return DiffusersDenoiser(unet, DDIMScheduler(**RADEDIT_SCHEDULER), name="radedit", text_encoder=text, vae=vae,
+    text = TransformersTextEncoder(tokenizer, text_model, BIOVIL_MAX_TOKENS, use_attention_mask=text_attention_mask)
+    name = "radedit" if text_attention_mask else RADEDIT_UNMASKED_TEXT
+    return DiffusersDenoiser(unet, DDIMScheduler(**RADEDIT_SCHEDULER), name=name, text_encoder=text, vae=vae,
                              preprocessing=preprocessing.RADEDIT)
 
 

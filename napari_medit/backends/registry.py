@@ -70,9 +70,10 @@ def describe_presets() -> list[dict]:
             cached[repo] = True
         except ModelLoadError:
             cached[repo] = False
-    return [{"name": "radedit", "description": PRESETS["radedit"], "backend": "diffusers (latent)",
+    return [{"name": name, "description": description, "backend": "diffusers (latent)",
              "resolution": 512, "text_conditioned": True, "mask_conditions": [],
-             "methods": ["radedit", "pie", "sdedit", "diffedit"], "cached": cached, "preset": True}]
+             "methods": ["radedit", "pie", "sdedit", "diffedit"], "cached": cached, "preset": True}
+            for name, description in PRESETS.items()]
 
 
 def describe(folder: Path) -> dict:
