@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from .instructions import read_instruction, region_template
+from .instructions import pseudo_mask_region, read_instruction, region_template
 from .masks import native_inpainting_mask, outside_brain_problem
+from .results import EditError
 
 
 # ---------------------------------------------------------------- parameters
@@ -245,6 +246,12 @@ class DiffEditParams:
     steps: int = parameter(50, "DDIM steps: 50 in DiffEdit and diffusers' pipeline")
     strength: float = parameter(0.8, "encoding ratio: diffusers' StableDiffusionDiffEditPipeline default 0.8")
     guidance: float = parameter(7.5, "classifier-free guidance: 7.5, Stable Diffusion's default")
+    inversion_guidance: float = parameter(
+        1.0, "classifier-free guidance of the DDIM inversion: 1, none, as RadEdit's Algorithm 2 writes DiffEdit "
+        "(diffusers' invert() defaults to 7.5)")
+    mask_grid: MaskGrid = parameter(
+        MaskGrid.binary, "edit mask on the model's grid: binary as DiffEdit's own thresholded masks, or "
+        "fractional coverage")
 
     def validate(self) -> None:
         strength_steps(self.steps, self.strength)
@@ -289,6 +296,10 @@ class InstructX2XParams:
         "(its function default 0.5 leaves a tighter map)")
     relevance_timestep: float = parameter(
         RELEVANCE_TIMESTEP, "the noise level the relevance map is read at, as a fraction of T: InstructX2X's 0.8")
+    pseudo_masks: str | None = parameter(
+        None, "a folder of InstructX2X's released pseudo masks (its inference/masks): without a roi_mask, the "
+        "region is the union of those the instruction names, as its reference builds it",
+        automatic="napari-medit's per-finding templates")
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -530,10 +541,17 @@ def _mededit_masks(masks: Masks, params: MedEditParams, resolution: int, shape) 
 
 
 def _instruction_region(masks: Masks, params: InstructX2XParams, resolution: int, shape) -> dict[str, np.ndarray]:
-    """InstructX2X's anatomical region: the user's roi_mask, else the templates of the findings the
-    instruction names (the whole image when it names none), cut to the lungs when a lung_mask is given."""
+    """InstructX2X's anatomical region: the user's roi_mask; else, given the folder, its released pseudo
+    masks for the findings the instruction names; else napari-medit's templates of those findings (the
+    whole image when it names none), cut to the lungs when a lung_mask is given."""
     if "roi_mask" in masks:
         return {}
+    if params.pseudo_masks:
+        try:
+            region = pseudo_mask_region(params.pseudo_masks, params.prompt, tuple(shape[1:]))
+        except ValueError as exc:
+            raise EditError(str(exc)) from None
+        return {"roi_mask": np.broadcast_to(region, shape).copy()}
     found = read_instruction(params.prompt)
     lungs = masks.get("lung_mask")
     regions = [region_template(found, tuple(shape[1:]), None if lungs is None else lungs[i]) for i in range(shape[0])]

@@ -6,7 +6,8 @@ what an instruction means without a model:
 - InstructX2X's Region-Specific Editing multiplies its relevance map by an anatomical
   region for the finding the instruction names. Its reference code uses the union of
   MS-CXR boxes per finding; napari-medit defines per-finding templates on the film
-  (``region_template``), used when the user gives no region of their own.
+  (``region_template``), used when the user gives no region of their own; given the folder of
+  InstructX2X's released pseudo masks, its own region instead (``pseudo_mask_region``).
 - The demo instruction model is trained on phantom "patient journeys", whose instructions
   are written from the change between two phantoms (``write_instruction``).
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -159,3 +161,38 @@ def hemithorax(lungs: np.ndarray, side: Side) -> np.ndarray:
     middle = (cols[0] + cols[-1] + 1) / 2
     image_left = np.arange(lungs.shape[1]) < middle
     return np.asarray(lungs, bool) & (image_left if side is Side.right else ~image_left)[None]
+
+
+PSEUDO_MASK_PATTERN = "pseudo_mask_*.npy"  # InstructX2X's inference/masks/pseudo_mask_<Finding>.npy
+
+
+def pseudo_mask_region(folder: str | Path, text: str, shape: tuple[int, int]) -> np.ndarray:
+    """InstructX2X's own region for an instruction: the union (maximum) of the released pseudo
+    masks whose finding the text names (case-insensitive, as its reference matches them), each
+    resampled bilinearly from its grid to ``shape`` and cut at one half; the whole image when the
+    text names none of them. ValueError names a missing folder or a file that is not a 2D mask."""
+    from scipy.ndimage import zoom
+
+    folder = Path(folder).expanduser()
+    files = sorted(folder.glob(PSEUDO_MASK_PATTERN)) if folder.is_dir() else []
+    if not files:
+        raise ValueError(f"{folder}: no {PSEUDO_MASK_PATTERN} files there; point pseudo_masks at InstructX2X's "
+                         "inference/masks folder, or leave it empty for napari-medit's templates")
+    lowered = text.lower()
+    named = [f for f in files if f.stem[len("pseudo_mask_"):].lower() in lowered]
+    if not named:
+        return np.ones(shape, bool)
+    union = np.zeros(shape, np.float64)
+    for path in named:
+        try:
+            mask = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not a NumPy array file ({exc})") from None
+        if mask.ndim != 2 or not np.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+            raise ValueError(f"{path}: a pseudo mask is one 2D array of values in [0, 1]; this one has shape "
+                             f"{mask.shape} and values {np.nanmin(mask) if mask.size else 'none'}..."
+                             f"{np.nanmax(mask) if mask.size else ''}")
+        resampled = zoom(mask.astype(np.float64), (shape[0] / mask.shape[0], shape[1] / mask.shape[1]), order=1,
+                         grid_mode=True, mode="nearest")
+        union = np.maximum(union, resampled)
+    return union >= 0.5

@@ -23,6 +23,7 @@ OTHER_VALUES = {
     "jump_n_sample": 2, "inversion_guidance": 2.0, "mask_grid": catalogue.MaskGrid.fractional,
     "start": catalogue.RePaintStart.noised_input, "loop": catalogue.PIELoop.latent,
     "text_guidance": 5.0, "image_guidance": 1.2, "threshold": 0.3, "relevance_timestep": 0.6,
+    "pseudo_masks": "/data/InstructX2X/inference/masks",
 }
 OTHER_RUN = {"seed": 7, "axis": "coronal", "slices": "3:5", "batch_size": 2, "slice_noise": SliceNoise.independent,
              "noise_correlation_mm": 4.5, "through_plane_smoothing": 0.25}

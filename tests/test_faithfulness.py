@@ -494,3 +494,24 @@ def test_fractional_timesteps_have_the_alpha_bar_euler_schedulers_step_with():
     for t, sigma in fractional:
         assert schedule.alpha_bar(t) == pytest.approx(1 / (1 + sigma**2), rel=1e-6)
     assert schedule.alpha_bar(500.0) == float(schedule.alphas_cumprod[500])
+
+
+# ---------------------------------------------------------------- 9. round two: DiffEdit against diffusers' pipeline
+
+
+def test_diffedit_inverts_unguided_unless_asked_and_binarises_its_mask():
+    """RadEdit's Algorithm 2 writes DiffEdit's inversion with the inversion prompt and no guidance;
+    diffusers' invert() guides at 7.5: inversion_guidance restores it, at two passes per inversion step."""
+    model = tiny_models.text_unet()
+    image = np.random.default_rng(4).random((16, 16)).astype(np.float32)
+    mask = np.zeros((16, 16), bool)
+    mask[4:12, 4:12] = True
+    run = dict(model=model, edit_mask=mask, prompt="clear", inversion_prompt="effusion", steps=10, strength=0.5)
+    plain = edit("diffedit", image, **run)
+    guided = edit("diffedit", image, inversion_guidance=7.5, **run)
+    assert plain.provenance["parameters"]["inversion_guidance"] == 1.0
+    assert plain.provenance["parameters"]["mask_grid"] == "binary"
+    assert plain.provenance["model_evaluations"] == 5 + 2 * 5  # inversion, then guided sampling
+    assert guided.provenance["model_evaluations"] == 2 * 5 + 2 * 5
+    assert not np.array_equal(plain.image.array[mask], guided.image.array[mask])
+    np.testing.assert_array_equal(guided.image.array[~mask], image[~mask])

@@ -322,3 +322,52 @@ def test_cmig_score_is_the_geometric_mean_of_geometric_means():
     assert sorted(ours, key=ours.get) == sorted(TABLE_1, key=lambda n: TABLE_1[n][3])
     with pytest.raises(ValueError, match="positive"):
         cmig_score({"a": 0.0}, {"f": 1.0})
+
+
+def released_pseudo_masks(folder):
+    """InstructX2X's inference/masks layout: pseudo_mask_<Finding>.npy, 512 x 512 floats in [0, 1]."""
+    folder.mkdir()
+    effusion = np.zeros((512, 512), np.float32)
+    effusion[256:, :256] = 1  # the lower half of the image's left (the patient's right)
+    heart = np.zeros((512, 512), np.float32)
+    heart[200:400, 200:330] = 1
+    np.save(folder / "pseudo_mask_Effusion.npy", effusion)
+    np.save(folder / "pseudo_mask_Cardiomegaly.npy", heart)
+    np.save(folder / "pseudo_mask_Lung Opacity.npy", np.ones((512, 512), np.float32))
+    return effusion.astype(bool), heart.astype(bool)
+
+
+def test_instructx2x_region_from_its_released_pseudo_masks(tmp_path, pix2pix):
+    """The reference multiplies the relevance map by the union of the pseudo masks the instruction
+    names (whole image when none): given the folder, napari-medit builds the same region on the image."""
+    from napari_medit.instructions import pseudo_mask_region
+
+    effusion, heart = released_pseudo_masks(tmp_path / "masks")
+    region = pseudo_mask_region(tmp_path / "masks", "Remove the pleural EFFUSION", (64, 48))
+    expected = np.zeros((64, 48), bool)
+    expected[32:, :24] = True
+    np.testing.assert_array_equal(region, expected)
+    both = pseudo_mask_region(tmp_path / "masks", "effusion and cardiomegaly", (512, 512))
+    np.testing.assert_array_equal(both, effusion | heart)
+    assert pseudo_mask_region(tmp_path / "masks", "add a fracture", (8, 8)).all()
+
+    image = chest()
+    result = edit("instructx2x", image, model=pix2pix, prompt=PROMPT, steps=2, seed=0,
+                  pseudo_masks=str(tmp_path / "masks"))
+    region = result.masks["roi_mask"]
+    np.testing.assert_array_equal(region, pseudo_mask_region(tmp_path / "masks", PROMPT, image.shape))
+    np.testing.assert_array_equal(result.image.array[~region], image[~region])
+    assert result.provenance["parameters"]["pseudo_masks"] == str(tmp_path / "masks")
+
+
+def test_a_pseudo_mask_folder_that_is_not_one_fails_clearly(tmp_path, pix2pix):
+    with pytest.raises(EditError, match="no pseudo_mask_.*npy files there"):
+        edit("instructx2x", chest(), model=pix2pix, prompt=PROMPT, steps=2, pseudo_masks=str(tmp_path / "none"))
+    (tmp_path / "bad").mkdir()
+    np.save(tmp_path / "bad" / "pseudo_mask_Effusion.npy", np.full((4, 4, 3), 7.0))
+    with pytest.raises(EditError, match="one 2D array of values in"):
+        edit("instructx2x", chest(), model=pix2pix, prompt=PROMPT, steps=2, pseudo_masks=str(tmp_path / "bad"))
+    (tmp_path / "pickled").mkdir()
+    np.save(tmp_path / "pickled" / "pseudo_mask_Effusion.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(EditError, match="not a NumPy array file"):
+        edit("instructx2x", chest(), model=pix2pix, prompt=PROMPT, steps=2, pseudo_masks=str(tmp_path / "pickled"))

@@ -7,7 +7,13 @@
         x = M * x + (1 - M) * x_inv[t - 1]          # outside the mask, the inverted latent
 
 The mask is the user's (DiffEdit's own mask estimation from prompt
-differences is not used: users here paint masks).
+differences is not used: users here paint masks), binarised on the model's
+grid by default as DiffEdit's thresholded masks are. Differences from diffusers'
+StableDiffusionDiffEditPipeline, on purpose: the inversion is unguided unless
+``inversion_guidance`` says otherwise (its invert() guides at 7.5), and the
+outside is pasted from x_inv at the level of the sample just produced (the
+pipeline pastes the one a step noisier, and its last step lands on x_inv at the
+first timestep rather than on x_0).
 """
 
 from __future__ import annotations
@@ -39,7 +45,10 @@ def diffedit(
     inverted = {FINAL: x0}
     x = x0
     for t, t_prev in reversed(steps):
-        eps = denoiser(x, t, c_inv, conditions)
+        if params.inversion_guidance == 1:
+            eps = denoiser(x, t, c_inv, conditions)
+        else:
+            eps, _ = denoiser.guided(x, t, c_inv, null, params.inversion_guidance, conditions)
         x = schedule.step_mean(x, eps, t_prev, t, eta=0.0)  # Eq. 12 run from t_prev up to t
         inverted[t] = x
         progress.step(schedule.predict_x0(x, eps, t))
