@@ -135,6 +135,8 @@ def evaluation_counts(device: torch.device) -> list[str]:
     text.schedule = NoiseSchedule.from_scheduler(PNDMScheduler(**SD_V1_4_PNDM))
     masks = load_model("demo-brain", device)
     instruction = load_model("demo-cxr-instruct", device)
+    converted = load_model("demo-cxr-instruct", device)  # as InstructX2X's converter writes folders: PNDM
+    converted.schedule = NoiseSchedule.from_scheduler(PNDMScheduler(**SD_V1_4_PNDM))
     jobs = [  # method, model, options, expected evaluations, why
         ("radedit", text, dict(prompt="pleural effusion", steps=10, skip=0), 10 + 2 * 10,
          "10 inversion + 2 x 10 guided steps (PNDM's repeat run once)"),
@@ -152,6 +154,11 @@ def evaluation_counts(device: torch.device) -> list[str]:
          10, "guidance off when s_T <= 1 (the pipeline's rule): one pass per step"),
         ("instructx2x", instruction, dict(prompt="remove the right pleural effusion", steps=10), 2 + 3 * 10,
          "the relevance map's 2 passes + 10 guided steps x 3"),
+        ("instructx2x", converted, dict(prompt="remove the right pleural effusion", steps=10), 2 + 3 * 10,
+         "a PNDM folder still runs the reference's 10 DDIM steps (PLMS would make 11)"),
+        ("sdedit", masks, dict(steps=10, strength=0.5), 5, "the last 5 of 10 steps, one call each"),
+        ("diffedit", text, dict(prompt="pleural effusion", steps=10, strength=0.5), 5 + 2 * 5,
+         "5 unguided inversion steps + 5 guided steps x 2"),
     ]
     lines = ["## Model evaluations against the algorithm's count", "",
              "One 64x64 image; evaluations = network forward passes per image (guidance counts two).", "",
@@ -160,7 +167,8 @@ def evaluation_counts(device: torch.device) -> list[str]:
         image, region = sample_image()
         result = edit(method, image, model=model, **_masks(method, model, region), **options)
         evaluations = result.provenance["model_evaluations"]
-        schedule = result.provenance["scheduler"]["class"]
+        scheduler = result.provenance["scheduler"]
+        schedule = scheduler["class"] + (f" from {scheduler['built_from']}" if "built_from" in scheduler else "")
         described = ", ".join(f"{k}={v}" for k, v in options.items() if k != "prompt")
         lines.append(f"| {method} | {model.name} ({schedule}) | {described} | {evaluations} | {expected} | {why} |")
         print(lines[-1], flush=True)
