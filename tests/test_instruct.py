@@ -371,3 +371,41 @@ def test_a_pseudo_mask_folder_that_is_not_one_fails_clearly(tmp_path, pix2pix):
     np.save(tmp_path / "pickled" / "pseudo_mask_Effusion.npy", np.array([{"a": 1}], dtype=object))
     with pytest.raises(EditError, match="not a NumPy array file"):
         edit("instructx2x", chest(), model=pix2pix, prompt=PROMPT, steps=2, pseudo_masks=str(tmp_path / "pickled"))
+
+
+def test_instructx2x_loads_its_converters_folder_as_written(tmp_path):
+    """InstructX2X's converter writes diffusers' IP2P layout with PyTorch .bin weights (safe_serialization
+    off by default) and a PNDM scheduler: it loads as is, read with the weights-only unpickler."""
+    pipe = tiny_pix2pix(tmp_path / "reference", "PNDMScheduler")
+    pipe.save_pretrained(tmp_path / "Ix2x_V1_4500", safe_serialization=False)
+    text_encoder = tmp_path / "Ix2x_V1_4500" / "text_encoder"  # transformers 5 writes safetensors whatever it is told
+    if (text_encoder / "model.safetensors").exists():
+        (text_encoder / "model.safetensors").unlink()
+        torch.save(pipe.text_encoder.state_dict(), text_encoder / "pytorch_model.bin")
+    written = {p.name for p in (tmp_path / "Ix2x_V1_4500").rglob("*") if p.suffix in (".bin", ".safetensors")}
+    assert written == {"diffusion_pytorch_model.bin", "pytorch_model.bin"}
+    model = load_model(tmp_path / "Ix2x_V1_4500")
+    reference = load_model(tmp_path / "reference")
+    image = chest(32)
+    ours = edit("instructx2x", image, model=model, prompt=PROMPT, steps=3, seed=1)
+    np.testing.assert_array_equal(ours.image.array, edit("instructx2x", image, model=reference, prompt=PROMPT,
+                                                         steps=3, seed=1).image.array)
+    assert ours.provenance["scheduler"]["built_from"] == "PNDMScheduler"
+
+
+def test_a_bin_file_that_unpickles_to_code_is_refused(tmp_path):
+    import pickle
+
+    tiny_pix2pix(tmp_path / "ix2x").save_pretrained(tmp_path / "ix2x", safe_serialization=False)
+    for stale in (tmp_path / "ix2x").rglob("*.safetensors"):
+        stale.unlink()
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "ix2x" / "unet" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ModelLoadError, match=r"unet: could not load it .*tensors only"):
+        load_model(tmp_path / "ix2x")
+    assert not marker.exists()

@@ -149,3 +149,11 @@ def test_the_radedit_preset_can_run_its_text_encoder_without_the_attention_mask(
     with torch.no_grad():
         a, b = masked.encode_text(["effusion"]), unmasked.encode_text(["effusion"])
     assert a.shape == b.shape and not torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, advice", [("x2x.ckpt", "convert_original_stable_diffusion_to_diffusers"),
+                                          ("mededit.pt", "napari-medit import-mededit .*mededit.pt --out FOLDER")])
+def test_a_single_checkpoint_file_is_told_what_to_do(tmp_path, name, advice, no_network):
+    (tmp_path / name).write_bytes(b"not really")
+    with pytest.raises(ModelLoadError, match=f"single checkpoint file.*{advice}"):
+        load_model(tmp_path / name)

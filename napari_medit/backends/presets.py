@@ -18,6 +18,7 @@ fails at once, naming what is missing and how to get it.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 from .. import preprocessing
@@ -97,15 +98,26 @@ def load_pipeline_folder(folder: Path, trust_remote_code: bool = False):
     missing = [p for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / p).is_dir()]
     if missing:
         raise ModelLoadError(f"{folder}: a Stable Diffusion-style folder needs {', '.join(missing)}/")
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
+    # Published folders hold safetensors or, as diffusers' converters write by default (InstructX2X's
+    # does), PyTorch .bin files: diffusers and transformers read those with torch.load(weights_only=True),
+    # which refuses any pickled object that is not a tensor.
+    part = "unet"
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
+        part = "vae"
+        vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
+        part = "text_encoder"
+        text = TransformersTextEncoder.from_folder(folder, trust_remote_code=trust_remote_code, safetensors_only=False)
+    except (OSError, ValueError, RuntimeError, EnvironmentError, pickle.UnpicklingError) as exc:
+        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise ModelLoadError(f"{folder / part}: could not load it ({reason}); its weights must be safetensors or "
+                             "a .bin of tensors only (nothing that unpickles to code)") from exc
     scheduler_config = diffusers.DDIMScheduler.load_config(folder / "scheduler")
     scheduler_class = scheduler_config.get("_class_name", "DDIMScheduler")
     if not hasattr(diffusers, scheduler_class):
         raise ModelLoadError(f"{folder / 'scheduler'}: diffusers {diffusers.__version__} has no {scheduler_class}; "
                              "replace the scheduler config with a DDIMScheduler one")
     scheduler = getattr(diffusers, scheduler_class).from_config(scheduler_config)
-    text = TransformersTextEncoder.from_folder(folder, trust_remote_code=trust_remote_code)
     # InstructPix2Pix folders: the UNet reads the prior image's latent beside the noisy one (4 + 4 channels)
     image_conditioned = unet.config.in_channels == 2 * vae.config.latent_channels
     if image_conditioned:

@@ -44,6 +44,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
+    if path.is_file():
+        raise ModelLoadError(single_file_problem(path))
     folders = model_folders()
     if str(name_or_path) in folders:
         return folders[str(name_or_path)]
@@ -57,6 +59,16 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         f"a Stable Diffusion-style hub repository is hub:ORG/NAME; add model folders of your own "
         f"with {SEARCH_PATH_VARIABLE}=/path/to/models"
     )
+
+
+def single_file_problem(path: Path) -> str:
+    """What to do with one checkpoint file given where a model folder is expected."""
+    if path.suffix in (".pt", ".pth"):
+        return (f"{path}: a single checkpoint file; a MedEdit checkpoint becomes a model folder with "
+                f"`napari-medit import-mededit {path} --out FOLDER` (once), then pass FOLDER")
+    return (f"{path}: a single checkpoint file; napari-medit loads model folders. An InstructPix2Pix or Stable "
+            "Diffusion .ckpt/.safetensors becomes one with diffusers' convert_original_stable_diffusion_to_diffusers "
+            "script (InstructX2X's models/convert_ckpt_to_diffusers does it for its checkpoints); pass that folder")
 
 
 def describe_presets() -> list[dict]:

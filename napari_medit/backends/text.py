@@ -20,16 +20,18 @@ class TransformersTextEncoder:
 
     @classmethod
     def from_folder(cls, folder: Path, max_length: int | None = None, use_attention_mask: bool | None = None,
-                    trust_remote_code: bool = False) -> TransformersTextEncoder:
+                    trust_remote_code: bool = False, safetensors_only: bool = True) -> TransformersTextEncoder:
         """``use_attention_mask`` None: as the encoder's config says, the rule of diffusers' pipelines
         (BERT-type encoders saved with ``use_attention_mask: true`` get the mask; CLIP's config has
-        no such field and is run without one, as it was trained)."""
+        no such field and is run without one, as it was trained). ``safetensors_only`` False also
+        reads a published folder's pytorch_model.bin, through transformers' weights-only unpickler."""
         from transformers import AutoModel, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True,
                                                   trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(folder / "text_encoder", local_files_only=True,
-                                          trust_remote_code=trust_remote_code, use_safetensors=True)
+                                          trust_remote_code=trust_remote_code,
+                                          use_safetensors=True if safetensors_only else None)
         if use_attention_mask is None:
             use_attention_mask = bool(getattr(model.config, "use_attention_mask", False))
         return cls(tokenizer, model, max_length or tokenizer.model_max_length, use_attention_mask)
