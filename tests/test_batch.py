@@ -14,7 +14,7 @@ import tiny_models
 from napari_medit.backends import save_model
 from napari_medit.batch import ManifestError, read_manifest, run_batch
 from napari_medit.cli import main
-from napari_medit.io import MedicalImage, write_image
+from napari_medit.io import MedicalImage, read_image, write_image
 from test_model_folder import MONAI_CONFIG
 
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
@@ -192,3 +192,21 @@ def test_local_dask_workers_start_without_dask_s_malloc_trimming(monkeypatch):
     with cluster, Client(cluster) as client:
         (threshold,) = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()
     assert threshold == "65536"  # what the setting undoes
+
+
+def test_an_output_that_is_a_link_to_a_source_replaces_the_link_not_the_source(items_folder, tmp_path):
+    """An out folder holding links back to the data (case00.nii.gz -> t1_0.nii.gz): results replace
+    the links; the sources they pointed at stay byte for byte."""
+    rows = mededit_rows(1)
+    rows[0]["steps"] = 2
+    manifest = write_manifest(items_folder, rows, "linked.csv")
+    source = items_folder / "t1_0.nii.gz"
+    before = source.read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "case00.nii.gz").symlink_to(source)
+    (out / "case00.json").symlink_to(items_folder / "brain.nii.gz")
+    assert main(["batch", str(manifest), "--out", str(out), "--workers", "0"]) == 0
+    assert source.read_bytes() == before
+    assert not (out / "case00.nii.gz").is_symlink() and not (out / "case00.json").is_symlink()
+    assert read_image(out / "case00.nii.gz").array.shape == (16, 16, 4)

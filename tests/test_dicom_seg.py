@@ -1,6 +1,7 @@
 """Masks as DICOM SEG: written from painted layers, read back onto the image through its references."""
 
 import shutil
+from pathlib import Path
 import subprocess
 
 import numpy as np
@@ -128,3 +129,21 @@ def test_dciodvfy_accepts_the_seg(oblique_series, tmp_path):
     path = write_seg(tmp_path / "masks.dcm", {"brain_mask": painted(image.array.shape, 5)}, image)
     report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
     assert [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")] == []
+
+
+def test_a_seg_write_that_fails_halfway_leaves_the_previous_seg_whole(tmp_path, monkeypatch):
+    path = save(dicom_slice(np.zeros((20, 16), np.uint16), modality="CR", photometric="MONOCHROME1",
+                            extra={"PatientOrientation": ["L", "F"]}), tmp_path / "cr.dcm")
+    image = read_image(path)
+    first = write_seg(tmp_path / "masks" / "roi.dcm", {"roi_mask": painted((20, 16), 3)}, image)
+    before = first.read_bytes()
+
+    def killed(self, filename, *args, **kwargs):  # half a file written, then the process dies
+        Path(filename).write_bytes(before[: len(before) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pydicom.Dataset, "save_as", killed)
+    with pytest.raises(OSError, match="No space left"):
+        write_seg(first, {"roi_mask": painted((20, 16), 4)}, image)
+    assert first.read_bytes() == before
+    assert [p.name for p in first.parent.iterdir()] == ["roi.dcm"]

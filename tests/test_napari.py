@@ -160,3 +160,44 @@ def test_image_info_widget_describes_selected_layer(make_napari_viewer):
     assert "orientation: SPL" in text and "file_affine:" in text
     assert "spacing: [1.5, 1.5, 1.5]" in text
     assert "t1" in widget.title.text()
+
+
+def _unusable_geometry(tmp_path):
+    import struct
+
+    from test_io_hostile import small_nifti
+
+    path = small_nifti(tmp_path, sform=np.zeros((3, 4)))
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<f", data, 80, float("nan"))  # pixdim[1]: no sform, qform or voxel size left
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _bomb(tmp_path):
+    from test_io_hostile import png_declaring
+
+    return png_declaring(tmp_path, 30000, 30000)
+
+
+def _past_the_memory_limit(tmp_path):
+    path = tmp_path / "large.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 64), np.int16), np.eye(4)), path)
+    return path
+
+
+@pytest.mark.parametrize("make, fix", [
+    (_unusable_geometry, "set a valid sform or qform"),
+    (_bomb, "re-save it at its real size"),
+    (_past_the_memory_limit, "set NAPARI_MEDIT_MAX_IMAGE_BYTES to a larger size"),
+], ids=["singular-affine", "decompression-bomb", "memory-limit"])
+def test_each_refusal_names_its_fix_and_adds_nothing_to_the_viewer(make_napari_viewer, tmp_path, monkeypatch,
+                                                                   make, fix):
+    monkeypatch.setenv("NAPARI_MEDIT_MAX_IMAGE_BYTES", "256K")
+    path = make(tmp_path)
+    before = path.read_bytes()
+    viewer = make_napari_viewer()
+    with pytest.raises(Exception, match=fix):
+        viewer.open(str(path), plugin=PLUGIN)
+    assert len(viewer.layers) == 0
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from napari_medit.cli import main
+from napari_medit.io import PARTIAL_PREFIX
 from napari_medit.stress.demo import Scenario, write_demo_cases
 from napari_medit.stress.models import ModelUnderTest, ModelUnderTestError
 from napari_medit.stress.run import StressTestError, stress_test
@@ -179,6 +181,24 @@ def test_a_stress_test_writes_its_report_and_resumes(tmp_path, cases):
                 show_progress=False)
     summary = {r["id"]: r["status"] for r in json.loads((out / "edits" / "summary.json").read_text())}
     assert summary == {first: "done", on_disk["cases"][1]["id"]: "skipped"}
+
+    # A third run dies while writing its report: the last complete report stays, whole, and nothing partial.
+    reports = {name: (out / name).read_bytes() for name in ("report.html", "report.json")}
+    write_text = Path.write_text
+
+    def dies_halfway(path, text, *args, **kwargs):
+        if path.name.startswith(PARTIAL_PREFIX) and path.name.endswith(("report.html", "report.json")):
+            write_text(path, text[: len(text) // 2])
+            raise OSError(28, "No space left on device")
+        return write_text(path, text, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "write_text", dies_halfway)
+        with pytest.raises(OSError, match="No space left"):
+            stress_test("manifestation", model_under_test=model, data=cases, editor="demo-cxr", out=out, workers=0,
+                        steps=3, show_progress=False)
+    assert {name: (out / name).read_bytes() for name in reports} == reports
+    assert not [p for p in out.rglob(f"{PARTIAL_PREFIX}*")]
 
 
 def test_bad_requests_are_refused_before_anything_is_written(tmp_path, cases):

@@ -10,7 +10,6 @@ shares the image's frame of reference and grid, and refused otherwise.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,14 +115,10 @@ def write_seg(path: str | Path, masks: Mapping[str, np.ndarray], image: MedicalI
         del seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
         if "PatientOrientation" in sources[0]:
             seg.PatientOrientation = sources[0].PatientOrientation
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".partial-{path.name}-", delete=False) as handle:
-        temporary = Path(handle.name)
-    try:
+    from . import replacing
+
+    with replacing(path) as temporary:
         seg.save_as(temporary, enforce_file_format=True)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 

@@ -41,7 +41,7 @@ def check_declared(path: Path, shape, itemsize: float, what: str = "its pixel da
     dims = [int(n) for n in shape]
     if any(n <= 0 for n in dims) or any(n > MAX_DIMENSION for n in dims):
         raise ImageReadError(f"{path}: the header declares a shape of {tuple(dims)}, which no image has "
-                             "(the file is damaged)")
+                             "(the file is damaged): export the image again from its source")
     needed = int(np.prod(dims, dtype=np.float64) * itemsize)
     limit, source = memory_limit()
     if needed > limit:
@@ -70,7 +70,8 @@ def check_geometry(path: Path, image) -> None:
         raise ImageReadError(f"{path}: an image of shape {image.array.shape} holds no pixels to edit")
     problem = affine_problem(image.affine)
     if problem:
-        raise ImageReadError(f"{path}: {problem}; the file's geometry is damaged")
+        raise ImageReadError(f"{path}: {problem}; the file's geometry is damaged: export the image again from "
+                             "its source (scanner, PACS or the tool that wrote it)")
 
 
 def _size(nbytes: float) -> str:

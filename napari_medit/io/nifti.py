@@ -79,7 +79,8 @@ def _usable_affine(path: Path, header, sform_code: int, qform_code: int) -> tupl
         if affine_problem(affine) is None:
             return affine, source
     raise ImageReadError(f"{path}: no usable geometry: the sform, qform and voxel sizes (pixdim "
-                         f"{[float(v) for v in header['pixdim'][1:4]]}) are all non-finite, zero or singular")
+                         f"{[float(v) for v in header['pixdim'][1:4]]}) are all non-finite, zero or singular; "
+                         "set a valid sform or qform (nibabel's set_sform, or fslorient) or export the image again")
 
 
 def write_nifti(path: Path, image: MedicalImage) -> Path:

@@ -34,7 +34,7 @@ def read_raster(path: Path) -> MedicalImage:
         raise ImageReadError(f"{path}: no such file") from exc
     except Image.DecompressionBombError as exc:  # Pillow refuses these at open, before our own check
         raise ImageReadError(f"{path}: declares more pixels than Pillow will decode ({exc}); a damaged or "
-                             "hostile file") from exc
+                             "hostile file: re-save it at its real size if you trust where it came from") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"{path}: not a readable PNG/JPEG image ({exc})") from exc
     metadata = {

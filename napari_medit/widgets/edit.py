@@ -62,15 +62,16 @@ def parameter_form(params: type, only: tuple[str, ...] | None = None) -> Contain
             automatic = [("automatic", None)] if value is None else []  # the tooltip says what it decides
             widget = ComboBox(choices=[*automatic, *((m.value, m) for m in kind)], value=value)
         elif kind is str:
-            widget = LineEdit(value=value)
+            widget = LineEdit(value=value or "")
         elif kind is int:
             widget = SpinBox(value=0 if value is None else value, min=0, max=2**31 - 1)
         elif kind is float:
             widget = FloatSpinBox(value=value, min=0.0, max=1000.0, step=0.05)
         else:
             raise TypeError(f"no form widget for {params.__name__}.{item.name}: {kind}")
-        if value is None:  # decided at run time: 0 (or 'automatic') stands for it
-            tooltip += f" ({'automatic' if issubclass(kind, enum.Enum) else 0}: {item.metadata['automatic']})"
+        if value is None:  # decided at run time: 0, empty text or 'automatic' stands for it
+            empty = "automatic" if issubclass(kind, enum.Enum) else "empty" if kind is str else 0
+            tooltip += f" ({empty}: {item.metadata['automatic']})"
         widget.name, widget.label, widget.tooltip = item.name, item.name.replace("_", " "), tooltip
         widgets.append(widget)
     form = Container(widgets=widgets, labels=True, name=params.__name__)
@@ -102,7 +103,7 @@ def method_form(spec) -> Container:
             if value is not None:
                 widget.value = value
             elif field_name in form.automatic:  # as parameter_form shows a run-time default
-                widget.value = None if isinstance(widget, ComboBox) else 0
+                widget.value = None if isinstance(widget, ComboBox) else "" if isinstance(widget, LineEdit) else 0
 
     picker.changed.connect(apply)
     form.insert(0, picker)
@@ -110,8 +111,8 @@ def method_form(spec) -> Container:
 
 
 def form_values(form: Container) -> dict:
-    """The form's values as the parameters dataclass takes them (0 for an automatic one: None)."""
-    return {w.name: (None if w.name in form.automatic and w.value == 0 else w.value) for w in form}
+    """The form's values as the parameters dataclass takes them (0 or empty text for an automatic one: None)."""
+    return {w.name: (None if w.name in form.automatic and w.value in (0, "") else w.value) for w in form}
 
 
 def status_label(text: str = "") -> Label:
