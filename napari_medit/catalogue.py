@@ -315,6 +315,15 @@ class InstructX2XParams:
 # ---------------------------------------------------------------- run options (every method)
 
 
+class Precision(str, enum.Enum):
+    """The arithmetic of the denoising network's forward passes (VAEs and text encoders stay float32)."""
+
+    auto = "auto"  # float16 on CUDA; bfloat16 on a CPU that computes it natively; float32 elsewhere
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 class SliceNoise(str, enum.Enum):
     """How a volume's slices draw their noise (napari_medit.editing.slice_noise)."""
 
@@ -342,6 +351,10 @@ class RunOptions:
     through_plane_smoothing: float = parameter(
         0.0, "through-plane regularisation (DiffusionMBIR-style): 0 off, up to 1, a smoothing step of the "
         "predicted clean image across edited slices at every step")
+
+    precision: Precision = parameter(
+        Precision.auto, "the denoising network's arithmetic: auto is float16 on CUDA, bfloat16 on a CPU with "
+        "native bfloat16 (AVX512-BF16 or AMX), else float32; VAEs and text encoders stay float32")
 
     def validate(self) -> None:
         parse_slices(self.slices)  # refuses text that is not A:B

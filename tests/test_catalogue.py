@@ -26,7 +26,7 @@ OTHER_VALUES = {
     "pseudo_masks": "/data/InstructX2X/inference/masks",
 }
 OTHER_RUN = {"seed": 7, "axis": "coronal", "slices": "3:5", "batch_size": 2, "slice_noise": SliceNoise.independent,
-             "noise_correlation_mm": 4.5, "through_plane_smoothing": 0.25}
+             "noise_correlation_mm": 4.5, "through_plane_smoothing": 0.25, "precision": catalogue.Precision.bfloat16}
 
 
 def test_the_table_covers_every_parameter():

@@ -22,7 +22,7 @@ from napari_medit.editing import (
 )
 from napari_medit.editing.ddpm import FINAL, pairs
 from napari_medit.editing.radedit import RadEditParams, radedit
-from napari_medit.catalogue import RunOptions, SliceNoise
+from napari_medit.catalogue import Precision, RunOptions, SliceNoise
 from napari_medit.io import MedicalImage
 
 
@@ -189,7 +189,7 @@ def test_every_method_is_registered_with_a_case():
 # A value other than the default for every run option; a new option must join (the first test says so).
 OTHER_RUN_OPTIONS = [("seed", 3), ("axis", "coronal"), ("slices", "1:3"), ("batch_size", 1),
                      *[("slice_noise", kind) for kind in SliceNoise], ("noise_correlation_mm", 2.0),
-                     ("through_plane_smoothing", 0.5)]
+                     ("through_plane_smoothing", 0.5), *[("precision", kind) for kind in Precision]]
 # Besides each method's case model, the model kinds that take a method down another path: a VAE
 # (PIE's reference loop re-encodes with a posterior sample), an Euler ancestral scheduler (fractional
 # timesteps and step noise drawn by the scheduler, as public InstructPix2Pix checkpoints ship).
@@ -473,3 +473,36 @@ def test_inpainting_mask_is_the_binary_dilation_by_a_square_and_the_brain():
         square = np.ones((1, kernel, kernel), bool)
         expected = binary_dilation(pathology, structure=square) & brain
         np.testing.assert_array_equal(inpainting_mask(pathology, brain, kernel), expected)
+
+
+def test_auto_precision_is_what_the_device_computes_natively(monkeypatch):
+    from napari_medit.editing.run import network_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert network_precision("auto", torch.device("cpu")) is torch.float32  # bfloat16 would be emulated
+    assert network_precision("auto", torch.device("cuda")) is torch.float16
+    assert network_precision("bfloat16", torch.device("cpu")) is torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert network_precision(Precision.auto, torch.device("cpu")) is torch.bfloat16
+
+
+def test_reduced_precision_changes_only_the_edited_region_and_is_recorded():
+    """bfloat16 changes the network's arithmetic only: the keep mask stays bit-identical, the edit
+    stays close to float32's, and the provenance says what ran."""
+    image = phantom_slice((32, 32))
+    edit_mask, keep_mask = np.zeros((32, 32), bool), np.zeros((32, 32), bool)
+    edit_mask[8:24, 8:20] = True
+    keep_mask[12:16, 12:16] = True
+    model = tiny_models.text_unet(32)
+    run = dict(model=model, prompt="effusion", steps=6, skip=0, edit_mask=edit_mask, keep_mask=keep_mask, seed=2)
+    full = edit("radedit", image, precision="float32", **run)
+    brain = edit("radedit", image, precision="bfloat16", **run)
+    assert (full.provenance["precision"], brain.provenance["precision"]) == ("float32", "bfloat16")
+    for result in (full, brain):  # RadEdit may change all but its keep mask
+        np.testing.assert_array_equal(result.image.array[keep_mask], image[keep_mask])
+    changed = edit_mask & ~keep_mask
+    assert not np.array_equal(full.image.array[changed], brain.image.array[changed])
+    span = float(image.max() - image.min())
+    assert np.abs(full.image.array[changed] - brain.image.array[changed]).mean() < 0.05 * span
+    assert next(model.network.parameters()).dtype == torch.float32 and model.compute_dtype is None

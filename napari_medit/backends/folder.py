@@ -221,10 +221,9 @@ def _to_device(denoiser: Denoiser, device) -> Denoiser:
     device = pick_device(device)
     if device.type == "cpu":
         return denoiser
+    # float32 weights everywhere: each edit's `precision` autocasts the UNet's forward passes (float16 on
+    # CUDA by default); VAEs always compute in float32 (fp16 SDXL VAEs decode to black).
     denoiser.network.to(device)
-    if device.type == "cuda":
-        # Half precision for the UNet only: VAEs are kept in float32 (fp16 SDXL VAEs decode to black).
-        denoiser.network.half()
     if denoiser.text_encoder is not None:
         denoiser.text_encoder.model.to(device)
     if getattr(denoiser, "vae", None) is not None:

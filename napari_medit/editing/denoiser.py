@@ -13,6 +13,7 @@ denoiser whose exact answers make strong tests possible.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
 
@@ -38,6 +39,12 @@ class Denoiser:
     preprocessing: Preprocessing = Preprocessing()  # how slices are fit to the grid and intensities mapped
     schedule: NoiseSchedule
     evaluations: int = 0  # forward passes so far, counted per batch item
+    compute_dtype: torch.dtype | None = None  # the network's arithmetic during an edit (None: its own)
+
+    @contextlib.contextmanager
+    def computing_in(self, dtype: torch.dtype):
+        """A model without a network (the analytic one) computes in its own precision."""
+        yield self
 
     @property
     def text_conditioned(self) -> bool:
@@ -120,6 +127,20 @@ class NetworkDenoiser(Denoiser):
     network: torch.nn.Module
     text_encoder: TextEncoder | None = None
     _hash: str | None = None
+
+    @contextlib.contextmanager
+    def computing_in(self, dtype: torch.dtype):
+        """The network's forward passes autocast to ``dtype`` inside the block (weights stay float32,
+        so one loaded model serves every precision); float32 turns autocast off."""
+        before, self.compute_dtype = self.compute_dtype, dtype
+        try:
+            yield self
+        finally:
+            self.compute_dtype = before
+
+    def _autocast(self, device: torch.device):
+        low = self.compute_dtype not in (None, torch.float32)
+        return torch.autocast(device.type, dtype=self.compute_dtype, enabled=low) if low else contextlib.nullcontext()
 
     @property
     def text_conditioned(self) -> bool:
@@ -204,9 +225,10 @@ class DiffusersDenoiser(NetworkDenoiser):
         step_type = torch.long if float(t).is_integer() else torch.float32
         timestep = torch.full((x.shape[0],), t, device=x.device, dtype=step_type)
         dtype = self.unet.dtype
-        if text is None:
-            return self.unet(x.to(dtype), timestep).sample.float()
-        return self.unet(x.to(dtype), timestep, encoder_hidden_states=text.to(dtype)).sample.float()
+        with self._autocast(x.device):
+            if text is None:
+                return self.unet(x.to(dtype), timestep).sample.float()
+            return self.unet(x.to(dtype), timestep, encoder_hidden_states=text.to(dtype)).sample.float()
 
 
 class MonaiDenoiser(NetworkDenoiser):
@@ -237,7 +259,8 @@ class MonaiDenoiser(NetworkDenoiser):
         timesteps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         dtype = next(self.model.parameters()).dtype
         context = None if text is None else text.to(dtype)
-        return self.model(x.to(dtype), timesteps=timesteps, context=context).float()
+        with self._autocast(x.device):
+            return self.model(x.to(dtype), timesteps=timesteps, context=context).float()
 
 
 class GaussianDenoiser(Denoiser):

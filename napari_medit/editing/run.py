@@ -18,7 +18,7 @@ from .. import __version__
 from ..io import MedicalImage
 from ..io.image import PLANES, apply_orientation, plane_transforms
 from .. import catalogue
-from ..catalogue import MASK_ROLES, MaskGrid, Method, RunOptions, SliceNoise, check_slice_options
+from ..catalogue import MASK_ROLES, MaskGrid, Method, Precision, RunOptions, SliceNoise, check_slice_options
 from ..masks import mask_problem
 from ..results import EditError, EditProgress, EditResult
 from ..metrics import edit_metrics, jsonable
@@ -44,6 +44,7 @@ def edit(
     slice_noise: SliceNoise | str = RUN.slice_noise,
     noise_correlation_mm: float = RUN.noise_correlation_mm,
     through_plane_smoothing: float = RUN.through_plane_smoothing,
+    precision: Precision | str = RUN.precision,
     callback: Callable[[EditProgress], None] | None = None,
     cancel: threading.Event | None = None,
     **options: Any,
@@ -68,6 +69,9 @@ def edit(
         through_plane_smoothing: 0 (off) to 1: at every step, smooth the predicted clean image
             across neighbouring edited slices inside the edited region (all slices then run as
             one batch through the sampler; the network still sees ``batch_size`` at a time).
+        precision: the denoising network's arithmetic: 'auto' (float16 on CUDA, bfloat16 on a CPU
+            with native bfloat16, else float32), 'float32', 'bfloat16' or 'float16'. VAEs and
+            text encoders compute in float32; compositing is exact in any precision.
         callback: called after every denoising step with an ``EditProgress``.
         cancel: set it to stop the run within one step (``EditCancelled`` is raised).
         **options: the masks by role (``edit_mask``, ``keep_mask``, ``pathology_mask``,
@@ -80,7 +84,7 @@ def edit(
     """
     plan = plan_edit(method, image, model=model, seed=seed, axis=axis, slices=slices, batch_size=batch_size,
                      slice_noise=slice_noise, noise_correlation_mm=noise_correlation_mm,
-                     through_plane_smoothing=through_plane_smoothing, **options)
+                     through_plane_smoothing=through_plane_smoothing, precision=precision, **options)
     started, evaluations_before = time.perf_counter(), model.evaluations
     outputs, maps, scheduler = run_plan(plan, model, callback=callback, cancel=cancel)
     return assemble(plan, model, outputs, maps, seconds=time.perf_counter() - started,
@@ -111,6 +115,7 @@ class EditPlan:
     slice_spacing_mm: float  # between neighbouring slices of ``stack``
     noise_correlation_mm: float
     through_plane_smoothing: float
+    precision: torch.dtype  # the network's arithmetic, resolved for the model's device
 
     @property
     def planar(self) -> bool:
@@ -123,12 +128,15 @@ class EditPlan:
 def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser, seed: int = 0,
               axis: int | str = 0, slices: tuple[int, int] | None = None, batch_size: int | None = None,
               slice_noise: SliceNoise | str = RUN.slice_noise, noise_correlation_mm: float = RUN.noise_correlation_mm,
-              through_plane_smoothing: float = RUN.through_plane_smoothing, **options: Any) -> EditPlan:
+              through_plane_smoothing: float = RUN.through_plane_smoothing, precision: Precision | str = RUN.precision,
+              **options: Any) -> EditPlan:
     """Check a request (same arguments as ``edit``) and lay it out as slices; nothing runs yet."""
     try:
         spec = catalogue.method(method)
         if not isinstance(slice_noise, SliceNoise):
             slice_noise = catalogue.parse_value(RunOptions, "slice_noise", slice_noise)
+        if not isinstance(precision, Precision):
+            precision = catalogue.parse_value(RunOptions, "precision", precision)
         check_slice_options(noise_correlation_mm, through_plane_smoothing)
     except ValueError as exc:
         raise EditError(str(exc)) from None
@@ -181,7 +189,7 @@ def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser,
                              correlation_mm=noise_correlation_mm),
         batch_size=batch_size or _default_batch(model, len(chosen)), axis=axis, plane=plane, back=back,
         seed=seed, slice_noise=slice_noise, slice_spacing_mm=spacing, noise_correlation_mm=noise_correlation_mm,
-        through_plane_smoothing=through_plane_smoothing,
+        through_plane_smoothing=through_plane_smoothing, precision=network_precision(precision, model.device),
     )
 
 
@@ -195,11 +203,18 @@ def run_plan(plan: EditPlan, model: Denoiser, *, callback: Callable[[EditProgres
     together = plan.through_plane_smoothing > 0  # neighbours must be in the batch they are smoothed with
     size = len(plan.chosen) if together else plan.batch_size
     pending = [plan.chosen[i : i + size] for i in range(0, len(plan.chosen), size)]
-    network_batch = plan.batch_size
     progress = Progress(cancel=cancel, chunks=len(pending))
-    outputs: list[np.ndarray] | None = None
     maps = {name: np.zeros(plan.stack.shape, np.float32) for name in plan.spec.produces}
-    scheduler = None
+    with model.computing_in(plan.precision):
+        outputs, scheduler = _run_chunks(run, plan, model, pending, together, progress, callback, maps)
+    return outputs, maps, scheduler
+
+
+def _run_chunks(run, plan: EditPlan, model: Denoiser, pending: list[list[int]], together: bool, progress: Progress,
+                callback, maps: dict[str, np.ndarray]):
+    """The batches in turn, halving them on running out of GPU memory; fills ``maps`` in place."""
+    network_batch = plan.batch_size
+    outputs, scheduler = None, None
     while pending:
         chunk = pending.pop(0)
         done_before = progress.done
@@ -229,7 +244,7 @@ def run_plan(plan: EditPlan, model: Denoiser, *, callback: Callable[[EditProgres
         for name, values in native_maps.items():
             maps[name][chunk] = values
         progress.next_chunk()
-    return outputs, maps, scheduler
+    return outputs, scheduler
 
 
 def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], maps: dict[str, np.ndarray] | None = None,
@@ -268,6 +283,7 @@ def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], maps: d
         "slice_noise": plan.slice_noise.value,
         "noise_correlation_mm": plan.noise_correlation_mm if plan.slice_noise is SliceNoise.correlated else None,
         "through_plane_smoothing": plan.through_plane_smoothing,
+        "precision": str(plan.precision).removeprefix("torch."),
         "slice_spacing_mm": None if plan.planar else round(plan.slice_spacing_mm, 6),
         "axis": plan.plane or plan.axis,
         "slices": plan.chosen,
@@ -401,6 +417,20 @@ def _edit_chunk(run, plan: EditPlan, model: Denoiser, chunk: list[int], progress
         # maps lie on the model's image grid; outside a centre crop they are 0 (nothing was edited there)
         return native, {k: np.nan_to_num(plan.grid.from_model(m.float().cpu())).astype(np.float32)
                         for k, m in maps.items()}, scheduler
+
+
+def network_precision(precision: Precision | str, device: torch.device) -> torch.dtype:
+    """What ``precision`` means on ``device``. auto: float16 on CUDA (half the memory traffic, tensor
+    cores); bfloat16 on a CPU that computes it natively (AVX512-BF16 or AMX: torch reports them);
+    float32 elsewhere, where bfloat16 would be emulated and slower (benchmarks/precision.py)."""
+    precision = Precision(precision)
+    if precision is not Precision.auto:
+        return getattr(torch, precision.value)
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return torch.bfloat16
+    return torch.float32
 
 
 def _to_model_range(model: Denoiser, slices: np.ndarray, window: IntensityWindow, grid: Grid) -> torch.Tensor:

@@ -34,7 +34,7 @@ GUI_TASK_GAP_MS = 20  # between layer insertions: long enough for queued input a
 CONNECT_POLL_MS = 100  # how often the GUI looks whether the engine is connected
 SCOPES = ("slices the mask touches", "current slice", "slice range")
 # Run options the form holds (axis and slices: the scope widgets).
-RUN_FORM_FIELDS = ("seed", "batch_size", "slice_noise", "noise_correlation_mm", "through_plane_smoothing")
+RUN_FORM_FIELDS = ("seed", "batch_size", "slice_noise", "noise_correlation_mm", "through_plane_smoothing", "precision")
 
 
 class Compute(str, enum.Enum):
