@@ -24,6 +24,7 @@ def test_brain_training_lowers_the_loss_and_writes_a_model(tmp_path):
     log = json.loads((folder / "training_log.json").read_text())
     curve = log["loss_per_10_steps"]
     assert log["steps"] == 60 and len(curve) == 6
+    assert log["precision"] in ("float32", "bfloat16")
     assert curve[-1] < 0.5 * curve[0]
     model = load_model(folder)
     assert model.condition_names == ("pathology_mask", "brain_mask") and model.resolution == 32
@@ -212,3 +213,15 @@ def test_init_from_is_refused_for_models_that_train_from_scratch(tmp_path, capsy
 
     assert main(["train", "brain", "--out", str(tmp_path / "b"), "--init-from", "demo-cxr"]) == EXIT_BAD_INPUT
     assert "--init-from" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_training_autocasts_to_bfloat16_only_where_it_is_native(monkeypatch):
+    import torch
+
+    from napari_medit.training.loop import training_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert training_precision(torch.device("cpu")) is torch.float32  # emulated bfloat16 is far slower
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert training_precision(torch.device("cpu")) is torch.bfloat16

@@ -127,6 +127,20 @@ class NetworkDenoiser(Denoiser):
     network: torch.nn.Module
     text_encoder: TextEncoder | None = None
     _hash: str | None = None
+    memory_format: torch.memory_format = torch.contiguous_format  # the network's and its inputs' layout
+
+    def use_memory_format(self, memory_format: torch.memory_format) -> NetworkDenoiser:
+        """Lay the network's weights (and, at each call, its inputs) out as ``memory_format``; a
+        layout the network cannot take (channels_last on a 3D network) leaves it as it is."""
+        try:
+            self.network.to(memory_format=memory_format)
+        except RuntimeError:
+            return self
+        self.memory_format = memory_format
+        return self
+
+    def _laid_out(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=self.memory_format) if x.ndim == 4 else x
 
     @contextlib.contextmanager
     def computing_in(self, dtype: torch.dtype):
@@ -224,7 +238,7 @@ class DiffusersDenoiser(NetworkDenoiser):
         # Karras-style schedulers (Euler) may ask for a timestep between two integers.
         step_type = torch.long if float(t).is_integer() else torch.float32
         timestep = torch.full((x.shape[0],), t, device=x.device, dtype=step_type)
-        dtype = self.unet.dtype
+        dtype, x = self.unet.dtype, self._laid_out(x)
         with self._autocast(x.device):
             if text is None:
                 return self.unet(x.to(dtype), timestep).sample.float()
@@ -257,7 +271,7 @@ class MonaiDenoiser(NetworkDenoiser):
     def model_output(self, x_t, t, text, conditions):
         x = x_t if conditions is None else torch.cat([x_t, conditions.to(x_t.dtype)], dim=1)
         timesteps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        dtype = next(self.model.parameters()).dtype
+        dtype, x = next(self.model.parameters()).dtype, self._laid_out(x)
         context = None if text is None else text.to(dtype)
         with self._autocast(x.device):
             return self.model(x.to(dtype), timesteps=timesteps, context=context).float()

@@ -71,11 +71,14 @@ def train(
     for module in modules.values():
         module.train()
     data = batches(step)  # seeded by the step it starts at, so a resumed run sees fresh batches
+    device = parameters[0].device
+    precision = training_precision(device)
     started = time.perf_counter()
     with tqdm(total=config.steps, initial=step, desc="training", unit="step") as bar:
         while step < config.steps:
             batch = next(data)
-            loss = loss_fn(batch, generator)
+            with torch.autocast(device.type, dtype=precision, enabled=precision is not torch.float32):
+                loss = loss_fn(batch, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -98,6 +101,7 @@ def train(
                     module.train()
     (out / "training_log.json").write_text(json.dumps({
         "steps": step, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+        "precision": str(precision).removeprefix("torch."),
         "seed": config.seed, "ema_decay": config.ema_decay, "seconds_this_run": round(time.perf_counter() - started, 1),
         "loss_first_100": _mean(losses[:100]), "loss_last_100": _mean(losses[-100:]),
         "loss_per_10_steps": [_mean(losses[i : i + 10]) for i in range(0, len(losses), 10)],
@@ -107,6 +111,16 @@ def train(
     for name, average in averages.items():  # what the caller saves is the averaged model
         _copy_parameters(average.module.parameters(), modules[name])
     return losses
+
+
+def training_precision(device: torch.device) -> torch.dtype:
+    """bfloat16 autocast where the device computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA
+    GPU that supports it: no loss scaling needed, unlike float16), float32 elsewhere."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    from ..editing.run import network_precision
+
+    return network_precision("auto", device) if device.type == "cpu" else torch.float32
 
 
 def ema_with_warmup(decay: float):
