@@ -72,7 +72,8 @@ def mededit_model(device, smoke: bool) -> MonaiDenoiser:
     from napari_medit.backends.mededit_checkpoint import MEDEDIT_NETWORK
 
     torch.manual_seed(0)
-    network = dict(MEDEDIT_NETWORK, **(dict(channels=[8, 16, 16], num_head_channels=8) if smoke else {}))
+    network = dict(MEDEDIT_NETWORK, **(dict(channels=[8, 16, 16], num_head_channels=8, norm_num_groups=8)
+                                       if smoke else {}))
     return MonaiDenoiser(DiffusionModelUNet(**network).to(device), DDPMScheduler(num_train_timesteps=1000),
                          resolution=128, name="mededit-size", condition_names=("pathology_mask", "brain_mask"))
 

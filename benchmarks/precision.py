@@ -111,7 +111,7 @@ def method_jobs(steps: int):
     yield ("mededit", "demo-brain", t1, dict(pathology_mask=lesion, brain_mask=brain_mask, steps=steps, **volume),
            None)
     yield ("repaint", "demo-brain", t1, dict(pathology_mask=lesion, brain_mask=brain_mask, steps=steps,
-                                             jump_length=5, jump_n_sample=2, **volume), None)
+                                             jump_length=5, jump_n_sample=2, **volume), lesion)
     yield ("instruct", "demo-cxr-instruct", image, dict(prompt="remove the right pleural effusion", steps=steps),
            np.ones_like(edit_mask))
     yield ("instructx2x", "demo-cxr-instruct", image, dict(prompt="remove the right pleural effusion", lung_mask=lungs,
@@ -142,10 +142,14 @@ def method_table(steps: int) -> list[str]:
             seconds[(precision, channels_last)] = time.perf_counter() - start
         full, half = results[("float32", True)].image.array, results[("bfloat16", True)].image.array
         source = image.array
-        inside = region if region is not None else next(
-            m for k, m in results[RUNS[0]].masks.items() if k in ("inpaint_mask", "guidance_mask"))
+        def editable(result):  # the given region, or the one the run computed (MedEdit's, InstructX2X's map)
+            return region if region is not None else next(
+                m for k, m in result.masks.items() if k in ("inpaint_mask", "guidance_mask"))
+
+        inside = editable(results[("float32", True)])
         peak = float(np.percentile(source, 99.5) - np.percentile(source, 0.5))
-        outside = sum(int(np.count_nonzero(r.image.array[~inside] != source[~inside])) for r in results.values())
+        outside = sum(int(np.count_nonzero(r.image.array[~editable(r)] != source[~editable(r)]))
+                      for r in results.values())
         base = seconds[RUNS[0]]
         lines.append(f"| {method} | {spec} | {base:.1f} | "
                      + " | ".join(f"{seconds[run]:.1f} ({base / seconds[run]:.2f}x)" for run in RUNS[1:])
