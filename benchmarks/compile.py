@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from _report import write_report
 
 from napari_medit.backends import load_model
 
@@ -66,11 +67,7 @@ def main() -> int:
             lines.append(f"| {label} | {eager:.3f} s | {compile_seconds:.1f} s | {fast:.3f} s | {eager / fast:.2f}x | "
                          f"{break_even} |")
             print(lines[-1], flush=True)
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+    write_report(lines, args.out)
     return 0
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import write_report
 
 from napari_medit.editing import edit
 
@@ -240,11 +241,7 @@ def main() -> int:
     body = [] if args.counts_only else [*sections(device), ""]
     lines = [f"# Editing engine benchmark ({device.type})", "", f"Machine: {machine(device)}",
              f"Command: `{command}`", "", *body, *evaluation_counts(device)]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+    write_report(lines, args.out)
     return 0
 
 

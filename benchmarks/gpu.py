@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import write_report
 
 from napari_medit.editing import DiffusersDenoiser, MonaiDenoiser, edit
 from napari_medit.preprocessing import Fit, Intensity, Preprocessing
@@ -134,12 +135,7 @@ def main() -> int:
             lines.append(f"| {label} | {precision} | {row['seconds']:.1f} | {row['seconds'] / steps:.3f} | "
                          f"{row['batch']} | {row['evaluations']} | {row['peak']:.2f} |")
             print(lines[-1], flush=True)
-    report = "\n".join(lines) + "\n"
-    print(report)
-    out = args.out or (Path(__file__).parent / "results" / "gpu.md" if device.type == "cuda" else None)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(report)
+    write_report(lines, args.out or (Path(__file__).parent / "results" / "gpu.md" if device.type == "cuda" else None))
     return 0
 
 

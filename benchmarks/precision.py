@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import write_report
 
 from napari_medit.backends import load_model
 from napari_medit.editing import edit
@@ -197,11 +198,7 @@ def main() -> int:
     lines = ["# Reduced precision (CPU)", "", f"Machine: {machine()}", f"Command: `{command}`", "",
              *forward_table(args.repeats, native or args.bf16_default_layout), "",
              *method_table(args.steps), "", *reconstruction_table(args.steps)]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+    write_report(lines, args.out)
     return 0
 
 

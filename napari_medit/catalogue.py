@@ -351,7 +351,6 @@ class RunOptions:
     through_plane_smoothing: float = parameter(
         0.0, "through-plane regularisation (DiffusionMBIR-style): 0 off, up to 1, a smoothing step of the "
         "predicted clean image across edited slices at every step")
-
     precision: Precision = parameter(
         Precision.auto, "the denoising network's arithmetic: auto is float16 on CUDA, bfloat16 on a CPU with "
         "native bfloat16 (AVX512-BF16 or AMX), else float32; VAEs and text encoders stay float32")

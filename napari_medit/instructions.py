@@ -163,7 +163,8 @@ def hemithorax(lungs: np.ndarray, side: Side) -> np.ndarray:
     return np.asarray(lungs, bool) & (image_left if side is Side.right else ~image_left)[None]
 
 
-PSEUDO_MASK_PATTERN = "pseudo_mask_*.npy"  # InstructX2X's inference/masks/pseudo_mask_<Finding>.npy
+PSEUDO_MASK_PREFIX = "pseudo_mask_"  # InstructX2X's inference/masks/pseudo_mask_<Finding>.npy
+PSEUDO_MASK_PATTERN = f"{PSEUDO_MASK_PREFIX}*.npy"
 
 
 def pseudo_mask_region(folder: str | Path, text: str, shape: tuple[int, int]) -> np.ndarray:
@@ -179,7 +180,7 @@ def pseudo_mask_region(folder: str | Path, text: str, shape: tuple[int, int]) ->
         raise ValueError(f"{folder}: no {PSEUDO_MASK_PATTERN} files there; point pseudo_masks at InstructX2X's "
                          "inference/masks folder, or leave it empty for napari-medit's templates")
     lowered = text.lower()
-    named = [f for f in files if f.stem[len("pseudo_mask_"):].lower() in lowered]
+    named = [f for f in files if f.stem.removeprefix(PSEUDO_MASK_PREFIX).lower() in lowered]
     if not named:
         return np.ones(shape, bool)
     union = np.zeros(shape, np.float64)

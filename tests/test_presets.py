@@ -41,6 +41,17 @@ def cache_snapshot(cache, repo_id):
     return snapshot
 
 
+def cache_radedit_parts(cache, monkeypatch):
+    """The radedit preset's three repositories, tiny and random, in a Hugging Face cache at ``cache``."""
+    unet, vae, tokenizer, text = tiny_parts()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    unet.save_pretrained(cache_snapshot(cache, RADEDIT_UNET) / "unet")
+    vae.save_pretrained(cache_snapshot(cache, RADEDIT_VAE))
+    text_dir = cache_snapshot(cache, RADEDIT_TEXT)
+    tokenizer.save_pretrained(text_dir)
+    text.save_pretrained(text_dir)
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     def refuse(*args, **kwargs):
@@ -51,13 +62,7 @@ def no_network(monkeypatch):
 
 
 def test_radedit_preset_loads_from_the_cache_offline(tmp_path, monkeypatch, no_network):
-    unet, vae, tokenizer, text = tiny_parts()
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    unet.save_pretrained(cache_snapshot(tmp_path, RADEDIT_UNET) / "unet")
-    vae.save_pretrained(cache_snapshot(tmp_path, RADEDIT_VAE))
-    text_dir = cache_snapshot(tmp_path, RADEDIT_TEXT)
-    tokenizer.save_pretrained(text_dir)
-    text.save_pretrained(text_dir)
+    cache_radedit_parts(tmp_path, monkeypatch)
     model = load_model("radedit", trust_remote_code=True)
     assert model.latent and model.latent_factor == 2 and model.resolution == 16
     assert model.text_encoder.use_attention_mask and model.text_encoder.max_length == 128
@@ -135,13 +140,7 @@ def test_text_encoders_get_the_attention_mask_when_their_config_asks(tmp_path):
 def test_the_radedit_preset_can_run_its_text_encoder_without_the_attention_mask(tmp_path, monkeypatch, no_network):
     """Whether RadEdit's own pipeline passes BioViL-T the mask is not confirmable offline: the second
     preset runs it without, so the two can be compared on the real weights."""
-    unet, vae, tokenizer, text = tiny_parts()
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    unet.save_pretrained(cache_snapshot(tmp_path, RADEDIT_UNET) / "unet")
-    vae.save_pretrained(cache_snapshot(tmp_path, RADEDIT_VAE))
-    text_dir = cache_snapshot(tmp_path, RADEDIT_TEXT)
-    tokenizer.save_pretrained(text_dir)
-    text.save_pretrained(text_dir)
+    cache_radedit_parts(tmp_path, monkeypatch)
     masked = load_model("radedit", trust_remote_code=True)
     unmasked = load_model("radedit-unmasked-text", trust_remote_code=True)
     assert masked.text_encoder.use_attention_mask and not unmasked.text_encoder.use_attention_mask

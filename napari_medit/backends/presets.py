@@ -108,7 +108,7 @@ def load_pipeline_folder(folder: Path, trust_remote_code: bool = False):
         vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
         part = "text_encoder"
         text = TransformersTextEncoder.from_folder(folder, trust_remote_code=trust_remote_code, safetensors_only=False)
-    except (OSError, ValueError, RuntimeError, EnvironmentError, pickle.UnpicklingError) as exc:
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         raise ModelLoadError(f"{folder / part}: could not load it ({reason}); its weights must be safetensors or "
                              "a .bin of tensors only (nothing that unpickles to code)") from exc

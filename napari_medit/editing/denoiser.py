@@ -153,8 +153,9 @@ class NetworkDenoiser(Denoiser):
             self.compute_dtype = before
 
     def _autocast(self, device: torch.device):
-        low = self.compute_dtype not in (None, torch.float32)
-        return torch.autocast(device.type, dtype=self.compute_dtype, enabled=low) if low else contextlib.nullcontext()
+        if self.compute_dtype in (None, torch.float32):
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.compute_dtype)
 
     @property
     def text_conditioned(self) -> bool:
