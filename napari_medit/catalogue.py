@@ -354,6 +354,10 @@ class RunOptions:
     precision: Precision = parameter(
         Precision.auto, "the denoising network's arithmetic: auto is float16 on CUDA, bfloat16 on a CPU with "
         "native bfloat16 (AVX512-BF16 or AMX), else float32; VAEs and text encoders stay float32")
+    compile_network: bool = parameter(
+        False, "compile the denoising network with torch.compile: about 1.4x faster per pass on CPU after a "
+        "60-90 s compile, so it pays only on long runs (past ~300 forward passes: MedEdit's 1000 steps, many "
+        "slices; benchmarks/compile.py)")
 
     def validate(self) -> None:
         parse_slices(self.slices)  # refuses text that is not A:B

@@ -26,7 +26,8 @@ OTHER_VALUES = {
     "pseudo_masks": "/data/InstructX2X/inference/masks",
 }
 OTHER_RUN = {"seed": 7, "axis": "coronal", "slices": "3:5", "batch_size": 2, "slice_noise": SliceNoise.independent,
-             "noise_correlation_mm": 4.5, "through_plane_smoothing": 0.25, "precision": catalogue.Precision.bfloat16}
+             "noise_correlation_mm": 4.5, "through_plane_smoothing": 0.25, "precision": catalogue.Precision.bfloat16,
+             "compile_network": True}
 
 
 def test_the_table_covers_every_parameter():
@@ -49,8 +50,8 @@ def cli_args(method: str, values: dict, run: dict) -> list[str]:
     args = ["edit", method, "--image", "x.nii.gz", "--out", "y.nii.gz", "--model", "m"]
     for role in METHODS[method].required_masks:
         args += [f"--{role.replace('_', '-')}", f"{role}.nii.gz"]
-    for name, value in {**values, **run}.items():
-        args += [f"--{name.replace('_', '-')}", as_text(value)]
+    for name, value in {**values, **run}.items():  # a yes/no option is a flag
+        args += [f"--{name.replace('_', '-')}"] + ([] if value is True else [as_text(value)])
     return args
 
 

@@ -189,7 +189,8 @@ def test_every_method_is_registered_with_a_case():
 # A value other than the default for every run option; a new option must join (the first test says so).
 OTHER_RUN_OPTIONS = [("seed", 3), ("axis", "coronal"), ("slices", "1:3"), ("batch_size", 1),
                      *[("slice_noise", kind) for kind in SliceNoise], ("noise_correlation_mm", 2.0),
-                     ("through_plane_smoothing", 0.5), *[("precision", kind) for kind in Precision]]
+                     ("through_plane_smoothing", 0.5), *[("precision", kind) for kind in Precision],
+                     ("compile_network", True)]
 # Besides each method's case model, the model kinds that take a method down another path: a VAE
 # (PIE's reference loop re-encodes with a posterior sample), an Euler ancestral scheduler (fractional
 # timesteps and step noise drawn by the scheduler, as public InstructPix2Pix checkpoints ship).
@@ -202,9 +203,10 @@ def test_every_run_option_has_another_value_to_try():
 
 
 @pytest.mark.parametrize("method, model", [*((m, CASES[m]["model"]) for m in CASES), *OTHER_MODELS.items()])
-def test_every_method_runs_on_a_volume_with_every_run_option(method, model):
+def test_every_method_runs_on_a_volume_with_every_run_option(method, model, monkeypatch):
     """Each method, each model path, each run option away from its default: a finite edit that leaves
     the slices it did not edit bit-identical."""
+    monkeypatch.setattr(torch, "compile", lambda network, **_: network)  # compiling: the tests below
     volume, brain, lesion = volume_with_lesion((16, 16, 4))
     lesion[4:10, 5:11, :] = True
     image = MedicalImage(volume, np.diag([1.0, 1.2, 2.5, 1.0]))
@@ -506,3 +508,47 @@ def test_reduced_precision_changes_only_the_edited_region_and_is_recorded():
     span = float(image.max() - image.min())
     assert np.abs(full.image.array[changed] - brain.image.array[changed]).mean() < 0.05 * span
     assert next(model.network.parameters()).dtype == torch.float32 and model.compute_dtype is None
+
+
+@pytest.mark.parametrize("build", [tiny_models.text_unet, tiny_models.monai_unet], ids=["diffusers", "monai"])
+def test_a_compiled_network_gives_the_eager_result_and_is_compiled_once(monkeypatch, build):
+    """compile_network runs the network through torch.compile (traced here with its "eager" backend:
+    the same kernels, no C++ build), keeps the compiled form with the model for the next edit, and
+    the provenance says so; the result is the uncompiled one."""
+    from napari_medit.editing.denoiser import NetworkDenoiser
+
+    monkeypatch.setattr(NetworkDenoiser, "compile_backend", "eager")
+    compiled = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: compiled.append(net) or real_compile(net, **kw))
+    image, mask = phantom_slice((32, 32)), np.zeros((32, 32), bool)
+    mask[8:24, 8:20] = True
+    model = build()
+    method, masks = ("mededit", dict(pathology_mask=mask, brain_mask=np.ones_like(mask))) if build is tiny_models.monai_unet else (
+        "radedit", dict(edit_mask=mask, prompt="effusion"))
+    run = dict(model=model, steps=3, seed=4, **masks)
+    if method == "radedit":
+        run["skip"] = 0
+    eager = edit(method, image, **run)
+    fast = edit(method, image, compile_network=True, **run)
+    again = edit(method, image, compile_network=True, **run)
+    assert compiled == [model.network]  # once, for both compiled edits
+    np.testing.assert_allclose(fast.image.array, eager.image.array, rtol=0, atol=1e-6 * float(np.ptp(image)))
+    np.testing.assert_array_equal(again.image.array, fast.image.array)
+    assert (eager.provenance["compile_network"], fast.provenance["compile_network"]) == (False, True)
+    assert model.evaluations > 0 and not model._run_compiled  # the block is left as it was
+
+
+def test_a_network_torch_compile_cannot_compile_fails_with_one_message(monkeypatch):
+    from napari_medit.editing.denoiser import NetworkDenoiser
+
+    def no_compiler(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(NetworkDenoiser, "compile_backend", no_compiler)
+    image, mask = phantom_slice((32, 32)), np.zeros((32, 32), bool)
+    mask[8:24, 8:20] = True
+    model, brain = tiny_models.monai_unet(), np.ones_like(mask)
+    with pytest.raises(EditError, match="torch.compile could not compile .*run without compile_network"):
+        edit("mededit", image, model=model, pathology_mask=mask, brain_mask=brain, steps=2, compile_network=True)
+    assert edit("mededit", image, model=model, pathology_mask=mask, brain_mask=brain, steps=2).image.array.shape == image.shape

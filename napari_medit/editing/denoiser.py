@@ -42,8 +42,8 @@ class Denoiser:
     compute_dtype: torch.dtype | None = None  # the network's arithmetic during an edit (None: its own)
 
     @contextlib.contextmanager
-    def computing_in(self, dtype: torch.dtype):
-        """A model without a network (the analytic one) computes in its own precision."""
+    def computing_in(self, dtype: torch.dtype, *, compiled: bool = False):
+        """A model without a network (the analytic one) computes in its own precision, uncompiled."""
         yield self
 
     @property
@@ -128,6 +128,9 @@ class NetworkDenoiser(Denoiser):
     text_encoder: TextEncoder | None = None
     _hash: str | None = None
     memory_format: torch.memory_format = torch.contiguous_format  # the network's and its inputs' layout
+    compile_backend: str = "inductor"  # torch.compile's own default (the tests trace with "eager")
+    _compiled_network: Callable | None = None  # compiled once per loaded model, on first use
+    _run_compiled: bool = False
 
     def use_memory_format(self, memory_format: torch.memory_format) -> NetworkDenoiser:
         """Lay the network's weights (and, at each call, its inputs) out as ``memory_format``; a
@@ -143,14 +146,25 @@ class NetworkDenoiser(Denoiser):
         return x.contiguous(memory_format=self.memory_format) if x.ndim == 4 else x
 
     @contextlib.contextmanager
-    def computing_in(self, dtype: torch.dtype):
+    def computing_in(self, dtype: torch.dtype, *, compiled: bool = False):
         """The network's forward passes autocast to ``dtype`` inside the block (weights stay float32,
-        so one loaded model serves every precision); float32 turns autocast off."""
-        before, self.compute_dtype = self.compute_dtype, dtype
+        so one loaded model serves every precision); float32 turns autocast off. ``compiled``: they
+        go through ``torch.compile`` of the network, compiled on the first pass and kept with the
+        model, so later edits on it pay nothing more (a new batch size or precision recompiles)."""
+        before = self.compute_dtype, self._run_compiled
+        self.compute_dtype, self._run_compiled = dtype, compiled
         try:
             yield self
         finally:
-            self.compute_dtype = before
+            self.compute_dtype, self._run_compiled = before
+
+    def _forward(self) -> Callable:
+        """The network as this block runs it: itself, or its compiled form."""
+        if not self._run_compiled:
+            return self.network
+        if self._compiled_network is None:
+            self._compiled_network = torch.compile(self.network, backend=self.compile_backend)
+        return self._compiled_network
 
     def _autocast(self, device: torch.device):
         if self.compute_dtype in (None, torch.float32):
@@ -239,11 +253,11 @@ class DiffusersDenoiser(NetworkDenoiser):
         # Karras-style schedulers (Euler) may ask for a timestep between two integers.
         step_type = torch.long if float(t).is_integer() else torch.float32
         timestep = torch.full((x.shape[0],), t, device=x.device, dtype=step_type)
-        dtype, x = self.unet.dtype, self._laid_out(x)
+        dtype, x, unet = self.unet.dtype, self._laid_out(x), self._forward()
         with self._autocast(x.device):
             if text is None:
-                return self.unet(x.to(dtype), timestep).sample.float()
-            return self.unet(x.to(dtype), timestep, encoder_hidden_states=text.to(dtype)).sample.float()
+                return unet(x.to(dtype), timestep).sample.float()
+            return unet(x.to(dtype), timestep, encoder_hidden_states=text.to(dtype)).sample.float()
 
 
 class MonaiDenoiser(NetworkDenoiser):
@@ -275,7 +289,7 @@ class MonaiDenoiser(NetworkDenoiser):
         dtype, x = next(self.model.parameters()).dtype, self._laid_out(x)
         context = None if text is None else text.to(dtype)
         with self._autocast(x.device):
-            return self.model(x.to(dtype), timesteps=timesteps, context=context).float()
+            return self._forward()(x.to(dtype), timesteps=timesteps, context=context).float()
 
 
 class GaussianDenoiser(Denoiser):

@@ -45,6 +45,7 @@ def edit(
     noise_correlation_mm: float = RUN.noise_correlation_mm,
     through_plane_smoothing: float = RUN.through_plane_smoothing,
     precision: Precision | str = RUN.precision,
+    compile_network: bool = RUN.compile_network,
     callback: Callable[[EditProgress], None] | None = None,
     cancel: threading.Event | None = None,
     **options: Any,
@@ -72,6 +73,9 @@ def edit(
         precision: the denoising network's arithmetic: 'auto' (float16 on CUDA, bfloat16 on a CPU
             with native bfloat16, else float32), 'float32', 'bfloat16' or 'float16'. VAEs and
             text encoders compute in float32; compositing is exact in any precision.
+        compile_network: run the denoising network through ``torch.compile`` (compiled on the
+            first pass and kept with the loaded model): faster per pass, after a compile that
+            pays only on long runs (benchmarks/compile.py gives the break-even).
         callback: called after every denoising step with an ``EditProgress``.
         cancel: set it to stop the run within one step (``EditCancelled`` is raised).
         **options: the masks by role (``edit_mask``, ``keep_mask``, ``pathology_mask``,
@@ -84,7 +88,8 @@ def edit(
     """
     plan = plan_edit(method, image, model=model, seed=seed, axis=axis, slices=slices, batch_size=batch_size,
                      slice_noise=slice_noise, noise_correlation_mm=noise_correlation_mm,
-                     through_plane_smoothing=through_plane_smoothing, precision=precision, **options)
+                     through_plane_smoothing=through_plane_smoothing, precision=precision,
+                     compile_network=compile_network, **options)
     started, evaluations_before = time.perf_counter(), model.evaluations
     outputs, maps, scheduler = run_plan(plan, model, callback=callback, cancel=cancel)
     return assemble(plan, model, outputs, maps, seconds=time.perf_counter() - started,
@@ -116,6 +121,7 @@ class EditPlan:
     noise_correlation_mm: float
     through_plane_smoothing: float
     precision: torch.dtype  # the network's arithmetic, resolved for the model's device
+    compile_network: bool
 
     @property
     def planar(self) -> bool:
@@ -129,7 +135,7 @@ def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser,
               axis: int | str = 0, slices: tuple[int, int] | None = None, batch_size: int | None = None,
               slice_noise: SliceNoise | str = RUN.slice_noise, noise_correlation_mm: float = RUN.noise_correlation_mm,
               through_plane_smoothing: float = RUN.through_plane_smoothing, precision: Precision | str = RUN.precision,
-              **options: Any) -> EditPlan:
+              compile_network: bool = RUN.compile_network, **options: Any) -> EditPlan:
     """Check a request (same arguments as ``edit``) and lay it out as slices; nothing runs yet."""
     try:
         spec = catalogue.method(method)
@@ -190,6 +196,7 @@ def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser,
         batch_size=batch_size or _default_batch(model, len(chosen)), axis=axis, plane=plane, back=back,
         seed=seed, slice_noise=slice_noise, slice_spacing_mm=spacing, noise_correlation_mm=noise_correlation_mm,
         through_plane_smoothing=through_plane_smoothing, precision=network_precision(precision, model.device),
+        compile_network=bool(compile_network),
     )
 
 
@@ -205,8 +212,13 @@ def run_plan(plan: EditPlan, model: Denoiser, *, callback: Callable[[EditProgres
     pending = [plan.chosen[i : i + size] for i in range(0, len(plan.chosen), size)]
     progress = Progress(cancel=cancel, chunks=len(pending))
     maps = {name: np.zeros(plan.stack.shape, np.float32) for name in plan.spec.produces}
-    with model.computing_in(plan.precision):
-        outputs, scheduler = _run_chunks(run, plan, model, pending, together, progress, callback, maps)
+    with model.computing_in(plan.precision, compiled=plan.compile_network):
+        try:
+            outputs, scheduler = _run_chunks(run, plan, model, pending, together, progress, callback, maps)
+        except _compile_errors(plan) as exc:
+            raise EditError(f"torch.compile could not compile {model.name} on this machine ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); run without compile_network "
+                            "(its compiler needs a C++ toolchain on CPU, Triton on CUDA)") from exc
     return outputs, maps, scheduler
 
 
@@ -284,6 +296,7 @@ def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], maps: d
         "noise_correlation_mm": plan.noise_correlation_mm if plan.slice_noise is SliceNoise.correlated else None,
         "through_plane_smoothing": plan.through_plane_smoothing,
         "precision": str(plan.precision).removeprefix("torch."),
+        "compile_network": plan.compile_network,
         "slice_spacing_mm": None if plan.planar else round(plan.slice_spacing_mm, 6),
         "axis": plan.plane or plan.axis,
         "slices": plan.chosen,
@@ -417,6 +430,11 @@ def _edit_chunk(run, plan: EditPlan, model: Denoiser, chunk: list[int], progress
         # maps lie on the model's image grid; outside a centre crop they are 0 (nothing was edited there)
         return native, {k: np.nan_to_num(plan.grid.from_model(m.float().cpu())).astype(np.float32)
                         for k, m in maps.items()}, scheduler
+
+
+def _compile_errors(plan: EditPlan) -> tuple[type[Exception], ...]:
+    # torch._dynamo is imported only when an edit asked for it (importing it costs seconds).
+    return (torch._dynamo.exc.TorchDynamoException,) if plan.compile_network else ()
 
 
 def network_precision(precision: Precision | str, device: torch.device) -> torch.dtype:

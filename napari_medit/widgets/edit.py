@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from .. import catalogue
@@ -34,7 +34,8 @@ GUI_TASK_GAP_MS = 20  # between layer insertions: long enough for queued input a
 CONNECT_POLL_MS = 100  # how often the GUI looks whether the engine is connected
 SCOPES = ("slices the mask touches", "current slice", "slice range")
 # Run options the form holds (axis and slices: the scope widgets).
-RUN_FORM_FIELDS = ("seed", "batch_size", "slice_noise", "noise_correlation_mm", "through_plane_smoothing", "precision")
+RUN_FORM_FIELDS = ("seed", "batch_size", "slice_noise", "noise_correlation_mm", "through_plane_smoothing", "precision",
+                   "compile_network")
 
 
 class Compute(str, enum.Enum):
@@ -61,6 +62,8 @@ def parameter_form(params: type, only: tuple[str, ...] | None = None) -> Contain
         if issubclass(kind, enum.Enum):
             automatic = [("automatic", None)] if value is None else []  # the tooltip says what it decides
             widget = ComboBox(choices=[*automatic, *((m.value, m) for m in kind)], value=value)
+        elif kind is bool:
+            widget = CheckBox(value=value)
         elif kind is str:
             widget = LineEdit(value=value or "")
         elif kind is int:
