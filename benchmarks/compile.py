@@ -12,6 +12,7 @@ steps on one batch of slices are 1000 passes; RadEdit's 100 steps are 300 (inver
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from pathlib import Path
@@ -36,12 +37,18 @@ def cases():
     side = cxr.resolution // cxr.latent_factor
     x = torch.randn(8, cxr.unet.config.in_channels, side, side).contiguous(memory_format=cxr.memory_format)
     text = cxr.encode_text(["pleural effusion"] * 8)
-    yield (f"demo-cxr (diffusers, text), 8 x 1 x {side}^2", cxr.unet,
-           lambda net: net(x, torch.full((8,), 500), encoder_hidden_states=text).sample)
+    yield (
+        f"demo-cxr (diffusers, text), 8 x 1 x {side}^2",
+        cxr.unet,
+        lambda net: net(x, torch.full((8,), 500), encoder_hidden_states=text).sample,
+    )
     side = brain.resolution
     y = torch.randn(4, 3, side, side).contiguous(memory_format=brain.memory_format)
-    yield (f"demo-brain (MONAI), 4 x 3 x {side}^2", brain.model,
-           lambda net: net(y, timesteps=torch.full((4,), 500)))
+    yield (
+        f"demo-brain (MONAI), 4 x 3 x {side}^2",
+        brain.model,
+        lambda net: net(y, timesteps=torch.full((4,), 500)),
+    )
 
 
 def main() -> int:
@@ -49,23 +56,30 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
     args = parser.parse_args()
-    lines = ["# torch.compile (CPU)", "", f"Command: `python benchmarks/compile.py --repeats {args.repeats}`; "
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads", "",
-             "| UNet | eager pass | compile (first call) | compiled pass | speed-up | break-even (passes) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# torch.compile (CPU)",
+        "",
+        f"Command: `python benchmarks/compile.py --repeats {args.repeats}`; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "",
+        "| UNet | eager pass | compile (first call) | compiled pass | speed-up | break-even (passes) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     with torch.no_grad():
         for label, network, forward in cases():
             forward(network)  # warm-up
-            eager = timed(lambda: forward(network), args.repeats)
+            eager = timed(functools.partial(forward, network), args.repeats)
             compiled = torch.compile(network)
             start = time.perf_counter()
             forward(compiled)
             compile_seconds = time.perf_counter() - start
-            fast = timed(lambda: forward(compiled), args.repeats)
+            fast = timed(functools.partial(forward, compiled), args.repeats)
             saved = eager - fast
             break_even = f"{compile_seconds / saved:.0f}" if saved > 0 else "never"
-            lines.append(f"| {label} | {eager:.3f} s | {compile_seconds:.1f} s | {fast:.3f} s | {eager / fast:.2f}x | "
-                         f"{break_even} |")
+            lines.append(
+                f"| {label} | {eager:.3f} s | {compile_seconds:.1f} s | {fast:.3f} s | {eager / fast:.2f}x | "
+                f"{break_even} |"
+            )
             print(lines[-1], flush=True)
     write_report(lines, args.out)
     return 0

@@ -59,8 +59,11 @@ def forward_seconds(denoiser, inner, batch: int, repeats: int = 15) -> float:
     x = torch.randn(batch, channels, side, side, device=denoiser.device)
     text = denoiser.encode_text(["pleural effusion"] * batch)
     text = None if text is None else text.to(denoiser.device)
-    conditions = torch.rand(batch, len(denoiser.condition_names), side, side, device=denoiser.device) \
-        if denoiser.condition_names else None
+    conditions = (
+        torch.rand(batch, len(denoiser.condition_names), side, side, device=denoiser.device)
+        if denoiser.condition_names
+        else None
+    )
     times = []
     with torch.no_grad():
         inner(x, 500, text, conditions)  # warm-up
@@ -87,7 +90,9 @@ def sample_image():
 
 def run_method(method, model, options, image_shape=None):
     image, region = sample_image()
-    edit(method, image, model=model, **_masks(method, model, region), **options)  # warm-up: first calls are slow
+    edit(
+        method, image, model=model, **_masks(method, model, region), **options
+    )  # warm-up: first calls are slow
     log = CallLog(model)
     start = time.perf_counter()
     result = edit(method, image, model=model, **_masks(method, model, region), **options)
@@ -115,13 +120,27 @@ def batched_against_single(model, slices: int = 8, steps: int = 25):
     times = {}
     for batch in (slices, 1):
         start = time.perf_counter()
-        edit("mededit", volume, model=model, pathology_mask=lesion, brain_mask=brain, steps=steps, batch_size=batch)
+        edit(
+            "mededit",
+            volume,
+            model=model,
+            pathology_mask=lesion,
+            brain_mask=brain,
+            steps=steps,
+            batch_size=batch,
+        )
         times[batch] = time.perf_counter() - start
     return times[slices], times[1]
 
 
-SD_V1_4_PNDM = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True,
-                   steps_offset=1, set_alpha_to_one=False)  # the scheduler sd-v1-4 (PIE's base) ships
+SD_V1_4_PNDM = dict(
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    skip_prk_steps=True,
+    steps_offset=1,
+    set_alpha_to_one=False,
+)  # the scheduler sd-v1-4 (PIE's base) ships
 
 
 def evaluation_counts(device: torch.device) -> list[str]:
@@ -139,39 +158,99 @@ def evaluation_counts(device: torch.device) -> list[str]:
     converted = load_model("demo-cxr-instruct", device)  # as InstructX2X's converter writes folders: PNDM
     converted.schedule = NoiseSchedule.from_scheduler(PNDMScheduler(**SD_V1_4_PNDM))
     jobs = [  # method, model, options, expected evaluations, why
-        ("radedit", text, dict(prompt="pleural effusion", steps=10, skip=0), 10 + 2 * 10,
-         "10 inversion + 2 x 10 guided steps (PNDM's repeat run once)"),
-        ("pie", text, dict(prompt="pleural effusion", iterations=2, steps=10, strength=0.5, loop="reference"),
-         2 * 2 * 6, "2 iterations x 2 (guidance) x 6 PLMS calls: run_pie's slice [5:] of PNDM's 11 timesteps"),
-        ("pie", text, dict(prompt="pleural effusion", iterations=2, steps=10, strength=0.5, loop="latent"),
-         2 * 2 * 5, "2 iterations x 2 x 5 distinct DDIM steps"),
-        ("mededit", masks, dict(steps=20, jump_n_sample=3), 19 * 3 + 1, "19 steps x 3 repeats + the last step once"),
+        (
+            "radedit",
+            text,
+            dict(prompt="pleural effusion", steps=10, skip=0),
+            10 + 2 * 10,
+            "10 inversion + 2 x 10 guided steps (PNDM's repeat run once)",
+        ),
+        (
+            "pie",
+            text,
+            dict(prompt="pleural effusion", iterations=2, steps=10, strength=0.5, loop="reference"),
+            2 * 2 * 6,
+            "2 iterations x 2 (guidance) x 6 PLMS calls: run_pie's slice [5:] of PNDM's 11 timesteps",
+        ),
+        (
+            "pie",
+            text,
+            dict(prompt="pleural effusion", iterations=2, steps=10, strength=0.5, loop="latent"),
+            2 * 2 * 5,
+            "2 iterations x 2 x 5 distinct DDIM steps",
+        ),
+        (
+            "mededit",
+            masks,
+            dict(steps=20, jump_n_sample=3),
+            19 * 3 + 1,
+            "19 steps x 3 repeats + the last step once",
+        ),
         ("repaint", masks, dict(preset="mededit-paper", steps=50), 50, "MedEdit's loop: one call per step"),
-        ("repaint", masks, dict(steps=50, jump_length=10, jump_n_sample=2), 50 + 4 * 10,
-         "50 steps + 4 jumps x 10 steps redone"),
-        ("instruct", instruction, dict(prompt="remove the right pleural effusion", steps=10), 3 * 10,
-         "10 steps x 3 (text + image, image, neither): InstructPix2Pix's guidance"),
-        ("instruct", instruction, dict(prompt="remove the right pleural effusion", steps=10, text_guidance=1.0),
-         10, "guidance off when s_T <= 1 (the pipeline's rule): one pass per step"),
-        ("instructx2x", instruction, dict(prompt="remove the right pleural effusion", steps=10), 2 + 3 * 10,
-         "the relevance map's 2 passes + 10 guided steps x 3"),
-        ("instructx2x", converted, dict(prompt="remove the right pleural effusion", steps=10), 2 + 3 * 10,
-         "a PNDM folder still runs the reference's 10 DDIM steps (PLMS would make 11)"),
+        (
+            "repaint",
+            masks,
+            dict(steps=50, jump_length=10, jump_n_sample=2),
+            50 + 4 * 10,
+            "50 steps + 4 jumps x 10 steps redone",
+        ),
+        (
+            "instruct",
+            instruction,
+            dict(prompt="remove the right pleural effusion", steps=10),
+            3 * 10,
+            "10 steps x 3 (text + image, image, neither): InstructPix2Pix's guidance",
+        ),
+        (
+            "instruct",
+            instruction,
+            dict(prompt="remove the right pleural effusion", steps=10, text_guidance=1.0),
+            10,
+            "guidance off when s_T <= 1 (the pipeline's rule): one pass per step",
+        ),
+        (
+            "instructx2x",
+            instruction,
+            dict(prompt="remove the right pleural effusion", steps=10),
+            2 + 3 * 10,
+            "the relevance map's 2 passes + 10 guided steps x 3",
+        ),
+        (
+            "instructx2x",
+            converted,
+            dict(prompt="remove the right pleural effusion", steps=10),
+            2 + 3 * 10,
+            "a PNDM folder still runs the reference's 10 DDIM steps (PLMS would make 11)",
+        ),
         ("sdedit", masks, dict(steps=10, strength=0.5), 5, "the last 5 of 10 steps, one call each"),
-        ("diffedit", text, dict(prompt="pleural effusion", steps=10, strength=0.5), 5 + 2 * 5,
-         "5 unguided inversion steps + 5 guided steps x 2"),
+        (
+            "diffedit",
+            text,
+            dict(prompt="pleural effusion", steps=10, strength=0.5),
+            5 + 2 * 5,
+            "5 unguided inversion steps + 5 guided steps x 2",
+        ),
     ]
-    lines = ["## Model evaluations against the algorithm's count", "",
-             "One 64x64 image; evaluations = network forward passes per image (guidance counts two).", "",
-             "| method | model (schedule) | parameters | evaluations | expected | why |", "|---|---|---|---:|---:|---|"]
+    lines = [
+        "## Model evaluations against the algorithm's count",
+        "",
+        "One 64x64 image; evaluations = network forward passes per image (guidance counts two).",
+        "",
+        "| method | model (schedule) | parameters | evaluations | expected | why |",
+        "|---|---|---|---:|---:|---|",
+    ]
     for method, model, options, expected, why in jobs:
         image, region = sample_image()
         result = edit(method, image, model=model, **_masks(method, model, region), **options)
         evaluations = result.provenance["model_evaluations"]
         scheduler = result.provenance["scheduler"]
-        schedule = scheduler["class"] + (f" from {scheduler['built_from']}" if "built_from" in scheduler else "")
+        schedule = scheduler["class"] + (
+            f" from {scheduler['built_from']}" if "built_from" in scheduler else ""
+        )
         described = ", ".join(f"{k}={v}" for k, v in options.items() if k != "prompt")
-        lines.append(f"| {method} | {model.name} ({schedule}) | {described} | {evaluations} | {expected} | {why} |")
+        lines.append(
+            f"| {method} | {model.name} ({schedule}) | {described} | {evaluations} | {expected} | {why} |"
+        )
         print(lines[-1], flush=True)
     return lines
 
@@ -200,8 +279,10 @@ def sections(device: torch.device) -> list[str]:
     for method, model, options in jobs:
         evaluations, calls, wall, floor = run_method(method, model, options)
         described = ", ".join(f"{k}={v}" for k, v in options.items() if k != "prompt")
-        lines.append(f"| {method} | {model.name} | {described} | {evaluations} | {calls} | {wall:.2f} | "
-                     f"{floor:.2f} | {wall / floor:.2f} |")
+        lines.append(
+            f"| {method} | {model.name} | {described} | {evaluations} | {calls} | {wall:.2f} | "
+            f"{floor:.2f} | {wall / floor:.2f} |"
+        )
         print(lines[-1], flush=True)
     batched, single = batched_against_single(masks)
     lines += [
@@ -218,16 +299,27 @@ def sections(device: torch.device) -> list[str]:
 
 
 def machine(device: torch.device) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or platform.machine()) \
-        if Path("/proc/cpuinfo").exists() else platform.processor() or platform.machine()
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor() or platform.machine(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor() or platform.machine()
+    )
     memory = ""
     if Path("/proc/meminfo").exists():
         kib = int(Path("/proc/meminfo").read_text().split()[1])
         memory = f", {kib / 2**20:.0f} GiB RAM"
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return (f"{cpu}, {os.cpu_count()} cores{memory}{gpu}; {torch.get_num_threads()} torch threads, "
-            f"torch {torch.__version__}, Python {platform.python_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores{memory}{gpu}; {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, Python {platform.python_version()}"
+    )
 
 
 def main() -> int:
@@ -237,10 +329,19 @@ def main() -> int:
     parser.add_argument("--counts-only", action="store_true", help="only the model-evaluation counts (fast)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    command = f"python benchmarks/engine.py --device {args.device}" + (" --counts-only" if args.counts_only else "")
+    command = f"python benchmarks/engine.py --device {args.device}" + (
+        " --counts-only" if args.counts_only else ""
+    )
     body = [] if args.counts_only else [*sections(device), ""]
-    lines = [f"# Editing engine benchmark ({device.type})", "", f"Machine: {machine(device)}",
-             f"Command: `{command}`", "", *body, *evaluation_counts(device)]
+    lines = [
+        f"# Editing engine benchmark ({device.type})",
+        "",
+        f"Machine: {machine(device)}",
+        f"Command: `{command}`",
+        "",
+        *body,
+        *evaluation_counts(device),
+    ]
     write_report(lines, args.out)
     return 0
 

@@ -29,12 +29,26 @@ from napari_medit.editing import DiffusersDenoiser, MonaiDenoiser, edit
 from napari_medit.preprocessing import Fit, Intensity, Preprocessing
 
 PRECISIONS = ("float16", "float32")
-SDXL_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                layers_per_block=2, scaling_factor=0.13025)
-SMOKE_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
-                 down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                 layers_per_block=1, norm_num_groups=4)
+SDXL_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2,
+    scaling_factor=0.13025,
+)
+SMOKE_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(8, 8),
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+    layers_per_block=1,
+    norm_num_groups=4,
+)
 
 
 class RandomText:
@@ -44,8 +58,9 @@ class RandomText:
         self.width = width
 
     def __call__(self, prompts):
-        return torch.stack([torch.randn(77, self.width, generator=torch.Generator().manual_seed(len(p)))
-                            for p in prompts])
+        return torch.stack(
+            [torch.randn(77, self.width, generator=torch.Generator().manual_seed(len(p))) for p in prompts]
+        )
 
 
 def latent_model(device, smoke: bool, instruction: bool) -> DiffusersDenoiser:
@@ -53,16 +68,41 @@ def latent_model(device, smoke: bool, instruction: bool) -> DiffusersDenoiser:
 
     torch.manual_seed(0)
     width = 16 if smoke else 768
-    unet = UNet2DConditionModel(sample_size=64, in_channels=8 if instruction else 4, cross_attention_dim=width,
-                                **(dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-                                        attention_head_dim=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")) if smoke else {}))
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=8 if instruction else 4,
+        cross_attention_dim=width,
+        **(
+            dict(
+                block_out_channels=(16, 32),
+                layers_per_block=1,
+                norm_num_groups=8,
+                attention_head_dim=4,
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            )
+            if smoke
+            else {}
+        ),
+    )
     vae = AutoencoderKL(**(SMOKE_VAE if smoke else SDXL_VAE))
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    model = DiffusersDenoiser(unet.to(device), scheduler, name="sd-size" + ("-instruct" if instruction else ""),
-                              text_encoder=RandomText(width), vae=vae.to(device), image_conditioned=instruction,
-                              preprocessing=Preprocessing(Fit.center_crop, Intensity.min_max))
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    model = DiffusersDenoiser(
+        unet.to(device),
+        scheduler,
+        name="sd-size" + ("-instruct" if instruction else ""),
+        text_encoder=RandomText(width),
+        vae=vae.to(device),
+        image_conditioned=instruction,
+        preprocessing=Preprocessing(Fit.center_crop, Intensity.min_max),
+    )
     return model
 
 
@@ -73,10 +113,17 @@ def mededit_model(device, smoke: bool) -> MonaiDenoiser:
     from napari_medit.backends.mededit_checkpoint import MEDEDIT_NETWORK
 
     torch.manual_seed(0)
-    network = dict(MEDEDIT_NETWORK, **(dict(channels=[8, 16, 16], num_head_channels=8, norm_num_groups=8)
-                                       if smoke else {}))
-    return MonaiDenoiser(DiffusionModelUNet(**network).to(device), DDPMScheduler(num_train_timesteps=1000),
-                         resolution=128, name="mededit-size", condition_names=("pathology_mask", "brain_mask"))
+    network = dict(
+        MEDEDIT_NETWORK,
+        **(dict(channels=[8, 16, 16], num_head_channels=8, norm_num_groups=8) if smoke else {}),
+    )
+    return MonaiDenoiser(
+        DiffusionModelUNet(**network).to(device),
+        DDPMScheduler(num_train_timesteps=1000),
+        resolution=128,
+        name="mededit-size",
+        condition_names=("pathology_mask", "brain_mask"),
+    )
 
 
 def jobs(device, smoke: bool):
@@ -88,17 +135,37 @@ def jobs(device, smoke: bool):
     region = np.zeros(cxr.shape, bool)
     region[side // 4 : side // 2, side // 5 : side // 2] = True
     sd = latent_model(device, smoke, instruction=False)
-    yield (f"RadEdit, {side} px", "radedit", sd, cxr, dict(prompt="No findings", edit_mask=region, steps=steps, skip=0), steps)
+    yield (
+        f"RadEdit, {side} px",
+        "radedit",
+        sd,
+        cxr,
+        dict(prompt="No findings", edit_mask=region, steps=steps, skip=0),
+        steps,
+    )
     slices = 4 if smoke else 155
     volume = (rng.random((128, 128, slices)) * 1000).astype(np.int16)
     brain = np.zeros(volume.shape, bool)
     brain[16:112, 16:112] = True
     lesion = np.zeros(volume.shape, bool)
     lesion[50:70, 40:60] = True
-    yield (f"MedEdit, 128 px x {slices} slices", "mededit", mededit_model(device, smoke), volume,
-           dict(pathology_mask=lesion, brain_mask=brain, steps=steps, axis=2), steps)
+    yield (
+        f"MedEdit, 128 px x {slices} slices",
+        "mededit",
+        mededit_model(device, smoke),
+        volume,
+        dict(pathology_mask=lesion, brain_mask=brain, steps=steps, axis=2),
+        steps,
+    )
     instruct = latent_model(device, smoke, instruction=True)
-    yield (f"instruct, {side} px", "instruct", instruct, cxr, dict(prompt="remove the right pleural effusion", steps=steps), steps)
+    yield (
+        f"instruct, {side} px",
+        "instruct",
+        instruct,
+        cxr,
+        dict(prompt="remove the right pleural effusion", steps=steps),
+        steps,
+    )
 
 
 def measure(method, model, image, options, precision: str, device) -> dict:
@@ -111,31 +178,48 @@ def measure(method, model, image, options, precision: str, device) -> dict:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return {"seconds": seconds, "batch": result.provenance["batch_size"], "peak": peak,
-            "evaluations": result.provenance["model_evaluations"]}
+    return {
+        "seconds": seconds,
+        "batch": result.provenance["batch_size"],
+        "peak": peak,
+        "evaluations": result.provenance["model_evaluations"],
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 2 steps: check the script runs")
-    parser.add_argument("--out", type=Path, default=None, help="write the report here (default: "
-                        "benchmarks/results/gpu.md on CUDA, nothing otherwise)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the report here (default: benchmarks/results/gpu.md on CUDA, nothing otherwise)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     command = f"python benchmarks/gpu.py --device {args.device}" + (" --smoke" if args.smoke else "")
-    lines = [f"# GPU benchmark ({name})", "", f"Command: `{command}`; torch {torch.__version__}", "",
-             "| job | precision | seconds | s / step | batch size | model evaluations | peak GPU memory (GiB) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# GPU benchmark ({name})",
+        "",
+        f"Command: `{command}`; torch {torch.__version__}",
+        "",
+        "| job | precision | seconds | s / step | batch size | model evaluations | peak GPU memory (GiB) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for label, method, model, image, options, steps in jobs(device, args.smoke):
         edit(method, image, model=model, **dict(options, steps=1))  # warm-up: kernels, the allocator
         for precision in PRECISIONS:
             row = measure(method, model, image, options, precision, device)
-            lines.append(f"| {label} | {precision} | {row['seconds']:.1f} | {row['seconds'] / steps:.3f} | "
-                         f"{row['batch']} | {row['evaluations']} | {row['peak']:.2f} |")
+            lines.append(
+                f"| {label} | {precision} | {row['seconds']:.1f} | {row['seconds'] / steps:.3f} | "
+                f"{row['batch']} | {row['evaluations']} | {row['peak']:.2f} |"
+            )
             print(lines[-1], flush=True)
-    write_report(lines, args.out or (Path(__file__).parent / "results" / "gpu.md" if device.type == "cuda" else None))
+    write_report(
+        lines, args.out or (Path(__file__).parent / "results" / "gpu.md" if device.type == "cuda" else None)
+    )
     return 0
 
 

@@ -51,8 +51,11 @@ class StallProbe:
     def stalls(self, start: float = -math.inf, end: float = math.inf) -> dict[str, float]:
         """Stall figures for the ticks that arrived in [start, end)."""
         gaps = sorted(gap for at, gap in self.ticks if start <= at < end) or [PROBE_MS]
-        return {"ticks": len(gaps), "max_stall_ms": max(0.0, gaps[-1] - PROBE_MS),
-                "p99_stall_ms": max(0.0, gaps[int(0.99 * (len(gaps) - 1))] - PROBE_MS)}
+        return {
+            "ticks": len(gaps),
+            "max_stall_ms": max(0.0, gaps[-1] - PROBE_MS),
+            "p99_stall_ms": max(0.0, gaps[int(0.99 * (len(gaps) - 1))] - PROBE_MS),
+        }
 
 
 HEAVY = ("torch", "diffusers", "monai", "transformers")
@@ -96,8 +99,9 @@ def measure(compute, steps: int = 60, idle_seconds: float = 3.0) -> dict:
 
         returned = []  # when the outcome reached the GUI thread, before the widget handles it
         widget._relay.outcome.disconnect(widget._on_outcome)
-        widget._relay.outcome.connect(lambda outcome: (returned.append(time.perf_counter()),
-                                                       widget._on_outcome(outcome)))
+        widget._relay.outcome.connect(
+            lambda outcome: (returned.append(time.perf_counter()), widget._on_outcome(outcome))
+        )
         probe.start()
         clicked = time.perf_counter()
         widget.run()  # the click: the run starts and the preview layer is added
@@ -112,11 +116,22 @@ def measure(compute, steps: int = 60, idle_seconds: float = 3.0) -> dict:
         editing = probe.stalls(first_step, returned[0])
         editing["seconds"] = returned[0] - first_step
         results = probe.stalls(returned[0])
-        return {"compute": compute.value, "heavy": sorted(name for name in HEAVY if name in sys.modules),
-                "seconds": viewer.layers["t1 mededit"].metadata["edit"]["seconds"], "open_ms": open_ms, "warmup": warmup, "idle": idle, "click_ms": click_ms, "starting": starting, "editing": editing,
-                "results": results,
-                "steps": steps, "slices": len(viewer.layers["t1 mededit"].metadata["edit"]["slices"]),
-                "add_layer_ms": _add_layer_ms(viewer, app), "target_ms": TARGET_MS}
+        return {
+            "compute": compute.value,
+            "heavy": sorted(name for name in HEAVY if name in sys.modules),
+            "seconds": viewer.layers["t1 mededit"].metadata["edit"]["seconds"],
+            "open_ms": open_ms,
+            "warmup": warmup,
+            "idle": idle,
+            "click_ms": click_ms,
+            "starting": starting,
+            "editing": editing,
+            "results": results,
+            "steps": steps,
+            "slices": len(viewer.layers["t1 mededit"].metadata["edit"]["slices"]),
+            "add_layer_ms": _add_layer_ms(viewer, app),
+            "target_ms": TARGET_MS,
+        }
     finally:
         viewer.close()
 
@@ -144,10 +159,16 @@ def boundary(steps: int) -> dict:
         timings.setdefault(where or "here", []).append(time.perf_counter() - started)
     request = EditRequest("mededit", image, "demo-brain", {"steps": steps, **masks})
     packed = _Box.pack(compute_edit(request), image.array)
-    return {"steps": steps, "here_s": min(timings["here"]), "worker_s": min(timings[LOCAL_WORKER]),
-            "edit_s": result.provenance["seconds"], "sent_bytes": len(cloudpickle.dumps(request)),
-            "received_bytes": len(pickle.dumps(packed)), "whole_result_bytes": len(pickle.dumps(result)),
-            "source_bytes": image.array.nbytes}
+    return {
+        "steps": steps,
+        "here_s": min(timings["here"]),
+        "worker_s": min(timings[LOCAL_WORKER]),
+        "edit_s": result.provenance["seconds"],
+        "sent_bytes": len(cloudpickle.dumps(request)),
+        "received_bytes": len(pickle.dumps(packed)),
+        "whole_result_bytes": len(pickle.dumps(result)),
+        "source_bytes": image.array.nbytes,
+    }
 
 
 def _add_layer_ms(viewer, app) -> float:
@@ -161,13 +182,15 @@ def _add_layer_ms(viewer, app) -> float:
     return seconds * 1000
 
 
-PHASES = (("open", "widget open (building it and its forms; GUI thread)"),
-          ("warmup", "warm-up: connect, list the models, load the model where edits run"),
-          ("idle", "idle"),
-          ("click", "click: Run handler (request sent, preview layer added)"),
-          ("starting", "start-up: click to first step (preview layer drawn)"),
-          ("editing", "denoising, preview every 5 steps"),
-          ("results", "results: the preview layer becomes the result, difference layer added"))
+PHASES = (
+    ("open", "widget open (building it and its forms; GUI thread)"),
+    ("warmup", "warm-up: connect, list the models, load the model where edits run"),
+    ("idle", "idle"),
+    ("click", "click: Run handler (request sent, preview layer added)"),
+    ("starting", "start-up: click to first step (preview layer drawn)"),
+    ("editing", "denoising, preview every 5 steps"),
+    ("results", "results: the preview layer becomes the result, difference layer added"),
+)
 
 
 def _phase_ms(figures: dict, phase: str) -> float:
@@ -181,20 +204,28 @@ def report(runs: list[dict], crossing: dict) -> str:
     header = " | ".join(f"{run['compute']} max stall ms" for run in runs)
     lines = [
         f"MedEdit on demo-brain through the Edit widget ({first['slices']} slices, {first['steps']} steps), "
-        f"{PROBE_MS} ms QTimer probe; stall = tick gap - {PROBE_MS} ms (open and click: the handler's own time):",
+        f"{PROBE_MS} ms QTimer probe; stall = tick gap - {PROBE_MS} ms (open and click: the handler's own "
+        f"time):",
         "",
         f"| phase | {header} |",
         "|---|" + "---:|" * len(runs),
-        *(f"| {label} | " + " | ".join(f"{_phase_ms(run, phase):.0f}" for run in runs) + " |"
-          for phase, label in PHASES),
+        *(
+            f"| {label} | " + " | ".join(f"{_phase_ms(run, phase):.0f}" for run in runs) + " |"
+            for phase, label in PHASES
+        ),
         "",
-        *(f"- {run['compute']}: the edit took {run['seconds']:.1f} s; torch-family modules in napari's process: "
-          f"{', '.join(run['heavy']) or 'none'}; worst phase "
-          f"{max(_phase_ms(run, p) for p, _ in PHASES if p != 'open'):.0f} ms (target {TARGET_MS} ms, "
-          f"open excluded)" for run in runs),
+        *(
+            f"- {run['compute']}: the edit took {run['seconds']:.1f} s; torch-family modules in napari's "
+            f"process: "
+            f"{', '.join(run['heavy']) or 'none'}; worst phase "
+            f"{max(_phase_ms(run, p) for p, _ in PHASES if p != 'open'):.0f} ms (target {TARGET_MS} ms, "
+            f"open excluded)"
+            for run in runs
+        ),
         f"- napari adding one volume layer to an idle viewer here: {first['add_layer_ms']:.0f} ms.",
         "",
-        f"The boundary, MedEdit {crossing['steps']} steps on the brain sample through the API (warm, best of two):",
+        f"The boundary, MedEdit {crossing['steps']} steps on the brain sample through the API (warm, best of "
+        f"two):",
         "",
         "| | seconds |",
         "|---|---:|",

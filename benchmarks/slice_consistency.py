@@ -54,15 +54,20 @@ CONFIGURATIONS = {  # name -> run options (the first is the yardstick for wall t
     "independent + smoothing 0.1": dict(slice_noise="independent", through_plane_smoothing=0.1),
     "independent + smoothing 0.25": dict(slice_noise="independent", through_plane_smoothing=0.25),
     "independent + smoothing 0.5": dict(slice_noise="independent", through_plane_smoothing=0.5),
-    "correlated L=3 mm + smoothing 0.25": dict(slice_noise="correlated", noise_correlation_mm=3.0,
-                                               through_plane_smoothing=0.25),
+    "correlated L=3 mm + smoothing 0.25": dict(
+        slice_noise="correlated", noise_correlation_mm=3.0, through_plane_smoothing=0.25
+    ),
 }
 FIGURE_RUNS = ("independent", "shared", "correlated L=3 mm (default)", "independent + smoothing 0.25")
 
 
 def volumes() -> dict[str, dict[str, MedicalImage]]:
     sample = load_brain()
-    return {"brain sample (1.5 mm)": sample, "MNI 1 mm": mni_1mm(sample), "3 mm slices": thick_slices(sample, 3.0)}
+    return {
+        "brain sample (1.5 mm)": sample,
+        "MNI 1 mm": mni_1mm(sample),
+        "3 mm slices": thick_slices(sample, 3.0),
+    }
 
 
 def _resampled(image: MedicalImage, shape, affine, order: int) -> np.ndarray:
@@ -82,8 +87,11 @@ def mni_1mm(sample: dict[str, MedicalImage]) -> dict[str, MedicalImage]:
     values = np.clip(template.get_fdata(), 0, None) * brain
     t1 = np.round(1000.0 * values / values.max()).astype(np.int16)
     lesion = _resampled(sample["lesion_mask"], shape, affine, 0) > 0.5
-    return {"t1": MedicalImage(t1, affine), "brain_mask": MedicalImage(brain.astype(np.uint8), affine),
-            "lesion_mask": MedicalImage(lesion.astype(np.uint8), affine)}
+    return {
+        "t1": MedicalImage(t1, affine),
+        "brain_mask": MedicalImage(brain.astype(np.uint8), affine),
+        "lesion_mask": MedicalImage(lesion.astype(np.uint8), affine),
+    }
 
 
 def thick_slices(sample: dict[str, MedicalImage], thickness_mm: float) -> dict[str, MedicalImage]:
@@ -95,14 +103,26 @@ def thick_slices(sample: dict[str, MedicalImage], thickness_mm: float) -> dict[s
     t1 = np.round(_resampled(sample["t1"], shape, affine, 1)).astype(np.int16)
     brain = _resampled(sample["brain_mask"], shape, affine, 0) > 0.5
     lesion = (_resampled(sample["lesion_mask"], shape, affine, 0) > 0.5) & brain
-    return {"t1": MedicalImage(t1, affine), "brain_mask": MedicalImage(brain.astype(np.uint8), affine),
-            "lesion_mask": MedicalImage(lesion.astype(np.uint8), affine)}
+    return {
+        "t1": MedicalImage(t1, affine),
+        "brain_mask": MedicalImage(brain.astype(np.uint8), affine),
+        "lesion_mask": MedicalImage(lesion.astype(np.uint8), affine),
+    }
 
 
 def measure(model, volume: dict[str, MedicalImage], options: dict) -> dict:
     started = time.perf_counter()
-    result = edit("mededit", volume["t1"], model=model, pathology_mask=volume["lesion_mask"],
-                  brain_mask=volume["brain_mask"], axis="axial", steps=STEPS, seed=0, **options)
+    result = edit(
+        "mededit",
+        volume["t1"],
+        model=model,
+        pathology_mask=volume["lesion_mask"],
+        brain_mask=volume["brain_mask"],
+        axis="axial",
+        steps=STEPS,
+        seed=0,
+        **options,
+    )
     seconds = time.perf_counter() - started
     source, out = volume["t1"].array.astype(np.float64), result.image.array.astype(np.float64)
     lesion, brain = volume["lesion_mask"].array > 0, volume["brain_mask"].array > 0
@@ -128,7 +148,7 @@ def measure(model, volume: dict[str, MedicalImage], options: dict) -> dict:
 def _ball(radii_vox) -> np.ndarray:
     r = np.ceil(radii_vox).astype(int)
     grid = np.ogrid[tuple(slice(-k, k + 1) for k in r)]
-    return sum((g / max(rad, 1e-6)) ** 2 for g, rad in zip(grid, radii_vox)) <= 1.0
+    return sum((g / max(rad, 1e-6)) ** 2 for g, rad in zip(grid, radii_vox, strict=True)) <= 1.0
 
 
 def coronal_figure(volume: dict[str, MedicalImage], results: dict[str, np.ndarray], path: Path) -> None:
@@ -151,7 +171,7 @@ def coronal_figure(volume: dict[str, MedicalImage], results: dict[str, np.ndarra
     side, label = panels[0].shape[0], 22
     canvas = Image.new("L", (side * len(panels) + 4 * (len(panels) - 1), side + label), 0)
     draw = ImageDraw.Draw(canvas)
-    for k, (name, picture) in enumerate(zip(names, panels)):
+    for k, (name, picture) in enumerate(zip(names, panels, strict=True)):
         x = k * (side + 4)
         canvas.paste(Image.fromarray(np.uint8(np.round(picture * 255))), (x, label))
         draw.text((x + 4, 4), name, fill=255)
@@ -168,18 +188,30 @@ def main() -> None:
     torch.manual_seed(0)
     model = load_model("demo-brain")
     sample = load_brain()  # warm-up: the first edit of a process pays one-off costs
-    edit("mededit", sample["t1"], model=model, pathology_mask=sample["lesion_mask"],
-         brain_mask=sample["brain_mask"], axis="axial", steps=2, seed=0)
+    edit(
+        "mededit",
+        sample["t1"],
+        model=model,
+        pathology_mask=sample["lesion_mask"],
+        brain_mask=sample["brain_mask"],
+        axis="axial",
+        steps=2,
+        seed=0,
+    )
     lines = [
         "# Slice consistency of slice-wise edits",
         "",
-        f"MedEdit, demo-brain, {STEPS} steps, seed 0, axial slices. Command: `python benchmarks/slice_consistency.py "
+        f"MedEdit, demo-brain, {STEPS} steps, seed 0, axial slices. Command: `python "
+        f"benchmarks/slice_consistency.py "
         "--out benchmarks/results/slice_consistency.md --figure docs/images/slice_noise_coronal.png`.",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, "
         f"{torch.get_num_threads()} threads.",
         "",
-        "consistency: neighbouring-slice change of the result / of the source (1 = as smooth as the anatomy); "
-        "contrast: lesion darker than the tissue 3 mm around it (relative); ring MAE: change of the regenerated "
+        "consistency: neighbouring-slice change of the result / of the source (1 = as smooth as the "
+        "anatomy); "
+        "contrast: lesion darker than the tissue 3 mm around it (relative); ring MAE: change of the "
+        "regenerated "
         "tissue around the lesion (units of 0..1000); outside PSNR: outside the inpainting region ('inf' = "
         "bit-identical); wall: relative to independent noise on the same volume.",
         "",
@@ -195,16 +227,25 @@ def main() -> None:
             rows.append((name, figures))
             if name in FIGURE_RUNS:
                 figure_results[name] = figures["result"]
-            print(f"  {name}: consistency {figures['consistency']:.2f}, contrast {figures['contrast']:.3f}, "
-                  f"{figures['seconds']:.1f} s", flush=True)
+            print(
+                f"  {name}: consistency {figures['consistency']:.2f}, contrast {figures['contrast']:.3f}, "
+                f"{figures['seconds']:.1f} s",
+                flush=True,
+            )
         base = rows[0][1]["seconds"]
-        lines += [f"## {volume_name}: {volume['t1'].array.shape}, {spacing:.1f} mm slices, "
-                  f"{rows[0][1]['slices']} edited", "",
-                  "| slice noise / smoothing | consistency | lesion contrast | ring MAE | outside PSNR | wall s | "
-                  "wall / independent |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {volume_name}: {volume['t1'].array.shape}, {spacing:.1f} mm slices, "
+            f"{rows[0][1]['slices']} edited",
+            "",
+            "| slice noise / smoothing | consistency | lesion contrast | ring MAE | outside PSNR | wall s | "
+            "wall / independent |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, f in rows:
-            lines.append(f"| {name} | {f['consistency']:.2f} | {f['contrast']:.3f} | {f['ring_mae']:.1f} | "
-                         f"{f['outside_psnr']} | {f['seconds']:.1f} | {f['seconds'] / base:.2f} |")
+            lines.append(
+                f"| {name} | {f['consistency']:.2f} | {f['contrast']:.3f} | {f['ring_mae']:.1f} | "
+                f"{f['outside_psnr']} | {f['seconds']:.1f} | {f['seconds'] / base:.2f} |"
+            )
         lines.append("")
         if args.figure and volume_name.startswith("brain sample"):
             coronal_figure(volume, figure_results, args.figure)

@@ -63,11 +63,12 @@ class EmptyPromptUNet(torch.nn.Module):
         return self.unet(sample, timestep, encoder_hidden_states=self.embedding.expand(len(sample), -1, -1))
 
 
-def repaint_against_diffusers(slices: int = 4, steps: int = 50, jump_length: int = 10, jump_n_sample: int = 2
-                              ) -> list[str]:
+def repaint_against_diffusers(
+    slices: int = 4, steps: int = 50, jump_length: int = 10, jump_n_sample: int = 2
+) -> list[str]:
     from diffusers import RePaintPipeline, RePaintScheduler
-
     from engine import CallLog, sample_image
+
     from napari_medit.backends import load_model
     from napari_medit.editing import edit
 
@@ -76,7 +77,9 @@ def repaint_against_diffusers(slices: int = 4, steps: int = 50, jump_length: int
     volume = shifted_slices(image, slices)
     masks = np.stack([region] * slices)
     options = dict(steps=steps, jump_length=jump_length, jump_n_sample=jump_n_sample)
-    edit("repaint", volume[:1], model=model, pathology_mask=masks[:1], steps=2, jump_length=1, jump_n_sample=1)
+    edit(
+        "repaint", volume[:1], model=model, pathology_mask=masks[:1], steps=2, jump_length=1, jump_n_sample=1
+    )
 
     log = CallLog(model)
     start = time.perf_counter()
@@ -98,10 +101,15 @@ def repaint_against_diffusers(slices: int = 4, steps: int = 50, jump_length: int
     unit = (volume - volume.min()) / (volume.max() - volume.min()) * 2 - 1
     start = time.perf_counter()
     for index in range(slices):
-        pipe(image=torch.from_numpy(unit[index][None, None]).float(),
-             mask_image=torch.from_numpy((~masks[index])[None, None]).float(),  # diffusers: 1 = known
-             num_inference_steps=steps, jump_length=jump_length, jump_n_sample=jump_n_sample,
-             generator=torch.Generator().manual_seed(index), output_type="np")
+        pipe(
+            image=torch.from_numpy(unit[index][None, None]).float(),
+            mask_image=torch.from_numpy((~masks[index])[None, None]).float(),  # diffusers: 1 = known
+            num_inference_steps=steps,
+            jump_length=jump_length,
+            jump_n_sample=jump_n_sample,
+            generator=torch.Generator().manual_seed(index),
+            output_type="np",
+        )
     theirs = time.perf_counter() - start
     return [
         "## RePaint: napari-medit against diffusers' RePaintPipeline",
@@ -113,7 +121,8 @@ def repaint_against_diffusers(slices: int = 4, steps: int = 50, jump_length: int
         "| run | network calls | wall s | / diffusers |",
         "|---|---:|---:|---:|",
         f"| diffusers RePaintPipeline, slice by slice | {unet.calls} | {theirs:.2f} | 1.00 |",
-        f"| napari-medit, one slice at a time | {calls_single} | {ours_single:.2f} | {ours_single / theirs:.2f} |",
+        f"| napari-medit, one slice at a time | {calls_single} | {ours_single:.2f} | "
+        f"{ours_single / theirs:.2f} |",
         f"| napari-medit, {slices} slices batched | {calls_batched} | {ours_batched:.2f} | "
         f"{ours_batched / theirs:.2f} |",
     ]
@@ -134,8 +143,8 @@ class PixelSpaceVAE(torch.nn.Module):
 
 def instruct_against_diffusers(slices: int = 4, steps: int = 50) -> list[str]:
     from diffusers import StableDiffusionInstructPix2PixPipeline
-
     from engine import CallLog, forward_seconds, sample_image
+
     from napari_medit.backends import load_model
     from napari_medit.editing import edit
 
@@ -157,8 +166,15 @@ def instruct_against_diffusers(slices: int = 4, steps: int = 50) -> list[str]:
     floor = {batch: sum(per_call[size] for size in sizes) for batch, (_, sizes) in ours.items()}
 
     pipe = StableDiffusionInstructPix2PixPipeline(
-        vae=PixelSpaceVAE(), text_encoder=None, tokenizer=None, unet=model.unet, scheduler=model.schedule.scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        vae=PixelSpaceVAE(),
+        text_encoder=None,
+        tokenizer=None,
+        unet=model.unet,
+        scheduler=model.schedule.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
         text, empty = model.encode_text([prompt]), model.encode_text([""])
@@ -168,24 +184,34 @@ def instruct_against_diffusers(slices: int = 4, steps: int = 50) -> list[str]:
     for batch in (1, slices):
         start = time.perf_counter()
         with torch.no_grad():
-            pipe(image=unit[:batch], prompt_embeds=text.expand(batch, -1, -1),
-                 negative_prompt_embeds=empty.expand(batch, -1, -1), num_inference_steps=steps,
-                 guidance_scale=7.5, image_guidance_scale=1.5, output_type="latent",
-                 generator=torch.Generator().manual_seed(0))
+            pipe(
+                image=unit[:batch],
+                prompt_embeds=text.expand(batch, -1, -1),
+                negative_prompt_embeds=empty.expand(batch, -1, -1),
+                num_inference_steps=steps,
+                guidance_scale=7.5,
+                image_guidance_scale=1.5,
+                output_type="latent",
+                generator=torch.Generator().manual_seed(0),
+            )
         theirs[batch] = time.perf_counter() - start
     rows = []
     for batch in (1, slices):
         wall, sizes = ours[batch]
         what = "one image" if batch == 1 else f"{batch} slices in one batch"
-        rows += [f"| diffusers StableDiffusionInstructPix2PixPipeline, {what} | {len(sizes)} x {3 * batch} | "
-                 f"{theirs[batch]:.2f} | {floor[batch]:.2f} | {theirs[batch] / floor[batch]:.2f} | 1.00 |",
-                 f"| napari-medit `instruct`, {what} | {len(sizes)} x {sizes[0]} | {wall:.2f} | {floor[batch]:.2f} | "
-                 f"{wall / floor[batch]:.2f} | {wall / theirs[batch]:.2f} |"]
+        rows += [
+            f"| diffusers StableDiffusionInstructPix2PixPipeline, {what} | {len(sizes)} x {3 * batch} | "
+            f"{theirs[batch]:.2f} | {floor[batch]:.2f} | {theirs[batch] / floor[batch]:.2f} | 1.00 |",
+            f"| napari-medit `instruct`, {what} | {len(sizes)} x {sizes[0]} | {wall:.2f} | "
+            f"{floor[batch]:.2f} | "
+            f"{wall / floor[batch]:.2f} | {wall / theirs[batch]:.2f} |",
+        ]
     return [
         "## Instruct: napari-medit against diffusers' InstructPix2Pix pipeline",
         "",
-        f"demo-cxr-instruct's UNet and DDIM scheduler, {steps} steps, s_T 7.5, s_I 1.5, 64x64; the pipeline is "
-        "given the model's text embeddings and an identity \"VAE\" (the model is pixel-space). "
+        f"demo-cxr-instruct's UNet and DDIM scheduler, {steps} steps, s_T 7.5, s_I 1.5, 64x64; the pipeline "
+        f"is "
+        'given the model\'s text embeddings and an identity "VAE" (the model is pixel-space). '
         "Floor = the run's network calls, each one forward pass at its batch size (median of 15).",
         "",
         "| run | network calls x batch | wall s | floor s | wall / floor | / diffusers |",
@@ -222,13 +248,26 @@ def memory_probe(count: int) -> dict:
     sampler.start()
     first = 20
     try:
-        result = edit("mededit", t1, model=model, pathology_mask=lesion, brain_mask=brain.array, axis="axial",
-                      slices=(first, first + count), steps=3, jump_n_sample=1)
+        result = edit(
+            "mededit",
+            t1,
+            model=model,
+            pathology_mask=lesion,
+            brain_mask=brain.array,
+            axis="axial",
+            slices=(first, first + count),
+            steps=3,
+            jump_n_sample=1,
+        )
     finally:
         done.set()
         sampler.join()
-    return {"slices": len(result.edited_slices), "before_mib": before, "peak_mib": max(peak[0], rss_mib()),
-            "volume_mib": t1.array.nbytes / 2**20}
+    return {
+        "slices": len(result.edited_slices),
+        "before_mib": before,
+        "peak_mib": max(peak[0], rss_mib()),
+        "volume_mib": t1.array.nbytes / 2**20,
+    }
 
 
 def rss_mib() -> float:
@@ -240,14 +279,19 @@ def rss_mib() -> float:
 def memory_against_slices(counts=(1, 8, 32, 96)) -> list[str]:
     rows = []
     for count in counts:
-        run = subprocess.run([sys.executable, __file__, "--memory-probe", str(count)], capture_output=True,
-                             text=True, check=True)
+        run = subprocess.run(
+            [sys.executable, __file__, "--memory-probe", str(count)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
     base = rows[0]["peak_mib"] - rows[0]["before_mib"]
     lines = [
         "## Peak memory against the number of slices",
         "",
-        f"MedEdit on demo-brain, axial slices of the sample brain ({rows[0]['volume_mib']:.1f} MiB int16 volume), "
+        f"MedEdit on demo-brain, axial slices of the sample brain ({rows[0]['volume_mib']:.1f} MiB int16 "
+        f"volume), "
         "3 steps, CPU batches of 4; a fresh process's resident memory before the edit and its peak during it "
         "(sampled every 2 ms).",
         "",
@@ -256,8 +300,10 @@ def memory_against_slices(counts=(1, 8, 32, 96)) -> list[str]:
     ]
     for row in rows:
         grown = row["peak_mib"] - row["before_mib"]
-        lines.append(f"| {row['slices']} | {row['before_mib']:.0f} | {row['peak_mib']:.0f} | {grown:.0f} | "
-                     f"{grown / base if base > 0 else float('nan'):.2f} |")
+        lines.append(
+            f"| {row['slices']} | {row['before_mib']:.0f} | {row['peak_mib']:.0f} | {grown:.0f} | "
+            f"{grown / base if base > 0 else float('nan'):.2f} |"
+        )
     return lines
 
 
@@ -269,8 +315,9 @@ def gui_stall() -> list[str]:
 
     if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
         return ["## GUI stall", "", "Not measured: no display (run the suite under xvfb-run)."]
-    run = subprocess.run([sys.executable, str(HERE / "gui_stall.py"), "--json"], capture_output=True, text=True,
-                         check=True)
+    run = subprocess.run(
+        [sys.executable, str(HERE / "gui_stall.py"), "--json"], capture_output=True, text=True, check=True
+    )
     figures = json.loads(run.stdout.strip().splitlines()[-1])
     return ["## GUI stall and the compute boundary", "", probe.report(figures["runs"], figures["boundary"])]
 
@@ -289,7 +336,10 @@ def import_time() -> list[str]:
     rows = [
         ("`import napari_medit` (what napari loads at start-up)", "import napari_medit"),
         ("the reader and writers", "import napari_medit._reader, napari_medit._writer"),
-        ("the editing engine (torch, diffusers, MONAI)", "import napari_medit.editing, napari_medit.backends"),
+        (
+            "the editing engine (torch, diffusers, MONAI)",
+            "import napari_medit.editing, napari_medit.backends",
+        ),
     ]
     lines = [
         "## Import time",
@@ -311,14 +361,22 @@ def engine_sections() -> list[str]:
     return engine.sections(torch.device("cpu"))
 
 
-SECTIONS = {"engine": engine_sections, "repaint": repaint_against_diffusers, "instruct": instruct_against_diffusers,
-            "memory": memory_against_slices, "gui": gui_stall, "imports": import_time}
+SECTIONS = {
+    "engine": engine_sections,
+    "repaint": repaint_against_diffusers,
+    "instruct": instruct_against_diffusers,
+    "memory": memory_against_slices,
+    "gui": gui_stall,
+    "imports": import_time,
+}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
-    parser.add_argument("--only", choices=sorted(SECTIONS), help="run one section and print it (nothing written)")
+    parser.add_argument(
+        "--only", choices=sorted(SECTIONS), help="run one section and print it (nothing written)"
+    )
     parser.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -331,9 +389,14 @@ def main() -> int:
         print("\n".join(SECTIONS[args.only]()))
         return 0
     started = time.perf_counter()
-    lines = ["# Benchmarks (CPU)", "", f"Machine: {engine.machine(torch.device('cpu'))}",
-             "Command: `make benchmark` (= `xvfb-run -a .venv/bin/python benchmarks/suite.py "
-             "--out benchmarks/results/cpu.md`)", ""]
+    lines = [
+        "# Benchmarks (CPU)",
+        "",
+        f"Machine: {engine.machine(torch.device('cpu'))}",
+        "Command: `make benchmark` (= `xvfb-run -a .venv/bin/python benchmarks/suite.py "
+        "--out benchmarks/results/cpu.md`)",
+        "",
+    ]
     for section in SECTIONS.values():
         part = section()
         lines += [*part, ""]

@@ -1,6 +1,6 @@
 """Screenshots of the dock widgets in use, for the README (run under Xvfb on a headless machine).
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/widget_screenshots.py
+xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/widget_screenshots.py
 """
 
 from __future__ import annotations

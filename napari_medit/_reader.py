@@ -1,4 +1,5 @@
-"""npe2 reader contribution: NIfTI, FreeSurfer MGH/MGZ, DICOM files and series folders, DICOM SEG, PNG/JPEG."""
+"""npe2 reader contribution: NIfTI, FreeSurfer MGH/MGZ, DICOM files and series folders, DICOM SEG,
+PNG/JPEG."""
 
 from __future__ import annotations
 

@@ -34,8 +34,13 @@ from .metrics import jsonable
 
 REQUIRED_COLUMNS = ("id", "image", "method")
 # Every mask role, every method's parameters and the run options, as the catalogue names them.
-OPTIONAL_COLUMNS = ("model", "preset", *MASK_ROLES, *catalogue.parameter_names(),
-                    *(item.name for item in catalogue.fields(RunOptions)))
+OPTIONAL_COLUMNS = (
+    "model",
+    "preset",
+    *MASK_ROLES,
+    *catalogue.parameter_names(),
+    *(item.name for item in catalogue.fields(RunOptions)),
+)
 SUMMARY_NAME = "summary"  # DIR/summary.csv and DIR/summary.json
 # An id names files in --out: no folders, no leading dot, short enough for a file name with its endings.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -68,8 +73,12 @@ class BatchSummary:
 # ---------------------------------------------------------------- manifest
 
 
-def read_manifest(manifest: str | os.PathLike, out: str | os.PathLike, default_model: str | None = None,
-                  output_format: OutputFormat | None = None) -> list[BatchItem]:
+def read_manifest(
+    manifest: str | os.PathLike,
+    out: str | os.PathLike,
+    default_model: str | None = None,
+    output_format: OutputFormat | None = None,
+) -> list[BatchItem]:
     """Parse and check every row before anything runs; paths are relative to the manifest.
     ``output_format`` None writes each result in its source's kind of file where napari-medit
     writes it (.png for PNG/JPEG, .mgz for MGH, else .nii.gz); ``dicom`` writes ID.dcm for a DICOM
@@ -89,8 +98,10 @@ def read_manifest(manifest: str | os.PathLike, out: str | os.PathLike, default_m
     unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if missing or unknown:
         problem = f"lacks the column {missing[0]!r}" if missing else f"has an unknown column {unknown[0]!r}"
-        raise ManifestError(f"{manifest}: {problem}; columns are {', '.join(REQUIRED_COLUMNS)} and optionally "
-                            f"{', '.join(OPTIONAL_COLUMNS)}")
+        raise ManifestError(
+            f"{manifest}: {problem}; columns are {', '.join(REQUIRED_COLUMNS)} and optionally "
+            f"{', '.join(OPTIONAL_COLUMNS)}"
+        )
     items, seen = [], set()
     for line, row in enumerate(rows, start=2):
         try:
@@ -98,18 +109,27 @@ def read_manifest(manifest: str | os.PathLike, out: str | os.PathLike, default_m
         except ValueError as exc:
             raise ManifestError(f"{manifest}, line {line}: {exc}") from None
         if items[-1].id in seen:
-            raise ManifestError(f"{manifest}, line {line}: the id {items[-1].id!r} is used twice; ids name outputs")
+            raise ManifestError(
+                f"{manifest}, line {line}: the id {items[-1].id!r} is used twice; ids name outputs"
+            )
         seen.add(items[-1].id)
     return items
 
 
-def _item(row: dict[str, str | None], base: Path, out: Path, default_model: str | None,
-          output_format: OutputFormat | None) -> BatchItem:
+def _item(
+    row: dict[str, str | None],
+    base: Path,
+    out: Path,
+    default_model: str | None,
+    output_format: OutputFormat | None,
+) -> BatchItem:
     cells = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
     item_id = cells["id"]
     if not _SAFE_ID.match(item_id) or item_id == SUMMARY_NAME:
-        raise ValueError(f"id {item_id[:60]!r}{'...' if len(item_id) > 60 else ''} must be up to 200 letters, "
-                         f"digits, '.', '_' or '-' (and not {SUMMARY_NAME!r})")
+        raise ValueError(
+            f"id {item_id[:60]!r}{'...' if len(item_id) > 60 else ''} must be up to 200 letters, "
+            f"digits, '.', '_' or '-' (and not {SUMMARY_NAME!r})"
+        )
     for column in REQUIRED_COLUMNS:
         if not cells[column]:
             raise ValueError(f"the {column!r} cell is empty")
@@ -130,9 +150,13 @@ def _item(row: dict[str, str | None], base: Path, out: Path, default_model: str 
         ending = kind.ending
     else:  # the source's own kind of file, where napari-medit writes it
         ending = {".png": ".png", ".jpg": ".png", ".jpeg": ".png", ".mgz": ".mgz", ".mgh": ".mgz"}.get(
-            image.suffix.lower(), ".nii.gz")
-    run = {item.name: catalogue.parse_value(RunOptions, item.name, cells[item.name])
-           for item in catalogue.fields(RunOptions) if cells.get(item.name)}
+            image.suffix.lower(), ".nii.gz"
+        )
+    run = {
+        item.name: catalogue.parse_value(RunOptions, item.name, cells[item.name])
+        for item in catalogue.fields(RunOptions)
+        if cells.get(item.name)
+    }
     job = EditJob(
         method=spec.name,
         image=image,
@@ -189,12 +213,20 @@ def run_batch(
     out.mkdir(parents=True, exist_ok=True)
     for leftover in out.glob(PARTIAL_PREFIX + "*"):  # from a run that was killed mid-write
         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
-    records = {item.id: {"id": item.id, "status": "skipped", **_finished_record(item)}
-               for item in items if is_finished(item.job)}
+    records = {
+        item.id: {"id": item.id, "status": "skipped", **_finished_record(item)}
+        for item in items
+        if is_finished(item.job)
+    }
     pending = [item for item in items if item.id not in records]
     options = {"device": device, "download": download, "trust_remote_code": trust_remote_code}
-    bar = tqdm(total=len(items), initial=len(records), desc="napari-medit batch", unit="edit",
-               disable=not show_progress)
+    bar = tqdm(
+        total=len(items),
+        initial=len(records),
+        desc="napari-medit batch",
+        unit="edit",
+        disable=not show_progress,
+    )
     try:
         if pending and workers == 0 and scheduler is None:
             for item in pending:
@@ -222,26 +254,33 @@ def _on_dask(pending: list[BatchItem], scheduler: str | None, workers: int | Non
         workers = workers or max(1, cores // 2)
         threads = max(1, cores // workers)  # torch threads per worker: share the cores, do not oversubscribe
         with dask.config.set(TORCH_WORKER_ENVIRON):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            cluster = LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
     else:
         cluster, threads = None, None
     try:
         with Client(cluster if cluster is not None else scheduler) as client:
-            futures = {client.submit(run_item, item, threads=threads, pure=False, key=f"napari-medit-{item.id}",
-                                     **options): item for item in pending}
+            futures = {
+                client.submit(
+                    run_item, item, threads=threads, pure=False, key=f"napari-medit-{item.id}", **options
+                ): item
+                for item in pending
+            }
             for future in as_completed(futures):
                 item = futures[future]
                 try:
                     yield future.result()
-                except Exception as exc:  # the item killed its worker too often (KilledWorker) or similar
+                except Exception as exc:  # noqa: BLE001 - the item killed its worker too often (KilledWorker) or similar
                     yield _failed(item, f"{type(exc).__name__}: {exc}", None)
     finally:
         if cluster is not None:
             cluster.close()
 
 
-def run_item(item: BatchItem, *, threads: int | None, device: str | None, download: bool,
-             trust_remote_code: bool) -> dict[str, Any]:
+def run_item(
+    item: BatchItem, *, threads: int | None, device: str | None, download: bool, trust_remote_code: bool
+) -> dict[str, Any]:
     """One item on a worker: never raises, a failure becomes the item's record."""
     from .compute import cached_model
     from .jobs import run_job
@@ -252,19 +291,32 @@ def run_item(item: BatchItem, *, threads: int | None, device: str | None, downlo
             import torch
 
             torch.set_num_threads(threads)
-        model, loaded_now = cached_model(item.model, ComputeOptions(device=device, download=download,
-                                                                    trust_remote_code=trust_remote_code))
+        model, loaded_now = cached_model(
+            item.model, ComputeOptions(device=device, download=download, trust_remote_code=trust_remote_code)
+        )
         record = run_job(item.job, model)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - one item's failure is its row in the summary, not the batch's end
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return _failed(item, message, traceback.format_exc(limit=3))
-    return {"id": item.id, "status": "done", "worker_pid": os.getpid(), "model_loaded": loaded_now,
-            "wall_seconds": round(time.perf_counter() - started, 3), **_summary_fields(record)}
+    return {
+        "id": item.id,
+        "status": "done",
+        "worker_pid": os.getpid(),
+        "model_loaded": loaded_now,
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        **_summary_fields(record),
+    }
 
 
 def _failed(item: BatchItem, message: str, details: str | None) -> dict[str, Any]:
-    return {"id": item.id, "status": "failed", "error": message, "details": details,
-            "image": str(item.job.image), "method": item.job.method}
+    return {
+        "id": item.id,
+        "status": "failed",
+        "error": message,
+        "details": details,
+        "image": str(item.job.image),
+        "method": item.job.method,
+    }
 
 
 def _finished_record(item: BatchItem) -> dict[str, Any]:
@@ -272,9 +324,13 @@ def _finished_record(item: BatchItem) -> dict[str, Any]:
 
 
 def _summary_fields(record: dict[str, Any]) -> dict[str, Any]:
-    return {"outputs": record["outputs"], "method": record["method"], "source": record.get("source"),
-            "provenance": {k: v for k, v in record.items() if k not in ("outputs", "metrics")},
-            "metrics": record.get("metrics", {})}
+    return {
+        "outputs": record["outputs"],
+        "method": record["method"],
+        "source": record.get("source"),
+        "provenance": {k: v for k, v in record.items() if k not in ("outputs", "metrics")},
+        "metrics": record.get("metrics", {}),
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -284,8 +340,9 @@ def write_summary(summary: BatchSummary) -> tuple[Path, Path]:
     """summary.json: every record in full; summary.csv: one row per item with its metrics flattened."""
     from .jobs import write_text_atomically
 
-    as_json = write_text_atomically(summary.out / f"{SUMMARY_NAME}.json",
-                                    json.dumps(jsonable(summary.records), indent=2))
+    as_json = write_text_atomically(
+        summary.out / f"{SUMMARY_NAME}.json", json.dumps(jsonable(summary.records), indent=2)
+    )
     rows = [_csv_row(r) for r in summary.records]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     lines = _csv_text(columns, rows)
@@ -294,8 +351,13 @@ def write_summary(summary: BatchSummary) -> tuple[Path, Path]:
 
 
 def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
-    row = {"id": record["id"], "status": record["status"], "error": record.get("error", ""),
-           "method": record.get("method", ""), "output": (record.get("outputs") or [""])[-1]}
+    row = {
+        "id": record["id"],
+        "status": record["status"],
+        "error": record.get("error", ""),
+        "method": record.get("method", ""),
+        "output": (record.get("outputs") or [""])[-1],
+    }
     provenance = record.get("provenance", {})
     for key in ("seed", "seconds", "model_evaluations"):
         row[key] = provenance.get(key, "")

@@ -28,7 +28,6 @@ from .instructions import pseudo_mask_region, read_instruction, region_template
 from .masks import native_inpainting_mask, outside_brain_problem
 from .results import EditError
 
-
 # ---------------------------------------------------------------- parameters
 
 
@@ -41,7 +40,9 @@ class Follows:
     says: str
 
 
-def parameter(default: Any, source: str, *, follows: Follows | None = None, automatic: str | None = None) -> Any:
+def parameter(
+    default: Any, source: str, *, follows: Follows | None = None, automatic: str | None = None
+) -> Any:
     """A method parameter and where its default comes from (shown as help text and tooltips).
 
     ``follows``: the default (None) is computed from another parameter when none is given.
@@ -71,7 +72,9 @@ def parse_value(params: type, name: str, text: str) -> Any:
         try:
             return kind(text)
         except ValueError:
-            raise ValueError(f"{name} must be one of {', '.join(m.value for m in kind)}, got {text!r}") from None
+            raise ValueError(
+                f"{name} must be one of {', '.join(m.value for m in kind)}, got {text!r}"
+            ) from None
     if kind is bool:
         if text.lower() in ("1", "true", "yes", "on"):
             return True
@@ -96,9 +99,11 @@ def default_text(params: type, item: dataclasses.Field) -> str:
 
 def resolve(params):
     """``params`` with every following default filled in from the parameter it follows."""
-    filled = {item.name: item.metadata["follows"].rule(getattr(params, item.metadata["follows"].other))
-              for item in fields(type(params))
-              if item.metadata.get("follows") and getattr(params, item.name) is None}
+    filled = {
+        item.name: item.metadata["follows"].rule(getattr(params, item.metadata["follows"].other))
+        for item in fields(type(params))
+        if item.metadata.get("follows") and getattr(params, item.name) is None
+    }
     return dataclasses.replace(params, **filled)
 
 
@@ -143,7 +148,8 @@ class RePaintStart(str, enum.Enum):
 class PIELoop(str, enum.Enum):
     """How PIE's N iterations are run."""
 
-    reference = "reference"  # run_pie.py: the model's own scheduler; each iteration ends in an 8-bit image, re-encoded
+    # run_pie.py: the model's own scheduler; each iteration ends in an 8-bit image, re-encoded
+    reference = "reference"
     latent = "latent"  # napari-medit's: DDIM, the iterations chained in model space (no 8-bit round trip)
 
 
@@ -152,18 +158,26 @@ RADEDIT_SKIP_RATIO = 36 / 100  # the edit-friendly inversion reference code skip
 
 @dataclass(frozen=True)
 class RadEditParams:
-    prompt: str = parameter("No acute cardiopulmonary process", "the edit's text: the 'normal' prompt (Sec. 5.2)")
+    prompt: str = parameter(
+        "No acute cardiopulmonary process", "the edit's text: the 'normal' prompt (Sec. 5.2)"
+    )
     inversion_prompt: str = parameter("", "the inversion's text: unconditional in the paper's experiments")
     steps: int = parameter(100, "DDPM steps: 100 in the edit-friendly inversion reference code")
     skip: int | None = parameter(
-        None, "steps skipped before editing: 36 of 100 in the reference code",
-        follows=Follows("steps", lambda steps: round(steps * RADEDIT_SKIP_RATIO), "36% of steps (36 of 100)"))
+        None,
+        "steps skipped before editing: 36 of 100 in the reference code",
+        follows=Follows("steps", lambda steps: round(steps * RADEDIT_SKIP_RATIO), "36% of steps (36 of 100)"),
+    )
     guidance: float = parameter(15.0, "classifier-free guidance: 'we use a value of 15' (Sec. 4.2)")
     inversion_guidance: float = parameter(
-        3.5, "classifier-free guidance of the inversion when inversion_prompt is given: 3.5, the edit-friendly "
-        "inversion reference code's cfg_src (1: none)")
+        3.5,
+        "classifier-free guidance of the inversion when inversion_prompt is given: 3.5, the edit-friendly "
+        "inversion reference code's cfg_src (1: none)",
+    )
     mask_grid: MaskGrid = parameter(
-        MaskGrid.binary, "edit/keep masks on the model's grid: binary as RadEdit's pipeline, or fractional coverage")
+        MaskGrid.binary,
+        "edit/keep masks on the model's grid: binary as RadEdit's pipeline, or fractional coverage",
+    )
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -179,11 +193,14 @@ REFERENCE_DILATION = 25  # ... and its dilation kernel 25 x 25 pixels
 @dataclass(frozen=True)
 class MedEditParams:
     steps: int = parameter(1000, "DDPM steps: the full 1000-step chain in MedEdit's published configuration")
-    dilation: int | None = parameter(None, "dilation kernel in model-grid pixels",
-                                     automatic="25 px at 128 px, scaled to the model")
+    dilation: int | None = parameter(
+        None, "dilation kernel in model-grid pixels", automatic="25 px at 128 px, scaled to the model"
+    )
     jump_n_sample: int = parameter(
-        1, "resampling: each step repeated r times, going one step back up between repeats, as MedEdit's code "
-        "(resample_steps); 1 (off) as published")
+        1,
+        "resampling: each step repeated r times, going one step back up between repeats, as MedEdit's code "
+        "(resample_steps); 1 (off) as published",
+    )
 
     def validate(self) -> None:
         validate_jumps(self.steps, 1, self.jump_n_sample)
@@ -205,9 +222,11 @@ class PIEParams:
     guidance: float = parameter(7.5, "classifier-free guidance: PIE's 7.5 (its README example: 27.5)")
     eta: float = parameter(0.0, "DDIM stochasticity: 0 (deterministic DDIM) in PIE (latent loop)")
     loop: PIELoop | None = parameter(
-        None, "reference: as run_pie.py (the model's scheduler, 8-bit image between iterations, VAE sample); "
+        None,
+        "reference: as run_pie.py (the model's scheduler, 8-bit image between iterations, VAE sample); "
         "latent: DDIM with the iterations chained in model space",
-        automatic="reference for latent (VAE) models, latent for pixel-space models")
+        automatic="reference for latent (VAE) models, latent for pixel-space models",
+    )
 
     def validate(self) -> None:
         if self.iterations < 1:
@@ -219,8 +238,11 @@ class PIEParams:
 
 @dataclass(frozen=True)
 class SDEditParams:
-    strength: float = parameter(0.5, "encoding ratio t0: SDEdit's t0 in [0.3, 0.6] (Sec. 4), midway; "
-                                     "MedEdit's baseline: 0.1 (preset mededit-paper)")
+    strength: float = parameter(
+        0.5,
+        "encoding ratio t0: SDEdit's t0 in [0.3, 0.6] (Sec. 4), midway; "
+        "MedEdit's baseline: 0.1 (preset mededit-paper)",
+    )
     steps: int = parameter(1000, "DDPM steps: the full 1000-step chain; fewer gives a strided DDPM")
 
     def validate(self) -> None:
@@ -232,8 +254,9 @@ class RePaintParams:
     steps: int = parameter(250, "T, DDPM steps: 250 in the RePaint paper")
     jump_length: int = parameter(10, "j, resampling jump length: 10 in the RePaint paper")
     jump_n_sample: int = parameter(10, "r, resampling repeats: 10 in the RePaint paper (2,410 model calls)")
-    start: RePaintStart = parameter(RePaintStart.noise, "pure noise in RePaint; MedEdit's naive baseline starts "
-                                                        "from the noised input")
+    start: RePaintStart = parameter(
+        RePaintStart.noise, "pure noise in RePaint; MedEdit's naive baseline starts from the noised input"
+    )
 
     def validate(self) -> None:
         validate_jumps(self.steps, self.jump_length, self.jump_n_sample)
@@ -247,11 +270,14 @@ class DiffEditParams:
     strength: float = parameter(0.8, "encoding ratio: diffusers' StableDiffusionDiffEditPipeline default 0.8")
     guidance: float = parameter(7.5, "classifier-free guidance: 7.5, Stable Diffusion's default")
     inversion_guidance: float = parameter(
-        1.0, "classifier-free guidance of the DDIM inversion: 1, none, as RadEdit's Algorithm 2 writes DiffEdit "
-        "(diffusers' invert() defaults to 7.5)")
+        1.0,
+        "classifier-free guidance of the DDIM inversion: 1, none, as RadEdit's Algorithm 2 writes DiffEdit "
+        "(diffusers' invert() defaults to 7.5)",
+    )
     mask_grid: MaskGrid = parameter(
-        MaskGrid.binary, "edit mask on the model's grid: binary as DiffEdit's own thresholded masks, or "
-        "fractional coverage")
+        MaskGrid.binary,
+        "edit mask on the model's grid: binary as DiffEdit's own thresholded masks, or fractional coverage",
+    )
 
     def validate(self) -> None:
         strength_steps(self.steps, self.strength)
@@ -263,15 +289,22 @@ INSTRUCT_STEPS, INSTRUCT_TEXT_GUIDANCE, INSTRUCT_IMAGE_GUIDANCE = 100, 7.5, 1.5 
 @dataclass(frozen=True)
 class InstructParams:
     prompt: str = parameter("remove the right pleural effusion", "the instruction: what should change")
-    steps: int = parameter(INSTRUCT_STEPS, "sampling steps of the model's scheduler: 100, InstructPix2Pix's "
-                                           "pipeline default (and BiomedJourney's)")
-    text_guidance: float = parameter(INSTRUCT_TEXT_GUIDANCE, "s_T, guidance towards the instruction: "
-                                                             "InstructPix2Pix's 7.5")
-    image_guidance: float = parameter(INSTRUCT_IMAGE_GUIDANCE, "s_I, guidance towards the prior image: "
-                                                               "InstructPix2Pix's 1.5")
+    steps: int = parameter(
+        INSTRUCT_STEPS,
+        "sampling steps of the model's scheduler: 100, InstructPix2Pix's "
+        "pipeline default (and BiomedJourney's)",
+    )
+    text_guidance: float = parameter(
+        INSTRUCT_TEXT_GUIDANCE, "s_T, guidance towards the instruction: InstructPix2Pix's 7.5"
+    )
+    image_guidance: float = parameter(
+        INSTRUCT_IMAGE_GUIDANCE, "s_I, guidance towards the prior image: InstructPix2Pix's 1.5"
+    )
     strength: float | None = parameter(
-        None, "start from the prior noised to this fraction of the schedule (SDEdit-style; not in the papers)",
-        automatic="pure noise, as the papers")
+        None,
+        "start from the prior noised to this fraction of the schedule (SDEdit-style; not in the papers)",
+        automatic="pure noise, as the papers",
+    )
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -292,14 +325,20 @@ class InstructX2XParams:
     text_guidance: float = parameter(INSTRUCT_TEXT_GUIDANCE, "s_T: 7.5 in InstructX2X's rse_x2x.py")
     image_guidance: float = parameter(INSTRUCT_IMAGE_GUIDANCE, "s_I: 1.5 in InstructX2X's rse_x2x.py")
     threshold: float = parameter(
-        0.1, "tau, where the guidance map (relevance x region) is cut: 0.1 as InstructX2X's example run "
-        "(its function default 0.5 leaves a tighter map)")
+        0.1,
+        "tau, where the guidance map (relevance x region) is cut: 0.1 as InstructX2X's example run "
+        "(its function default 0.5 leaves a tighter map)",
+    )
     relevance_timestep: float = parameter(
-        RELEVANCE_TIMESTEP, "the noise level the relevance map is read at, as a fraction of T: InstructX2X's 0.8")
+        RELEVANCE_TIMESTEP,
+        "the noise level the relevance map is read at, as a fraction of T: InstructX2X's 0.8",
+    )
     pseudo_masks: str | None = parameter(
-        None, "a folder of InstructX2X's released pseudo masks (its inference/masks): without a roi_mask, the "
+        None,
+        "a folder of InstructX2X's released pseudo masks (its inference/masks): without a roi_mask, the "
         "region is the union of those the instruction names, as its reference builds it",
-        automatic="napari-medit's per-finding templates")
+        automatic="napari-medit's per-finding templates",
+    )
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -338,26 +377,41 @@ DEFAULT_CORRELATION_MM = 3.0  # chosen by benchmarks/slice_consistency.py (see t
 @dataclass(frozen=True)
 class RunOptions:
     seed: int = parameter(0, "the same seed, model and settings give a bit-identical result")
-    axis: str = parameter("axial", "slice along axial, coronal, sagittal (from the affine) or array axis 0, 1, 2")
-    slices: str | None = parameter(None, "A:B, the slices along the axis to edit",
-                                   automatic="the slices the method's mask touches")
-    batch_size: int | None = parameter(None, "slices per model call", automatic="4 on CPU, by free memory on GPU")
+    axis: str = parameter(
+        "axial", "slice along axial, coronal, sagittal (from the affine) or array axis 0, 1, 2"
+    )
+    slices: str | None = parameter(
+        None, "A:B, the slices along the axis to edit", automatic="the slices the method's mask touches"
+    )
+    batch_size: int | None = parameter(
+        None, "slices per model call", automatic="4 on CPU, by free memory on GPU"
+    )
     slice_noise: SliceNoise = parameter(
-        SliceNoise.correlated, "noise per slice: correlated between neighbours (ISCS; chosen by measurement: as "
-        "smooth across slices as the anatomy), independent (a seed each) or shared by all slices")
+        SliceNoise.correlated,
+        "noise per slice: correlated between neighbours (ISCS; chosen by measurement: as "
+        "smooth across slices as the anatomy), independent (a seed each) or shared by all slices",
+    )
     noise_correlation_mm: float = parameter(
-        DEFAULT_CORRELATION_MM, "correlated slice noise: its correlation length L in mm (neighbours d mm apart "
-        "correlate as cos(pi d / 2L); 2L apart, independent)")
+        DEFAULT_CORRELATION_MM,
+        "correlated slice noise: its correlation length L in mm (neighbours d mm apart "
+        "correlate as cos(pi d / 2L); 2L apart, independent)",
+    )
     through_plane_smoothing: float = parameter(
-        0.0, "through-plane regularisation (DiffusionMBIR-style): 0 off, up to 1, a smoothing step of the "
-        "predicted clean image across edited slices at every step")
+        0.0,
+        "through-plane regularisation (DiffusionMBIR-style): 0 off, up to 1, a smoothing step of the "
+        "predicted clean image across edited slices at every step",
+    )
     precision: Precision = parameter(
-        Precision.auto, "the denoising network's arithmetic: auto is float16 on CUDA, bfloat16 on a CPU with "
-        "native bfloat16 (AVX512-BF16 or AMX), else float32; VAEs and text encoders stay float32")
+        Precision.auto,
+        "the denoising network's arithmetic: auto is float16 on CUDA, bfloat16 on a CPU with "
+        "native bfloat16 (AVX512-BF16 or AMX), else float32; VAEs and text encoders stay float32",
+    )
     compile_network: bool = parameter(
-        False, "compile the denoising network with torch.compile: about 1.4x faster per pass on CPU after a "
+        False,
+        "compile the denoising network with torch.compile: about 1.4x faster per pass on CPU after a "
         "60-90 s compile, so it pays only on long runs (past ~300 forward passes: MedEdit's 1000 steps, many "
-        "slices; benchmarks/compile.py)")
+        "slices; benchmarks/compile.py)",
+    )
 
     def validate(self) -> None:
         parse_slices(self.slices)  # refuses text that is not A:B
@@ -378,14 +432,20 @@ class ComputeOptions:
     """Where an edit's model runs and how it is loaded: once per command or batch, not per edit."""
 
     scheduler: str | None = parameter(
-        None, f"where the edit runs: a dask scheduler's address (tcp://host:8786, tls://..., localhost:PORT "
+        None,
+        f"where the edit runs: a dask scheduler's address (tcp://host:8786, tls://..., localhost:PORT "
         f"through an SSH tunnel), or {LOCAL_WORKER!r} for a worker process on this machine",
-        automatic=f"${SCHEDULER_ENVIRON}, else this process")
-    device: str | None = parameter(None, "cpu, cuda, cuda:1, mps, on the machine that computes",
-                                   automatic="CUDA if available, then MPS, then CPU")
+        automatic=f"${SCHEDULER_ENVIRON}, else this process",
+    )
+    device: str | None = parameter(
+        None,
+        "cpu, cuda, cuda:1, mps, on the machine that computes",
+        automatic="CUDA if available, then MPS, then CPU",
+    )
     download: bool = parameter(False, "let a hub model download (default: offline)")
     trust_remote_code: bool = parameter(
-        False, "let a model's text encoder run code from its repository (BioViL-T needs it)")
+        False, "let a model's text encoder run code from its repository (BioViL-T needs it)"
+    )
 
     def resolved_scheduler(self) -> str | None:
         """The scheduler given, else $NAPARI_MEDIT_SCHEDULER; None: compute in this process."""
@@ -403,7 +463,9 @@ def check_slice_options(noise_correlation_mm: float, through_plane_smoothing: fl
     if not noise_correlation_mm > 0:
         raise ValueError(f"noise_correlation_mm must be a positive length in mm, got {noise_correlation_mm}")
     if not 0 <= through_plane_smoothing <= 1:
-        raise ValueError(f"through_plane_smoothing must be between 0 (off) and 1, got {through_plane_smoothing}")
+        raise ValueError(
+            f"through_plane_smoothing must be between 0 (off) and 1, got {through_plane_smoothing}"
+        )
 
 
 def parse_axis(text: str | int) -> int | str:
@@ -433,10 +495,14 @@ class MaskRole:
 
 MASK_ROLES: dict[str, MaskRole] = {
     "edit_mask": MaskRole("the region to change", ("edit",), "#ff4fd8"),  # magenta: where the edit happens
-    "keep_mask": MaskRole("the region kept exactly (RadEdit)", ("keep",), "#3ddc84"),  # green: must not change
+    "keep_mask": MaskRole(
+        "the region kept exactly (RadEdit)", ("keep",), "#3ddc84"
+    ),  # green: must not change
     "pathology_mask": MaskRole("the lesion or finding to create", ("pathology", "lesion"), "#ff5a36"),
     "brain_mask": MaskRole("the brain (MedEdit's second condition)", ("brain",), "#3d8bff"),
-    "roi_mask": MaskRole("the region of interest PIE progresses in, or InstructX2X may edit", ("roi",), "#ffb000"),
+    "roi_mask": MaskRole(
+        "the region of interest PIE progresses in, or InstructX2X may edit", ("roi",), "#ffb000"
+    ),
     "lung_mask": MaskRole("the lungs, which InstructX2X cuts its finding templates to", ("lung",), "#00c8ff"),
 }
 
@@ -501,7 +567,9 @@ class Method:
         known = [item.name for item in fields(self.params)]
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ValueError(f"{self.name} has no parameter {unknown[0]!r}; its parameters: {', '.join(known)}")
+            raise ValueError(
+                f"{self.name} has no parameter {unknown[0]!r}; its parameters: {', '.join(known)}"
+            )
         given = {**self.preset(preset).values, **{k: v for k, v in values.items() if v is not None}}
         for name, value in given.items():  # API callers may spell an option's value as text ('reference')
             if issubclass(value_type(self.params, name), enum.Enum) and not isinstance(value, enum.Enum):
@@ -526,23 +594,33 @@ class Method:
             return f"{self.name} does not use a {unused[0]}; it takes: {', '.join(self.masks) or 'no masks'}"
         return None
 
-    def model_problem(self, text_conditioned: bool, condition_names, image_conditioned: bool = False) -> str | None:
+    def model_problem(
+        self, text_conditioned: bool, condition_names, image_conditioned: bool = False
+    ) -> str | None:
         """Why a model with this conditioning cannot run the method, or None."""
         if self.edits_from_prior and not image_conditioned:
-            return (f"{self.name} needs an instruction model, which reads the prior image beside the noise "
-                    "(an InstructPix2Pix-format model such as demo-cxr-instruct)")
+            return (
+                f"{self.name} needs an instruction model, which reads the prior image beside the noise "
+                "(an InstructPix2Pix-format model such as demo-cxr-instruct)"
+            )
         if image_conditioned and not self.edits_from_prior:
             instructed = ", ".join(m.name for m in METHODS.values() if m.edits_from_prior)
             return f"the model is an instruction model (it reads the prior image): use {instructed}"
         if self.takes_text and not text_conditioned:
             without_text = ", ".join(m.name for m in METHODS.values() if not m.takes_text)
-            return (f"{self.name} edits with a text prompt, and the model has no text conditioning; pick a "
-                    f"text-conditioned model, or use {without_text} with this one")
+            return (
+                f"{self.name} edits with a text prompt, and the model has no text conditioning; pick a "
+                f"text-conditioned model, or use {without_text} with this one"
+            )
         if self.model_conditions is not None and set(condition_names) != set(self.model_conditions):
-            return (f"{self.name} needs a model conditioned on {' and '.join(self.model_conditions)}; "
-                    f"this one takes {', '.join(condition_names) or 'no masks'}")
+            return (
+                f"{self.name} needs a model conditioned on {' and '.join(self.model_conditions)}; "
+                f"this one takes {', '.join(condition_names) or 'no masks'}"
+            )
         if not set(condition_names) <= set(self.masks):
-            return f"the model is conditioned on {', '.join(condition_names)}, which {self.name} does not take"
+            return (
+                f"the model is conditioned on {', '.join(condition_names)}, which {self.name} does not take"
+            )
         return None
 
     def load_runner(self) -> Callable:
@@ -552,11 +630,16 @@ class Method:
 
 def _mededit_masks(masks: Masks, params: MedEditParams, resolution: int, shape) -> dict[str, np.ndarray]:
     """MedEdit regenerates dilate(pathology) AND brain, the kernel sized on the model's grid."""
-    return {"inpaint_mask": native_inpainting_mask(masks["pathology_mask"], masks["brain_mask"],
-                                                   params.kernel_size(resolution), resolution)}
+    return {
+        "inpaint_mask": native_inpainting_mask(
+            masks["pathology_mask"], masks["brain_mask"], params.kernel_size(resolution), resolution
+        )
+    }
 
 
-def _instruction_region(masks: Masks, params: InstructX2XParams, resolution: int, shape) -> dict[str, np.ndarray]:
+def _instruction_region(
+    masks: Masks, params: InstructX2XParams, resolution: int, shape
+) -> dict[str, np.ndarray]:
     """InstructX2X's anatomical region: the user's roi_mask; else, given the folder, its released pseudo
     masks for the findings the instruction names; else napari-medit's templates of those findings (the
     whole image when it names none), cut to the lungs when a lung_mask is given."""
@@ -570,7 +653,9 @@ def _instruction_region(masks: Masks, params: InstructX2XParams, resolution: int
         return {"roi_mask": np.broadcast_to(region, shape).copy()}
     found = read_instruction(params.prompt)
     lungs = masks.get("lung_mask")
-    regions = [region_template(found, tuple(shape[1:]), None if lungs is None else lungs[i]) for i in range(shape[0])]
+    regions = [
+        region_template(found, tuple(shape[1:]), None if lungs is None else lungs[i]) for i in range(shape[0])
+    ]
     return {"roi_mask": np.stack(regions)}
 
 
@@ -592,41 +677,137 @@ def _outside_keep(masks: Masks):
     return None if keep is None else ~keep
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("radedit", "RadEdit", "Bond-Taylor et al., RadEdit, ECCV 2024, Algorithm 3", RadEditParams,
-           (), ("edit_mask", "keep_mask"), True, "napari_medit.editing.radedit:run", "edit_mask",
-           editable=_outside_keep, region=lambda m: m.get("edit_mask")),
-    Method("mededit", "MedEdit", "Ben Alaya et al., MedEdit, 2024", MedEditParams,
-           ("pathology_mask", "brain_mask"), (), False, "napari_medit.editing.mededit:run", "pathology_mask",
-           editable=lambda m: m["inpaint_mask"], region=lambda m: m["inpaint_mask"],
-           model_conditions=("pathology_mask", "brain_mask"),
-           prepare_masks=_mededit_masks, check_masks=_mededit_check),
-    Method("pie", "PIE", "Liang et al., PIE, 2023", PIEParams,
-           ("roi_mask",), (), True, "napari_medit.editing.pie:run", "roi_mask",
-           editable=lambda m: m["roi_mask"], region=lambda m: m["roi_mask"]),
-    Method("sdedit", "SDEdit", "Meng et al., SDEdit, ICLR 2022", SDEditParams,
-           (), ("edit_mask", "pathology_mask", "brain_mask"), False, "napari_medit.editing.sdedit:run", "edit_mask",
-           editable=lambda m: m.get("edit_mask"), region=lambda m: m.get("edit_mask"),
-           presets={MEDEDIT_PAPER: Preset(
-               "MedEdit's SDEdit baseline: encoding ratio 0.1 of the 1000-step chain "
-               "(MedEdit, projects/baselines/configs/sdedit.yaml)", {"strength": 0.1, "steps": 1000})}),
-    Method("repaint", "RePaint", "Lugmayr et al., RePaint, CVPR 2022", RePaintParams,
-           ("pathology_mask",), ("brain_mask",), False, "napari_medit.editing.repaint:run", "pathology_mask",
-           editable=lambda m: m["pathology_mask"], region=lambda m: m["pathology_mask"],
-           presets={MEDEDIT_PAPER: Preset(
-               "MedEdit's naive RePaint baseline: MedEdit's own loop on the undilated mask, 1000 steps, no "
-               "resampling, from the noised input (projects/baselines/configs/naive_repaint.yaml)",
-               {"steps": 1000, "jump_length": 1, "jump_n_sample": 1, "start": RePaintStart.noised_input})}),
-    Method("diffedit", "DiffEdit", "Couairon et al., DiffEdit, ICLR 2023 (given mask)", DiffEditParams,
-           ("edit_mask",), (), True, "napari_medit.editing.diffedit:run", "edit_mask",
-           editable=lambda m: m["edit_mask"], region=lambda m: m["edit_mask"]),
-    Method("instruct", "Instruction edit", "Gu et al., BiomedJourney, 2023 (InstructPix2Pix, Brooks et al., "
-           "CVPR 2023)", InstructParams, (), (), True, "napari_medit.editing.instruct:run", None,
-           editable=lambda m: None, region=lambda m: None, edits_from_prior=True),
-    Method("instructx2x", "InstructX2X", "Region-Specific Editing, InstructX2X (hgminn/InstructX2X)",
-           InstructX2XParams, (), ("roi_mask", "lung_mask"), True, "napari_medit.editing.instructx2x:run", "roi_mask",
-           editable=_guided_region, region=_guided_region, prepare_masks=_instruction_region, edits_from_prior=True, produces=("guidance_map", "guidance_mask")),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "radedit",
+            "RadEdit",
+            "Bond-Taylor et al., RadEdit, ECCV 2024, Algorithm 3",
+            RadEditParams,
+            (),
+            ("edit_mask", "keep_mask"),
+            True,
+            "napari_medit.editing.radedit:run",
+            "edit_mask",
+            editable=_outside_keep,
+            region=lambda m: m.get("edit_mask"),
+        ),
+        Method(
+            "mededit",
+            "MedEdit",
+            "Ben Alaya et al., MedEdit, 2024",
+            MedEditParams,
+            ("pathology_mask", "brain_mask"),
+            (),
+            False,
+            "napari_medit.editing.mededit:run",
+            "pathology_mask",
+            editable=lambda m: m["inpaint_mask"],
+            region=lambda m: m["inpaint_mask"],
+            model_conditions=("pathology_mask", "brain_mask"),
+            prepare_masks=_mededit_masks,
+            check_masks=_mededit_check,
+        ),
+        Method(
+            "pie",
+            "PIE",
+            "Liang et al., PIE, 2023",
+            PIEParams,
+            ("roi_mask",),
+            (),
+            True,
+            "napari_medit.editing.pie:run",
+            "roi_mask",
+            editable=lambda m: m["roi_mask"],
+            region=lambda m: m["roi_mask"],
+        ),
+        Method(
+            "sdedit",
+            "SDEdit",
+            "Meng et al., SDEdit, ICLR 2022",
+            SDEditParams,
+            (),
+            ("edit_mask", "pathology_mask", "brain_mask"),
+            False,
+            "napari_medit.editing.sdedit:run",
+            "edit_mask",
+            editable=lambda m: m.get("edit_mask"),
+            region=lambda m: m.get("edit_mask"),
+            presets={
+                MEDEDIT_PAPER: Preset(
+                    "MedEdit's SDEdit baseline: encoding ratio 0.1 of the 1000-step chain "
+                    "(MedEdit, projects/baselines/configs/sdedit.yaml)",
+                    {"strength": 0.1, "steps": 1000},
+                )
+            },
+        ),
+        Method(
+            "repaint",
+            "RePaint",
+            "Lugmayr et al., RePaint, CVPR 2022",
+            RePaintParams,
+            ("pathology_mask",),
+            ("brain_mask",),
+            False,
+            "napari_medit.editing.repaint:run",
+            "pathology_mask",
+            editable=lambda m: m["pathology_mask"],
+            region=lambda m: m["pathology_mask"],
+            presets={
+                MEDEDIT_PAPER: Preset(
+                    "MedEdit's naive RePaint baseline: MedEdit's own loop on the undilated mask, 1000 steps, "
+                    "no "
+                    "resampling, from the noised input (projects/baselines/configs/naive_repaint.yaml)",
+                    {"steps": 1000, "jump_length": 1, "jump_n_sample": 1, "start": RePaintStart.noised_input},
+                )
+            },
+        ),
+        Method(
+            "diffedit",
+            "DiffEdit",
+            "Couairon et al., DiffEdit, ICLR 2023 (given mask)",
+            DiffEditParams,
+            ("edit_mask",),
+            (),
+            True,
+            "napari_medit.editing.diffedit:run",
+            "edit_mask",
+            editable=lambda m: m["edit_mask"],
+            region=lambda m: m["edit_mask"],
+        ),
+        Method(
+            "instruct",
+            "Instruction edit",
+            "Gu et al., BiomedJourney, 2023 (InstructPix2Pix, Brooks et al., CVPR 2023)",
+            InstructParams,
+            (),
+            (),
+            True,
+            "napari_medit.editing.instruct:run",
+            None,
+            editable=lambda m: None,
+            region=lambda m: None,
+            edits_from_prior=True,
+        ),
+        Method(
+            "instructx2x",
+            "InstructX2X",
+            "Region-Specific Editing, InstructX2X (hgminn/InstructX2X)",
+            InstructX2XParams,
+            (),
+            ("roi_mask", "lung_mask"),
+            True,
+            "napari_medit.editing.instructx2x:run",
+            "roi_mask",
+            editable=_guided_region,
+            region=_guided_region,
+            prepare_masks=_instruction_region,
+            edits_from_prior=True,
+            produces=("guidance_map", "guidance_mask"),
+        ),
+    )
+}
 
 
 def method(name: str) -> Method:
@@ -648,18 +829,27 @@ def parameter_names() -> dict[str, type]:
 
 def markdown_table() -> str:
     """The README's table of methods, masks and parameters with their defaults."""
-    lines = ["| method | masks (required; optional) | text | parameters (default: source) |",
-             "|---|---|---|---|"]
+    lines = [
+        "| method | masks (required; optional) | text | parameters (default: source) |",
+        "|---|---|---|---|",
+    ]
     for spec in METHODS.values():
         masks = ", ".join(spec.required_masks) or "none"
         if spec.optional_masks:
             masks += "; " + ", ".join(spec.optional_masks)
-        described = "<br>".join(f"`--{item.name.replace('_', '-')}` {default_text(spec.params, item)}: "
-                                f"{item.metadata['source']}" for item in fields(spec.params))
+        described = "<br>".join(
+            f"`--{item.name.replace('_', '-')}` {default_text(spec.params, item)}: {item.metadata['source']}"
+            for item in fields(spec.params)
+        )
         presets = "".join(f"<br>`--preset {name}`: {preset.says}" for name, preset in spec.presets.items())
-        lines.append(f"| `{spec.name}` ({spec.reference}) | {masks} | {'yes' if spec.takes_text else 'no'} | "
-                     f"{described}{presets} |")
+        lines.append(
+            f"| `{spec.name}` ({spec.reference}) | {masks} | {'yes' if spec.takes_text else 'no'} | "
+            f"{described}{presets} |"
+        )
     lines += ["", "Every method also takes:", ""]
-    lines += [f"- `--{item.name.replace('_', '-')}` (default {default_text(RunOptions, item)}): "
-              f"{item.metadata['source']}" for item in fields(RunOptions)]
+    lines += [
+        f"- `--{item.name.replace('_', '-')}` (default {default_text(RunOptions, item)}): "
+        f"{item.metadata['source']}"
+        for item in fields(RunOptions)
+    ]
     return "\n".join(lines)

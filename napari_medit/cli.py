@@ -32,11 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
         args, unknown = parser.parse_known_args(argv)
-    except SystemExit as exc:  # argparse has printed its message (or the help): an exit status, not an exception
+    except (
+        SystemExit
+    ) as exc:  # argparse has printed its message (or the help): an exit status, not an exception
         return int(exc.code or 0)
     if unknown:
         spec = getattr(args, "spec", None)
-        where = f"`napari-medit edit {spec.name} --help` lists what {spec.name} takes" if spec else "see --help"
+        where = (
+            f"`napari-medit edit {spec.name} --help` lists what {spec.name} takes" if spec else "see --help"
+        )
         print(f"napari-medit: error: unknown option {unknown[0]}; {where}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if not getattr(args, "run", None):
@@ -52,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     from .batch import OPTIONAL_COLUMNS
 
-    parser = argparse.ArgumentParser(prog="napari-medit", description="Diffusion-based medical image editing.")
+    parser = argparse.ArgumentParser(
+        prog="napari-medit", description="Diffusion-based medical image editing."
+    )
     parser.add_argument("--version", action="version", version=f"napari-medit {__version__}")
     commands = parser.add_subparsers(title="commands")
 
@@ -66,55 +72,101 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(run=_info)
 
-    edit = commands.add_parser("edit", help="edit an image or volume (writes the result and a JSON provenance file)",
-                                description="Edit an image or volume; `napari-medit edit METHOD --help` lists "
-                                            "the method's masks and parameters with their defaults.")
+    edit = commands.add_parser(
+        "edit",
+        help="edit an image or volume (writes the result and a JSON provenance file)",
+        description="Edit an image or volume; `napari-medit edit METHOD --help` lists "
+        "the method's masks and parameters with their defaults.",
+    )
     methods = edit.add_subparsers(title="methods", metavar="METHOD", dest="method")
     for spec in METHODS.values():
         _method_parser(methods, spec)
 
     stress = commands.add_parser(
-        "stress-test", help="RadEdit's stress tests of a model: counterfactual test sets for acquisition, "
-        "manifestation or population shift, filtered, and the model measured on them (report.json/html)")
+        "stress-test",
+        help="RadEdit's stress tests of a model: counterfactual test sets for acquisition, "
+        "manifestation or population shift, filtered, and the model measured on them (report.json/html)",
+    )
     stress.add_argument("scenario", choices=[s.value for s in Scenario])
-    stress.add_argument("--model-under-test", help="a TorchScript file or module:function returning a torch module "
-                                                   "(contract: napari_medit.stress.models)")
-    stress.add_argument("--data", help="a cases CSV (id,image and the scenario's masks) or a folder with cases.csv")
-    stress.add_argument("--editor", help="the diffusion model RadEdit edits with (default with --demo: demo-cxr)")
+    stress.add_argument(
+        "--model-under-test",
+        help="a TorchScript file or module:function returning a torch module "
+        "(contract: napari_medit.stress.models)",
+    )
+    stress.add_argument(
+        "--data", help="a cases CSV (id,image and the scenario's masks) or a folder with cases.csv"
+    )
+    stress.add_argument(
+        "--editor", help="the diffusion model RadEdit edits with (default with --demo: demo-cxr)"
+    )
     stress.add_argument("--out", required=True, help="output folder (a second run resumes its edits)")
-    stress.add_argument("--method", choices=[m.value for m in EditMethod],
-                        help="how the counterfactuals are made: radedit (the paper's; default) or instructx2x with "
-                             "an instruction model (population only: it adds the finding)")
-    stress.add_argument("--n", type=int, help="only the first N cases (with --demo: N phantom cases, default 12)")
-    stress.add_argument("--demo", action="store_true", help="phantom cases and a bundled model made to fail the "
-                                                            "way the paper's real one did")
-    stress.add_argument("--filter-classifier", default="demo-cxr-findings",
-                        help="an independent findings classifier that decides which edits are kept")
-    stress.add_argument("--filter-encoder", metavar="MODULE:FUNCTION",
-                        help="an image-text encoder (e.g. napari_medit.stress.biovil:biovil_t): filter with "
-                             "RadEdit's editing score instead of the classifier")
-    stress.add_argument("--filter-threshold", type=float, default=None,
-                        help=f"a removal is kept below this probability of the finding (default "
-                             f"{REMOVAL_THRESHOLD}); an addition when it raised it by this much (default {ADDITION_RISE}); "
-                             f"with --filter-encoder, the lowest editing score kept (default {EDITING_SCORE_THRESHOLD})")
-    stress.add_argument("--input-size", type=int, help="the model under test's input side, when it does not say")
+    stress.add_argument(
+        "--method",
+        choices=[m.value for m in EditMethod],
+        help="how the counterfactuals are made: radedit (the paper's; default) or instructx2x with "
+        "an instruction model (population only: it adds the finding)",
+    )
+    stress.add_argument(
+        "--n", type=int, help="only the first N cases (with --demo: N phantom cases, default 12)"
+    )
+    stress.add_argument(
+        "--demo",
+        action="store_true",
+        help="phantom cases and a bundled model made to fail the way the paper's real one did",
+    )
+    stress.add_argument(
+        "--filter-classifier",
+        default="demo-cxr-findings",
+        help="an independent findings classifier that decides which edits are kept",
+    )
+    stress.add_argument(
+        "--filter-encoder",
+        metavar="MODULE:FUNCTION",
+        help="an image-text encoder (e.g. napari_medit.stress.biovil:biovil_t): filter with "
+        "RadEdit's editing score instead of the classifier",
+    )
+    stress.add_argument(
+        "--filter-threshold",
+        type=float,
+        default=None,
+        help=f"a removal is kept below this probability of the finding (default "
+        f"{REMOVAL_THRESHOLD}); an addition when it raised it by this much (default {ADDITION_RISE}); "
+        f"with --filter-encoder, the lowest editing score kept (default {EDITING_SCORE_THRESHOLD})",
+    )
+    stress.add_argument(
+        "--input-size", type=int, help="the model under test's input side, when it does not say"
+    )
     stress.add_argument("--steps", type=int, help="RadEdit steps (default: the paper's 100)")
     stress.add_argument("--seed", type=int, default=0)
     stress.add_argument("--workers", type=int, help="LocalCluster worker processes (0: run here)")
     _add_fields(stress.add_argument_group("compute (the editor's)"), ComputeOptions)
     stress.set_defaults(run=_stress_test)
 
-    batch = commands.add_parser("batch", help="run the edits of a manifest (CSV) on a dask cluster; resumable")
-    batch.add_argument("manifest", help="CSV: id,image,method and optionally "
-                                        f"{','.join(OPTIONAL_COLUMNS)} (the `edit` options with underscores; "
-                                        "a method's parameters on its own rows); paths relative to the manifest")
-    batch.add_argument("--out", required=True, help="folder for ID.nii.gz/ID.png, ID.json and summary.csv/.json")
+    batch = commands.add_parser(
+        "batch", help="run the edits of a manifest (CSV) on a dask cluster; resumable"
+    )
+    batch.add_argument(
+        "manifest",
+        help="CSV: id,image,method and optionally "
+        f"{','.join(OPTIONAL_COLUMNS)} (the `edit` options with underscores; "
+        "a method's parameters on its own rows); paths relative to the manifest",
+    )
+    batch.add_argument(
+        "--out", required=True, help="folder for ID.nii.gz/ID.png, ID.json and summary.csv/.json"
+    )
     batch.add_argument("--model", help="the model for rows whose 'model' cell is empty")
-    batch.add_argument("--format", choices=[f.value for f in OutputFormat],
-                       help="write every result as this (dicom: ID.dcm for a DICOM file, a derived series in the "
-                            "folder ID for a series); default: the source's own kind (.png, .mgz, else .nii.gz)")
-    batch.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per two cores; "
-                                                   "0: run here, one item after another)")
+    batch.add_argument(
+        "--format",
+        choices=[f.value for f in OutputFormat],
+        help="write every result as this (dicom: ID.dcm for a DICOM file, a derived series in the "
+        "folder ID for a series); default: the source's own kind (.png, .mgz, else .nii.gz)",
+    )
+    batch.add_argument(
+        "--workers",
+        type=int,
+        help="LocalCluster worker processes (default: one per two cores; "
+        "0: run here, one item after another)",
+    )
     _add_fields(batch.add_argument_group("compute"), ComputeOptions)
     batch.set_defaults(run=_batch)
 
@@ -126,7 +178,9 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
     models.set_defaults(run=_models)
 
-    mededit_import = commands.add_parser("import-mededit", help="turn an official MedEdit checkpoint into a model folder")
+    mededit_import = commands.add_parser(
+        "import-mededit", help="turn an official MedEdit checkpoint into a model folder"
+    )
     mededit_import.add_argument("checkpoint")
     mededit_import.add_argument("--out", required=True)
     mededit_import.add_argument("--num-head-channels", type=int, help="if your checkpoint differs from 256")
@@ -134,26 +188,51 @@ def _parser() -> argparse.ArgumentParser:
     mededit_import.set_defaults(run=_import_mededit)
 
     train = commands.add_parser(
-        "train", help="train a model folder: brain (MedEdit-style), cxr (text-conditioned), cxr-instruct "
-        "(instruction model on phantom journeys), cxr-findings (findings classifier) or stress-acquisition|drain|lungs "
-        "(the stress test's biased demo models)")
-    train.add_argument("kind", choices=("brain", "cxr", "cxr-instruct", "cxr-findings", "stress-acquisition",
-                                        "stress-drain", "stress-lungs"))
+        "train",
+        help="train a model folder: brain (MedEdit-style), cxr (text-conditioned), cxr-instruct "
+        "(instruction model on phantom journeys), cxr-findings (findings classifier) or "
+        "stress-acquisition|drain|lungs "
+        "(the stress test's biased demo models)",
+    )
+    train.add_argument(
+        "kind",
+        choices=(
+            "brain",
+            "cxr",
+            "cxr-instruct",
+            "cxr-findings",
+            "stress-acquisition",
+            "stress-drain",
+            "stress-lungs",
+        ),
+    )
     train.add_argument("--out", required=True, help="the model folder to write (checkpoints go there too)")
-    train.add_argument("--data", help="brain: a folder of NIfTI volumes or a CSV (default: the bundled sample)")
+    train.add_argument(
+        "--data", help="brain: a folder of NIfTI volumes or a CSV (default: the bundled sample)"
+    )
     train.add_argument("--steps", type=int, default=2000)
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--resolution", type=int, default=64)
     train.add_argument("--learning-rate", type=float, default=2e-4)
     train.add_argument("--validate-every", type=int, default=500)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--ema-decay", type=float, default=0.0,
-                       help="keep an exponential moving average of the weights (e.g. 0.999) and save it; 0 = off")
-    train.add_argument("--save-float16", action="store_true",
-                       help="diffusion models: store the weights in float16 (half the size; loaded as float32)")
-    train.add_argument("--init-from", metavar="MODEL",
-                       help="cxr-instruct: start from this text-to-image model (e.g. demo-cxr), as InstructPix2Pix "
-                       "starts from Stable Diffusion; the prior's input channel starts at zero")
+    train.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="keep an exponential moving average of the weights (e.g. 0.999) and save it; 0 = off",
+    )
+    train.add_argument(
+        "--save-float16",
+        action="store_true",
+        help="diffusion models: store the weights in float16 (half the size; loaded as float32)",
+    )
+    train.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="cxr-instruct: start from this text-to-image model (e.g. demo-cxr), as InstructPix2Pix "
+        "starts from Stable Diffusion; the prior's input channel starts at zero",
+    )
     train.add_argument("--device", default="cpu")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.set_defaults(run=_train)
@@ -170,27 +249,49 @@ def _sample(args) -> int:
 
 def _method_parser(methods, spec) -> None:
     """`napari-medit edit METHOD`: the method's masks, parameters and the run options, from the catalogue."""
-    parser = methods.add_parser(spec.name, help=f"{spec.title} ({spec.reference})",
-                                description=f"{spec.title}: {spec.reference}.")
+    parser = methods.add_parser(
+        spec.name, help=f"{spec.title} ({spec.reference})", description=f"{spec.title}: {spec.reference}."
+    )
     parser.add_argument("--image", required=True, help=f"the source: {SUPPORTED}")
-    parser.add_argument("--out", required=True, help="the result: .nii.gz, .nii, .mgz or .mgh (any input), "
-                                                     ".png or .dcm (2D inputs), or a folder with --format dicom; "
-                                                     "the provenance goes beside it as .json")
-    parser.add_argument("--format", choices=[f.value for f in OutputFormat],
-                        help="dicom: a derived DICOM series in the folder --out (DICOM sources only); "
-                             "default: from the name of --out")
-    parser.add_argument("--overwrite", action="store_true", help="replace a DICOM output folder that holds files")
-    parser.add_argument("--model", required=True, help="a model folder, a name from `napari-medit models`, "
-                                                       "a preset (radedit) or a hub repository (hub:ORG/NAME)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="the result: .nii.gz, .nii, .mgz or .mgh (any input), "
+        ".png or .dcm (2D inputs), or a folder with --format dicom; "
+        "the provenance goes beside it as .json",
+    )
+    parser.add_argument(
+        "--format",
+        choices=[f.value for f in OutputFormat],
+        help="dicom: a derived DICOM series in the folder --out (DICOM sources only); "
+        "default: from the name of --out",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a DICOM output folder that holds files"
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a model folder, a name from `napari-medit models`, "
+        "a preset (radedit) or a hub repository (hub:ORG/NAME)",
+    )
     masks = parser.add_argument_group("masks (files on the image's grid)")
     for role in spec.masks:
-        masks.add_argument(_option(role), dest=role, metavar="FILE", required=role in spec.required_masks,
-                           help=f"{MASK_ROLES[role].says}" + (" (required)" if role in spec.required_masks else ""))
+        masks.add_argument(
+            _option(role),
+            dest=role,
+            metavar="FILE",
+            required=role in spec.required_masks,
+            help=f"{MASK_ROLES[role].says}" + (" (required)" if role in spec.required_masks else ""),
+        )
     group = parser.add_argument_group(f"{spec.title} parameters (default: the reference's)")
     if spec.presets:
-        group.add_argument("--preset", choices=list(spec.presets),
-                           help="; ".join(f"{name}: {preset.says}" for name, preset in spec.presets.items())
-                           + ". Options given explicitly still win")
+        group.add_argument(
+            "--preset",
+            choices=list(spec.presets),
+            help="; ".join(f"{name}: {preset.says}" for name, preset in spec.presets.items())
+            + ". Options given explicitly still win",
+        )
     _add_fields(group, spec.params)
     _add_fields(parser.add_argument_group("run options"), RunOptions)
     _add_fields(parser.add_argument_group("compute"), ComputeOptions)
@@ -207,13 +308,25 @@ def _add_fields(group, params: type) -> None:
     for item in catalogue.fields(params):
         kind = catalogue.value_type(params, item.name)
         if kind is bool:
-            group.add_argument(_option(item.name), dest=item.name, action="store_true", help=item.metadata["source"])
+            group.add_argument(
+                _option(item.name), dest=item.name, action="store_true", help=item.metadata["source"]
+            )
             continue
-        extra = {"choices": [m.value for m in kind]} if issubclass(kind, enum.Enum) else {"metavar": kind.__name__.upper()}
-        group.add_argument(_option(item.name), dest=item.name, type=_parse(params, item.name, kind), default=None,
-                           help=f"{item.metadata['source']} (default: {catalogue.default_text(params, item)})"
-                           .replace("%", "%%"),  # argparse formats help with %
-                           **extra)
+        extra = (
+            {"choices": [m.value for m in kind]}
+            if issubclass(kind, enum.Enum)
+            else {"metavar": kind.__name__.upper()}
+        )
+        group.add_argument(
+            _option(item.name),
+            dest=item.name,
+            type=_parse(params, item.name, kind),
+            default=None,
+            help=f"{item.metadata['source']} (default: {catalogue.default_text(params, item)})".replace(
+                "%", "%%"
+            ),  # argparse formats help with %
+            **extra,
+        )
 
 
 def _parse(params: type, name: str, kind: type):
@@ -234,12 +347,21 @@ def edit_job(args):
     from .jobs import EditJob
 
     spec = args.spec
-    run = {item.name: value for item in catalogue.fields(RunOptions) if (value := getattr(args, item.name)) is not None}
+    run = {
+        item.name: value
+        for item in catalogue.fields(RunOptions)
+        if (value := getattr(args, item.name)) is not None
+    }
     job = EditJob(
-        method=spec.name, image=Path(args.image), out=Path(args.out),
+        method=spec.name,
+        image=Path(args.image),
+        out=Path(args.out),
         masks={role: Path(path) for role in spec.masks if (path := getattr(args, role)) is not None},
-        parameters={item.name: value for item in catalogue.fields(spec.params)
-                    if (value := getattr(args, item.name)) is not None},
+        parameters={
+            item.name: value
+            for item in catalogue.fields(spec.params)
+            if (value := getattr(args, item.name)) is not None
+        },
         run=RunOptions(**run),
         preset=getattr(args, "preset", None),
         format=OutputFormat(args.format) if args.format else None,
@@ -251,7 +373,9 @@ def edit_job(args):
 
 def compute_options(args) -> ComputeOptions:
     """Where the command's edits run and how their model loads, as its options say."""
-    return ComputeOptions(**{item.name: getattr(args, item.name) for item in catalogue.fields(ComputeOptions)})
+    return ComputeOptions(
+        **{item.name: getattr(args, item.name) for item in catalogue.fields(ComputeOptions)}
+    )
 
 
 def _edit(args) -> int:
@@ -265,7 +389,10 @@ def _edit(args) -> int:
     job = edit_job(args)
     read_image(job.image)  # a bad image fails before a model loads
     try:
-        with tqdm(desc=f"napari-medit {job.method}", unit="step", disable=None) as bar:  # off when not a terminal
+        with tqdm(
+            desc=f"napari-medit {job.method}", unit="step", disable=None
+        ) as bar:  # off when not a terminal
+
             def show(progress):
                 bar.total = progress.total
                 bar.update(progress.step - bar.n)
@@ -294,24 +421,47 @@ def _stress_test(args) -> int:
         method, editor = method or demo_method, editor or demo_editor
         if data is None:
             data = write_demo_cases(chosen, args.n or DEMO_CASES, Path(args.out) / "data")
-    missing = [flag for flag, value in (("--model-under-test", model), ("--data", data), ("--editor", editor))
-               if value is None]
+    missing = [
+        flag
+        for flag, value in (("--model-under-test", model), ("--data", data), ("--editor", editor))
+        if value is None
+    ]
     if missing:
-        raise ValueError(f"stress-test {chosen.value} needs {', '.join(missing)} (or --demo for phantoms and "
-                         "bundled demo models)")
-    report = stress_test(chosen.value, model_under_test=model, data=data, editor=editor, out=args.out,
-                         method=method or EditMethod.radedit, n=args.n,
-                         workers=args.workers, scheduler=args.scheduler, filter_classifier=args.filter_classifier,
-                         filter_encoder=args.filter_encoder,
-                         filter_threshold=args.filter_threshold, input_size=args.input_size, seed=args.seed,
-                         steps=args.steps, device=args.device, download=args.download,
-                         trust_remote_code=args.trust_remote_code)
-    print(f"stress test {report['scenario']}: {report['n_generated']} edits generated, {report['n_kept']} kept "
-          f"({report['filter']['keeps']}), {report['n_failed']} failed")
+        raise ValueError(
+            f"stress-test {chosen.value} needs {', '.join(missing)} (or --demo for phantoms and "
+            "bundled demo models)"
+        )
+    report = stress_test(
+        chosen.value,
+        model_under_test=model,
+        data=data,
+        editor=editor,
+        out=args.out,
+        method=method or EditMethod.radedit,
+        n=args.n,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        filter_classifier=args.filter_classifier,
+        filter_encoder=args.filter_encoder,
+        filter_threshold=args.filter_threshold,
+        input_size=args.input_size,
+        seed=args.seed,
+        steps=args.steps,
+        device=args.device,
+        download=args.download,
+        trust_remote_code=args.trust_remote_code,
+    )
+    print(
+        f"stress test {report['scenario']}: {report['n_generated']} edits generated, {report['n_kept']} kept "
+        f"({report['filter']['keeps']}), {report['n_failed']} failed"
+    )
     paired = report.get("original_of_kept", {})
     for measure in report["original"]:
         same = f" (the kept cases before: {paired[measure]:.4g})" if measure in paired else ""
-        print(f"  {measure}: original {report['original'][measure]:.4g} -> edited {report['edited'][measure]:.4g}{same}")
+        print(
+            f"  {measure}: original {report['original'][measure]:.4g} -> edited "
+            f"{report['edited'][measure]:.4g}{same}"
+        )
     print(f"  report: {Path(args.out) / 'report.json'}, {Path(args.out) / 'report.html'}")
     return 0
 
@@ -325,11 +475,21 @@ def _batch(args) -> int:
     from .batch import run_batch
 
     _check_workers(args)
-    summary = run_batch(args.manifest, args.out, model=args.model, workers=args.workers, scheduler=args.scheduler,
-                        device=args.device, download=args.download, trust_remote_code=args.trust_remote_code,
-                        output_format=OutputFormat(args.format) if args.format else None)
+    summary = run_batch(
+        args.manifest,
+        args.out,
+        model=args.model,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        device=args.device,
+        download=args.download,
+        trust_remote_code=args.trust_remote_code,
+        output_format=OutputFormat(args.format) if args.format else None,
+    )
     done, skipped, failed = (summary.count(s) for s in ("done", "skipped", "failed"))
-    print(f"{done} edited, {skipped} already finished, {failed} failed; summary: {summary.out / 'summary.csv'}")
+    print(
+        f"{done} edited, {skipped} already finished, {failed} failed; summary: {summary.out / 'summary.csv'}"
+    )
     for record in summary.failed:
         print(f"  {record['id']}: {record['error']}", file=sys.stderr)
     return 1 if failed else 0
@@ -344,8 +504,10 @@ def _methods(args) -> int:
         print(f"{spec.name:<9} {spec.title}: {spec.reference}")
         print(f"{'':<9} masks: {masks}; text: {'yes' if spec.takes_text else 'no'}")
         for item in catalogue.fields(spec.params):
-            print(f"{'':<9} {_option(item.name):<18} default {catalogue.default_text(spec.params, item)}: "
-                  f"{item.metadata['source']}")
+            print(
+                f"{'':<9} {_option(item.name):<18} default {catalogue.default_text(spec.params, item)}: "
+                f"{item.metadata['source']}"
+            )
         for name, preset in spec.presets.items():
             print(f"{'':<9} --preset {name}: {preset.says}")
     return 0
@@ -362,11 +524,16 @@ def _models(args) -> int:
         print("no models found")
     for model in described:
         conditioning = ["text"] * model["text_conditioned"] + model["mask_conditions"]
-        print(f"{model['name']:<16} {model['backend']:<9} {model['resolution']}px  "
-              f"conditioned on: {', '.join(conditioning) or 'nothing'}  methods: {', '.join(model['methods'])}")
+        print(
+            f"{model['name']:<16} {model['backend']:<9} {model['resolution']}px  "
+            f"conditioned on: {', '.join(conditioning) or 'nothing'}  methods: {', '.join(model['methods'])}"
+        )
         if model.get("preset"):
             missing = [repo for repo, here in model["cached"].items() if not here]
-            print(f"{'':<16} preset; " + (f"not in the local cache: {', '.join(missing)}" if missing else "cached"))
+            print(
+                f"{'':<16} preset; "
+                + (f"not in the local cache: {', '.join(missing)}" if missing else "cached")
+            )
         else:
             print(f"{'':<16} {model['path']}")
     return 0
@@ -392,12 +559,21 @@ def _train(args) -> int:
     if args.steps < 1 or args.batch_size < 1 or args.resolution < 16:
         raise ValueError("steps and batch size must be at least 1, resolution at least 16")
     if args.init_from and args.kind != "cxr-instruct":
-        raise ValueError(f"--init-from starts an instruction model from a text-to-image one; "
-                         f"{args.kind} models train from scratch (drop --init-from)")
-    config = TrainConfig(out=Path(args.out), steps=args.steps, batch_size=args.batch_size,
-                         learning_rate=args.learning_rate, seed=args.seed, device=args.device,
-                         validate_every=args.validate_every, ema_decay=args.ema_decay,
-                         save_float16=args.save_float16)
+        raise ValueError(
+            f"--init-from starts an instruction model from a text-to-image one; "
+            f"{args.kind} models train from scratch (drop --init-from)"
+        )
+    config = TrainConfig(
+        out=Path(args.out),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        device=args.device,
+        validate_every=args.validate_every,
+        ema_decay=args.ema_decay,
+        save_float16=args.save_float16,
+    )
     if args.kind == "brain":
         from .training.brain import train_brain
 

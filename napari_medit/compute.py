@@ -56,8 +56,10 @@ VERSIONED = ("napari-medit", "numpy", "torch", "dask", "distributed")  # must ag
 # 71 s against 25 s). Its OMP/MKL/OpenBLAS_NUM_THREADS=1 would hold torch to one thread, and the nanny
 # writes them into the *caller's* environment too, where a torch imported later (an in-process edit in
 # napari) would read them. None leaves a variable unset (one in the caller's environment is inherited).
-TORCH_WORKER_ENVIRON = {f"distributed.nanny.pre-spawn-environ.{name}": None for name in (
-    "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+TORCH_WORKER_ENVIRON = {
+    f"distributed.nanny.pre-spawn-environ.{name}": None
+    for name in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+}
 
 
 DEFAULTS = ComputeOptions()  # the catalogue's defaults: this process, the automatic device, offline
@@ -75,7 +77,9 @@ class StepUpdate:
     total: int
     slices: list[int]
     axis: int
-    estimate: np.ndarray | None = None  # those slices' current estimate: every PREVIEW_EVERY steps and the last
+    estimate: np.ndarray | None = (
+        None  # those slices' current estimate: every PREVIEW_EVERY steps and the last
+    )
 
     def preview(self) -> np.ndarray | None:
         return self.estimate
@@ -111,14 +115,21 @@ def cached_model(spec: str, compute: ComputeOptions = DEFAULTS) -> tuple[Any, bo
         return _MODELS[key], True
 
 
-def compute_edit(request: EditRequest, *, report: Callable[[StepUpdate], None] | None = None,
-                 cancel=None) -> EditResult:
+def compute_edit(
+    request: EditRequest, *, report: Callable[[StepUpdate], None] | None = None, cancel=None
+) -> EditResult:
     """Run ``request`` in this process with its (cached) model; ``report`` gets a ``StepUpdate`` per step."""
     from .editing import edit as edit_here
 
     model, _ = cached_model(request.model, request.compute)
-    result = edit_here(request.method, request.image, model=model, cancel=cancel,
-                       callback=None if report is None else _reporting(report), **request.options)
+    result = edit_here(
+        request.method,
+        request.image,
+        model=model,
+        cancel=cancel,
+        callback=None if report is None else _reporting(report),
+        **request.options,
+    )
     result.provenance["computed_on"] = {"host": socket.gethostname(), "process": os.getpid()}
     return result
 
@@ -173,7 +184,8 @@ class _Failure:
 
 
 def _edit_task(request: EditRequest, channel: str):
-    """A dask task: the edit, its steps on the Queue ``channel``, stopped when the Event ``channel`` is set."""
+    """A dask task: the edit, its steps on the Queue ``channel``, stopped when the Event ``channel`` is
+    set."""
     from distributed import Event, Queue
 
     from .backends import ModelLoadError
@@ -183,8 +195,12 @@ def _edit_task(request: EditRequest, channel: str):
         result = compute_edit(request, report=updates.put, cancel=_EventFlag(stop))
         return _Box.pack(result, request.image.array)
     except Exception as exc:  # noqa: BLE001 - every failure goes back as text the client can read
-        return _Failure(isinstance(exc, EditCancelled), isinstance(exc, (EditError, ModelLoadError)),
-                        str(exc) or type(exc).__name__, traceback.format_exc(limit=4))
+        return _Failure(
+            isinstance(exc, EditCancelled),
+            isinstance(exc, (EditError, ModelLoadError)),
+            str(exc) or type(exc).__name__,
+            traceback.format_exc(limit=4),
+        )
 
 
 class _EventFlag:
@@ -217,9 +233,14 @@ class _Box:
         found = np.nonzero(changed)
         box = tuple(slice(int(i.min()), int(i.max()) + 1) if i.size else slice(0, 0) for i in found)
         cut = [replace(version, array=version.array[box]) for version in versions]
-        trimmed = replace(result, image=cut[-1], difference=result.difference[box],
-                          progression=cut if result.progression else None,
-                          maps={k: v[box] for k, v in result.maps.items()}, masks={})
+        trimmed = replace(
+            result,
+            image=cut[-1],
+            difference=result.difference[box],
+            progression=cut if result.progression else None,
+            maps={k: v[box] for k, v in result.maps.items()},
+            masks={},
+        )
         masks = {k: (np.packbits(np.asarray(m, bool)), m.shape) for k, m in result.masks.items()}
         return cls(trimmed, box, masks)
 
@@ -230,12 +251,21 @@ class _Box:
             return whole
 
         result, zeros = self.result, np.zeros(source.array.shape, np.float32)
-        versions = [replace(v, array=filled(v.array, source.array)) for v in (result.progression or [result.image])]
-        masks = {k: np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
-                 for k, (bits, shape) in self.masks.items()}
-        return replace(result, image=versions[-1], difference=filled(result.difference, zeros),
-                       progression=versions if result.progression else None,
-                       maps={k: filled(v, zeros) for k, v in result.maps.items()}, masks=masks)
+        versions = [
+            replace(v, array=filled(v.array, source.array)) for v in (result.progression or [result.image])
+        ]
+        masks = {
+            k: np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
+            for k, (bits, shape) in self.masks.items()
+        }
+        return replace(
+            result,
+            image=versions[-1],
+            difference=filled(result.difference, zeros),
+            progression=versions if result.progression else None,
+            maps={k: filled(v, zeros) for k, v in result.maps.items()},
+            masks=masks,
+        )
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -256,8 +286,12 @@ class InProcess:
     def warm_up(self, model: str, compute: ComputeOptions = DEFAULTS) -> None:
         _load(model, compute)
 
-    def submit(self, request: EditRequest, on_step: Callable[[StepUpdate], None] | None = None,
-               cancel: threading.Event | None = None) -> RunningEdit:
+    def submit(
+        self,
+        request: EditRequest,
+        on_step: Callable[[StepUpdate], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RunningEdit:
         return _ThreadEdit(request, on_step, cancel or threading.Event())
 
     def close(self) -> None:
@@ -278,8 +312,9 @@ class RunningEdit:
 class _ThreadEdit(RunningEdit):
     def __init__(self, request: EditRequest, on_step, cancel: threading.Event):
         self._stop, self._outcome = cancel, None
-        self._thread = threading.Thread(target=self._run, args=(request, on_step), name="napari-medit edit",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(request, on_step), name="napari-medit edit", daemon=True
+        )
         self._thread.start()
 
     def _run(self, request, on_step):
@@ -323,11 +358,15 @@ class Cluster:
         except (OSError, TimeoutError) as exc:
             self.close()
             if scheduler == LOCAL_WORKER:
-                raise ComputeError(f"the local worker process did not start ({exc}); run `python -m dask "
-                                   "worker --help` to check the dask installation") from None
-            raise ComputeError(f"cannot reach the dask scheduler at {scheduler} ({exc}). Start one on the GPU "
-                               "machine (`dask scheduler`, then `dask worker ADDRESS`), check the address, or "
-                               "open the SSH tunnel (ssh -N -L 8786:localhost:8786 HOST)") from None
+                raise ComputeError(
+                    f"the local worker process did not start ({exc}); run `python -m dask "
+                    "worker --help` to check the dask installation"
+                ) from None
+            raise ComputeError(
+                f"cannot reach the dask scheduler at {scheduler} ({exc}). Start one on the GPU "
+                "machine (`dask scheduler`, then `dask worker ADDRESS`), check the address, or "
+                "open the SSH tunnel (ssh -N -L 8786:localhost:8786 HOST)"
+            ) from None
         try:
             self._check_versions()
         except ComputeError:
@@ -339,31 +378,61 @@ class Cluster:
         from distributed import LocalCluster
 
         # Its HTTP server (health checks; no dashboard) on loopback too, not on every interface at :8787.
-        self._scheduler = LocalCluster(n_workers=0, host="127.0.0.1", silence_logs=logging.ERROR,
-                                       scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
+        self._scheduler = LocalCluster(
+            n_workers=0,
+            host="127.0.0.1",
+            silence_logs=logging.ERROR,
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+        )
         with dask.config.set(TORCH_WORKER_ENVIRON):
-            inherited = dask.config.serialize({"distributed": {"nanny": dask.config.get("distributed.nanny")}})
+            inherited = dask.config.serialize(
+                {"distributed": {"nanny": dask.config.get("distributed.nanny")}}
+            )
         environ = {**os.environ, "DASK_INTERNAL_INHERIT_CONFIG": inherited}
         environ.pop("MALLOC_TRIM_THRESHOLD_", None)
         self._worker = subprocess.Popen(
-            [sys.executable, "-m", "dask", "worker", self._scheduler.scheduler_address, "--host", "127.0.0.1",
-             "--nthreads", "1", "--nanny", "--no-dashboard", "--death-timeout", str(int(timeout)),
-             "--name", "napari-medit"],
-            env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "dask",
+                "worker",
+                self._scheduler.scheduler_address,
+                "--host",
+                "127.0.0.1",
+                "--nthreads",
+                "1",
+                "--nanny",
+                "--no-dashboard",
+                "--death-timeout",
+                str(int(timeout)),
+                "--name",
+                "napari-medit",
+            ],
+            env=environ,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def _check_versions(self) -> None:
         try:
             self.client.get_versions(check=True)  # dask's own: python, dask, distributed, cloudpickle, ...
         except ValueError as exc:
-            raise ComputeError(f"the dask cluster at {self.address} runs other versions than this machine: "
-                               f"{exc}") from None
+            raise ComputeError(
+                f"the dask cluster at {self.address} runs other versions than this machine: {exc}"
+            ) from None
         here = installed_versions()
         for worker, there in self.client.run(installed_versions).items():
-            differ = [f"{name} {there[name]} there, {here[name]} here" for name in VERSIONED
-                      if here[name] is not None and there.get(name) != here[name]]
+            differ = [
+                f"{name} {there[name]} there, {here[name]} here"
+                for name in VERSIONED
+                if here[name] is not None and there.get(name) != here[name]
+            ]
             if differ:
-                raise ComputeError(f"the dask worker {worker} runs other versions than this machine "
-                                   f"({'; '.join(differ)}): install the same on both sides")
+                raise ComputeError(
+                    f"the dask worker {worker} runs other versions than this machine "
+                    f"({'; '.join(differ)}): install the same on both sides"
+                )
 
     def workers(self) -> int:
         return len(self.client.nthreads())
@@ -376,8 +445,12 @@ class Cluster:
         """Import the engine and load ``model`` on a worker, so the first edit starts at once."""
         self.client.submit(_load, model, compute, pure=False).result()
 
-    def submit(self, request: EditRequest, on_step: Callable[[StepUpdate], None] | None = None,
-               cancel: threading.Event | None = None) -> RunningEdit:
+    def submit(
+        self,
+        request: EditRequest,
+        on_step: Callable[[StepUpdate], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RunningEdit:
         """Start ``request`` on a worker; ``on_step`` gets its steps (in the thread that waits for the
         result); setting ``cancel`` stops it within a step, as ``cancel()`` does."""
         return _DaskEdit(self, request, on_step, cancel or threading.Event())
@@ -424,8 +497,10 @@ class _DaskEdit(RunningEdit):
         try:
             return self._wait()
         except OSError as exc:  # distributed's CommClosedError and timeouts: the scheduler went away
-            raise ComputeError(f"lost the dask scheduler at {self.cluster.address} during the edit ({exc}); "
-                               "check that it still runs, then run again") from None
+            raise ComputeError(
+                f"lost the dask scheduler at {self.cluster.address} during the edit ({exc}); "
+                "check that it still runs, then run again"
+            ) from None
         finally:
             with contextlib.suppress(Exception):  # the scheduler may be gone: nothing left to tidy there
                 self._stop.clear()
@@ -450,14 +525,17 @@ class _DaskEdit(RunningEdit):
                 self.future.cancel()
                 if self._cancelled.is_set():
                     raise EditCancelled("edit cancelled")
-                raise ComputeError(f"no dask worker is left at {self.cluster.address} to run the edit (killed, "
-                                   "out of memory?); start one with `dask worker ADDRESS` and run again")
+                raise ComputeError(
+                    f"no dask worker is left at {self.cluster.address} to run the edit (killed, "
+                    "out of memory?); start one with `dask worker ADDRESS` and run again"
+                )
         self._forward(wait=0)
         try:
             outcome = self.future.result()
         except Exception as exc:  # noqa: BLE001 - KilledWorker and the like: dask's own failures
-            raise ComputeError(f"the edit could not finish on {self.cluster.address}: {type(exc).__name__}: "
-                               f"{exc}") from None
+            raise ComputeError(
+                f"the edit could not finish on {self.cluster.address}: {type(exc).__name__}: {exc}"
+            ) from None
         if isinstance(outcome, _Failure):
             raise outcome.exception()
         return outcome.unpack(self.source)
@@ -493,9 +571,19 @@ def _disconnect() -> None:
     _CONNECTED.clear()
 
 
-def edit(method: str, image: MedicalImage | np.ndarray, *, model, scheduler: str | None = None,
-         device: str | None = None, download: bool = False, trust_remote_code: bool = False,
-         callback: Callable | None = None, cancel: threading.Event | None = None, **options: Any) -> EditResult:
+def edit(
+    method: str,
+    image: MedicalImage | np.ndarray,
+    *,
+    model,
+    scheduler: str | None = None,
+    device: str | None = None,
+    download: bool = False,
+    trust_remote_code: bool = False,
+    callback: Callable | None = None,
+    cancel: threading.Event | None = None,
+    **options: Any,
+) -> EditResult:
     """``napari_medit.editing.edit``, computed where ``scheduler`` says.
 
     Args:
@@ -522,8 +610,10 @@ def edit(method: str, image: MedicalImage | np.ndarray, *, model, scheduler: str
 
         return edit_here(method, image, model=model, callback=callback, cancel=cancel, **options)
     if not isinstance(model, (str, os.PathLike)):
-        raise EditError(f"a model loaded here cannot be sent to {where}: give its name or folder, which the "
-                        "worker loads itself")
+        raise EditError(
+            f"a model loaded here cannot be sent to {where}: give its name or folder, which the "
+            "worker loads itself"
+        )
     source = image if isinstance(image, MedicalImage) else MedicalImage(np.asarray(image), np.eye(4))
     request = EditRequest(method, source, str(model), options, compute)
     return (InProcess() if where is None else connect(where)).submit(request, callback, cancel).result()

@@ -31,7 +31,9 @@ MEDEDIT_STEPS = 100  # strided DDPM, a tenth of the published 1000: see benchmar
 # The 128 px chest models cost about 4x the 64 px ones per step; half RadEdit's 100 steps (skip 18),
 # PIE at 20 DDIM steps per iteration and InstructX2X at 50 measured the same as the full counts
 # (demo_quality.md).
-RADEDIT = dict(prompt="No findings", steps=50)  # and the paper's defaults: skip 36 of 100 (scaled), guidance 15
+RADEDIT = dict(
+    prompt="No findings", steps=50
+)  # and the paper's defaults: skip 36 of 100 (scaled), guidance 15
 PIE = dict(prompt="Pleural effusion", steps=20)  # and PIE's defaults: 10 steps of strength 0.5, guidance 7.5
 INSTRUCTX2X = dict(prompt="remove the right pleural effusion", steps=50)  # and InstructX2X's guidance 7.5/1.5
 
@@ -49,26 +51,58 @@ def run_edits(out: Path | None = None, progress=print) -> dict:
     runs = {}
     brain = load_brain()
     progress(f"MedEdit on the brain sample ({MEDEDIT_STEPS} steps, axial slices through the lesion)...")
-    runs["mededit"] = (brain["t1"], {"lesion_mask": brain["lesion_mask"]}, edit(
-        "mededit", brain["t1"], model=load_model("demo-brain"), pathology_mask=brain["lesion_mask"],
-        brain_mask=brain["brain_mask"], axis="axial", steps=MEDEDIT_STEPS, seed=0,
-    ))
+    runs["mededit"] = (
+        brain["t1"],
+        {"lesion_mask": brain["lesion_mask"]},
+        edit(
+            "mededit",
+            brain["t1"],
+            model=load_model("demo-brain"),
+            pathology_mask=brain["lesion_mask"],
+            brain_mask=brain["brain_mask"],
+            axis="axial",
+            steps=MEDEDIT_STEPS,
+            seed=0,
+        ),
+    )
     cxr = load_cxr()
     progress("RadEdit on the chest phantom: removing the effusion...")
     model = load_model("demo-cxr")
-    runs["radedit"] = (cxr["cxr"], {"edit_mask": cxr["edit_mask"], "keep_mask": cxr["keep_mask"]}, edit(
-        "radedit", cxr["cxr"], model=model, edit_mask=cxr["edit_mask"], keep_mask=cxr["keep_mask"], seed=0, **RADEDIT,
-    ))
+    runs["radedit"] = (
+        cxr["cxr"],
+        {"edit_mask": cxr["edit_mask"], "keep_mask": cxr["keep_mask"]},
+        edit(
+            "radedit",
+            cxr["cxr"],
+            model=model,
+            edit_mask=cxr["edit_mask"],
+            keep_mask=cxr["keep_mask"],
+            seed=0,
+            **RADEDIT,
+        ),
+    )
     progress("PIE on a phantom without findings: an effusion progressing in the right lower zone...")
     normal = generate_cxr_phantom(512, 0)
-    healthy = MedicalImage(to_uint8(normal.image), cxr["cxr"].affine,
-                           {"format": "phantom", "modality": "DX", "phantom": normal.findings, "path": "phantom, no findings"})
+    healthy = MedicalImage(
+        to_uint8(normal.image),
+        cxr["cxr"].affine,
+        {"format": "phantom", "modality": "DX", "phantom": normal.findings, "path": "phantom, no findings"},
+    )
     roi = cxr["cxr"].with_array(binary_dilation(cxr["edit_mask"].array > 0, iterations=4).astype(np.uint8))
     runs["pie"] = (healthy, {"roi_mask": roi}, edit("pie", healthy, model=model, roi_mask=roi, seed=0, **PIE))
     progress("InstructX2X on the chest phantom: 'remove the right pleural effusion'...")
-    runs["instructx2x"] = (cxr["cxr"], {"lung_mask": cxr["lung_mask"]}, edit(
-        "instructx2x", cxr["cxr"], model=load_model("demo-cxr-instruct"), lung_mask=cxr["lung_mask"], seed=0,
-        **INSTRUCTX2X))
+    runs["instructx2x"] = (
+        cxr["cxr"],
+        {"lung_mask": cxr["lung_mask"]},
+        edit(
+            "instructx2x",
+            cxr["cxr"],
+            model=load_model("demo-cxr-instruct"),
+            lung_mask=cxr["lung_mask"],
+            seed=0,
+            **INSTRUCTX2X,
+        ),
+    )
     if out is not None:
         _write(out, runs)
     return runs
@@ -118,7 +152,9 @@ def show(viewer, name: str, source, masks: dict, result, beside: bool = False) -
     kwargs.update(colormap="PiYG", contrast_limits=(-limit, limit), visible=False)
     add(data, kwargs, "image")
     for map_name, values in result.maps.items():  # InstructX2X's guidance map over its result
-        _, kwargs, _ = to_layer_data(result.image.with_array(values), f"{name} {map_name.replace('_', ' ')}", "image")
+        _, kwargs, _ = to_layer_data(
+            result.image.with_array(values), f"{name} {map_name.replace('_', ' ')}", "image"
+        )
         kwargs.update(colormap="inferno", blending="additive", opacity=0.5, contrast_limits=(0.0, 1.0))
         add(values, kwargs, "image")
 
@@ -164,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         viewer.screenshot(str(shot), canvas_only=False)
         written.append(shot)
         viewer.close()
-    written += sorted(out.glob("*_result*")) + sorted(out.glob("*_guidance*")) + sorted(out.glob("*_provenance.json"))
+    written += (
+        sorted(out.glob("*_result*"))
+        + sorted(out.glob("*_guidance*"))
+        + sorted(out.glob("*_provenance.json"))
+    )
     print(f"napari-medit demo wrote {len(written)} files to {out}/:")
     for path in written:
         print(f"  {path}")

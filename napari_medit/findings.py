@@ -27,15 +27,25 @@ DEMO = "demo-cxr-findings"
 
 
 def network_arguments(resolution: int, classes: int) -> dict:
-    return {"in_shape": [1, resolution, resolution], "classes": classes, "channels": [16, 32, 64, 64],
-            "strides": [2, 2, 2, 2], "num_res_units": 1}
+    return {
+        "in_shape": [1, resolution, resolution],
+        "classes": classes,
+        "channels": [16, 32, 64, 64],
+        "strides": [2, 2, 2, 2],
+        "num_res_units": 1,
+    }
 
 
 class FindingsClassifier:
     """Probabilities of ``findings`` for 2D images (any size and intensity scale)."""
 
     def __init__(self, network, findings, resolution: int, name: str = "classifier"):
-        self.network, self.findings, self.resolution, self.name = network.eval(), tuple(findings), resolution, name
+        self.network, self.findings, self.resolution, self.name = (
+            network.eval(),
+            tuple(findings),
+            resolution,
+            name,
+        )
 
     @classmethod
     def load(cls, path: str | Path = DEMO) -> FindingsClassifier:
@@ -48,17 +58,22 @@ class FindingsClassifier:
             folder = BUNDLED / str(path)
         config_path, weights = folder / CONFIG_NAME, folder / "model.safetensors"
         if not config_path.is_file() or not weights.is_file():
-            raise ModelLoadError(f"{path}: not a findings classifier folder (needs {CONFIG_NAME} and "
-                                 f"model.safetensors; train one with `napari-medit train cxr-findings --out DIR`)")
+            raise ModelLoadError(
+                f"{path}: not a findings classifier folder (needs {CONFIG_NAME} and "
+                f"model.safetensors; train one with `napari-medit train cxr-findings --out DIR`)"
+            )
         config = json.loads(config_path.read_text())
         if config.get("format") != FORMAT:
-            raise ModelLoadError(f"{config_path}: unknown format {config.get('format')!r}; expected {FORMAT!r}")
+            raise ModelLoadError(
+                f"{config_path}: unknown format {config.get('format')!r}; expected {FORMAT!r}"
+            )
         network = Classifier(**config["network"])
         try:
             network.load_state_dict(load_file(weights))
         except RuntimeError as exc:
-            raise ModelLoadError(f"{weights}: weights do not match the network in {CONFIG_NAME} "
-                                 f"({str(exc).splitlines()[0]})") from None
+            raise ModelLoadError(
+                f"{weights}: weights do not match the network in {CONFIG_NAME} ({str(exc).splitlines()[0]})"
+            ) from None
         return cls(network, config["findings"], int(config["resolution"]), config.get("name", folder.name))
 
     def save(self, folder: Path, config: dict | None = None) -> Path:
@@ -67,9 +82,19 @@ class FindingsClassifier:
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
         save_file(state, folder / "model.safetensors")
-        (folder / CONFIG_NAME).write_text(json.dumps({
-            "format": FORMAT, "name": self.name, "findings": list(self.findings), "resolution": self.resolution,
-            "network": network_arguments(self.resolution, len(self.findings)), **(config or {})}, indent=2))
+        (folder / CONFIG_NAME).write_text(
+            json.dumps(
+                {
+                    "format": FORMAT,
+                    "name": self.name,
+                    "findings": list(self.findings),
+                    "resolution": self.resolution,
+                    "network": network_arguments(self.resolution, len(self.findings)),
+                    **(config or {}),
+                },
+                indent=2,
+            )
+        )
         return folder
 
     def to_input(self, images: np.ndarray):
@@ -94,4 +119,4 @@ class FindingsClassifier:
 
     def probabilities(self, image: np.ndarray) -> dict[str, float]:
         """One image's findings by name."""
-        return {name: float(p) for name, p in zip(self.findings, self.predict(image)[0])}
+        return {name: float(p) for name, p in zip(self.findings, self.predict(image)[0], strict=True)}

@@ -69,8 +69,12 @@ class Instruction:
 
     def text(self) -> str:
         if self.finding is Finding.cardiomegaly:  # the heart is enlarged or reduced, not added
-            verb = {Change.add: "enlarge", Change.enlarge: "enlarge",
-                    Change.remove: "reduce", Change.shrink: "reduce"}[self.change]
+            verb = {
+                Change.add: "enlarge",
+                Change.enlarge: "enlarge",
+                Change.remove: "reduce",
+                Change.shrink: "reduce",
+            }[self.change]
             return f"{verb} the heart" if verb == "enlarge" else "reduce the heart size"
         article = "a" if self.change is Change.add else "the"
         size = "small " if self.small and self.change is Change.add else ""
@@ -124,8 +128,9 @@ CARDIAC_SILHOUETTE = (0.38, 0.88, 0.28, 0.80)
 LUNG_MARGIN = 0.02  # of the image width: a lung mask is widened by this before it cuts a template
 
 
-def region_template(instructions: list[Instruction], shape: tuple[int, int], lungs: np.ndarray | None = None
-                    ) -> np.ndarray:
+def region_template(
+    instructions: list[Instruction], shape: tuple[int, int], lungs: np.ndarray | None = None
+) -> np.ndarray:
     """The union of the named findings' regions on an image of ``shape`` (bool). With no
     finding named, the whole image (as InstructX2X's reference does without a match). With a
     lung mask, the lung findings' boxes are cut to the (slightly widened) lungs; the heart's is not."""
@@ -144,7 +149,7 @@ def region_template(instructions: list[Instruction], shape: tuple[int, int], lun
             top, bottom, left, right = CARDIAC_SILHOUETTE
             region |= ((rows >= top) & (rows < bottom))[:, None] & ((cols >= left) & (cols < right))[None]
             continue
-        for side in ([item.side] if item.side else [Side.right, Side.left]):
+        for side in [item.side] if item.side else [Side.right, Side.left]:
             # from the midline outwards: the patient's right is the image's left
             outward = 0.5 - cols if side is Side.right else cols - 0.5
             for top, bottom, near, far in TEMPLATES[item.finding]:
@@ -177,8 +182,10 @@ def pseudo_mask_region(folder: str | Path, text: str, shape: tuple[int, int]) ->
     folder = Path(folder).expanduser()
     files = sorted(folder.glob(PSEUDO_MASK_PATTERN)) if folder.is_dir() else []
     if not files:
-        raise ValueError(f"{folder}: no {PSEUDO_MASK_PATTERN} files there; point pseudo_masks at InstructX2X's "
-                         "inference/masks folder, or leave it empty for napari-medit's templates")
+        raise ValueError(
+            f"{folder}: no {PSEUDO_MASK_PATTERN} files there; point pseudo_masks at InstructX2X's "
+            "inference/masks folder, or leave it empty for napari-medit's templates"
+        )
     lowered = text.lower()
     named = [f for f in files if f.stem.removeprefix(PSEUDO_MASK_PREFIX).lower() in lowered]
     if not named:
@@ -190,10 +197,17 @@ def pseudo_mask_region(folder: str | Path, text: str, shape: tuple[int, int]) ->
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path}: not a NumPy array file ({exc})") from None
         if mask.ndim != 2 or not np.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
-            raise ValueError(f"{path}: a pseudo mask is one 2D array of values in [0, 1]; this one has shape "
-                             f"{mask.shape} and values {np.nanmin(mask) if mask.size else 'none'}..."
-                             f"{np.nanmax(mask) if mask.size else ''}")
-        resampled = zoom(mask.astype(np.float64), (shape[0] / mask.shape[0], shape[1] / mask.shape[1]), order=1,
-                         grid_mode=True, mode="nearest")
+            raise ValueError(
+                f"{path}: a pseudo mask is one 2D array of values in [0, 1]; this one has shape "
+                f"{mask.shape} and values {np.nanmin(mask) if mask.size else 'none'}..."
+                f"{np.nanmax(mask) if mask.size else ''}"
+            )
+        resampled = zoom(
+            mask.astype(np.float64),
+            (shape[0] / mask.shape[0], shape[1] / mask.shape[1]),
+            order=1,
+            grid_mode=True,
+            mode="nearest",
+        )
         union = np.maximum(union, resampled)
     return union >= 0.5

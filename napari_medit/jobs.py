@@ -19,7 +19,6 @@ from .catalogue import MASK_ROLES, ComputeOptions, RunOptions
 from .io import read_image, replacing, write_image
 
 
-
 class OutputFormat(str, enum.Enum):
     """What an edit is written as. Files take the kind their name ends in; DICOM is a derived
     series in a folder (or one .dcm file for a 2D image), and needs a DICOM source."""
@@ -42,19 +41,29 @@ class OutputFormat(str, enum.Enum):
 
 
 # File endings and the format each writes; the first of a format is the one napari-medit chooses.
-ENDINGS = {".nii.gz": OutputFormat.nifti, ".nii": OutputFormat.nifti, ".mgz": OutputFormat.mgz,
-           ".mgh": OutputFormat.mgz, ".png": OutputFormat.png, ".dcm": OutputFormat.dicom}
+ENDINGS = {
+    ".nii.gz": OutputFormat.nifti,
+    ".nii": OutputFormat.nifti,
+    ".mgz": OutputFormat.mgz,
+    ".mgh": OutputFormat.mgz,
+    ".png": OutputFormat.png,
+    ".dcm": OutputFormat.dicom,
+}
 OUTPUT_ENDINGS = tuple(ENDINGS)
 
 
 @dataclass
 class EditJob:
-    """One edit as the CLI and a manifest row state it: files in, files out, options as the catalogue names them."""
+    """One edit as the CLI and a manifest row state it: files in, files out, options as the catalogue names
+    them."""
 
     method: str
     image: Path
-    out: Path  # .nii.gz/.nii/.mgz/.mgh (any input), .png or .dcm (2D), a folder (DICOM); sidecar: .json beside it
-    masks: dict[str, Path] = field(default_factory=dict)  # edit_mask=..., keep_mask=... (catalogue.MASK_ROLES)
+    # .nii.gz/.nii/.mgz/.mgh (any input), .png or .dcm (2D), a folder (DICOM); sidecar: .json beside it
+    out: Path
+    masks: dict[str, Path] = field(
+        default_factory=dict
+    )  # edit_mask=..., keep_mask=... (catalogue.MASK_ROLES)
     parameters: dict[str, Any] = field(default_factory=dict)  # the method's parameters that were given
     run: RunOptions = field(default_factory=RunOptions)
     preset: str | None = None  # a name from the method's presets: its values replace the defaults
@@ -66,15 +75,21 @@ class EditJob:
         named = OutputFormat.of(self.out)
         if self.format is None:
             if named is None:
-                raise ValueError(f"{self.out}: the output must end in {', '.join(OUTPUT_ENDINGS)}, "
-                                 "or be a folder with --format dicom")
+                raise ValueError(
+                    f"{self.out}: the output must end in {', '.join(OUTPUT_ENDINGS)}, "
+                    "or be a folder with --format dicom"
+                )
             return named
         kind = OutputFormat(self.format)
         if named is not None and named is not kind:
-            raise ValueError(f"{self.out}: the name says {named.value} but the format asked for is {kind.value}")
+            raise ValueError(
+                f"{self.out}: the name says {named.value} but the format asked for is {kind.value}"
+            )
         if named is None and kind is not OutputFormat.dicom:
-            raise ValueError(f"{self.out}: a {kind.value} output is a file; give it a name ending in "
-                             f"{', '.join(e for e, k in ENDINGS.items() if k is kind)}")
+            raise ValueError(
+                f"{self.out}: a {kind.value} output is a file; give it a name ending in "
+                f"{', '.join(e for e, k in ENDINGS.items() if k is kind)}"
+            )
         return kind
 
     @property
@@ -107,16 +122,28 @@ def run_job(job: EditJob, model, callback=None, compute: ComputeOptions | None =
     check_output(job.out, job.output_format, image, job.overwrite)  # before the edit, not after
     masks = {name: read_mask(name, path, image) for name, path in job.masks.items()}
     placement = dataclasses.asdict(compute) if compute is not None else {}
-    result = edit(job.method, image, model=model, callback=callback, **placement, **job.run.edit_arguments(),
-                  **masks, **job.parameters, preset=job.preset)
+    result = edit(
+        job.method,
+        image,
+        model=model,
+        callback=callback,
+        **placement,
+        **job.run.edit_arguments(),
+        **masks,
+        **job.parameters,
+        preset=job.preset,
+    )
     versions = result.progression or [result.image]
     written = []
     for index, version in enumerate(versions, start=1):
         path = job.out if index == len(versions) else suffixed(job.out, f"_step{index:02d}")
         written += write_output(path, version, job.output_format, job.overwrite)
     map_files = {name: write_map(job.out, name, values, result.image) for name, values in result.maps.items()}
-    record = {"outputs": [str(p) for p in [*written, *map_files.values()]], **result.provenance,
-              "maps": {name: str(path) for name, path in map_files.items()}}
+    record = {
+        "outputs": [str(p) for p in [*written, *map_files.values()]],
+        **result.provenance,
+        "maps": {name: str(path) for name, path in map_files.items()},
+    }
     write_text_atomically(job.sidecar, json.dumps(record, indent=2))
     return record
 
@@ -144,8 +171,10 @@ def read_mask(role: str, path: Path, image):
         return segments[role]
     if len(segments) == 1:
         return next(iter(segments.values()))
-    raise ValueError(f"{path}: no segment labelled {segment_label(role)!r} among "
-                     f"{', '.join(segment_label(n) for n in segments)}")
+    raise ValueError(
+        f"{path}: no segment labelled {segment_label(role)!r} among "
+        f"{', '.join(segment_label(n) for n in segments)}"
+    )
 
 
 def is_finished(job: EditJob) -> bool:
@@ -163,14 +192,16 @@ def suffixed(path: Path, suffix: str, ending: str | None = None) -> Path:
     name = path.name
     for known in OUTPUT_ENDINGS:
         if name.lower().endswith(known):
-            return path.with_name(name[: -len(known)] + suffix + (ending or name[-len(known):]))
+            return path.with_name(name[: -len(known)] + suffix + (ending or name[-len(known) :]))
     return path.with_name(name + suffix + (ending or ""))
 
 
 def check_output(out: Path, kind: OutputFormat, image, overwrite: bool = False) -> None:
     """Refuse, before anything runs, an output ``image`` cannot be written as."""
     if kind is OutputFormat.png and image.array.ndim != 2:
-        raise ValueError(f"{out}: PNG holds 2D images and the input has shape {image.array.shape}; use .nii.gz")
+        raise ValueError(
+            f"{out}: PNG holds 2D images and the input has shape {image.array.shape}; use .nii.gz"
+        )
     if kind is OutputFormat.dicom:
         from .io.dicom_derived import check_dicom_output
 

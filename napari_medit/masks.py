@@ -11,8 +11,9 @@ import numpy as np
 from scipy import ndimage
 
 
-def auto_brain_mask(volume: np.ndarray, spacing: Sequence[float] | None = None, opening_mm: float = 3.0
-                    ) -> np.ndarray:
+def auto_brain_mask(
+    volume: np.ndarray, spacing: Sequence[float] | None = None, opening_mm: float = 3.0
+) -> np.ndarray:
     """A starting brain mask for a T1/T2 volume: Otsu threshold, opening, largest component, holes filled.
 
     The opening (a ball of ``opening_mm``) cuts thin bridges between brain and scalp before the
@@ -30,7 +31,7 @@ def auto_brain_mask(volume: np.ndarray, spacing: Sequence[float] | None = None, 
     spacing = np.asarray(spacing if spacing is not None else [1.0] * volume.ndim, float)
     radius = np.maximum(1, np.round(opening_mm / spacing)).astype(int)
     grid = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
-    ball = sum((g / r) ** 2 for g, r in zip(grid, radius)) <= 1
+    ball = sum((g / r) ** 2 for g, r in zip(grid, radius, strict=True)) <= 1
     opened = ndimage.binary_opening(foreground, structure=ball)
     labels, count = ndimage.label(opened if opened.any() else foreground)
     if count == 0:
@@ -48,7 +49,10 @@ def mask_problem(name: str, mask: np.ndarray, shape: tuple[int, ...]) -> str | N
     """What is wrong with ``mask`` for an image of ``shape``, in one sentence; None when nothing is."""
     mask = np.asarray(mask)
     if mask.shape != tuple(shape):
-        return f"{name} has shape {mask.shape} but the image has {tuple(shape)}: paint it on a layer made for the image"
+        return (
+            f"{name} has shape {mask.shape} but the image has {tuple(shape)}: "
+            "paint it on a layer made for the image"
+        )
     if mask.dtype.kind == "f" and not np.all(np.isfinite(mask)):
         return f"{name} contains NaN or Inf values"
     if not (mask > 0).any():
@@ -75,12 +79,15 @@ def inpainting_mask(pathology: np.ndarray, brain: np.ndarray, kernel_size: int) 
     brain), and scipy holds the GIL, so the GUI waits on it too.
     """
     size = (1,) * (pathology.ndim - 2) + (kernel_size, kernel_size)
-    dilated = ndimage.maximum_filter(np.asarray(pathology).astype(np.uint8), size=size, mode="constant", cval=0) > 0
+    dilated = (
+        ndimage.maximum_filter(np.asarray(pathology).astype(np.uint8), size=size, mode="constant", cval=0) > 0
+    )
     return dilated & np.asarray(brain).astype(bool)
 
 
-def native_inpainting_mask(pathology: np.ndarray, brain: np.ndarray, model_kernel: int,
-                           model_resolution: int) -> np.ndarray:
+def native_inpainting_mask(
+    pathology: np.ndarray, brain: np.ndarray, model_kernel: int, model_resolution: int
+) -> np.ndarray:
     """The inpainting mask on slices at their own size, (..., H, W): the dilation kernel, defined
     on the model's grid (``model_kernel`` pixels at ``model_resolution``), is scaled by the
     slice's longer side (slices are padded to a square)."""

@@ -61,10 +61,12 @@ def fidelity(
     if window < 3:
         ssim_mean = math.nan
     else:
-        maps = np.stack([
-            structural_similarity(s, r, data_range=data_range, win_size=window, full=True)[1]
-            for s, r in zip(planes_s, planes_r)
-        ])
+        maps = np.stack(
+            [
+                structural_similarity(s, r, data_range=data_range, win_size=window, full=True)[1]
+                for s, r in zip(planes_s, planes_r, strict=True)
+            ]
+        )
         maps = maps[0] if source.ndim == 2 else np.moveaxis(maps, 0, slice_axis or 0)
         ssim_mean = float(maps[where].mean())
     return {"mae": float(np.abs(error).mean()), "psnr": psnr, "ssim": ssim_mean, "voxels": int(where.sum())}
@@ -148,8 +150,9 @@ def edit_metrics(
     changed = change_map(source, result)
     metrics = {
         "changed_voxels": int((changed > 0).sum()),
-        "mean_abs_change_inside": (float(changed[np.asarray(region, bool)].mean())
-                                   if region is not None and np.any(region) else None),
+        "mean_abs_change_inside": (
+            float(changed[np.asarray(region, bool)].mean()) if region is not None and np.any(region) else None
+        ),
         "outside": fidelity(source, result, outside, slice_axis),
     }
     if keep_mask is not None:
@@ -179,7 +182,11 @@ def directional_similarity(delta_image: np.ndarray, delta_text: np.ndarray) -> f
 
 
 def editing_score(
-    encoder: ImageTextEncoder, real_image: np.ndarray, edited_image: np.ndarray, real_text: str, edit_text: str
+    encoder: ImageTextEncoder,
+    real_image: np.ndarray,
+    edited_image: np.ndarray,
+    real_text: str,
+    edit_text: str,
 ) -> float:
     """RadEdit's editing score: S = dI.dT / (|dI||dT|), dI = E_I(edit) - E_I(real), dT likewise for text."""
     images = np.asarray(encoder.embed_images([real_image, edited_image]), np.float64)

@@ -53,7 +53,9 @@ class Preprocessing:
                     values[name] = kind(config[name])
                 except ValueError:
                     allowed = ", ".join(repr(m.value) for m in kind)
-                    raise ValueError(f"preprocessing {name} must be one of {allowed}, got {config[name]!r}") from None
+                    raise ValueError(
+                        f"preprocessing {name} must be one of {allowed}, got {config[name]!r}"
+                    ) from None
         return cls(**values)
 
     def as_config(self) -> dict[str, str]:

@@ -7,8 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (ComputedRadiographyImageStorage, CTImageStorage, DigitalXRayImageStorageForPresentation,
-                         ExplicitVRLittleEndian, MRImageStorage, generate_uid)
+from pydicom.uid import (
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    generate_uid,
+)
 
 
 def pytest_report_header(config) -> str:
@@ -20,7 +26,14 @@ def pytest_report_header(config) -> str:
 
 def rotation(alpha: float, beta: float, gamma: float) -> np.ndarray:
     """A proper rotation matrix from three angles (radians)."""
-    ca, sa, cb, sb, cg, sg = np.cos(alpha), np.sin(alpha), np.cos(beta), np.sin(beta), np.cos(gamma), np.sin(gamma)
+    ca, sa, cb, sb, cg, sg = (
+        np.cos(alpha),
+        np.sin(alpha),
+        np.cos(beta),
+        np.sin(beta),
+        np.cos(gamma),
+        np.sin(gamma),
+    )
     rz = np.array([[ca, -sa, 0], [sa, ca, 0], [0, 0, 1]])
     ry = np.array([[cb, 0, sb], [0, 1, 0], [-sb, 0, cb]])
     rx = np.array([[1, 0, 0], [0, cg, -sg], [0, sg, cg]])
@@ -42,8 +55,11 @@ def dicom_slice(
     description: str = "t1_axial",
     extra: dict | None = None,
 ) -> Dataset:
-    sop_class = {"CR": ComputedRadiographyImageStorage, "DX": DigitalXRayImageStorageForPresentation,
-                 "CT": CTImageStorage}.get(modality, MRImageStorage)
+    sop_class = {
+        "CR": ComputedRadiographyImageStorage,
+        "DX": DigitalXRayImageStorageForPresentation,
+        "CT": CTImageStorage,
+    }.get(modality, MRImageStorage)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -56,7 +72,12 @@ def dicom_slice(
     ds.SeriesInstanceUID = series_uid
     ds.StudyInstanceUID = "1.2.3"
     # Patient and Study modules as an archive holds them (derived objects copy them).
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Patient", "P0042", "19700101", "O"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+        "Test^Patient",
+        "P0042",
+        "19700101",
+        "O",
+    )
     ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240102", "101500", "7", "A1234"
     ds.ReferringPhysicianName = ""
     ds.SeriesNumber = 3

@@ -35,8 +35,10 @@ def base_files(folder: Path) -> dict[str, bytes]:
     t1 = nib.load(samples / "brain_t1.nii.gz")
     crop = np.asarray(t1.dataobj)[50:66, 60:80, 50:62].astype(np.int16)
     files = {}
-    for name, image in (("nii", nib.Nifti1Image(crop, t1.affine)), ("mgh", nib.MGHImage(crop.astype(np.float32),
-                                                                                          t1.affine))):
+    for name, image in (
+        ("nii", nib.Nifti1Image(crop, t1.affine)),
+        ("mgh", nib.MGHImage(crop.astype(np.float32), t1.affine)),
+    ):
         image.to_filename(folder / f"base.{name}")
         files[name] = (folder / f"base.{name}").read_bytes()
     files["nii.gz"], files["mgz"] = files["nii"], files["mgh"]  # mutated uncompressed, then compressed
@@ -51,9 +53,12 @@ def base_files(folder: Path) -> dict[str, bytes]:
 
 
 # Header fields worth setting to absurd values: (offset, struct format) per format.
-NIFTI_FIELDS = [(40 + 2 * k, "<h") for k in range(1, 5)] + [(76 + 4 * k, "<f") for k in range(1, 4)] + \
-    [(280 + 4 * k, "<f") for k in range(12)] + [(252, "<h"), (254, "<h"), (70, "<h"), (72, "<h"), (108, "<f"),
-                                                 (112, "<f"), (116, "<f")]
+NIFTI_FIELDS = (
+    [(40 + 2 * k, "<h") for k in range(1, 5)]
+    + [(76 + 4 * k, "<f") for k in range(1, 4)]
+    + [(280 + 4 * k, "<f") for k in range(12)]
+    + [(252, "<h"), (254, "<h"), (70, "<h"), (72, "<h"), (108, "<f"), (112, "<f"), (116, "<f")]
+)
 MGH_FIELDS = [(4 * k, ">i") for k in range(6)] + [(30 + 4 * k, ">f") for k in range(3 + 9 + 3)] + [(28, ">h")]
 ABSURD = (0, -1, -30000, 30000, 2**31 - 1, float("nan"), float("inf"), 1e30, 1e-30)
 
@@ -85,7 +90,9 @@ def _absurd_field(kind: str, data: bytes, rng: random.Random) -> bytes:
         value = rng.choice(ABSURD)
         if fmt[-1] in "hi":
             value = int(value) if np.isfinite(value) else 30000
-            value = max(min(value, 32767 if fmt[-1] == "h" else 2**31 - 1), -32768 if fmt[-1] == "h" else -(2**31))
+            value = max(
+                min(value, 32767 if fmt[-1] == "h" else 2**31 - 1), -32768 if fmt[-1] == "h" else -(2**31)
+            )
         struct.pack_into(fmt, data, offset, value)
         return bytes(data)
     if kind.startswith("png"):  # IHDR: width, height, bit depth, colour type; its CRC made right again
@@ -110,15 +117,30 @@ def _absurd_dicom(data: bytes, rng: random.Random) -> bytes:
     import pydicom
 
     ds = pydicom.dcmread(io.BytesIO(data))
-    field = rng.choice(("Rows", "Columns", "BitsAllocated", "NumberOfFrames", "PixelSpacing", "SamplesPerPixel",
-                        "ImageOrientationPatient", "ImagePositionPatient", "RescaleSlope", "PhotometricInterpretation"))
+    field = rng.choice(
+        (
+            "Rows",
+            "Columns",
+            "BitsAllocated",
+            "NumberOfFrames",
+            "PixelSpacing",
+            "SamplesPerPixel",
+            "ImageOrientationPatient",
+            "ImagePositionPatient",
+            "RescaleSlope",
+            "PhotometricInterpretation",
+        )
+    )
     value = {
-        "Rows": rng.choice((0, 65535)), "Columns": rng.choice((0, 65535)),
-        "BitsAllocated": rng.choice((0, 3, 64)), "NumberOfFrames": rng.choice(("0", "100000", "-3")),
+        "Rows": rng.choice((0, 65535)),
+        "Columns": rng.choice((0, 65535)),
+        "BitsAllocated": rng.choice((0, 3, 64)),
+        "NumberOfFrames": rng.choice(("0", "100000", "-3")),
         "PixelSpacing": rng.choice((["0", "0"], ["nan", "1"], ["-1", "1"])),
         "SamplesPerPixel": rng.choice((0, 3, 9)),
         "ImageOrientationPatient": rng.choice((["0"] * 6, ["1", "0", "0", "1", "0", "0"], ["nan"] * 6)),
-        "ImagePositionPatient": ["nan", "0", "1e300"], "RescaleSlope": rng.choice(("0", "nan", "1e308")),
+        "ImagePositionPatient": ["nan", "0", "1e300"],
+        "RescaleSlope": rng.choice(("0", "nan", "1e308")),
         "PhotometricInterpretation": rng.choice(("RGB", "PALETTE COLOR", "YBR_FULL", "NONSENSE")),
     }[field]
     setattr(ds, field, value)

@@ -9,13 +9,13 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
-
 import tiny_models
+from test_model_folder import MONAI_CONFIG
+
 from napari_medit.backends import save_model
 from napari_medit.batch import ManifestError, read_manifest, run_batch
 from napari_medit.cli import main
 from napari_medit.io import MedicalImage, read_image, write_image
-from test_model_folder import MONAI_CONFIG
 
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
 AFFINE[:3, 3] = [-10, 20, 5]
@@ -48,25 +48,51 @@ def write_manifest(folder, rows, name="manifest.csv"):
 
 
 def mededit_rows(count):
-    return [{"id": f"case{i:02d}", "image": f"t1_{i % 4}.nii.gz", "method": "mededit",
-             "pathology_mask": f"lesion_{i % 4}.nii.gz", "brain_mask": "brain.nii.gz", "model": "model",
-             "steps": 40, "seed": i, "axis": 2} for i in range(count)]
+    return [
+        {
+            "id": f"case{i:02d}",
+            "image": f"t1_{i % 4}.nii.gz",
+            "method": "mededit",
+            "pathology_mask": f"lesion_{i % 4}.nii.gz",
+            "brain_mask": "brain.nii.gz",
+            "model": "model",
+            "steps": 40,
+            "seed": i,
+            "axis": 2,
+        }
+        for i in range(count)
+    ]
 
 
 def test_batch_on_two_workers_survives_a_killed_worker_and_resumes(items_folder, tmp_path):
     from distributed import Client, LocalCluster
 
     rows = mededit_rows(22)
-    rows.insert(5, {"id": "broken", "image": "t1_0.nii.gz", "method": "mededit", "pathology_mask": "missing.nii.gz",
-                    "brain_mask": "brain.nii.gz", "model": "model", "axis": 2})
+    rows.insert(
+        5,
+        {
+            "id": "broken",
+            "image": "t1_0.nii.gz",
+            "method": "mededit",
+            "pathology_mask": "missing.nii.gz",
+            "brain_mask": "brain.nii.gz",
+            "model": "model",
+            "axis": 2,
+        },
+    )
     manifest = write_manifest(items_folder, rows)
     out = tmp_path / "out"
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         results = {}
-        runner = threading.Thread(target=lambda: results.update(
-            summary=run_batch(manifest, out, scheduler=cluster.scheduler_address, show_progress=False)))
+        runner = threading.Thread(
+            target=lambda: results.update(
+                summary=run_batch(manifest, out, scheduler=cluster.scheduler_address, show_progress=False)
+            )
+        )
         runner.start()
         deadline = time.monotonic() + 120
         while len(list(out.glob("case*.json"))) < 3 and time.monotonic() < deadline:
@@ -98,16 +124,20 @@ def test_batch_on_two_workers_survives_a_killed_worker_and_resumes(items_folder,
     done = [r for r in summary.records if r["status"] == "done"]
     loads_per_pid = {}
     for record in done:
-        loads_per_pid[record["worker_pid"]] = loads_per_pid.get(record["worker_pid"], 0) + record["model_loaded"]
+        loads_per_pid[record["worker_pid"]] = (
+            loads_per_pid.get(record["worker_pid"], 0) + record["model_loaded"]
+        )
     assert set(loads_per_pid.values()) == {1}
 
     # Same seed, same item: identical to running it alone in this process.
     (out / "alone").mkdir()
-    alone = run_batch(write_manifest(items_folder, [rows[0]], "one.csv"), out / "alone", workers=0,
-                      show_progress=False)
+    alone = run_batch(
+        write_manifest(items_folder, [rows[0]], "one.csv"), out / "alone", workers=0, show_progress=False
+    )
     assert alone.count("done") == 1
-    assert np.array_equal(nib.load(out / "alone" / "case00.nii.gz").get_fdata(),
-                          nib.load(out / "case00.nii.gz").get_fdata())
+    assert np.array_equal(
+        nib.load(out / "alone" / "case00.nii.gz").get_fdata(), nib.load(out / "case00.nii.gz").get_fdata()
+    )
 
     # An interrupted run: two results lost, one sidecar lost (its image may be partial), a stale temp file.
     for name in ("case03.nii.gz", "case03.json", "case11.nii.gz", "case11.json", "case17.json"):
@@ -160,7 +190,9 @@ def test_cli_batch_in_process_reports_failures_with_exit_1(items_folder, tmp_pat
     rows = mededit_rows(2)
     rows[0]["steps"] = 3
     # PIE needs a text-conditioned model: a failure only running the row can find
-    rows[1].update(steps=3, method="pie", pathology_mask="", brain_mask="", roi_mask=rows[1]["pathology_mask"])
+    rows[1].update(
+        steps=3, method="pie", pathology_mask="", brain_mask="", roi_mask=rows[1]["pathology_mask"]
+    )
     manifest = write_manifest(items_folder, rows, "cli.csv")
     assert main(["batch", str(manifest), "--out", str(tmp_path), "--workers", "0"]) == 1
     captured = capsys.readouterr()

@@ -39,7 +39,9 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path):
     bad = tmp_path / "scan.nii.gz"
     bad.write_bytes(b"nonsense")
     for args in (["info", str(bad)], ["info", str(tmp_path / "missing.dcm")], ["info", str(tmp_path)]):
-        run = subprocess.run([sys.executable, "-m", "napari_medit.cli", *args], capture_output=True, text=True)
+        run = subprocess.run(
+            [sys.executable, "-m", "napari_medit.cli", *args], capture_output=True, text=True
+        )
         assert run.returncode == 2, run.stderr
         assert "Traceback" not in run.stderr
         assert len(run.stderr.strip().splitlines()) == 1
@@ -63,16 +65,36 @@ def test_sample_cxr_writes_pngs(tmp_path):
 
 def test_edit_writes_result_with_source_geometry_and_provenance(tmp_path, capsys):
     import tiny_models
-    from napari_medit.backends import save_model
     from test_model_folder import MONAI_CONFIG
+
+    from napari_medit.backends import save_model
 
     model = save_model(tmp_path / "model", tiny_models.monai_unet(), MONAI_CONFIG)
     assert main(["sample", "brain", "--out", str(tmp_path / "brain")]) == 0
     brain = tmp_path / "brain"
     out = tmp_path / "out" / "cf.nii.gz"
-    args = ["edit", "mededit", "--image", str(brain / "t1.nii.gz"), "--pathology-mask", str(brain / "lesion_mask.nii.gz"),
-            "--brain-mask", str(brain / "brain_mask.nii.gz"), "--model", str(model), "--steps", "3", "--axis", "2",
-            "--slices", "62:64", "--seed", "4", "--out", str(out)]
+    args = [
+        "edit",
+        "mededit",
+        "--image",
+        str(brain / "t1.nii.gz"),
+        "--pathology-mask",
+        str(brain / "lesion_mask.nii.gz"),
+        "--brain-mask",
+        str(brain / "brain_mask.nii.gz"),
+        "--model",
+        str(model),
+        "--steps",
+        "3",
+        "--axis",
+        "2",
+        "--slices",
+        "62:64",
+        "--seed",
+        "4",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     source, result = nib.load(brain / "t1.nii.gz"), nib.load(out)
     np.testing.assert_array_equal(source.affine, result.affine)
@@ -90,6 +112,19 @@ def test_edit_bad_input_writes_nothing(tmp_path):
     out = tmp_path / "out" / "cf.nii.gz"
     common = ["--image", str(brain / "t1.nii.gz"), "--out", str(out)]
     assert main(["edit", "mededit", *common, "--model", str(tmp_path / "nowhere")]) == 2
-    assert main(["edit", "mededit", "--image", str(brain / "t1.nii.gz"), "--out", str(tmp_path / "x.png"),
-                 "--model", "m"]) == 2
+    assert (
+        main(
+            [
+                "edit",
+                "mededit",
+                "--image",
+                str(brain / "t1.nii.gz"),
+                "--out",
+                str(tmp_path / "x.png"),
+                "--model",
+                "m",
+            ]
+        )
+        == 2
+    )
     assert not out.exists() and not (tmp_path / "x.png").exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_medit.compute import ComputeError, Cluster, edit
+from napari_medit.compute import Cluster, ComputeError, edit
 from napari_medit.results import EditCancelled, EditError
 from napari_medit.sample_data import load_cxr
 
@@ -27,13 +27,38 @@ def start_cluster(folder: Path, *, nanny: bool = True) -> tuple[str, list[subpro
     scheduler_file = folder / "scheduler.json"
     dask = [sys.executable, "-m", "dask"]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    scheduler = subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                  "--scheduler-file", str(scheduler_file)], **quiet)
+    scheduler = subprocess.Popen(
+        [
+            *dask,
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        **quiet,
+    )
     deadline = time.monotonic() + 60
     while not scheduler_file.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    worker = subprocess.Popen([*dask, "worker", "--scheduler-file", str(scheduler_file), "--host", "127.0.0.1",
-                               "--nthreads", "1", "--no-dashboard", "--nanny" if nanny else "--no-nanny"], **quiet)
+    worker = subprocess.Popen(
+        [
+            *dask,
+            "worker",
+            "--scheduler-file",
+            str(scheduler_file),
+            "--host",
+            "127.0.0.1",
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+            "--nanny" if nanny else "--no-nanny",
+        ],
+        **quiet,
+    )
     import json
 
     address = json.loads(scheduler_file.read_text())["address"]
@@ -71,8 +96,16 @@ def chest():
 
 
 def radedit(image, masks, **where):
-    return edit("radedit", image, model="demo-cxr", steps=STEPS, prompt="No acute cardiopulmonary process",
-                seed=3, **masks, **where)
+    return edit(
+        "radedit",
+        image,
+        model="demo-cxr",
+        steps=STEPS,
+        prompt="No acute cardiopulmonary process",
+        seed=3,
+        **masks,
+        **where,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +134,9 @@ def test_the_api_edits_on_the_worker_bit_identical_to_this_process(cluster, ches
     np.testing.assert_array_equal(result.image.array[keep], image.array[keep])
     assert [s.step for s in steps] == list(range(1, steps[-1].total + 1))
     previews = [s for s in steps if s.estimate is not None]  # every 5 steps and the last, in source units
-    assert [s.step for s in previews] == [s for s in range(1, steps[-1].total + 1) if s % 5 == 0 or
-                                          s == steps[-1].total]
+    assert [s.step for s in previews] == [
+        s for s in range(1, steps[-1].total + 1) if s % 5 == 0 or s == steps[-1].total
+    ]
     assert previews[-1].estimate.shape == (1, *image.array.shape)
 
 
@@ -116,8 +150,20 @@ def test_the_cli_edits_on_the_worker_like_this_process(cluster, chest, tmp_path,
     write_image(tmp_path / "cxr.png", image)
     for role, values in masks.items():
         write_image(tmp_path / f"{role}.png", image.with_array(values.astype(np.uint8)))
-    common = ["edit", "radedit", "--image", str(tmp_path / "cxr.png"), "--model", "demo-cxr", "--steps", "3",
-              "--edit-mask", str(tmp_path / "edit_mask.png"), "--keep-mask", str(tmp_path / "keep_mask.png")]
+    common = [
+        "edit",
+        "radedit",
+        "--image",
+        str(tmp_path / "cxr.png"),
+        "--model",
+        "demo-cxr",
+        "--steps",
+        "3",
+        "--edit-mask",
+        str(tmp_path / "edit_mask.png"),
+        "--keep-mask",
+        str(tmp_path / "keep_mask.png"),
+    ]
     assert main([*common, "--out", str(tmp_path / "remote.png"), "--scheduler", cluster]) == 0
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -147,8 +193,17 @@ def test_cancel_stops_the_worker_within_a_step_and_frees_it(cluster, chest, here
 
     started = time.monotonic()
     with pytest.raises(EditCancelled):
-        edit("radedit", image, model="demo-cxr", steps=200, seed=3, scheduler=cluster,
-             callback=on_step, cancel=cancel, **masks)
+        edit(
+            "radedit",
+            image,
+            model="demo-cxr",
+            steps=200,
+            seed=3,
+            scheduler=cluster,
+            callback=on_step,
+            cancel=cancel,
+            **masks,
+        )
     assert time.monotonic() - started < 60 and max(seen) < 10  # 400 steps would take minutes
     np.testing.assert_array_equal(radedit(image, masks, scheduler=cluster).image.array, here.image.array)
 
@@ -164,7 +219,9 @@ def test_bad_requests_and_missing_models_come_back_as_one_message(cluster, chest
 def test_an_unreachable_scheduler_is_named_with_the_fix(monkeypatch):
     monkeypatch.setattr("napari_medit.compute.CONNECT_TIMEOUT_S", 2.0)
     started = time.monotonic()
-    with pytest.raises(ComputeError, match=r"cannot reach the dask scheduler at tcp://127.0.0.1:9.*dask scheduler"):
+    with pytest.raises(
+        ComputeError, match=r"cannot reach the dask scheduler at tcp://127.0.0.1:9.*dask scheduler"
+    ):
         Cluster("tcp://127.0.0.1:9")
     assert time.monotonic() - started < 30
 
@@ -177,9 +234,22 @@ def test_the_cli_says_so_when_the_scheduler_is_unreachable(monkeypatch, tmp_path
     sample = load_cxr()
     for name, image in sample.items():
         write_image(tmp_path / f"{name}.png", image)
-    code = main(["edit", "radedit", "--image", str(tmp_path / "cxr.png"), "--out", str(tmp_path / "out.png"),
-                 "--model", "demo-cxr", "--edit-mask", str(tmp_path / "edit_mask.png"),
-                 "--scheduler", "tcp://127.0.0.1:9"])
+    code = main(
+        [
+            "edit",
+            "radedit",
+            "--image",
+            str(tmp_path / "cxr.png"),
+            "--out",
+            str(tmp_path / "out.png"),
+            "--model",
+            "demo-cxr",
+            "--edit-mask",
+            str(tmp_path / "edit_mask.png"),
+            "--scheduler",
+            "tcp://127.0.0.1:9",
+        ]
+    )
     assert code == 2 and "cannot reach the dask scheduler" in capsys.readouterr().err
     assert not (tmp_path / "out.png").exists()
 
@@ -213,9 +283,17 @@ def test_a_killed_worker_is_restarted_and_the_edit_rerun_to_the_same_result(tmp_
     try:
         cluster = Cluster(address)
         request_steps = []
-        result = edit("radedit", image, model="demo-cxr", steps=STEPS, prompt="No acute cardiopulmonary process",
-                      seed=3, scheduler=address, callback=lambda u: (request_steps.append(u.step), kill_once(u)),
-                      **masks)
+        result = edit(
+            "radedit",
+            image,
+            model="demo-cxr",
+            steps=STEPS,
+            prompt="No acute cardiopulmonary process",
+            seed=3,
+            scheduler=address,
+            callback=lambda u: (request_steps.append(u.step), kill_once(u)),
+            **masks,
+        )
         assert killed and result.provenance["computed_on"]["process"] != killed[0]
         np.testing.assert_array_equal(result.image.array, here.image.array)  # seeded: the rerun is the same
         cluster.close()
@@ -234,7 +312,16 @@ def test_no_worker_left_is_reported_within_seconds(tmp_path, chest):
         started = []
         with pytest.raises(ComputeError, match="no dask worker is left"):
             started.append(time.monotonic())
-            edit("radedit", image, model="demo-cxr", steps=200, seed=3, scheduler=address, callback=kill, **masks)
+            edit(
+                "radedit",
+                image,
+                model="demo-cxr",
+                steps=200,
+                seed=3,
+                scheduler=address,
+                callback=kill,
+                **masks,
+            )
         assert time.monotonic() - started[0] < 60
     finally:
         stop(processes)

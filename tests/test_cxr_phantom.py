@@ -103,7 +103,15 @@ def test_requested_finding_masks(kwargs, present):
 def test_findings_record_is_json_serialisable():
     import json
 
-    p = generate_cxr_phantom(64, seed=2, effusion="both", cardiomegaly=True, opacity="left", pneumothorax="right", chest_drain="right")
+    p = generate_cxr_phantom(
+        64,
+        seed=2,
+        effusion="both",
+        cardiomegaly=True,
+        opacity="left",
+        pneumothorax="right",
+        chest_drain="right",
+    )
     record = json.loads(json.dumps(p.findings))
     assert record["seed"] == 2 and record["size"] == 64
     assert record["effusion"] == "both" and record["chest_drain"] == "right"

@@ -123,7 +123,9 @@ def test_the_view_looks_across_the_edited_slices(edited_brain):
     viewer, compare = edited_brain
     result = viewer.layers["t1 mededit"]
     before = result.data.copy()
-    horizontal = viewer.camera.orientation[2] if not hasattr(viewer, "scene") else viewer.scene.camera.orientation[2]
+    horizontal = (
+        viewer.camera.orientation[2] if not hasattr(viewer, "scene") else viewer.scene.camera.orientation[2]
+    )
     compare.view.value = "coronal"
     assert tuple(viewer.dims.order) == (1, 0, 2) and tuple(viewer.dims.displayed) == (0, 2)
     assert "coronal view" in compare.status.value
@@ -196,8 +198,13 @@ def test_dicom_series_masks_as_seg_and_result_as_dicom_in_the_widgets(data_widge
     # An edit result of a DICOM source saves as a derived series, the folder named like the file.
     _, compare = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare")
     edited = image.data + (painted[f"{image.name} edit_mask"] > 0) * 7
-    viewer.add_image(edited, name="cf", scale=image.scale, translate=image.translate,
-                     metadata={**image.metadata, "edit": {"method": "radedit", "seed": 0}, "source_layer": image.name})
+    viewer.add_image(
+        edited,
+        name="cf",
+        scale=image.scale,
+        translate=image.translate,
+        metadata={**image.metadata, "edit": {"method": "radedit", "seed": 0}, "source_layer": image.name},
+    )
     compare.result.value = "cf"
     written = compare.save(tmp_path / "cf.dcm")
     assert written[-1].name == "cf.json" and (tmp_path / "cf").is_dir()

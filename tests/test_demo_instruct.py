@@ -42,22 +42,38 @@ def test_the_findings_classifier_separates_phantom_findings():
 def test_removing_the_right_effusion_darkens_it_and_lowers_its_probability(demo):
     sample, _, truth, model, classifier = demo
     effusion = truth.masks["effusion"]
-    result = edit("instructx2x", sample, model=model, prompt="remove the right pleural effusion", steps=STEPS,
-                  lung_mask=truth.masks["lungs"], seed=0)
+    result = edit(
+        "instructx2x",
+        sample,
+        model=model,
+        prompt="remove the right pleural effusion",
+        steps=STEPS,
+        lung_mask=truth.masks["lungs"],
+        seed=0,
+    )
     source, out = sample.array.astype(float), result.image.array.astype(float)
     changed = result.masks["guidance_mask"] & result.masks["roi_mask"]
     np.testing.assert_array_equal(out[~changed], source[~changed])
     # measured (128 px, 2,500 steps): 158 -> 103, healthy lung there is 104 (the 64 px model overshot to 78)
     assert out[effusion].mean() < source[effusion].mean() - 30
-    before, after = (classifier.probabilities(image)["effusion"] for image in (sample.array, result.image.array))
+    before, after = (
+        classifier.probabilities(image)["effusion"] for image in (sample.array, result.image.array)
+    )
     assert after < before - 0.5, (before, after)  # measured: 0.9998 -> 0.019 (64 px: 0.44)
 
 
 def test_adding_a_right_effusion_in_the_lungs_of_a_healthy_chest_brightens_it(demo):
     _, healthy, truth, model, classifier = demo
     effusion = truth.masks["effusion"]
-    result = edit("instructx2x", healthy, model=model, prompt="add a right pleural effusion", steps=STEPS,
-                  lung_mask=truth.masks["lungs"], seed=0)
+    result = edit(
+        "instructx2x",
+        healthy,
+        model=model,
+        prompt="add a right pleural effusion",
+        steps=STEPS,
+        lung_mask=truth.masks["lungs"],
+        seed=0,
+    )
     out = result.image.array.astype(float)
     assert out[effusion].mean() > healthy[effusion].mean() + 30  # measured: 104 -> 196 (the phantom's: 158)
     before, after = (classifier.probabilities(image)["effusion"] for image in (healthy, result.image.array))
@@ -69,7 +85,9 @@ def test_adding_a_right_effusion_without_a_region_brightens_the_right_base(demo)
     # and the classifier no longer calls it an effusion (measured 0.003 -> 0.07; at s_T 5: 0.985).
     _, healthy, truth, model, _ = demo
     effusion = truth.masks["effusion"]
-    result = edit("instructx2x", healthy, model=model, prompt="add a right pleural effusion", steps=STEPS, seed=0)
+    result = edit(
+        "instructx2x", healthy, model=model, prompt="add a right pleural effusion", steps=STEPS, seed=0
+    )
     out = result.image.array.astype(float)
     assert out[effusion].mean() > healthy[effusion].mean() + 30  # measured: 104 -> 198
     change = out - healthy
@@ -80,10 +98,19 @@ def test_adding_a_right_effusion_without_a_region_brightens_the_right_base(demo)
 def test_the_relevance_of_a_right_effusion_lies_over_the_right_hemithorax(demo):
     sample, _, truth, model, _ = demo
     everywhere = np.ones(sample.array.shape, bool)  # no region: the map is the relevance alone
-    result = edit("instructx2x", sample, model=model, prompt="remove the right pleural effusion", steps=1,
-                  roi_mask=everywhere, seed=0)
+    result = edit(
+        "instructx2x",
+        sample,
+        model=model,
+        prompt="remove the right pleural effusion",
+        steps=1,
+        roi_mask=everywhere,
+        seed=0,
+    )
     relevance = result.maps["guidance_map"]
-    right, left = (relevance[hemithorax(truth.masks["lungs"], side)].sum() for side in (Side.right, Side.left))
+    right, left = (
+        relevance[hemithorax(truth.masks["lungs"], side)].sum() for side in (Side.right, Side.left)
+    )
     assert right > 1.2 * left, (right, left)  # measured: 59% of the map's mass over the right lung
 
 
@@ -92,7 +119,10 @@ def test_border_kept_effusions_are_the_healthy_phantom_outside_the_eroded_lungs(
 
     from napari_medit.training.findings import _effusion_inside_the_lung_border
 
-    effusion, healthy = generate_cxr_phantom(64, 3, effusion="right", effusion_size=0.6), generate_cxr_phantom(64, 3)
+    effusion, healthy = (
+        generate_cxr_phantom(64, 3, effusion="right", effusion_size=0.6),
+        generate_cxr_phantom(64, 3),
+    )
     image = _effusion_inside_the_lung_border(effusion, healthy)
     inside = binary_erosion(healthy.masks["lungs"] > 0, iterations=2)  # 3% of 64 px
     np.testing.assert_array_equal(image[~inside], healthy.image[~inside])

@@ -22,9 +22,13 @@ def phantom(seed, **findings):
 
 def test_the_drain_classifier_sees_drains_not_pneumothoraces():
     model = load(Scenario.manifestation)
-    with_both = model.predict([to_uint8(phantom(s, pneumothorax="left", chest_drain="left").image) for s in SEEDS])
+    with_both = model.predict(
+        [to_uint8(phantom(s, pneumothorax="left", chest_drain="left").image) for s in SEEDS]
+    )
     # a drain where pneumothorax drains go (the apex), with no pneumothorax
-    drain_only = model.predict([to_uint8(phantom(s, chest_drain="left", drain_target="apex").image) for s in SEEDS])
+    drain_only = model.predict(
+        [to_uint8(phantom(s, chest_drain="left", drain_target="apex").image) for s in SEEDS]
+    )
     healthy = model.predict([to_uint8(phantom(s).image) for s in SEEDS])
     assert np.mean(with_both) > 0.8 and np.mean(healthy) < 0.2
     assert np.mean(drain_only) > 0.5  # no pneumothorax, yet called one: the shortcut
@@ -32,8 +36,9 @@ def test_the_drain_classifier_sees_drains_not_pneumothoraces():
 
 def test_the_acquisition_classifier_sees_the_hospital_not_the_effusion():
     model = load(Scenario.acquisition)
-    other_hospital_sick = model.predict([acquisition_signature(to_uint8(phantom(s, effusion="right").image))
-                                         for s in SEEDS])
+    other_hospital_sick = model.predict(
+        [acquisition_signature(to_uint8(phantom(s, effusion="right").image)) for s in SEEDS]
+    )
     other_hospital_healthy = model.predict([acquisition_signature(to_uint8(phantom(s).image)) for s in SEEDS])
     assert np.mean(other_hospital_sick) > 0.8
     assert np.mean(other_hospital_healthy) > 0.5  # healthy, yet called sick: the signature
@@ -43,8 +48,11 @@ def test_the_lung_segmenter_fails_on_abnormal_lungs():
     model = load(Scenario.population)
     healthy = [phantom(s) for s in SEEDS]
     sick = [phantom(s, effusion="both", effusion_size=0.6) for s in SEEDS]
-    on = lambda cases: np.mean([dice(m, c.masks["lungs"]) for m, c in  # noqa: E731
-                                zip(model.predict([to_uint8(c.image) for c in cases]), cases)])
+
+    def on(cases):
+        predictions = model.predict([to_uint8(c.image) for c in cases])
+        return np.mean([dice(m, c.masks["lungs"]) for m, c in zip(predictions, cases, strict=True)])
+
     assert on(healthy) > 0.9
     assert on(sick) < on(healthy) - 0.05
 

@@ -8,20 +8,41 @@ import warnings
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless
-
 import tiny_models
 from conftest import dicom_slice, save
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
 from napari_medit.cli import main
 from napari_medit.editing import edit
 from napari_medit.io import read_image, write_image
 from napari_medit.io.dicom_derived import DicomOutputError, StoredRangeWarning, write_dicom
 
 GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness")
-CONTEXT = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
-           "StudyTime", "StudyID", "AccessionNumber", "FrameOfReferenceUID", "Modality", "SOPClassUID")
-STORED = ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PhotometricInterpretation",
-          "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
+CONTEXT = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "FrameOfReferenceUID",
+    "Modality",
+    "SOPClassUID",
+)
+STORED = (
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "WindowCenter",
+    "WindowWidth",
+)
 
 
 def by_source(folder):
@@ -40,7 +61,9 @@ def series_lesion(shape, slices=(2, 3, 4)):
 def test_series_round_trip_keeps_geometry_context_and_untouched_voxels(oblique_series, tmp_path):
     source = read_image(oblique_series["folder"])
     lesion = series_lesion(source.array.shape)
-    result = edit("repaint", source, model=tiny_models.pixel_unet(), pathology_mask=lesion, axis=0, steps=4, seed=1)
+    result = edit(
+        "repaint", source, model=tiny_models.pixel_unet(), pathology_mask=lesion, axis=0, steps=4, seed=1
+    )
     assert result.edited_slices == [2, 3, 4]
     written = write_dicom(tmp_path / "derived", result.image)
     assert len(written) == oblique_series["count"]  # untouched slices are part of the new series too
@@ -51,10 +74,14 @@ def test_series_round_trip_keeps_geometry_context_and_untouched_voxels(oblique_s
     np.testing.assert_array_equal(back.array[~lesion], source.array[~lesion])
     assert not np.array_equal(back.array[lesion], source.array[lesion])
 
-    sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(p) for p in oblique_series["folder"].iterdir())}
+    sources = {
+        ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(p) for p in oblique_series["folder"].iterdir())
+    }
     derived = by_source(tmp_path / "derived")
     assert set(derived) == set(sources)
-    slice_order = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in source.metadata["_dicom_files"]]
+    slice_order = [
+        pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in source.metadata["_dicom_files"]
+    ]
     series_uids = {ds.SeriesInstanceUID for ds in derived.values()}
     sop_uids = [ds.SOPInstanceUID for ds in derived.values()]
     assert len(series_uids) == 1 and series_uids.isdisjoint({ds.SeriesInstanceUID for ds in sources.values()})
@@ -65,7 +92,10 @@ def test_series_round_trip_keeps_geometry_context_and_untouched_voxels(oblique_s
         for keyword in GEOMETRY + CONTEXT + STORED:
             assert ds.get(keyword) == original.get(keyword), keyword
         assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"] and ds.SyntheticData == "YES"
-        assert ds.SeriesNumber == original.SeriesNumber + 1000 and "napari-medit counterfactual" in ds.SeriesDescription
+        assert (
+            ds.SeriesNumber == original.SeriesNumber + 1000
+            and "napari-medit counterfactual" in ds.SeriesDescription
+        )
         assert "repaint" in ds.DerivationDescription and "seed 1" in ds.DerivationDescription
         assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
         if not lesion[slice_order.index(uid)].any():
@@ -75,15 +105,33 @@ def test_series_round_trip_keeps_geometry_context_and_untouched_voxels(oblique_s
 def test_monochrome1_radiograph_keep_mask_stored_values_bit_identical(tmp_path):
     rng = np.random.default_rng(3)
     stored = rng.integers(200, 3900, (40, 36)).astype(np.uint16)
-    path = save(dicom_slice(stored, photometric="MONOCHROME1", modality="CR", slope=1.5, intercept=-100,
-                            extra={"WindowCenter": "2000", "WindowWidth": "4000"}), tmp_path / "cr.dcm")
+    path = save(
+        dicom_slice(
+            stored,
+            photometric="MONOCHROME1",
+            modality="CR",
+            slope=1.5,
+            intercept=-100,
+            extra={"WindowCenter": "2000", "WindowWidth": "4000"},
+        ),
+        tmp_path / "cr.dcm",
+    )
     image = read_image(path)
     keep = np.zeros(stored.shape, bool)
     keep[:, :14] = True
     edit_mask = np.zeros(stored.shape, bool)
     edit_mask[8:30, 16:32] = True
-    result = edit("radedit", image, model=tiny_models.text_unet(), prompt="effusion", steps=6, skip=1,
-                  edit_mask=edit_mask, keep_mask=keep, seed=2)
+    result = edit(
+        "radedit",
+        image,
+        model=tiny_models.text_unet(),
+        prompt="effusion",
+        steps=6,
+        skip=1,
+        edit_mask=edit_mask,
+        keep_mask=keep,
+        seed=2,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StoredRangeWarning)
         [out] = write_dicom(tmp_path / "cf.dcm", result.image)
@@ -128,7 +176,9 @@ def test_dicom_output_from_nifti_or_png_is_refused_in_one_line(tmp_path, name, s
     assert "\n" not in str(raised.value) and not (tmp_path / "out").exists()
 
 
-def test_a_failed_write_leaves_nothing_and_a_full_folder_needs_overwrite(oblique_series, tmp_path, monkeypatch):
+def test_a_failed_write_leaves_nothing_and_a_full_folder_needs_overwrite(
+    oblique_series, tmp_path, monkeypatch
+):
     source = read_image(oblique_series["folder"])
     out = tmp_path / "derived"
     out.mkdir()
@@ -161,10 +211,30 @@ def test_cli_edit_writes_a_series_and_refuses_what_it_cannot(oblique_series, tmp
 
     model = save_model(tmp_path / "model", tiny_models.pixel_unet(), {"name": "tiny", "value_range": [-1, 1]})
     source = read_image(oblique_series["folder"])
-    mask = write_image(tmp_path / "lesion_mask.nii.gz", source.with_array(series_lesion(source.array.shape).astype(np.uint8)))
+    mask = write_image(
+        tmp_path / "lesion_mask.nii.gz", source.with_array(series_lesion(source.array.shape).astype(np.uint8))
+    )
     out = tmp_path / "cf"
-    args = ["edit", "repaint", "--image", str(oblique_series["folder"]), "--pathology-mask", str(mask), "--model",
-            str(model), "--steps", "3", "--axis", "0", "--seed", "5", "--out", str(out), "--format", "dicom"]
+    args = [
+        "edit",
+        "repaint",
+        "--image",
+        str(oblique_series["folder"]),
+        "--pathology-mask",
+        str(mask),
+        "--model",
+        str(model),
+        "--steps",
+        "3",
+        "--axis",
+        "0",
+        "--seed",
+        "5",
+        "--out",
+        str(out),
+        "--format",
+        "dicom",
+    ]
     assert main(args) == 0
     provenance = json.loads((tmp_path / "cf.json").read_text())
     assert len(provenance["outputs"]) == oblique_series["count"] and provenance["slices"] == [2, 3, 4]
@@ -174,7 +244,12 @@ def test_cli_edit_writes_a_series_and_refuses_what_it_cannot(oblique_series, tmp
     assert sorted(p.stat().st_mtime_ns for p in out.iterdir()) == before
     assert main([*args, "--overwrite"]) == 0
     # A NIfTI source has no DICOM context: refused before any edit runs.
-    assert main([*args[:2], "--image", str(mask), *args[4:-4], "--out", str(tmp_path / "n"), "--format", "dicom"]) == 2
+    assert (
+        main(
+            [*args[:2], "--image", str(mask), *args[4:-4], "--out", str(tmp_path / "n"), "--format", "dicom"]
+        )
+        == 2
+    )
     assert not (tmp_path / "n").exists()
     assert main([*args[:-4], "--out", str(tmp_path / "one.dcm")]) == 2  # a series is not one file
 
@@ -186,25 +261,45 @@ def test_batch_writes_dicom_items(oblique_series, tmp_path):
 
     model = save_model(tmp_path / "model", tiny_models.pixel_unet(), {"name": "tiny", "value_range": [-1, 1]})
     source = read_image(oblique_series["folder"])
-    mask = write_image(tmp_path / "lesion_mask.nii.gz", source.with_array(series_lesion(source.array.shape).astype(np.uint8)))
-    (tmp_path / "m.csv").write_text(f"id,image,method,pathology_mask,steps,axis\n"
-                                    f"s1,{oblique_series['folder']},repaint,{mask},2,0\n")
-    summary = run_batch(tmp_path / "m.csv", tmp_path / "out", model=str(model), workers=0, show_progress=False,
-                        output_format=OutputFormat.dicom)
+    mask = write_image(
+        tmp_path / "lesion_mask.nii.gz", source.with_array(series_lesion(source.array.shape).astype(np.uint8))
+    )
+    (tmp_path / "m.csv").write_text(
+        f"id,image,method,pathology_mask,steps,axis\ns1,{oblique_series['folder']},repaint,{mask},2,0\n"
+    )
+    summary = run_batch(
+        tmp_path / "m.csv",
+        tmp_path / "out",
+        model=str(model),
+        workers=0,
+        show_progress=False,
+        output_format=OutputFormat.dicom,
+    )
     assert summary.count("done") == 1, summary.failed
     assert len(list((tmp_path / "out" / "s1").iterdir())) == oblique_series["count"]
-    again = run_batch(tmp_path / "m.csv", tmp_path / "out", model=str(model), workers=0, show_progress=False,
-                      output_format=OutputFormat.dicom)
+    again = run_batch(
+        tmp_path / "m.csv",
+        tmp_path / "out",
+        model=str(model),
+        workers=0,
+        show_progress=False,
+        output_format=OutputFormat.dicom,
+    )
     assert again.count("skipped") == 1
 
 
-@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy is not installed (make test installs it)")
+@pytest.mark.skipif(
+    shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy is not installed (make test installs it)"
+)
 def test_dciodvfy_finds_no_error_the_source_did_not_have(oblique_series, tmp_path):
     source = read_image(oblique_series["folder"])
     [first, *_] = write_dicom(tmp_path / "derived", source)
     origin = pydicom.dcmread(first).SourceImageSequence[0].ReferencedSOPInstanceUID
-    original = next(p for p in oblique_series["folder"].iterdir()
-                    if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == origin)
+    original = next(
+        p
+        for p in oblique_series["folder"].iterdir()
+        if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == origin
+    )
 
     def errors(path):
         report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)

@@ -27,7 +27,10 @@ def brain_widget(make_napari_viewer, qtbot):
 
 def test_mededit_through_the_widget_adds_aligned_layers(brain_widget, qtbot):
     viewer, widget = brain_widget
-    assert widget.masks["pathology_mask"].value == "lesion_mask" and widget.masks["brain_mask"].value == "brain_mask"
+    assert (
+        widget.masks["pathology_mask"].value == "lesion_mask"
+        and widget.masks["brain_mask"].value == "brain_mask"
+    )
     source = viewer.layers["t1"]
     before = source.data.copy()
     widget.parameter("steps").value = 5
@@ -93,8 +96,13 @@ def test_layers_not_read_by_napari_medit_keep_their_layout(make_napari_viewer, q
     assert widget.axis.choices == (0, 1, 2)  # no affine: array axes, not anatomical planes
     widget.parameter("steps").value = 40  # SDEdit's default strength 0.1: 4 denoising steps
     widget.run()
-    qtbot.waitUntil(lambda: widget.run_button.enabled and widget.status.value.split(":")[0] in (
-        "sdedit", "failed", "cancelled"), timeout=120_000)
+    qtbot.waitUntil(
+        lambda: (
+            widget.run_button.enabled
+            and widget.status.value.split(":")[0] in ("sdedit", "failed", "cancelled")
+        ),
+        timeout=120_000,
+    )
     assert widget.status.value.startswith("sdedit: done"), widget.status.value
     result = viewer.layers["scan sdedit"]
     assert result.data.shape == volume.shape
@@ -125,17 +133,25 @@ def cxr_viewer(make_napari_viewer, qtbot):
 
 def run_and_wait(widget, qtbot, layer_name):
     widget.run()
-    qtbot.waitUntil(lambda: widget.run_button.enabled and widget.status.value.split(":")[0] in (
-        widget.method.value, "failed", "cancelled"), timeout=180_000)
+    qtbot.waitUntil(
+        lambda: (
+            widget.run_button.enabled
+            and widget.status.value.split(":")[0] in (widget.method.value, "failed", "cancelled")
+        ),
+        timeout=180_000,
+    )
     assert widget.status.value.startswith(f"{widget.method.value}: done"), widget.status.value
     return widget.viewer.layers[layer_name]
 
 
-@pytest.mark.parametrize("method, settings", [
-    ("radedit", dict(steps=4, prompt="No findings")),
-    ("diffedit", dict(steps=4, prompt="No findings")),
-    ("repaint", dict(steps=3)),
-])
+@pytest.mark.parametrize(
+    "method, settings",
+    [
+        ("radedit", dict(steps=4, prompt="No findings")),
+        ("diffedit", dict(steps=4, prompt="No findings")),
+        ("repaint", dict(steps=3)),
+    ],
+)
 def test_cxr_methods_through_the_widget(cxr_viewer, qtbot, method, settings):
     viewer, widget, _ = cxr_viewer
     widget.method.value, widget.model.value, widget.image.value = method, "demo-cxr", "cxr"
@@ -150,7 +166,11 @@ def test_cxr_methods_through_the_widget(cxr_viewer, qtbot, method, settings):
     np.testing.assert_array_equal(result.scale, source.scale)
     np.testing.assert_array_equal(result.translate, source.translate)
     np.testing.assert_array_equal(source.data, before)
-    unchanged = (viewer.layers["keep_mask"].data > 0) if method == "radedit" else (viewer.layers["edit_mask"].data == 0)
+    unchanged = (
+        (viewer.layers["keep_mask"].data > 0)
+        if method == "radedit"
+        else (viewer.layers["edit_mask"].data == 0)
+    )
     np.testing.assert_array_equal(result.data[unchanged], before[unchanged])
     assert result.metadata["edit"]["metrics"]["changed_voxels"] > 0
 
@@ -180,8 +200,13 @@ def test_instructx2x_through_the_widget_adds_its_guidance_map(cxr_viewer, qtbot)
     viewer, widget, _ = cxr_viewer
     widget.method.value, widget.model.value, widget.image.value = "instructx2x", "demo-cxr-instruct", "cxr"
     widget.masks["roi_mask"].value = "edit_mask"  # the region picker: the effusion's edit mask
-    for name, value in dict(prompt="remove the right pleural effusion", steps=4, text_guidance=5.0,
-                            image_guidance=1.5, threshold=0.2).items():
+    for name, value in dict(
+        prompt="remove the right pleural effusion",
+        steps=4,
+        text_guidance=5.0,
+        image_guidance=1.5,
+        threshold=0.2,
+    ).items():
         widget.parameter(name).value = value
     source = viewer.layers["cxr"]
     before = source.data.copy()
@@ -232,7 +257,9 @@ def test_parameter_forms_hold_each_papers_defaults_with_their_sources(brain_widg
         assert method.make_params(values) == method.make_params({})  # followers resolved alike
         assert all(w.tooltip for w in form), name
     widget.method.value = "radedit"
-    assert not widget.parameters["radedit"].native.isHidden() and widget.parameters["mededit"].native.isHidden()
+    assert (
+        not widget.parameters["radedit"].native.isHidden() and widget.parameters["mededit"].native.isHidden()
+    )
     widget.parameter("steps").value = 50
     assert widget.parameter("skip").value == 18  # the reference code's 36 of 100
     widget.method.value = "mededit"
@@ -244,8 +271,13 @@ def test_parameter_forms_hold_each_papers_defaults_with_their_sources(brain_widg
     widget.method.value = "repaint"
     widget.parameter("preset").value = "mededit-paper"
     request = widget.request()
-    assert (request["preset"], request["steps"], request["jump_length"], request["jump_n_sample"],
-            request["start"].value) == ("mededit-paper", 1000, 1, 1, "noised_input")
+    assert (
+        request["preset"],
+        request["steps"],
+        request["jump_length"],
+        request["jump_n_sample"],
+        request["start"].value,
+    ) == ("mededit-paper", 1000, 1, 1, "noised_input")
     widget.parameter("preset").value = ""
     assert (widget.parameter("steps").value, widget.parameter("start").value.value) == (250, "noise")
 
@@ -309,7 +341,9 @@ def test_masks_widget_loads_mask_files_on_the_image_grid(brain_widget, tmp_path,
     samples = Path(__file__).parents[1] / "napari_medit" / "sample_data"
     layer = masks.load_mask(samples / "lesion_mask.nii.gz", "pathology_mask")
     assert layer.name == "t1 pathology_mask"
-    np.testing.assert_array_equal(layer.data > 0, viewer.layers["lesion_mask"].data > 0)  # shown like the image
+    np.testing.assert_array_equal(
+        layer.data > 0, viewer.layers["lesion_mask"].data > 0
+    )  # shown like the image
     np.testing.assert_array_equal(layer.scale, viewer.layers["t1"].scale)
 
     shown = []
@@ -341,9 +375,14 @@ def test_the_widgets_import_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import napari_medit.widgets.edit, napari_medit.widgets.masks, "
-            "napari_medit.widgets.data, napari_medit.widgets.compare; print('torch' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+    code = (
+        "import sys; import napari_medit.widgets.edit, napari_medit.widgets.masks, "
+        "napari_medit.widgets.data, napari_medit.widgets.compare; print('torch' in sys.modules)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        == "False\n"
+    )
 
 
 CLOSE_SCRIPT = """
@@ -376,7 +415,8 @@ for thread in threading.enumerate():
     if thread.name in ("napari-medit warm-up", "napari-medit connect"):
         thread.join(120)  # let the warm-up finish with nothing left to report to
 import psutil
-print("processes left:", len(psutil.Process().children(recursive=True)))  # the worker process stopped with napari
+# the worker process stopped with napari
+print("processes left:", len(psutil.Process().children(recursive=True)))
 print("clean exit")
 """
 
@@ -390,8 +430,9 @@ def test_closing_the_viewer_mid_warm_up_or_mid_run_exits_cleanly(moment, tmp_pat
 
     script = tmp_path / "close.py"
     script.write_text(CLOSE_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), moment.split("-")[0]], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), moment.split("-")[0]], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "clean exit" in done.stdout
     if moment == "run":
@@ -403,7 +444,8 @@ def test_closing_the_viewer_mid_warm_up_or_mid_run_exits_cleanly(moment, tmp_pat
 
 def test_every_parameter_can_be_set_from_the_widget(brain_widget):
     """The widget's forms are the catalogue's: set every parameter and run option, and the request
-    carries them; left alone, they give the catalogue's defaults (the CLI and manifest test: test_catalogue)."""
+    carries them; left alone, they give the catalogue's defaults (the CLI and manifest test:
+    test_catalogue)."""
     from test_catalogue import OTHER_RUN, OTHER_VALUES
 
     from napari_medit.catalogue import METHODS
@@ -411,13 +453,15 @@ def test_every_parameter_can_be_set_from_the_widget(brain_widget):
     _, widget = brain_widget
     for name, spec in METHODS.items():
         widget.method.value = name
-        assert spec.make_params({k: v for k, v in widget.request().items() if k in OTHER_VALUES}) == \
-            spec.make_params({})
+        assert spec.make_params(
+            {k: v for k, v in widget.request().items() if k in OTHER_VALUES}
+        ) == spec.make_params({})
         for field in spec.params.__dataclass_fields__:
             widget.parameter(field).value = OTHER_VALUES[field]
         request = widget.request()
-        assert {k: request[k] for k in spec.params.__dataclass_fields__} == \
-            {k: OTHER_VALUES[k] for k in spec.params.__dataclass_fields__}
+        assert {k: request[k] for k in spec.params.__dataclass_fields__} == {
+            k: OTHER_VALUES[k] for k in spec.params.__dataclass_fields__
+        }
     from napari_medit.widgets.edit import RUN_FORM_FIELDS
 
     assert set(RUN_FORM_FIELDS) == set(OTHER_RUN) - {"axis", "slices"}  # those two: the scope widgets
@@ -450,4 +494,3 @@ viewer.close()
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.split()[-2:] == ["1", "False"], done.stderr[-2000:]
-

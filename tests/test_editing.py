@@ -10,6 +10,7 @@ import tiny_models
 import torch
 from diffusers import DDIMScheduler
 
+from napari_medit.catalogue import Precision, RunOptions, SliceNoise
 from napari_medit.editing import (
     METHODS,
     EditCancelled,
@@ -22,7 +23,6 @@ from napari_medit.editing import (
 )
 from napari_medit.editing.ddpm import FINAL, pairs
 from napari_medit.editing.radedit import RadEditParams, radedit
-from napari_medit.catalogue import Precision, RunOptions, SliceNoise
 from napari_medit.io import MedicalImage
 
 
@@ -42,7 +42,9 @@ MODELS = {
 def phantom_slice(shape=(16, 16), seed=0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[: shape[0], : shape[1]]
-    return (500 + 300 * np.sin(xx / 3.0) * np.cos(yy / 4.0) + 50 * rng.standard_normal(shape)).astype(np.float32)
+    return (500 + 300 * np.sin(xx / 3.0) * np.cos(yy / 4.0) + 50 * rng.standard_normal(shape)).astype(
+        np.float32
+    )
 
 
 # ---------------------------------------------------------------- step maths against diffusers
@@ -68,13 +70,25 @@ def test_inversion_then_reverse_reconstructs_input(name):
     """Edit prompt = inversion prompt, guidance 1, no masks: the reverse pass lands on x0."""
     model = MODELS[name]()
     side = model.resolution // model.latent_factor
-    x0 = torch.randn(2, model.latent_channels, side, side, generator=torch.Generator().manual_seed(0)).double() / 2
+    x0 = (
+        torch.randn(2, model.latent_channels, side, side, generator=torch.Generator().manual_seed(0)).double()
+        / 2
+    )
     conditions = torch.zeros(2, len(model.condition_names), side, side) if model.condition_names else None
     prompt = "pleural effusion" if model.text_conditioned and name != "analytic" else ""
-    params = RadEditParams(prompt=prompt, inversion_prompt=prompt, steps=12, skip=0, guidance=1.0,
-                           inversion_guidance=1.0)
-    out = radedit(model, x0, edit_mask=torch.ones(1), keep_mask=torch.zeros(1), params=params,
-                  noise=NoiseSource([1, 2]), progress=Progress(), conditions=conditions)
+    params = RadEditParams(
+        prompt=prompt, inversion_prompt=prompt, steps=12, skip=0, guidance=1.0, inversion_guidance=1.0
+    )
+    out = radedit(
+        model,
+        x0,
+        edit_mask=torch.ones(1),
+        keep_mask=torch.zeros(1),
+        params=params,
+        noise=NoiseSource([1, 2]),
+        progress=Progress(),
+        conditions=conditions,
+    )
     # The sampler runs in float64, so only the network's own float32 arithmetic remains: a network
     # gives ~1e-7 different answers for the doubled classifier-free-guidance batch than for the
     # inversion's batch, which 1/sqrt(alpha_bar) amplifies over the steps.
@@ -88,9 +102,15 @@ def test_last_inversion_step_is_finite_where_reference_divides_by_zero():
     t_last = schedule.timesteps(10)[-1]
     assert schedule.sigma(t_last, FINAL, 1.0) == 0.0  # z = residual / sigma would be NaN here
     x0 = torch.randn(1, 1, 16, 16)
-    out = radedit(model, x0, edit_mask=torch.ones(1), keep_mask=torch.zeros(1),
-                  params=RadEditParams(prompt="", steps=10, skip=0, guidance=1.0),
-                  noise=NoiseSource([0]), progress=Progress())
+    out = radedit(
+        model,
+        x0,
+        edit_mask=torch.ones(1),
+        keep_mask=torch.zeros(1),
+        params=RadEditParams(prompt="", steps=10, skip=0, guidance=1.0),
+        noise=NoiseSource([0]),
+        progress=Progress(),
+    )
     assert torch.isfinite(out).all()
 
 
@@ -103,8 +123,17 @@ def test_radedit_keep_mask_bit_identical_at_native_resolution():
     keep[:, :15] = True
     edit_mask = np.zeros(image.shape, bool)
     edit_mask[5:18, 20:33] = True
-    result = edit("radedit", image, model=tiny_models.text_unet(), prompt="effusion", steps=8, skip=2,
-                  edit_mask=edit_mask, keep_mask=keep, seed=3)
+    result = edit(
+        "radedit",
+        image,
+        model=tiny_models.text_unet(),
+        prompt="effusion",
+        steps=8,
+        skip=2,
+        edit_mask=edit_mask,
+        keep_mask=keep,
+        seed=3,
+    )
     out = result.image.array
     assert out.dtype == image.dtype and out.shape == image.shape
     np.testing.assert_array_equal(out[keep], image[keep])
@@ -123,8 +152,16 @@ def volume_with_lesion(shape=(20, 24, 6)):
 def test_mededit_changes_only_the_inpainting_mask_and_touched_slices():
     volume, brain, lesion = volume_with_lesion()
     image = MedicalImage(volume, np.diag([0.9, 0.9, 3.0, 1.0]))
-    result = edit("mededit", image, model=tiny_models.monai_unet(), pathology_mask=lesion, brain_mask=brain,
-                  axis=2, steps=10, seed=1)
+    result = edit(
+        "mededit",
+        image,
+        model=tiny_models.monai_unet(),
+        pathology_mask=lesion,
+        brain_mask=brain,
+        axis=2,
+        steps=10,
+        seed=1,
+    )
     out, inpaint = result.image.array, result.masks["inpaint_mask"]
     assert result.edited_slices == [2, 3]
     np.testing.assert_array_equal(out[~inpaint], volume[~inpaint])
@@ -136,16 +173,32 @@ def test_mededit_changes_only_the_inpainting_mask_and_touched_slices():
 
 def test_mededit_with_an_exact_denoiser_paints_the_conditional_mean():
     """std -> 0: the analytic model knows x0 exactly, so the inpainted region is its mean."""
-    model = GaussianDenoiser(tiny_models.scheduler("ddpm"), resolution=24, std=0.0, means={"": -0.5},
-                             condition_names=("pathology_mask", "brain_mask"), condition_shift=1.0,
-                             value_range=(0.0, 1.0))
+    model = GaussianDenoiser(
+        tiny_models.scheduler("ddpm"),
+        resolution=24,
+        std=0.0,
+        means={"": -0.5},
+        condition_names=("pathology_mask", "brain_mask"),
+        condition_shift=1.0,
+        value_range=(0.0, 1.0),
+    )
     volume, brain, lesion = volume_with_lesion((24, 24, 6))
     volume, brain, lesion = volume[..., 2:3], brain[..., 2:3], lesion[..., 2:3]
     window_low, window_high = np.percentile(volume, (0.5, 99.5))
-    result = edit("mededit", volume[..., 0], model=model, pathology_mask=lesion[..., 0], brain_mask=brain[..., 0],
-                  steps=50, dilation=5)
+    result = edit(
+        "mededit",
+        volume[..., 0],
+        model=model,
+        pathology_mask=lesion[..., 0],
+        brain_mask=brain[..., 0],
+        steps=50,
+        dilation=5,
+    )
     out, inpaint = result.image.array, result.masks["inpaint_mask"]
-    expected = lambda unit: np.clip(np.round(unit * (window_high - window_low) + window_low), volume.min(), volume.max())
+
+    def expected(unit):
+        return np.clip(np.round(unit * (window_high - window_low) + window_low), volume.min(), volume.max())
+
     np.testing.assert_allclose(out[lesion[..., 0]], expected(0.5), atol=1)  # mean -0.5 + shift 1.0
     ring = inpaint & ~lesion[..., 0]
     np.testing.assert_allclose(out[ring], expected(-0.5), atol=1)
@@ -187,14 +240,25 @@ def test_every_method_is_registered_with_a_case():
 
 
 # A value other than the default for every run option; a new option must join (the first test says so).
-OTHER_RUN_OPTIONS = [("seed", 3), ("axis", "coronal"), ("slices", "1:3"), ("batch_size", 1),
-                     *[("slice_noise", kind) for kind in SliceNoise], ("noise_correlation_mm", 2.0),
-                     ("through_plane_smoothing", 0.5), *[("precision", kind) for kind in Precision],
-                     ("compile_network", True)]
+OTHER_RUN_OPTIONS = [
+    ("seed", 3),
+    ("axis", "coronal"),
+    ("slices", "1:3"),
+    ("batch_size", 1),
+    *[("slice_noise", kind) for kind in SliceNoise],
+    ("noise_correlation_mm", 2.0),
+    ("through_plane_smoothing", 0.5),
+    *[("precision", kind) for kind in Precision],
+    ("compile_network", True),
+]
 # Besides each method's case model, the model kinds that take a method down another path: a VAE
 # (PIE's reference loop re-encodes with a posterior sample), an Euler ancestral scheduler (fractional
 # timesteps and step noise drawn by the scheduler, as public InstructPix2Pix checkpoints ship).
-OTHER_MODELS = {"pie": "latent-text-unet", "instruct": "instruct-unet-euler", "instructx2x": "instruct-unet-euler"}
+OTHER_MODELS = {
+    "pie": "latent-text-unet",
+    "instruct": "instruct-unet-euler",
+    "instructx2x": "instruct-unet-euler",
+}
 CASE_MODELS["instruct-unet-euler"] = lambda: tiny_models.instruct_unet(scheduler_kind="euler-ancestral")
 
 
@@ -212,8 +276,15 @@ def test_every_method_runs_on_a_volume_with_every_run_option(method, model, monk
     image = MedicalImage(volume, np.diag([1.0, 1.2, 2.5, 1.0]))
     case = {**CASES[method], "steps": 2}
     case.pop("model")
-    case.update({name: {"edit_mask": lesion, "pathology_mask": lesion, "roi_mask": lesion,
-                        "brain_mask": brain}[name] for name, value in case.items() if value is True})
+    case.update(
+        {
+            name: {"edit_mask": lesion, "pathology_mask": lesion, "roi_mask": lesion, "brain_mask": brain}[
+                name
+            ]
+            for name, value in case.items()
+            if value is True
+        }
+    )
     if "skip" in case:
         case["skip"] = 0
     loaded = CASE_MODELS[model]()
@@ -264,10 +335,22 @@ def test_pie_returns_every_step():
 
 
 def test_batching_does_not_change_a_slice():
-    volume, brain, lesion = volume_with_lesion((16, 16, 5))
+    volume, _brain, lesion = volume_with_lesion((16, 16, 5))
     lesion[8:12, 9:13, :] = True
-    outs = [edit("sdedit", volume, model=tiny_models.pixel_unet(), axis=2, strength=0.5, steps=4,
-                 edit_mask=lesion, batch_size=b, seed=7).image.array for b in (1, 5)]
+    outs = [
+        edit(
+            "sdedit",
+            volume,
+            model=tiny_models.pixel_unet(),
+            axis=2,
+            strength=0.5,
+            steps=4,
+            edit_mask=lesion,
+            batch_size=b,
+            seed=7,
+        ).image.array
+        for b in (1, 5)
+    ]
     np.testing.assert_allclose(outs[0], outs[1], atol=2)  # int16 rounding of float-level differences
 
 
@@ -329,8 +412,14 @@ def test_naive_repaint_matches_diffusers_repaint_scheduler():
     x0 = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(5)).clamp(-1, 1)
     inpaint = torch.zeros(1, 1, 16, 16)
     inpaint[..., 4:12, 4:12] = 1
-    ours = repaint(model, x0, inpaint_mask=inpaint, params=RePaintParams(steps=train_steps, jump_length=5,
-                   jump_n_sample=3), noise=ScriptedNoise(11), progress=Progress())
+    ours = repaint(
+        model,
+        x0,
+        inpaint_mask=inpaint,
+        params=RePaintParams(steps=train_steps, jump_length=5, jump_n_sample=3),
+        noise=ScriptedNoise(11),
+        progress=Progress(),
+    )
 
     reference = RePaintScheduler(num_train_timesteps=train_steps, **betas, eta=1.0, clip_sample=False)
     reference.set_timesteps(train_steps, jump_length=5, jump_n_sample=3)
@@ -363,7 +452,10 @@ def test_bad_requests_fail_with_one_clear_message():
         (dict(method="radedit", model=text, edit_mask=np.zeros(image.shape)), "empty"),
         (dict(method="radedit", model=pixel), "no text conditioning"),
         (dict(method="sdedit", model=pixel, prompt="effusion"), "takes no prompt"),
-        (dict(method="mededit", model=pixel, pathology_mask=region, brain_mask=region), "needs a model conditioned on pathology_mask and brain_mask"),
+        (
+            dict(method="mededit", model=pixel, pathology_mask=region, brain_mask=region),
+            "needs a model conditioned on pathology_mask and brain_mask",
+        ),
         (dict(method="mededit", model=monai, pathology_mask=region, brain_mask=~region), "outside the brain"),
         (dict(method="radedit", model=text, steps=0), "steps must be at least 1"),
         (dict(method="radedit", model=text, steps=10, skip=10), "skip must be in"),
@@ -400,9 +492,17 @@ def test_named_plane_gives_the_model_the_same_slices_whatever_the_voxel_order():
     options = dict(strength=0.5, steps=4, seed=2)
     by_name = edit("sdedit", image, model=tiny_models.pixel_unet(), axis="axial", edit_mask=lesion, **options)
     shown = image.reoriented()  # (S, P, L): axial slices along axis 0, radiological view
-    by_index = edit("sdedit", shown, model=tiny_models.pixel_unet(), axis=0,
-                    edit_mask=MedicalImage(lesion, affine).reoriented().array, **options)
-    np.testing.assert_array_equal(by_name.image.array, shown.with_array(by_index.image.array).in_source_orientation().array)
+    by_index = edit(
+        "sdedit",
+        shown,
+        model=tiny_models.pixel_unet(),
+        axis=0,
+        edit_mask=MedicalImage(lesion, affine).reoriented().array,
+        **options,
+    )
+    np.testing.assert_array_equal(
+        by_name.image.array, shown.with_array(by_index.image.array).in_source_orientation().array
+    )
     assert by_name.provenance["axis"] == "axial" and by_name.edited_slices == [2, 3]
     np.testing.assert_array_equal(by_name.masks["edit_mask"], lesion)
 
@@ -434,8 +534,10 @@ def test_mask_only_methods_run_unconditionally_on_text_models():
     region = np.zeros(image.shape, bool)
     region[4:10, 5:11] = True
     model = tiny_models.text_unet()
-    for method, options in (("sdedit", dict(strength=0.5, steps=4, edit_mask=region)),
-                            ("repaint", dict(steps=3, jump_length=1, jump_n_sample=1, pathology_mask=region))):
+    for method, options in (
+        ("sdedit", dict(strength=0.5, steps=4, edit_mask=region)),
+        ("repaint", dict(steps=3, jump_length=1, jump_n_sample=1, pathology_mask=region)),
+    ):
         out = edit(method, image, model=model, **options).image.array
         assert np.all(np.isfinite(out)) and not np.array_equal(out[region], image[region])
         np.testing.assert_array_equal(out[~region], image[~region])
@@ -443,17 +545,21 @@ def test_mask_only_methods_run_unconditionally_on_text_models():
 
 @pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
 def test_progress_slices_are_given_as_the_source_array_holds_them(plane):
-    """Whatever plane an edit slices along, previews are planes of the source array at the reported indices."""
+    """Whatever plane an edit slices along, previews are planes of the source array at the reported
+    indices."""
     from napari_medit.editing.run import _in_source_order
     from napari_medit.io.image import PLANES, apply_orientation, plane_axis, plane_transforms
 
     volume = np.random.default_rng(0).random((5, 6, 7))
-    affine = np.array([[0, 0, -2.0, 10], [1.5, 0, 0, -4], [0, -1.0, 0, 3], [0, 0, 0, 1]])  # permuted and flipped
+    affine = np.array(
+        [[0, 0, -2.0, 10], [1.5, 0, 0, -4], [0, -1.0, 0, 3], [0, 0, 0, 1]]
+    )  # permuted and flipped
     there, back = plane_transforms(affine, PLANES[plane])
     in_plane_order = apply_orientation(volume, there)
     chunk = [1, 3, 4]
-    axis, indices, planes = _in_source_order(chunk, in_plane_order[chunk], axis=0, back=back,
-                                             count=in_plane_order.shape[0])
+    axis, indices, planes = _in_source_order(
+        chunk, in_plane_order[chunk], axis=0, back=back, count=in_plane_order.shape[0]
+    )
     np.testing.assert_array_equal(planes, np.moveaxis(volume, axis, 0)[indices])
     source_axis, flipped = plane_axis(affine, plane)
     assert source_axis == axis
@@ -497,7 +603,9 @@ def test_reduced_precision_changes_only_the_edited_region_and_is_recorded():
     edit_mask[8:24, 8:20] = True
     keep_mask[12:16, 12:16] = True
     model = tiny_models.text_unet(32)
-    run = dict(model=model, prompt="effusion", steps=6, skip=0, edit_mask=edit_mask, keep_mask=keep_mask, seed=2)
+    run = dict(
+        model=model, prompt="effusion", steps=6, skip=0, edit_mask=edit_mask, keep_mask=keep_mask, seed=2
+    )
     full = edit("radedit", image, precision="float32", **run)
     brain = edit("radedit", image, precision="bfloat16", **run)
     assert (full.provenance["precision"], brain.provenance["precision"]) == ("float32", "bfloat16")
@@ -524,8 +632,11 @@ def test_a_compiled_network_gives_the_eager_result_and_is_compiled_once(monkeypa
     image, mask = phantom_slice((32, 32)), np.zeros((32, 32), bool)
     mask[8:24, 8:20] = True
     model = build()
-    method, masks = ("mededit", dict(pathology_mask=mask, brain_mask=np.ones_like(mask))) if build is tiny_models.monai_unet else (
-        "radedit", dict(edit_mask=mask, prompt="effusion"))
+    method, masks = (
+        ("mededit", dict(pathology_mask=mask, brain_mask=np.ones_like(mask)))
+        if build is tiny_models.monai_unet
+        else ("radedit", dict(edit_mask=mask, prompt="effusion"))
+    )
     run = dict(model=model, steps=3, seed=4, **masks)
     if method == "radedit":
         run["skip"] = 0
@@ -549,6 +660,17 @@ def test_a_network_torch_compile_cannot_compile_fails_with_one_message(monkeypat
     image, mask = phantom_slice((32, 32)), np.zeros((32, 32), bool)
     mask[8:24, 8:20] = True
     model, brain = tiny_models.monai_unet(), np.ones_like(mask)
-    with pytest.raises(EditError, match="torch.compile could not compile .*run without compile_network"):
-        edit("mededit", image, model=model, pathology_mask=mask, brain_mask=brain, steps=2, compile_network=True)
-    assert edit("mededit", image, model=model, pathology_mask=mask, brain_mask=brain, steps=2).image.array.shape == image.shape
+    with pytest.raises(EditError, match=r"torch.compile could not compile .*run without compile_network"):
+        edit(
+            "mededit",
+            image,
+            model=model,
+            pathology_mask=mask,
+            brain_mask=brain,
+            steps=2,
+            compile_network=True,
+        )
+    assert (
+        edit("mededit", image, model=model, pathology_mask=mask, brain_mask=brain, steps=2).image.array.shape
+        == image.shape
+    )

@@ -1,5 +1,5 @@
-"""Run once (not again on napari's previous release, unlike test_edit_widget.py): every method of the catalogue
-through every widget, on a 2D chest image and a brain volume: the Masks
+"""Run once (not again on napari's previous release, unlike test_edit_widget.py): every method of
+the catalogue through every widget, on a 2D chest image and a brain volume: the Masks
 widget makes and checks its masks, the Edit widget runs one short edit (on the default worker process),
 and the Compare widget saves the result, which reads back as shown."""
 
@@ -12,21 +12,36 @@ from napari_medit.catalogue import METHODS
 
 PLUGIN = "napari-medit"
 # A few steps each: enough to run every part of the method, not to make a good edit.
-SHORT = {"radedit": {"steps": 4}, "mededit": {"steps": 3}, "pie": {"steps": 4, "iterations": 2},
-         "sdedit": {"steps": 40}, "repaint": {"steps": 3}, "diffedit": {"steps": 4}, "instruct": {"steps": 3},
-         "instructx2x": {"steps": 3, "threshold": 0.0}}
-MODELS = {"mededit": "demo-brain", "repaint": "demo-brain", "instruct": "demo-cxr-instruct",
-          "instructx2x": "demo-cxr-instruct"}
+SHORT = {
+    "radedit": {"steps": 4},
+    "mededit": {"steps": 3},
+    "pie": {"steps": 4, "iterations": 2},
+    "sdedit": {"steps": 40},
+    "repaint": {"steps": 3},
+    "diffedit": {"steps": 4},
+    "instruct": {"steps": 3},
+    "instructx2x": {"steps": 3, "threshold": 0.0},
+}
+MODELS = {
+    "mededit": "demo-brain",
+    "repaint": "demo-brain",
+    "instruct": "demo-cxr-instruct",
+    "instructx2x": "demo-cxr-instruct",
+}
 
 
 def test_every_method_has_a_short_run_here():
     assert set(SHORT) == set(METHODS)  # a new method joins this file
 
 
-@pytest.mark.parametrize("sample, image, region_layer", [("cxr", "cxr", "edit_mask"), ("brain", "t1", "lesion_mask")],
-                         ids=["2D", "3D"])
-def test_every_method_through_masks_edit_and_compare(make_napari_viewer, qtbot, tmp_path, sample, image,
-                                                      region_layer):
+@pytest.mark.parametrize(
+    "sample, image, region_layer",
+    [("cxr", "cxr", "edit_mask"), ("brain", "t1", "lesion_mask")],
+    ids=["2D", "3D"],
+)
+def test_every_method_through_masks_edit_and_compare(
+    make_napari_viewer, qtbot, tmp_path, sample, image, region_layer
+):
     from napari_medit import read_image
     from napari_medit.io.layers import to_layer_data
 
@@ -43,14 +58,17 @@ def test_every_method_through_masks_edit_and_compare(make_napari_viewer, qtbot, 
     _, compare = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare")
     qtbot.waitUntil(lambda: edit.ready, timeout=120_000)
     if sample == "brain":  # one slice in view through the lesion: a short run
-        in_view = int(np.flatnonzero(region.any(axis=(1, 2)))[len(np.flatnonzero(region.any(axis=(1, 2)))) // 2])
+        in_view = int(
+            np.flatnonzero(region.any(axis=(1, 2)))[len(np.flatnonzero(region.any(axis=(1, 2)))) // 2]
+        )
         viewer.dims.set_point(0, source.data_to_world([in_view, 0, 0])[0])
     for method, spec in METHODS.items():
         masks.image.value, masks.method.value = image, method
         masks.create_masks()
         for role in spec.masks:
-            viewer.layers[f"{image} {role}"].data = (brain if role in ("brain_mask", "lung_mask") else region
-                                                     ).astype(np.uint8)
+            viewer.layers[f"{image} {role}"].data = (
+                brain if role in ("brain_mask", "lung_mask") else region
+            ).astype(np.uint8)
         assert masks.check() == [], method
         edit.method.value, edit.model.value, edit.image.value = method, MODELS.get(method, "demo-cxr"), image
         for role in spec.masks:
@@ -60,11 +78,15 @@ def test_every_method_through_masks_edit_and_compare(make_napari_viewer, qtbot, 
         for key, value in SHORT[method].items():
             edit.parameter(key).value = value
         edit.run()
-        qtbot.waitUntil(lambda: edit.run_button.enabled and edit.status.value.split(":")[0] in (
-            method, "failed", "cancelled"), timeout=300_000)
+        qtbot.waitUntil(
+            lambda method=method: (
+                edit.run_button.enabled and edit.status.value.split(":")[0] in (method, "failed", "cancelled")
+            ),
+            timeout=300_000,
+        )
         assert edit.status.value.startswith(f"{method}: done"), (method, edit.status.value)
         result = viewer.layers[f"{image} {method}"]
-        qtbot.waitUntil(lambda: compare.result.value == result.name, timeout=10_000)
+        qtbot.waitUntil(lambda name=result.name: compare.result.value == name, timeout=10_000)
         saved = compare.save(tmp_path / f"{method}.{'png' if sample == 'cxr' else 'nii.gz'}")
         assert saved, method
         shown_again, _, _ = to_layer_data(read_image(saved[0]), "reread", "image")  # as the reader shows it
@@ -100,9 +122,11 @@ for method, model, image, steps in (("radedit", "demo-cxr", "cxr", 3), ("mededit
     widget.run()
     wait(lambda: widget.run_button.enabled and widget.status.value.split(":")[0] in (method, "failed"))
     result, source = viewer.layers[f"{image} {method}"], viewer.layers[image]
+    elsewhere = result.metadata["edit"]["computed_on"]["process"] != __import__("os").getpid()
     print(method, widget.status.value.split(" in ")[0], result.data.shape == source.data.shape,
-          bool((result.data != source.data).any()), result.metadata["edit"]["computed_on"]["process"] != __import__("os").getpid())
-print("heavy:", sorted(name for name in ("torch", "diffusers", "monai", "transformers") if name in sys.modules))
+          bool((result.data != source.data).any()), elsewhere)
+heavy = ("torch", "diffusers", "monai", "transformers")
+print("heavy:", sorted(name for name in heavy if name in sys.modules))
 viewer.close()
 """
 
@@ -120,20 +144,24 @@ def test_the_default_compute_edits_in_a_worker_process_and_napari_never_imports_
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("compute: worker process models: ") and "demo-brain" in lines[0]
-    assert lines[1:3] == ["radedit radedit: done True True True", "mededit mededit: done True True True"], done.stdout
+    assert lines[1:3] == ["radedit radedit: done True True True", "mededit mededit: done True True True"], (
+        done.stdout
+    )
     assert lines[3] == "heavy: []"
 
 
-@pytest.mark.parametrize("method", ["radedit", "mededit", "pie", "sdedit", "repaint", "diffedit", "instruct",
-                                    "instructx2x"])
+@pytest.mark.parametrize(
+    "method", ["radedit", "mededit", "pie", "sdedit", "repaint", "diffedit", "instruct", "instructx2x"]
+)
 def test_the_masks_widget_makes_every_method_s_masks(make_napari_viewer, method, tmp_path):
     """Create empty masks, check them, load a file for each role: every role a method takes is one the
     Masks widget knows (its colours come from the catalogue; lung_mask once raised KeyError)."""
     from napari_medit import MedicalImage, write_image
     from napari_medit.catalogue import MASK_ROLES, METHODS
 
-    assert sorted(METHODS) == sorted(["radedit", "mededit", "pie", "sdedit", "repaint", "diffedit", "instruct",
-                                      "instructx2x"])  # a new method joins this test's list
+    assert sorted(METHODS) == sorted(
+        ["radedit", "mededit", "pie", "sdedit", "repaint", "diffedit", "instruct", "instructx2x"]
+    )  # a new method joins this test's list
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 40), np.float32), name="scan")
     _, masks = viewer.window.add_plugin_dock_widget(PLUGIN, "Masks")
@@ -144,7 +172,8 @@ def test_the_masks_widget_makes_every_method_s_masks(make_napari_viewer, method,
         layer = viewer.layers[f"scan {role}"]
         assert layer.data.shape == (32, 40) and not layer.data.any()
         assert layer.colormap.map(np.array([1]))[0, :3] == pytest.approx(
-            np.array([int(MASK_ROLES[role].color[i:i + 2], 16) / 255 for i in (1, 3, 5)]), abs=1e-3)
+            np.array([int(MASK_ROLES[role].color[i : i + 2], 16) / 255 for i in (1, 3, 5)]), abs=1e-3
+        )
     problems = masks.check()
     assert all(f"{role} ('scan {role}') is empty" in " ".join(problems) for role in spec.required_masks)
     for role in spec.masks:

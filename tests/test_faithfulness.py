@@ -5,17 +5,17 @@ import json
 
 import numpy as np
 import pytest
+import tiny_models
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
 
-import tiny_models
 from napari_medit import catalogue
 from napari_medit.catalogue import PIELoop, PIEParams
 from napari_medit.editing import EditError, GaussianDenoiser, edit
 from napari_medit.editing.control import NoiseSource, Progress
 from napari_medit.editing.ddpm import NoiseSchedule
 from napari_medit.editing.inversion import invert
-from napari_medit.editing.pie import OUTSIDE_ROI_KEEP, INSIDE_ROI_KEEP, pie
+from napari_medit.editing.pie import INSIDE_ROI_KEEP, OUTSIDE_ROI_KEEP, pie
 from napari_medit.editing.repaint import repeat_schedule
 from napari_medit.editing.run import _to_model_range
 from napari_medit.editing.slicing import Grid, IntensityWindow, binarised, to_latent_grid
@@ -58,17 +58,31 @@ def test_centre_crop_keeps_what_the_model_never_sees_bit_identical():
     the source outside the centred square, and the provenance says how the slice was fit."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 4000, size=(20, 32)).astype(np.int16)
-    model = analytic(means={"": 0.0, "clear": -0.8}, preprocessing=Preprocessing(Fit.center_crop, Intensity.min_max))
+    model = analytic(
+        means={"": 0.0, "clear": -0.8}, preprocessing=Preprocessing(Fit.center_crop, Intensity.min_max)
+    )
     with pytest.warns(UserWarning, match="38% of the edit_mask lies outside the centred 20x20 square"):
-        result = edit("radedit", image, model=model, edit_mask=np.ones_like(image), prompt="clear", steps=6,
-                      guidance=3.0)
+        result = edit(
+            "radedit",
+            image,
+            model=model,
+            edit_mask=np.ones_like(image),
+            prompt="clear",
+            steps=6,
+            guidance=3.0,
+        )
     out = result.image.array
     np.testing.assert_array_equal(out[:, :6], image[:, :6])
     np.testing.assert_array_equal(out[:, 26:], image[:, 26:])
     assert not np.array_equal(out[:, 6:26], image[:, 6:26])
-    assert result.provenance["preprocessing"] == {"fit": "center-crop", "resolution": 16, "region": [0, 6, 20, 20],
-                                                  "intensity": "min-max", "low": float(image[:, 6:26].min()),
-                                                  "high": float(image[:, 6:26].max())}
+    assert result.provenance["preprocessing"] == {
+        "fit": "center-crop",
+        "resolution": 16,
+        "region": [0, 6, 20, 20],
+        "intensity": "min-max",
+        "low": float(image[:, 6:26].min()),
+        "high": float(image[:, 6:26].max()),
+    }
 
 
 def test_the_intensity_window_is_taken_after_the_centre_crop():
@@ -77,8 +91,11 @@ def test_the_intensity_window_is_taken_after_the_centre_crop():
     rng = np.random.default_rng(2)
     image = rng.integers(100, 900, size=(16, 24)).astype(np.int16)
     image[2:5, :3] = 4095  # a marker left of the centred 16 x 16 square
-    model = analytic(resolution=16, means={"": 0.0, "clear": -0.8},
-                     preprocessing=Preprocessing(Fit.center_crop, Intensity.min_max))
+    model = analytic(
+        resolution=16,
+        means={"": 0.0, "clear": -0.8},
+        preprocessing=Preprocessing(Fit.center_crop, Intensity.min_max),
+    )
     mask = np.zeros_like(image, bool)
     mask[6:10, 10:14] = True
     result = edit("radedit", image, model=model, edit_mask=mask, prompt="clear", steps=4, guidance=3.0)
@@ -108,12 +125,30 @@ def test_model_folders_declare_their_preprocessing(tmp_path):
 
     model = tiny_models.monai_unet()
     model.preprocessing = Preprocessing(Fit.pad, Intensity.eight_bit)
-    folder = save_model(tmp_path / "m", model, {
-        "resolution": 16, "value_range": [0, 1], "condition_names": ["pathology_mask", "brain_mask"],
-        "network": dict(spatial_dims=2, in_channels=3, out_channels=1, channels=[8, 16],
-                        attention_levels=[False, True], num_res_blocks=1, num_head_channels=8, norm_num_groups=4),
-        "scheduler": {"class": "DDPMScheduler", "num_train_timesteps": 1000}})
-    assert json.loads((folder / "medit.json").read_text())["preprocessing"] == {"fit": "pad", "intensity": "8-bit"}
+    folder = save_model(
+        tmp_path / "m",
+        model,
+        {
+            "resolution": 16,
+            "value_range": [0, 1],
+            "condition_names": ["pathology_mask", "brain_mask"],
+            "network": dict(
+                spatial_dims=2,
+                in_channels=3,
+                out_channels=1,
+                channels=[8, 16],
+                attention_levels=[False, True],
+                num_res_blocks=1,
+                num_head_channels=8,
+                norm_num_groups=4,
+            ),
+            "scheduler": {"class": "DDPMScheduler", "num_train_timesteps": 1000},
+        },
+    )
+    assert json.loads((folder / "medit.json").read_text())["preprocessing"] == {
+        "fit": "pad",
+        "intensity": "8-bit",
+    }
     assert load_model(folder).preprocessing == Preprocessing(Fit.pad, Intensity.eight_bit)
     config = json.loads((folder / "medit.json").read_text())
     config["preprocessing"] = {"fit": "stretch"}
@@ -147,7 +182,9 @@ def test_clip_sample_step_equals_monai_ddpm_step():
     noise = torch.randn(eps.size(), generator=torch.Generator().manual_seed(2))
     ours = schedule.step(x_t.double(), eps.double(), t, t - 1, 1.0, noise.double())
     assert (x0_theirs.abs() == 1).any()  # the clip took effect
-    torch.testing.assert_close(schedule.predict_x0(x_t.double(), eps.double(), t), x0_theirs.double(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        schedule.predict_x0(x_t.double(), eps.double(), t), x0_theirs.double(), atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(ours, theirs.double(), atol=1e-5, rtol=0)
 
 
@@ -163,9 +200,13 @@ def test_clip_sample_step_equals_diffusers_ddim_step():
     torch.testing.assert_close(schedule.step(x_t, eps, t, t_prev, 0.0, None), theirs, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("setting, message", [
-    (dict(thresholding=True), "thresholding=True"), (dict(variance_type="learned_range"), "variance_type"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (dict(thresholding=True), "thresholding=True"),
+        (dict(variance_type="learned_range"), "variance_type"),
+    ],
+)
 def test_settings_the_engine_cannot_honour_are_refused(setting, message):
     with pytest.raises(ValueError, match=message):
         NoiseSchedule.from_scheduler(DDPMScheduler(**setting))
@@ -177,8 +218,12 @@ def test_provenance_states_the_scheduler_settings_applied():
     mask = np.zeros((16, 16), bool)
     mask[5:9, 5:9] = True
     result = edit("mededit", image, model=model, pathology_mask=mask, brain_mask=np.ones_like(mask), steps=3)
-    assert result.provenance["scheduler"] == {"class": "DDPMScheduler", "prediction_type": "epsilon",
-                                              "clip_sample": [-1.0, 1.0], "final_alpha_cumprod": 1.0}
+    assert result.provenance["scheduler"] == {
+        "class": "DDPMScheduler",
+        "prediction_type": "epsilon",
+        "clip_sample": [-1.0, 1.0],
+        "final_alpha_cumprod": 1.0,
+    }
 
 
 # ---------------------------------------------------------------- 3. PIE as its official script runs
@@ -197,8 +242,14 @@ class RecordingDenoiser(GaussianDenoiser):
 
 
 def pndm():
-    return PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True,
-                         steps_offset=1, set_alpha_to_one=False)  # sd-v1-4's scheduler
+    return PNDMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )  # sd-v1-4's scheduler
 
 
 def test_pie_reference_loop_is_run_pie_with_the_models_own_scheduler():
@@ -210,7 +261,9 @@ def test_pie_reference_loop_is_run_pie_with_the_models_own_scheduler():
     x0 = torch.linspace(-0.9, 0.9, 64, dtype=torch.float64).reshape(1, 1, 8, 8)
     roi = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
     roi[..., 2:6, 2:6] = 1
-    params = PIEParams(prompt="effusion", iterations=2, steps=10, strength=0.5, guidance=4.0, loop=PIELoop.reference)
+    params = PIEParams(
+        prompt="effusion", iterations=2, steps=10, strength=0.5, guidance=4.0, loop=PIELoop.reference
+    )
     ours = pie(model, x0, roi_mask=roi, params=params, noise=NoiseSource([5]), progress=Progress())
 
     noise = NoiseSource([5])  # the same streams, drawn in the loop's order
@@ -219,7 +272,7 @@ def test_pie_reference_loop_is_run_pie_with_the_models_own_scheduler():
     current, expected = x0, []
     for _ in range(2):
         scheduler.set_timesteps(10)
-        timesteps = scheduler.timesteps[10 - 5:]
+        timesteps = scheduler.timesteps[10 - 5 :]
         x = scheduler.add_noise(current, noise.draw((1, 8, 8), "img2img").double(), timesteps[:1])
         for i, t in enumerate(timesteps):
             if i > 0:
@@ -231,7 +284,7 @@ def test_pie_reference_loop_is_run_pie_with_the_models_own_scheduler():
         expected.append(z)
         current = torch.round(((z + 1) / 2).clamp(0, 1) * 255) / 255 * 2 - 1
     assert (OUTSIDE_ROI_KEEP, INSIDE_ROI_KEEP) == (0.01, 0.75)
-    for a, b in zip(ours, expected):
+    for a, b in zip(ours, expected, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
     # PNDM's list for 10 steps has 11 entries: the pipeline's slice [5:] holds 6, from one step higher
     # (one call per step: both guidance passes go in one batch).
@@ -245,12 +298,20 @@ def pndm_timesteps(steps):
 
 
 def test_pie_reference_loop_refuses_a_model_that_does_not_predict_noise():
-    model = analytic(DDIMScheduler(prediction_type="v_prediction"), resolution=8, means={"": 0.0, "effusion": 0.5})
+    model = analytic(
+        DDIMScheduler(prediction_type="v_prediction"), resolution=8, means={"": 0.0, "effusion": 0.5}
+    )
     roi = torch.ones(1, 1, 8, 8, dtype=torch.float64)
     params = PIEParams(prompt="effusion", iterations=1, steps=4, loop=PIELoop.reference)
     with pytest.raises(ValueError, match="this model predicts v_prediction: use loop 'latent'"):
-        pie(model, torch.zeros(1, 1, 8, 8, dtype=torch.float64), roi_mask=roi, params=params,
-            noise=NoiseSource([0]), progress=Progress())
+        pie(
+            model,
+            torch.zeros(1, 1, 8, 8, dtype=torch.float64),
+            roi_mask=roi,
+            params=params,
+            noise=NoiseSource([0]),
+            progress=Progress(),
+        )
 
 
 def test_pie_reference_loop_reencodes_an_eight_bit_image_with_a_vae_sample():
@@ -270,7 +331,8 @@ def test_pie_reference_loop_reencodes_an_eight_bit_image_with_a_vae_sample():
     assert len(first.progression) == 2
 
 
-# ---------------------------------------------------------------- 4. MedEdit's baselines as its paper ran them
+# ---------------------------------------------------------------- 4. MedEdit's baselines as its paper ran
+# them
 
 
 def test_mededit_resampling_repeats_each_step_as_its_code_does():
@@ -278,7 +340,10 @@ def test_mededit_resampling_repeats_each_step_as_its_code_does():
     (not at t = 0). In visit indices (index i steps from timestep i to i - 1):"""
     assert repeat_schedule(3, 2) == [2, 3, 2, 1, 2, 1, 0]
     assert repeat_schedule(4, 1) == [3, 2, 1, 0]
-    assert sum(1 for a, b in zip([5, *repeat_schedule(5, 3)], repeat_schedule(5, 3)) if b < a) == 4 * 3 + 1
+    assert (
+        sum(1 for a, b in zip([5, *repeat_schedule(5, 3)], repeat_schedule(5, 3), strict=False) if b < a)
+        == 4 * 3 + 1
+    )
 
 
 def test_naive_repaint_preset_is_mededits_loop_on_the_undilated_mask():
@@ -289,11 +354,17 @@ def test_naive_repaint_preset_is_mededits_loop_on_the_undilated_mask():
     lesion = np.zeros((16, 16), bool)
     lesion[6:10, 5:11] = True
     brain = np.ones_like(lesion)
-    naive = edit("repaint", image, model=model, preset="mededit-paper", pathology_mask=lesion, brain_mask=brain)
+    naive = edit(
+        "repaint", image, model=model, preset="mededit-paper", pathology_mask=lesion, brain_mask=brain
+    )
     mededit = edit("mededit", image, model=model, pathology_mask=lesion, brain_mask=brain, dilation=1)
     assert naive.provenance["preset"] == "mededit-paper"
-    assert naive.provenance["parameters"] == {"steps": 1000, "jump_length": 1, "jump_n_sample": 1,
-                                              "start": "noised_input"}
+    assert naive.provenance["parameters"] == {
+        "steps": 1000,
+        "jump_length": 1,
+        "jump_n_sample": 1,
+        "start": "noised_input",
+    }
     assert naive.provenance["model_evaluations"] == 1000
     np.testing.assert_array_equal(naive.image.array, mededit.image.array)
 
@@ -304,7 +375,9 @@ def test_presets_and_the_methods_own_defaults():
     assert catalogue.method("repaint").make_params({"steps": 50}, "mededit-paper").steps == 50  # given wins
     with pytest.raises(ValueError, match="radedit has no preset 'mededit-paper'; its presets: none"):
         catalogue.method("radedit").make_params({}, "mededit-paper")
-    assert catalogue.method("pie").make_params({"loop": "reference"}).loop is PIELoop.reference  # text from the API
+    assert (
+        catalogue.method("pie").make_params({"loop": "reference"}).loop is PIELoop.reference
+    )  # text from the API
     with pytest.raises(ValueError, match="loop must be one of reference, latent, got 'official'"):
         catalogue.method("pie").make_params({"loop": "official"})
 
@@ -313,17 +386,45 @@ def test_presets_reach_the_cli_and_the_manifest(tmp_path):
     from napari_medit.batch import read_manifest
     from napari_medit.cli import _parser, edit_job
 
-    args = _parser().parse_args(["edit", "repaint", "--image", "x.nii.gz", "--out", "y.nii.gz", "--model", "m",
-                                 "--pathology-mask", "p.nii.gz", "--preset", "mededit-paper", "--steps", "20"])
+    args = _parser().parse_args(
+        [
+            "edit",
+            "repaint",
+            "--image",
+            "x.nii.gz",
+            "--out",
+            "y.nii.gz",
+            "--model",
+            "m",
+            "--pathology-mask",
+            "p.nii.gz",
+            "--preset",
+            "mededit-paper",
+            "--steps",
+            "20",
+        ]
+    )
     job = edit_job(args)
     assert job.preset == "mededit-paper" and job.check().steps == 20 and job.check().jump_length == 1
     with pytest.raises(SystemExit):  # argparse: radedit offers no --preset
-        _parser().parse_args(["edit", "radedit", "--image", "x", "--out", "y.nii.gz", "--model", "m",
-                              "--preset", "mededit-paper"])
+        _parser().parse_args(
+            [
+                "edit",
+                "radedit",
+                "--image",
+                "x",
+                "--out",
+                "y.nii.gz",
+                "--model",
+                "m",
+                "--preset",
+                "mededit-paper",
+            ]
+        )
     manifest = tmp_path / "m.csv"
-    manifest.write_text("id,image,method,model,preset,strength\n"
-                        "a,x.nii.gz,sdedit,m,mededit-paper,\n"
-                        "b,x.nii.gz,sdedit,m,,\n")
+    manifest.write_text(
+        "id,image,method,model,preset,strength\na,x.nii.gz,sdedit,m,mededit-paper,\nb,x.nii.gz,sdedit,m,,\n"
+    )
     first, second = read_manifest(manifest, tmp_path / "out")
     assert (first.job.check().strength, second.job.check().strength) == (0.1, 0.5)
     manifest.write_text("id,image,method,model,preset\na,x.nii.gz,sdedit,m,mededit\n")
@@ -358,17 +459,37 @@ def test_radedit_inverts_with_guidance_when_given_an_inversion_prompt():
 
     guided = Guided(tiny_models.scheduler(), resolution=16)
     x0 = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(6)).double() / 2
-    steps = list(zip([900, 600, 300], [600, 300, -1]))
+    steps = list(zip([900, 600, 300], [600, 300, -1], strict=True))
     c, null = model.embed(["chest", ""], 1)
-    ours = invert(model, x0, steps, text=c, null=null, guidance=2.5, conditions=None, noise=NoiseSource([1]),
-                  progress=Progress())
-    reference = invert(guided, x0, steps, text=None, conditions=None, noise=NoiseSource([1]), progress=Progress())
+    ours = invert(
+        model,
+        x0,
+        steps,
+        text=c,
+        null=null,
+        guidance=2.5,
+        conditions=None,
+        noise=NoiseSource([1]),
+        progress=Progress(),
+    )
+    reference = invert(
+        guided, x0, steps, text=None, conditions=None, noise=NoiseSource([1]), progress=Progress()
+    )
     for t, _ in steps:
         torch.testing.assert_close(ours.residual[t], reference.residual[t], atol=1e-12, rtol=0)
     # And with the same prompt and the same guidance for both passes, the reverse pass is exact again.
     image = np.random.default_rng(7).random((16, 16)).astype(np.float32)
-    same = edit("radedit", image, model=model, prompt="chest", inversion_prompt="chest", guidance=2.5,
-                inversion_guidance=2.5, skip=0, steps=8)
+    same = edit(
+        "radedit",
+        image,
+        model=model,
+        prompt="chest",
+        inversion_prompt="chest",
+        guidance=2.5,
+        inversion_guidance=2.5,
+        skip=0,
+        steps=8,
+    )
     np.testing.assert_allclose(same.image.array, image, atol=1e-5)
 
 
@@ -409,8 +530,15 @@ def test_instructx2x_samples_with_ddim_built_from_the_folders_pndm_config(tmp_pa
     params = InstructX2XParams(prompt=PROMPT, steps=6, threshold=0.3)
     with torch.no_grad():
         x0 = model.encode(gray)
-        ours = instructx2x(model, x0, image=gray, region=torch.ones_like(gray), params=params,
-                           noise=NoiseSource([4]), progress=Progress())
+        ours = instructx2x(
+            model,
+            x0,
+            image=gray,
+            region=torch.ones_like(gray),
+            params=params,
+            noise=NoiseSource([4]),
+            progress=Progress(),
+        )
         keep = 1 - binarised(to_latent_grid(ours.maps["guidance_mask"], model.latent_factor))
         assert 0 < keep.mean() < 1
         ddim = DDIMScheduler.from_config(model.schedule.scheduler.config, clip_sample=False)
@@ -448,15 +576,23 @@ def test_instructx2x_records_the_ddim_it_ran_and_costs_three_passes_a_step(tmp_p
 
 # ---------------------------------------------------------------- 8. round two: PIE with any scheduler
 
-LOADABLE_SCHEDULERS = ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
-                       "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler", "DPMSolverMultistepScheduler"]
+LOADABLE_SCHEDULERS = [
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "PNDMScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+]
 
 
 def sd_scheduler(name):
     import diffusers
 
-    return getattr(diffusers, name)(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                    steps_offset=1)
+    return getattr(diffusers, name)(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1
+    )
 
 
 @pytest.mark.parametrize("name", LOADABLE_SCHEDULERS)
@@ -466,7 +602,9 @@ def test_pie_reference_loop_is_seeded_at_every_draw_with_every_scheduler(name):
     x0 = torch.linspace(-0.9, 0.9, 64, dtype=torch.float64).reshape(1, 1, 8, 8)
     roi = torch.zeros_like(x0)
     roi[..., 2:6, 2:6] = 1
-    params = PIEParams(prompt="effusion", iterations=2, steps=6, strength=0.8, guidance=4.0, loop=PIELoop.reference)
+    params = PIEParams(
+        prompt="effusion", iterations=2, steps=6, strength=0.8, guidance=4.0, loop=PIELoop.reference
+    )
 
     global_seeds = iter(range(100, 103))
 
@@ -476,7 +614,7 @@ def test_pie_reference_loop_is_seeded_at_every_draw_with_every_scheduler(name):
         return pie(model, x0, roi_mask=roi, params=params, noise=NoiseSource([seed]), progress=Progress())
 
     first, again, other = run(0), run(0), run(1)
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert all(torch.isfinite(v).all() for v in first)
     assert not torch.equal(first[-1], other[-1])
@@ -488,15 +626,19 @@ def test_fractional_timesteps_have_the_alpha_bar_euler_schedulers_step_with():
     scheduler = sd_scheduler("EulerDiscreteScheduler")
     scheduler.set_timesteps(7)
     schedule = NoiseSchedule.from_scheduler(scheduler)
-    fractional = [(t, s) for t, s in zip(scheduler.timesteps.tolist(), scheduler.sigmas.tolist())
-                  if t != int(t)]
+    fractional = [
+        (t, s)
+        for t, s in zip(scheduler.timesteps.tolist(), scheduler.sigmas.tolist(), strict=False)
+        if t != int(t)
+    ]
     assert fractional
     for t, sigma in fractional:
         assert schedule.alpha_bar(t) == pytest.approx(1 / (1 + sigma**2), rel=1e-6)
     assert schedule.alpha_bar(500.0) == float(schedule.alphas_cumprod[500])
 
 
-# ---------------------------------------------------------------- 9. round two: DiffEdit against diffusers' pipeline
+# ---------------------------------------------------------------- 9. round two: DiffEdit against diffusers'
+# pipeline
 
 
 def test_diffedit_inverts_unguided_unless_asked_and_binarises_its_mask():
@@ -506,7 +648,9 @@ def test_diffedit_inverts_unguided_unless_asked_and_binarises_its_mask():
     image = np.random.default_rng(4).random((16, 16)).astype(np.float32)
     mask = np.zeros((16, 16), bool)
     mask[4:12, 4:12] = True
-    run = dict(model=model, edit_mask=mask, prompt="clear", inversion_prompt="effusion", steps=10, strength=0.5)
+    run = dict(
+        model=model, edit_mask=mask, prompt="clear", inversion_prompt="effusion", steps=10, strength=0.5
+    )
     plain = edit("diffedit", image, **run)
     guided = edit("diffedit", image, inversion_guidance=7.5, **run)
     assert plain.provenance["parameters"]["inversion_guidance"] == 1.0

@@ -31,9 +31,14 @@ def fuzz(first: int, count: int, folder: Path) -> dict[int, tuple[str, str]]:
     environ = {**os.environ, "NAPARI_MEDIT_MAX_IMAGE_BYTES": "512M"}
     start = first
     while start < first + count:
-        child = subprocess.Popen([sys.executable, str(RUNNER), str(start), str(first + count - start), str(folder)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ,
-                                 preexec_fn=_cap_memory)
+        child = subprocess.Popen(
+            [sys.executable, str(RUNNER), str(start), str(first + count - start), str(folder)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environ,
+            preexec_fn=_cap_memory,
+        )
         expected = start
         while expected < first + count:
             ready, _, _ = select.select([child.stdout], [], [], CASE_SECONDS if expected > start else 120)
@@ -41,8 +46,10 @@ def fuzz(first: int, count: int, folder: Path) -> dict[int, tuple[str, str]]:
             if not line:  # the child died on case ``expected``, or hung on it
                 child.kill()
                 child.wait()
-                outcomes[expected] = ("WRONG", f"crashed or hung the reader (exit {child.returncode}): "
-                                               f"{child.stderr.read()[-300:]}")
+                outcomes[expected] = (
+                    "WRONG",
+                    f"crashed or hung the reader (exit {child.returncode}): {child.stderr.read()[-300:]}",
+                )
                 expected += 1
                 break
             index, outcome, detail = line.rstrip("\n").split("\t", 2)
@@ -61,12 +68,15 @@ def test_damaged_files_are_read_sanely_or_refused(tmp_path):
     wrong = {index: detail for index, (outcome, detail) in outcomes.items() if outcome == "WRONG"}
     print(f"fuzz: {CASES} cases, {counts['read']} read, {counts['refused']} refused, {len(wrong)} wrong")
     assert not wrong, "\n".join(f"case {i}: {d}" for i, d in sorted(wrong.items())[:20])
-    assert counts["read"] > CASES // 10 and counts["refused"] > CASES // 4  # the mutations reach both outcomes
+    assert (
+        counts["read"] > CASES // 10 and counts["refused"] > CASES // 4
+    )  # the mutations reach both outcomes
 
 
 # Cases that escaped the reader before it was hardened (Dec 2026: 46 of the first 360), one per kind of bug.
 FOUND = {
-    0: "NIfTI with a NaN sform, handed on with a NaN affine (nibabel takes the sform whenever its code is set)",
+    0: "NIfTI with a NaN sform, handed on with a NaN affine "
+    "(nibabel takes the sform whenever its code is set)",
     5: "PNG declaring 2**31 pixels: Pillow's DecompressionBombError straight through",
     17: "DICOM with a NaN orientation or spacing: accepted with a non-finite affine",
     27: "NIfTI with a singular sform: accepted",

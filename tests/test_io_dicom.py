@@ -3,9 +3,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import dicom_slice, save
 from pydicom.data import get_testdata_file
 
-from conftest import dicom_slice, save
 from napari_medit.io import ImageReadError, read_image
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -43,7 +43,9 @@ def test_agrees_with_nibabel_dicom_wrapper():
     image = read_image(path)
     for row, col in [(0, 0), (3, 40), (63, 63)]:
         expected = wrapper_affine @ [row, col, 0, 1]
-        np.testing.assert_allclose((image.affine @ [row, col, 0, 1])[:3], LPS_TO_RAS @ expected[:3], atol=1e-4)
+        np.testing.assert_allclose(
+            (image.affine @ [row, col, 0, 1])[:3], LPS_TO_RAS @ expected[:3], atol=1e-4
+        )
 
 
 def test_series_sorted_geometrically_with_oblique_affine(oblique_series):
@@ -56,7 +58,12 @@ def test_series_sorted_geometrically_with_oblique_affine(oblique_series):
     assert image.is_oblique
     assert image.spacing == pytest.approx([s["slice_gap"], *s["spacing"]])
     for k, row, col in [(0, 0, 0), (3, 7, 2), (6, 11, 9)]:
-        lps = s["origin"] + k * s["slice_gap"] * s["normal"] + row * 0.9 * s["along_col"] + col * 0.8 * s["along_row"]
+        lps = (
+            s["origin"]
+            + k * s["slice_gap"] * s["normal"]
+            + row * 0.9 * s["along_col"]
+            + col * 0.8 * s["along_row"]
+        )
         np.testing.assert_allclose((image.affine @ [k, row, col, 1])[:3], LPS_TO_RAS @ lps, atol=1e-4)
 
 
@@ -101,8 +108,13 @@ def test_radiograph_without_position_uses_patient_orientation(tmp_path):
 
 
 def test_folder_with_several_series_loads_largest_and_names_others(tmp_path, oblique_series):
-    other = dicom_slice(np.ones((4, 4), np.int16), position=(0, 0, 0), orientation=(1, 0, 0, 0, 1, 0),
-                        series_uid="9.9.9", description="localizer")
+    other = dicom_slice(
+        np.ones((4, 4), np.int16),
+        position=(0, 0, 0),
+        orientation=(1, 0, 0, 0, 1, 0),
+        series_uid="9.9.9",
+        description="localizer",
+    )
     save(other, oblique_series["folder"] / "sub" / "loc.dcm")
     (oblique_series["folder"] / "notes.txt").write_text("not dicom")
     image = read_image(oblique_series["folder"])
@@ -113,8 +125,10 @@ def test_folder_with_several_series_loads_largest_and_names_others(tmp_path, obl
 
 def test_duplicate_positions_refused(tmp_path):
     for k in range(2):
-        save(dicom_slice(np.ones((4, 4), np.int16), position=(0, 0, 5), orientation=(1, 0, 0, 0, 1, 0)),
-             tmp_path / f"echo{k}.dcm")
+        save(
+            dicom_slice(np.ones((4, 4), np.int16), position=(0, 0, 5), orientation=(1, 0, 0, 0, 1, 0)),
+            tmp_path / f"echo{k}.dcm",
+        )
     with pytest.raises(ImageReadError, match="share one position"):
         read_image(tmp_path)
 
@@ -126,12 +140,12 @@ def test_folder_without_dicom(tmp_path):
 
 
 def test_truncated_dicom(tmp_path):
-    with pytest.raises(ImageReadError, match="MR_truncated.dcm"):
+    with pytest.raises(ImageReadError, match=r"MR_truncated.dcm"):
         read_image(get_testdata_file("MR_truncated.dcm"))
     data = Path(get_testdata_file("MR_small.dcm")).read_bytes()
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageReadError, match="cut.dcm"):
+    with pytest.raises(ImageReadError, match=r"cut.dcm"):
         read_image(cut)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import dicom_slice, save
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, get_frame
 from pydicom.pixels import get_decoder
@@ -24,7 +25,6 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from conftest import dicom_slice, save
 from napari_medit.io import ImageReadError, read_image
 
 LOSSLESS = {
@@ -66,8 +66,13 @@ def compress(ds: pydicom.Dataset, syntax, near: int = 0) -> pydicom.Dataset:
         frame = imagecodecs.jpeg8_encode(samples, lossless=True, bitspersample=bits, predictor=predictor)
     elif syntax == JPEG2000Lossless:
         # A bare codestream (DICOM does not take JP2 boxes); few resolution levels so small images fit.
-        frame = imagecodecs.jpeg2k_encode(pixels, codecformat=imagecodecs.JPEG2K.CODEC.J2K, reversible=True,
-                                          bitspersample=bits, resolutions=2)
+        frame = imagecodecs.jpeg2k_encode(
+            pixels,
+            codecformat=imagecodecs.JPEG2K.CODEC.J2K,
+            reversible=True,
+            bitspersample=bits,
+            resolutions=2,
+        )
     else:
         frame = imagecodecs.jpegls_encode(samples, level=near)
     ds.PixelData = encapsulate([bytes(frame)])

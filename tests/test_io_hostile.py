@@ -70,11 +70,14 @@ def test_memory_past_the_limit_is_refused_before_reading(tmp_path, monkeypatch):
     write_image(tmp_path / "big.mgz", MedicalImage(np.zeros((20, 20, 20), np.float32), np.eye(4)))
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "big.png")
     for name in ("big.nii.gz", "big.mgz", "big.png"):
-        with pytest.raises(ImageReadError, match=rf"{name}: its pixel data .* would take .* more than the limit "
-                                                 r"NAPARI_MEDIT_MAX_IMAGE_BYTES sets \(1.0 KiB\).*set "
-                                                 "NAPARI_MEDIT_MAX_IMAGE_BYTES to a larger size"):
+        with pytest.raises(
+            ImageReadError,
+            match=rf"{name}: its pixel data .* would take .* more than the limit "
+            r"NAPARI_MEDIT_MAX_IMAGE_BYTES sets \(1.0 KiB\).*set "
+            "NAPARI_MEDIT_MAX_IMAGE_BYTES to a larger size",
+        ):
             read_image(tmp_path / name)
-    with pytest.raises(ImageReadError, match="MR_small.dcm: its pixel data .* more than the limit"):
+    with pytest.raises(ImageReadError, match=r"MR_small.dcm: its pixel data .* more than the limit"):
         read_image(get_testdata_file("MR_small.dcm"))
     monkeypatch.setenv("NAPARI_MEDIT_MAX_IMAGE_BYTES", "1G")
     assert read_image(tmp_path / "big.png").array.shape == (40, 40)
@@ -99,7 +102,7 @@ def png_declaring(tmp_path: Path, width: int, height: int) -> Path:
 
 def test_a_decompression_bomb_is_refused_with_one_message(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_MEDIT_MAX_IMAGE_BYTES", "512M")
-    with pytest.raises(ImageReadError, match="bomb.png: declares more pixels than Pillow will decode"):
+    with pytest.raises(ImageReadError, match=r"bomb.png: declares more pixels than Pillow will decode"):
         read_image(png_declaring(tmp_path, 30000, 30000))
     with pytest.raises(ImageReadError, match=r"bomb.png: its pixel data \(12000 x 12000\) would take"):
         read_image(png_declaring(tmp_path, 12000, 12000))  # under Pillow's bound, over the memory it needs
@@ -111,7 +114,7 @@ def test_a_corrupted_value_representation_is_an_image_read_error(tmp_path):
     data[at + 4 : at + 6] = b"ZZ"
     path = tmp_path / "vr.dcm"
     path.write_bytes(bytes(data))
-    with pytest.raises(ImageReadError, match="vr.dcm"):
+    with pytest.raises(ImageReadError, match=r"vr.dcm"):
         read_image(path)
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import rotation
+
 from napari_medit._reader import get_reader, layer_name
 from napari_medit._writer import write_image_layer
 from napari_medit.io import ImageReadError, MedicalImage, can_read, read_image, write_image
@@ -15,12 +15,14 @@ from napari_medit.io.layers import to_layer_data
 SHAPE = (20, 22, 24)
 # recon-all's conformed orientation, LIA (columns: towards Left, Inferior, Anterior), 1 mm voxels,
 # with a scanner centre off the origin; all values exact in float32, as MGH stores them.
-CONFORMED = np.array([
-    [-1.0, 0.0, 0.0, 12.5],
-    [0.0, 0.0, 1.0, -21.25],
-    [0.0, -1.0, 0.0, 30.0],
-    [0.0, 0.0, 0.0, 1.0],
-])
+CONFORMED = np.array(
+    [
+        [-1.0, 0.0, 0.0, 12.5],
+        [0.0, 0.0, 1.0, -21.25],
+        [0.0, -1.0, 0.0, 30.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
 
 
 def voxels(dtype) -> np.ndarray:
@@ -162,7 +164,7 @@ def test_napari_reader_and_writer(tmp_path):
     assert can_read(path) and can_read(tmp_path / "brain.mgz")
     reader = get_reader(str(path))
     assert reader is not None
-    (data, kwargs, layer_type), = reader(str(path))
+    ((data, kwargs, layer_type),) = reader(str(path))
     assert layer_type == "image" and kwargs["name"] == layer_name(path) == "brain"
     assert kwargs["scale"] == pytest.approx((1.0, 1.0, 1.0))
     # Saving the layer from napari as .mgz gives back the file's voxels, affine and header.

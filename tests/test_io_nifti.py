@@ -3,14 +3,19 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import rotation
 from nibabel.testing import data_path
 
-from conftest import rotation
 from napari_medit.io import ImageReadError, read_image, write_image
 
 NIBABEL_FILES = [
-    "anatomical.nii", "example4d.nii.gz", "example_nifti2.nii.gz", "functional.nii",
-    "reoriented_anat_moved.nii", "resampled_anat_moved.nii", "standard.nii.gz",
+    "anatomical.nii",
+    "example4d.nii.gz",
+    "example_nifti2.nii.gz",
+    "functional.nii",
+    "reoriented_anat_moved.nii",
+    "resampled_anat_moved.nii",
+    "standard.nii.gz",
 ]
 
 
@@ -114,7 +119,11 @@ def test_labels_from_napari_are_written_as_int32(tmp_path):
 
 @pytest.mark.parametrize(
     "content, problem",
-    [(b"", "empty"), (b"not a nifti file at all" * 20, "not a readable NIfTI"), ("truncate", "not a readable NIfTI")],
+    [
+        (b"", "empty"),
+        (b"not a nifti file at all" * 20, "not a readable NIfTI"),
+        ("truncate", "not a readable NIfTI"),
+    ],
 )
 def test_corrupt_files(tmp_path, content, problem):
     path = tmp_path / "bad.nii.gz"

@@ -50,7 +50,7 @@ def test_corrupt_png(tmp_path):
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(good)
     bad = tmp_path / "bad.png"
     bad.write_bytes(good.read_bytes()[:40])
-    with pytest.raises(ImageReadError, match="bad.png: not a readable PNG/JPEG"):
+    with pytest.raises(ImageReadError, match=r"bad.png: not a readable PNG/JPEG"):
         read_image(bad)
 
 

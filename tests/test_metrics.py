@@ -4,12 +4,20 @@ import math
 
 import numpy as np
 import pytest
-
 import tiny_models
+
 from napari_medit.editing import edit
 from napari_medit.metrics import (
-    EDITING_SCORE_THRESHOLD, change_map, edit_metrics, editing_score, fidelity, jsonable, keep_exactness,
-    passes_editing_score, relative_contrast, slice_consistency,
+    EDITING_SCORE_THRESHOLD,
+    change_map,
+    edit_metrics,
+    editing_score,
+    fidelity,
+    jsonable,
+    keep_exactness,
+    passes_editing_score,
+    relative_contrast,
+    slice_consistency,
 )
 
 
@@ -45,8 +53,11 @@ def test_keep_exactness_counts_changed_voxels_exactly():
     result = source.copy()
     result[3, 2] += 1.5
     result[10, 20] += 40  # outside the keep mask: not counted
-    assert keep_exactness(source, result, keep) == {"keep_voxels": 120, "keep_voxels_changed": 1,
-                                                    "keep_max_abs_change": 1.5}
+    assert keep_exactness(source, result, keep) == {
+        "keep_voxels": 120,
+        "keep_voxels_changed": 1,
+        "keep_max_abs_change": 1.5,
+    }
 
 
 def test_slice_consistency_flags_flicker_between_neighbouring_slices():
@@ -122,8 +133,15 @@ def test_engine_reports_metrics_in_result_and_provenance():
     pathology[1:4, 6:10, 6:10] = True
     brain = np.zeros(volume.shape, bool)
     brain[:, 2:14, 2:14] = True
-    result = edit("mededit", volume, model=tiny_models.monai_unet(), pathology_mask=pathology, brain_mask=brain,
-                  steps=3, seed=1)
+    result = edit(
+        "mededit",
+        volume,
+        model=tiny_models.monai_unet(),
+        pathology_mask=pathology,
+        brain_mask=brain,
+        steps=3,
+        seed=1,
+    )
     outside = result.metrics["outside"]
     assert outside["mae"] == 0 and outside["psnr"] == math.inf
     assert result.provenance["metrics"]["outside"]["psnr"] == "inf"
@@ -135,8 +153,16 @@ def test_engine_reports_metrics_in_result_and_provenance():
     keep[:, :5] = True
     edit_region = np.zeros(image.shape, bool)
     edit_region[5:12, 6:12] = True
-    radedit = edit("radedit", image, model=tiny_models.text_unet(), edit_mask=edit_region, keep_mask=keep,
-                   prompt="no effusion", steps=4, skip=1)
+    radedit = edit(
+        "radedit",
+        image,
+        model=tiny_models.text_unet(),
+        edit_mask=edit_region,
+        keep_mask=keep,
+        prompt="no effusion",
+        steps=4,
+        skip=1,
+    )
     assert radedit.metrics["keep"]["keep_voxels_changed"] == 0
     assert radedit.metrics["outside"]["mae"] > 0  # RadEdit may change everything outside the keep mask
     assert "slice_consistency" not in radedit.metrics

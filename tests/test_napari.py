@@ -29,7 +29,8 @@ def test_every_manifest_python_name_imports():
 
 
 def test_import_is_light():
-    code = "import sys, napari_medit; print(sorted({'torch','diffusers','monai','napari','qtpy'} & set(sys.modules)))"
+    heavy = "{'torch', 'diffusers', 'monai', 'napari', 'qtpy'}"
+    code = f"import sys, napari_medit; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -111,7 +112,7 @@ def test_corrupt_file_reports_and_adds_nothing(make_napari_viewer, tmp_path):
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"\x1f\x8b" + b"garbage" * 50)
     viewer = make_napari_viewer()
-    with pytest.raises(Exception, match="broken.nii.gz"):
+    with pytest.raises(Exception, match=r"broken.nii.gz"):
         viewer.open(str(bad), plugin=PLUGIN)
     assert len(viewer.layers) == 0
 
@@ -138,8 +139,11 @@ def test_painted_mask_saved_in_file_voxel_order(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     (image_layer,) = viewer.open(str(SAMPLE_T1), plugin=PLUGIN)
     labels = viewer.add_labels(
-        np.zeros(image_layer.data.shape, np.uint8), scale=image_layer.scale,
-        translate=image_layer.translate, metadata=dict(image_layer.metadata), name="lesion",
+        np.zeros(image_layer.data.shape, np.uint8),
+        scale=image_layer.scale,
+        translate=image_layer.translate,
+        metadata=dict(image_layer.metadata),
+        name="lesion",
     )
     labels.data[60, 70, 20] = 1  # (slice, row, col) as shown
     (written,) = napari.save_layers(str(tmp_path / "lesion.nii.gz"), [labels], plugin=PLUGIN)
@@ -186,13 +190,18 @@ def _past_the_memory_limit(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("make, fix", [
-    (_unusable_geometry, "set a valid sform or qform"),
-    (_bomb, "re-save it at its real size"),
-    (_past_the_memory_limit, "set NAPARI_MEDIT_MAX_IMAGE_BYTES to a larger size"),
-], ids=["singular-affine", "decompression-bomb", "memory-limit"])
-def test_each_refusal_names_its_fix_and_adds_nothing_to_the_viewer(make_napari_viewer, tmp_path, monkeypatch,
-                                                                   make, fix):
+@pytest.mark.parametrize(
+    "make, fix",
+    [
+        (_unusable_geometry, "set a valid sform or qform"),
+        (_bomb, "re-save it at its real size"),
+        (_past_the_memory_limit, "set NAPARI_MEDIT_MAX_IMAGE_BYTES to a larger size"),
+    ],
+    ids=["singular-affine", "decompression-bomb", "memory-limit"],
+)
+def test_each_refusal_names_its_fix_and_adds_nothing_to_the_viewer(
+    make_napari_viewer, tmp_path, monkeypatch, make, fix
+):
     monkeypatch.setenv("NAPARI_MEDIT_MAX_IMAGE_BYTES", "256K")
     path = make(tmp_path)
     before = path.read_bytes()

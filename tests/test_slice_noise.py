@@ -67,8 +67,10 @@ def test_independent_and_shared_noise_are_what_they_were():
 
 
 def generators(seed, count, index):
-    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index(i)]).generate_state(1)[0]))
-            for i in range(count)]
+    return [
+        torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index(i)]).generate_state(1)[0]))
+        for i in range(count)
+    ]
 
 
 def test_a_single_slice_draws_the_same_noise_in_every_mode():
@@ -84,7 +86,9 @@ def test_a_single_slice_draws_the_same_noise_in_every_mode():
 
 def smoothing(slices, region, strength=0.5, max_batch=8):
     model = GaussianDenoiser(tiny_models.scheduler("ddpm"), resolution=8)
-    return model, ThroughPlaneSmoothing(model, slices=slices, region=region, strength=strength, max_batch=max_batch)
+    return model, ThroughPlaneSmoothing(
+        model, slices=slices, region=region, strength=strength, max_batch=max_batch
+    )
 
 
 def test_the_smoothed_prediction_is_one_step_towards_the_neighbours_inside_the_region():
@@ -100,7 +104,9 @@ def test_the_smoothed_prediction_is_one_step_towards_the_neighbours_inside_the_r
     expected = x0 + 0.5 * region * (neighbours - x0)
     torch.testing.assert_close(x0_smoothed, expected, rtol=0, atol=1e-12)
     outside = region == 0
-    torch.testing.assert_close(x0_smoothed[outside.expand_as(x0)], x0[outside.expand_as(x0)], rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        x0_smoothed[outside.expand_as(x0)], x0[outside.expand_as(x0)], rtol=0, atol=1e-12
+    )
 
 
 def test_smoothing_commutes_with_classifier_free_guidance_and_micro_batches():
@@ -112,7 +118,7 @@ def test_smoothing_commutes_with_classifier_free_guidance_and_micro_batches():
     pieces = ThroughPlaneSmoothing(model, slices=[0, 1, 2], region=region, strength=0.8, max_batch=1)
     x_t = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     text, null = model.embed(["effusion", ""], 3)
-    guided, unconditional = whole.guided(x_t, 300, text, null, 7.5)
+    guided, _unconditional = whole.guided(x_t, 300, text, null, 7.5)
     plain_guided, _ = model.guided(x_t, 300, text, null, 7.5)
     torch.testing.assert_close(guided, whole.regularised(x_t, plain_guided, 300), rtol=0, atol=1e-9)
     torch.testing.assert_close(pieces.guided(x_t, 300, text, null, 7.5)[0], guided, rtol=0, atol=0)
@@ -136,8 +142,9 @@ def flat_volume(shape=(16, 16, 10)):
 def sdedit_volume(**options):
     image, region = flat_volume()
     model = GaussianDenoiser(tiny_models.scheduler("ddpm"), resolution=16, std=0.5)
-    result = edit("sdedit", image, model=model, axis=2, strength=0.6, steps=20, edit_mask=region, seed=4,
-                  **options)
+    result = edit(
+        "sdedit", image, model=model, axis=2, strength=0.6, steps=20, edit_mask=region, seed=4, **options
+    )
     return image, region, result
 
 
@@ -148,17 +155,24 @@ def consistency(image, region, result):
 def test_correlated_noise_and_smoothing_make_neighbouring_slices_agree():
     image, region, independent = sdedit_volume(slice_noise="independent")
     ratios = {"independent": consistency(image, region, independent)}
-    for name, options in {"shared": dict(slice_noise="shared"),
-                          "correlated": dict(slice_noise="correlated", noise_correlation_mm=12.0),
-                          "smoothed": dict(slice_noise="independent", through_plane_smoothing=0.8)}.items():
+    for name, options in {
+        "shared": dict(slice_noise="shared"),
+        "correlated": dict(slice_noise="correlated", noise_correlation_mm=12.0),
+        "smoothed": dict(slice_noise="independent", through_plane_smoothing=0.8),
+    }.items():
         ratios[name] = consistency(image, region, sdedit_volume(**options)[2])
     assert ratios["shared"] < ratios["correlated"] < 0.6 * ratios["independent"]
     assert ratios["smoothed"] < 0.8 * ratios["independent"]
 
 
-@pytest.mark.parametrize("options", [dict(slice_noise="correlated", noise_correlation_mm=5.0),
-                                     dict(slice_noise="independent", through_plane_smoothing=0.5),
-                                     dict(through_plane_smoothing=0.3)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(slice_noise="correlated", noise_correlation_mm=5.0),
+        dict(slice_noise="independent", through_plane_smoothing=0.5),
+        dict(through_plane_smoothing=0.3),
+    ],
+)
 def test_same_seed_same_result_and_untouched_slices_exact(options):
     image, region, first = sdedit_volume(**options)
     _, _, again = sdedit_volume(**options)
@@ -173,14 +187,29 @@ def test_same_seed_same_result_and_untouched_slices_exact(options):
     assert provenance["through_plane_smoothing"] == options.get("through_plane_smoothing", 0.0)
     correlated = options.get("slice_noise", "correlated") == "correlated"  # the default
     assert provenance["slice_noise"] == options.get("slice_noise", "correlated")
-    assert provenance["noise_correlation_mm"] == (options.get("noise_correlation_mm", 3.0) if correlated else None)
+    assert provenance["noise_correlation_mm"] == (
+        options.get("noise_correlation_mm", 3.0) if correlated else None
+    )
 
 
 def test_correlated_noise_does_not_depend_on_the_batch():
     volume, region = flat_volume()
-    outs = [edit("sdedit", volume, model=tiny_models.pixel_unet(), axis=2, strength=0.5, steps=4, edit_mask=region,
-                 batch_size=b, seed=7, slice_noise="correlated", noise_correlation_mm=6.0).image.array
-            for b in (1, 4)]
+    outs = [
+        edit(
+            "sdedit",
+            volume,
+            model=tiny_models.pixel_unet(),
+            axis=2,
+            strength=0.5,
+            steps=4,
+            edit_mask=region,
+            batch_size=b,
+            seed=7,
+            slice_noise="correlated",
+            noise_correlation_mm=6.0,
+        ).image.array
+        for b in (1, 4)
+    ]
     np.testing.assert_allclose(outs[0], outs[1], atol=2)  # int16 rounding of float-level differences
 
 
@@ -219,7 +248,14 @@ def test_bad_slice_options_are_one_clear_message():
     with pytest.raises(EditError, match="through_plane_smoothing must be between 0 \\(off\\) and 1, got 2"):
         edit("sdedit", image, model=model, axis=2, edit_mask=region, through_plane_smoothing=2)
     with pytest.raises(EditError, match="noise_correlation_mm must be a positive length in mm, got -1"):
-        edit("sdedit", image, model=model, axis=2, edit_mask=region, slice_noise="correlated",
-             noise_correlation_mm=-1)
+        edit(
+            "sdedit",
+            image,
+            model=model,
+            axis=2,
+            edit_mask=region,
+            slice_noise="correlated",
+            noise_correlation_mm=-1,
+        )
     with pytest.raises(EditError, match="slice_noise must be one of independent, shared, correlated"):
         edit("sdedit", image, model=model, axis=2, edit_mask=region, slice_noise="sometimes")

@@ -16,7 +16,7 @@ from napari_medit.io import PARTIAL_PREFIX
 from napari_medit.stress.demo import Scenario, write_demo_cases
 from napari_medit.stress.models import ModelUnderTest, ModelUnderTestError
 from napari_medit.stress.run import StressTestError, stress_test
-from napari_medit.stress.scenarios import (SCENARIOS, Task, average_hausdorff, dice, positive_rate, scenario)
+from napari_medit.stress.scenarios import SCENARIOS, Task, average_hausdorff, dice, positive_rate, scenario
 
 
 def rectangle(shape=(100, 100), top=20, left=10, height=50, width=30):
@@ -57,11 +57,17 @@ def test_the_filter_keeps_removals_called_negative_and_additions_that_raised_the
     removal, addition = SCENARIOS[Scenario.manifestation], SCENARIOS[Scenario.population]
     assert (removal.filter_threshold, addition.filter_threshold) == (0.5, 0.2)
     # a removal: where the edit ends, whatever the original was
-    assert removal.kept(0.99, 0.1, 0.5) and not removal.kept(0.99, 0.7, 0.5) and not removal.kept(0.99, 0.5, 0.5)
+    assert (
+        removal.kept(0.99, 0.1, 0.5) and not removal.kept(0.99, 0.7, 0.5) and not removal.kept(0.99, 0.5, 0.5)
+    )
     assert removal.kept(0.2, 0.1, 0.5)
     # an addition: how far the edit moved the probability from the original's
     assert addition.kept(0.01, 0.35, 0.2) and addition.kept(0.0, 0.2, 0.2)
-    assert not addition.kept(0.01, 0.2, 0.2) and not addition.kept(0.6, 0.7, 0.2) and not addition.kept(0.5, 0.3, 0.2)
+    assert (
+        not addition.kept(0.01, 0.2, 0.2)
+        and not addition.kept(0.6, 0.7, 0.2)
+        and not addition.kept(0.5, 0.3, 0.2)
+    )
     assert removal.filter_rule(0.5) == "p(pneumothorax) of the edit < 0.5"
     assert addition.filter_rule(0.2) == "p(effusion) of the edit - p(effusion) of the original >= 0.2"
     assert removal.finding == "pneumothorax" and SCENARIOS[Scenario.acquisition].finding == "effusion"
@@ -75,7 +81,10 @@ def test_instruction_edits_are_offered_for_additions_only():
     prompt, masks = population.edit_job(EditMethod.instructx2x, 3, {"lung_mask": lungs})
     assert prompt == "add a left pleural effusion" and set(masks) == {"roi_mask"}
     np.testing.assert_array_equal(masks["roi_mask"], population.edit_masks({"lung_mask": lungs})["edit_mask"])
-    assert population.edit_job(EditMethod.instructx2x, 0, {"lung_mask": lungs})[0] == "add a right pleural effusion"
+    assert (
+        population.edit_job(EditMethod.instructx2x, 0, {"lung_mask": lungs})[0]
+        == "add a right pleural effusion"
+    )
     with pytest.raises(ValueError, match="use --method radedit"):
         SCENARIOS[Scenario.acquisition].edit_job(EditMethod.instructx2x, 0, {"lung_mask": lungs})
 
@@ -126,7 +135,9 @@ def scripted(tmp_path, value, shape="classifier", name="model.pt"):
 
 def test_the_contract_is_checked_on_load(tmp_path):
     image = np.random.default_rng(0).random((20, 30))
-    assert ModelUnderTest.load(scripted(tmp_path, 0.7), Task.classifier).predict([image]) == [pytest.approx(0.7)]
+    assert ModelUnderTest.load(scripted(tmp_path, 0.7), Task.classifier).predict([image]) == [
+        pytest.approx(0.7)
+    ]
     mask = ModelUnderTest.load(scripted(tmp_path, 0.9, "segmenter"), Task.segmenter).predict([image])[0]
     assert mask.shape == (20, 30) and mask.all()
     with pytest.raises(ModelUnderTestError, match=r"must return \(N,\) or \(N, 1\).*shape \(2, 3\)"):
@@ -156,29 +167,59 @@ def cases(tmp_path_factory):
 def test_a_stress_test_writes_its_report_and_resumes(tmp_path, cases):
     model = scripted(tmp_path, 0.8)
     out = tmp_path / "run"
-    report = stress_test("manifestation", model_under_test=model, data=cases, editor="demo-cxr", out=out, workers=0,
-                         steps=3, show_progress=False)
+    report = stress_test(
+        "manifestation",
+        model_under_test=model,
+        data=cases,
+        editor="demo-cxr",
+        out=out,
+        workers=0,
+        steps=3,
+        show_progress=False,
+    )
     on_disk = json.loads((out / "report.json").read_text())
     for key in ("scenario", "metric", "original", "edited", "n_generated", "n_kept", "cases", "filter"):
         assert key in on_disk, key
     assert on_disk["scenario"] == "manifestation" and on_disk["n_generated"] == 2
-    assert on_disk["original"] == {"accuracy": 1.0, "positive rate": 1.0, "mean probability": pytest.approx(0.8)}
+    assert on_disk["original"] == {
+        "accuracy": 1.0,
+        "positive rate": 1.0,
+        "mean probability": pytest.approx(0.8),
+    }
     if on_disk["n_kept"]:  # a constant 0.8 calls every kept edit positive: none is right
         assert on_disk["edited"]["accuracy"] == 0.0 and on_disk["edited"]["positive rate"] == 1.0
     kept = [c for c in on_disk["cases"] if c["kept"]]
     assert on_disk["n_kept"] == len(kept)
     for case in on_disk["cases"]:
-        assert case["provenance"]["method"] == "radedit" and case["provenance"]["parameters"]["prompt"] == "No findings"
-        assert set(case) >= {"id", "image", "edited", "filter_probability", "filter_probability_original", "kept",
-                             "original_probability"}
+        assert (
+            case["provenance"]["method"] == "radedit"
+            and case["provenance"]["parameters"]["prompt"] == "No findings"
+        )
+        assert set(case) >= {
+            "id",
+            "image",
+            "edited",
+            "filter_probability",
+            "filter_probability_original",
+            "kept",
+            "original_probability",
+        }
     assert (out / "report.html").read_text().startswith("<!doctype html>")
     assert report["filter"]["keeps"] == "p(pneumothorax) of the edit < 0.5"
 
     # An interruption: one edit's sidecar is gone; a second run redoes that edit only.
     first = on_disk["cases"][0]["id"]
     (out / "edits" / f"{first}.json").unlink()
-    stress_test("manifestation", model_under_test=model, data=cases, editor="demo-cxr", out=out, workers=0, steps=3,
-                show_progress=False)
+    stress_test(
+        "manifestation",
+        model_under_test=model,
+        data=cases,
+        editor="demo-cxr",
+        out=out,
+        workers=0,
+        steps=3,
+        show_progress=False,
+    )
     summary = {r["id"]: r["status"] for r in json.loads((out / "edits" / "summary.json").read_text())}
     assert summary == {first: "done", on_disk["cases"][1]["id"]: "skipped"}
 
@@ -195,10 +236,18 @@ def test_a_stress_test_writes_its_report_and_resumes(tmp_path, cases):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Path, "write_text", dies_halfway)
         with pytest.raises(OSError, match="No space left"):
-            stress_test("manifestation", model_under_test=model, data=cases, editor="demo-cxr", out=out, workers=0,
-                        steps=3, show_progress=False)
+            stress_test(
+                "manifestation",
+                model_under_test=model,
+                data=cases,
+                editor="demo-cxr",
+                out=out,
+                workers=0,
+                steps=3,
+                show_progress=False,
+            )
     assert {name: (out / name).read_bytes() for name in reports} == reports
-    assert not [p for p in out.rglob(f"{PARTIAL_PREFIX}*")]
+    assert not list(out.rglob(f"{PARTIAL_PREFIX}*"))
 
 
 def test_bad_requests_are_refused_before_anything_is_written(tmp_path, cases):
@@ -207,16 +256,28 @@ def test_bad_requests_are_refused_before_anything_is_written(tmp_path, cases):
         scenario("drift")
     population_cases = write_demo_cases(Scenario.population, 1, tmp_path / "healthy")
     with pytest.raises(StressTestError, match="needs a 'drain_mask' column"):
-        stress_test("manifestation", model_under_test=model, data=population_cases, editor="demo-cxr", out=out)
+        stress_test(
+            "manifestation", model_under_test=model, data=population_cases, editor="demo-cxr", out=out
+        )
     with pytest.raises(StressTestError, match="no cases"):
-        stress_test("acquisition", model_under_test=model, data=tmp_path / "nowhere", editor="demo-cxr", out=out)
+        stress_test(
+            "acquisition", model_under_test=model, data=tmp_path / "nowhere", editor="demo-cxr", out=out
+        )
     with pytest.raises(ModelUnderTestError, match="a segmenter must return"):
         stress_test("population", model_under_test=model, data=population_cases, editor="demo-cxr", out=out)
     with pytest.raises(StressTestError, match="use --method radedit"):
-        stress_test("manifestation", model_under_test=model, data=cases, editor="demo-cxr", out=out,
-                    method="instructx2x")
+        stress_test(
+            "manifestation",
+            model_under_test=model,
+            data=cases,
+            editor="demo-cxr",
+            out=out,
+            method="instructx2x",
+        )
     with pytest.raises(StressTestError, match="unknown edit method 'lance'"):
-        stress_test("manifestation", model_under_test=model, data=cases, editor="demo-cxr", out=out, method="lance")
+        stress_test(
+            "manifestation", model_under_test=model, data=cases, editor="demo-cxr", out=out, method="lance"
+        )
     broken = cases.parent / "broken.csv"  # beside the cases, so its relative paths resolve
     broken.write_text(cases.read_text().replace("_drain_mask.png", "_gone.png"))
     with pytest.raises(StressTestError, match="does not exist"):
@@ -226,14 +287,33 @@ def test_bad_requests_are_refused_before_anything_is_written(tmp_path, cases):
     assert not out.exists()
 
 
-
 def test_demo_wiring_from_the_cli(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["stress-test", "population", "--demo", "--n", "2", "--steps", "3", "--workers", "0",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "stress-test",
+                "population",
+                "--demo",
+                "--n",
+                "2",
+                "--steps",
+                "3",
+                "--workers",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["model_under_test"] == "napari_medit.stress.demo:lung_segmenter"
-    assert (report["editor"], report["method"], report["n_generated"]) == ("demo-cxr-instruct", "instructx2x", 2)
+    assert (report["editor"], report["method"], report["n_generated"]) == (
+        "demo-cxr-instruct",
+        "instructx2x",
+        2,
+    )
     assert report["original"]["dice"] > 0.9  # healthy lungs: the segmenter's home ground
     assert len(list((out / "data").glob("population-*_lung_mask.png"))) == 2
     printed = capsys.readouterr().out
@@ -245,8 +325,17 @@ def test_a_population_run_measures_the_segmenter_against_the_lung_masks(tmp_path
 
     cases = write_demo_cases(Scenario.population, 2, tmp_path / "healthy")
     everything = scripted(tmp_path, 0.9, "segmenter")  # calls every pixel lung
-    report = stress_test("population", model_under_test=everything, data=cases, editor="demo-cxr-instruct",
-                         method="instructx2x", out=tmp_path / "run", workers=0, steps=3, show_progress=False)
+    report = stress_test(
+        "population",
+        model_under_test=everything,
+        data=cases,
+        editor="demo-cxr-instruct",
+        method="instructx2x",
+        out=tmp_path / "run",
+        workers=0,
+        steps=3,
+        show_progress=False,
+    )
     assert report["filter"]["keeps"] == "p(effusion) of the edit - p(effusion) of the original >= 0.2"
     assert report["n_generated"] == 2 and report["n_kept"] == sum(c["kept"] for c in report["cases"])
     for index, case in enumerate(report["cases"]):
@@ -285,33 +374,63 @@ def test_the_editing_score_filter_keeps_edits_that_move_towards_the_text(tmp_pat
     (tmp_path / "toy_encoder.py").write_text(TOY_ENCODER)
     monkeypatch.syspath_prepend(str(tmp_path))
     cases = write_demo_cases(Scenario.population, 2, tmp_path / "healthy")
-    report = stress_test("population", model_under_test=scripted(tmp_path, 0.9, "segmenter"), data=cases,
-                         editor="demo-cxr-instruct", method="instructx2x", out=tmp_path / "run", workers=0, steps=3,
-                         filter_encoder="toy_encoder:brightness", show_progress=False)
-    assert report["filter"] == {"kind": "editing score", "judge": "toy_encoder:brightness",
-                                "real_text": "No findings", "edit_text": "Pleural effusion", "threshold": 0.2,
-                                "keeps": "editing score S('No findings' -> 'Pleural effusion') >= 0.2"}
+    report = stress_test(
+        "population",
+        model_under_test=scripted(tmp_path, 0.9, "segmenter"),
+        data=cases,
+        editor="demo-cxr-instruct",
+        method="instructx2x",
+        out=tmp_path / "run",
+        workers=0,
+        steps=3,
+        filter_encoder="toy_encoder:brightness",
+        show_progress=False,
+    )
+    assert report["filter"] == {
+        "kind": "editing score",
+        "judge": "toy_encoder:brightness",
+        "real_text": "No findings",
+        "edit_text": "Pleural effusion",
+        "threshold": 0.2,
+        "keeps": "editing score S('No findings' -> 'Pleural effusion') >= 0.2",
+    }
     for case in report["cases"]:
-        change = read_image(case["edited"]).array.astype(float).mean() - read_image(case["image"]).array.mean()
+        change = (
+            read_image(case["edited"]).array.astype(float).mean() - read_image(case["image"]).array.mean()
+        )
         if change:
             assert case["editing_score"] == np.sign(change)
         else:
             assert np.isnan(case["editing_score"])
         assert case["kept"] == (change > 0)
     with pytest.raises(ValueError, match=r"has no embed_images or embed_texts"):
-        stress_test("population", model_under_test=scripted(tmp_path, 0.9, "segmenter"), data=cases,
-                    editor="demo-cxr-instruct", method="instructx2x", out=tmp_path / "bad",
-                    filter_encoder="toy_encoder:half")
+        stress_test(
+            "population",
+            model_under_test=scripted(tmp_path, 0.9, "segmenter"),
+            data=cases,
+            editor="demo-cxr-instruct",
+            method="instructx2x",
+            out=tmp_path / "bad",
+            filter_encoder="toy_encoder:half",
+        )
     assert not (tmp_path / "bad").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("health_multimodal") is not None, reason="hi-ml-multimodal installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("health_multimodal") is not None, reason="hi-ml-multimodal installed"
+)
 def test_biovil_t_without_its_package_is_one_clear_message(tmp_path, cases):
     from napari_medit.stress.biovil import biovil_t
 
     with pytest.raises(ModelUnderTestError, match=r"BioViL-T needs Microsoft's hi-ml-multimodal package"):
         biovil_t()
     with pytest.raises(ModelUnderTestError, match=r"pip install hi-ml-multimodal"):
-        stress_test("manifestation", model_under_test=scripted(tmp_path, 0.5), data=cases, editor="demo-cxr",
-                    out=tmp_path / "run", filter_encoder="napari_medit.stress.biovil:biovil_t")
+        stress_test(
+            "manifestation",
+            model_under_test=scripted(tmp_path, 0.5),
+            data=cases,
+            editor="demo-cxr",
+            out=tmp_path / "run",
+            filter_encoder="napari_medit.stress.biovil:biovil_t",
+        )
     assert not (tmp_path / "run").exists()

@@ -13,8 +13,15 @@ from napari_medit.training.loop import TrainConfig
 
 
 def brain_config(out, steps):
-    return TrainConfig(out=out, steps=steps, batch_size=4, learning_rate=1e-3, warmup=5,
-                       validate_every=10_000, checkpoint_every=5)
+    return TrainConfig(
+        out=out,
+        steps=steps,
+        batch_size=4,
+        learning_rate=1e-3,
+        warmup=5,
+        validate_every=10_000,
+        checkpoint_every=5,
+    )
 
 
 def test_brain_training_lowers_the_loss_and_writes_a_model(tmp_path):
@@ -52,8 +59,27 @@ def test_a_finished_run_re_exports_in_float16_from_its_checkpoint(tmp_path):
 
     folder = train_brain(brain_config(tmp_path / "brain", 5), resolution=32)
     full = load_file(folder / "model.safetensors")
-    assert main(["train", "brain", "--out", str(folder), "--steps", "5", "--resolution", "32", "--batch-size", "4",
-                 "--learning-rate", "1e-3", "--resume", "--save-float16"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "brain",
+                "--out",
+                str(folder),
+                "--steps",
+                "5",
+                "--resolution",
+                "32",
+                "--batch-size",
+                "4",
+                "--learning-rate",
+                "1e-3",
+                "--resume",
+                "--save-float16",
+            ]
+        )
+        == 0
+    )
     half = load_file(folder / "model.safetensors")
     assert half.keys() == full.keys()
     for key, value in full.items():
@@ -71,8 +97,15 @@ def test_resume_without_checkpoint_says_so(tmp_path):
 def test_cxr_training_writes_a_text_conditioned_model(tmp_path):
     from napari_medit.training.cxr import train_cxr
 
-    config = TrainConfig(out=tmp_path / "cxr", steps=30, batch_size=4, learning_rate=1e-3, warmup=5,
-                         validate_every=10_000, checkpoint_every=10)
+    config = TrainConfig(
+        out=tmp_path / "cxr",
+        steps=30,
+        batch_size=4,
+        learning_rate=1e-3,
+        warmup=5,
+        validate_every=10_000,
+        checkpoint_every=10,
+    )
     folder = train_cxr(config, resolution=32)
     log = json.loads((folder / "training_log.json").read_text())
     assert log["loss_per_10_steps"][-1] < log["loss_per_10_steps"][0]
@@ -96,8 +129,16 @@ def test_ema_training_saves_the_average_and_resumes_exactly(tmp_path):
     from napari_medit.training.brain import train_brain
 
     def config(out, steps):
-        return TrainConfig(out=out, steps=steps, batch_size=2, learning_rate=1e-3, warmup=2,
-                           validate_every=10_000, checkpoint_every=3, ema_decay=0.9)
+        return TrainConfig(
+            out=out,
+            steps=steps,
+            batch_size=2,
+            learning_rate=1e-3,
+            warmup=2,
+            validate_every=10_000,
+            checkpoint_every=3,
+            ema_decay=0.9,
+        )
 
     unbroken = train_brain(config(tmp_path / "unbroken", 6), resolution=32)
     train_brain(config(tmp_path / "broken", 3), resolution=32)
@@ -162,8 +203,12 @@ def test_instruction_model_starts_as_the_text_to_image_model_it_is_initialised_f
     from napari_medit.training.cxr import train_cxr
     from napari_medit.training.cxr_instruct import build, initialise_from, vocabulary
 
-    donor_folder = train_cxr(TrainConfig(out=tmp_path / "cxr", steps=2, batch_size=2, warmup=1,
-                                         validate_every=10_000, checkpoint_every=10), resolution=32)
+    donor_folder = train_cxr(
+        TrainConfig(
+            out=tmp_path / "cxr", steps=2, batch_size=2, warmup=1, validate_every=10_000, checkpoint_every=10
+        ),
+        resolution=32,
+    )
     donor = load_model(donor_folder)
     unet, text_encoder, _ = build(32, vocabulary(), in_channels=2)
     initialise_from(unet, text_encoder, donor_folder)
@@ -188,7 +233,11 @@ def test_instruction_model_starts_as_the_text_to_image_model_it_is_initialised_f
         return [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
 
     def unchanged(modules, before):
-        return all(torch.equal(b[k], v) for m, b in zip(modules, before) for k, v in m.state_dict().items())
+        return all(
+            torch.equal(b[k], v)
+            for m, b in zip(modules, before, strict=True)
+            for k, v in m.state_dict().items()
+        )
 
     larger, encoder, _ = build(128, vocabulary(), in_channels=2)  # one level more
     before = snapshot(larger, encoder.model)
@@ -196,11 +245,28 @@ def test_instruction_model_starts_as_the_text_to_image_model_it_is_initialised_f
         initialise_from(larger, encoder, donor_folder)
     assert unchanged((larger, encoder.model), before)
 
-    narrow = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocabulary()), hidden_size=32, intermediate_size=64,
-                                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16))
-    shallower = CLIPTextModel(text_encoder.model.config.__class__(**{
-        **text_encoder.model.config.to_dict(), "num_hidden_layers": text_encoder.model.config.num_hidden_layers - 1}))
-    for other, message in ((narrow, "not a CLIP text model of this one's width"), (shallower, "another shape")):
+    narrow = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocabulary()),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+        )
+    )
+    shallower = CLIPTextModel(
+        text_encoder.model.config.__class__(
+            **{
+                **text_encoder.model.config.to_dict(),
+                "num_hidden_layers": text_encoder.model.config.num_hidden_layers - 1,
+            }
+        )
+    )
+    for other, message in (
+        (narrow, "not a CLIP text model of this one's width"),
+        (shallower, "another shape"),
+    ):
         unet, _, _ = build(32, vocabulary(), in_channels=2)
         before = snapshot(unet, other)
         with pytest.raises(ValueError, match=message):

@@ -1,4 +1,5 @@
-"""Model backends: where Denoisers come from (model folders, presets, Stable Diffusion-style folders, the hub).
+"""Model backends: where Denoisers come from (model folders, presets, Stable Diffusion-style
+folders, the hub).
 
 Naming and describing models needs no torch (``registry``); loading them does, so
 ``load_model`` and ``save_model`` are imported on first use.
@@ -6,8 +7,16 @@ Naming and describing models needs no torch (``registry``); loading them does, s
 
 from .registry import CONFIG_NAME, ModelLoadError, describe, describe_presets, model_folders, resolve
 
-__all__ = ["CONFIG_NAME", "ModelLoadError", "describe", "describe_presets", "load_model", "model_folders", "resolve",
-           "save_model"]
+__all__ = [
+    "CONFIG_NAME",
+    "ModelLoadError",
+    "describe",
+    "describe_presets",
+    "load_model",
+    "model_folders",
+    "resolve",
+    "save_model",
+]
 
 
 def __getattr__(name: str):

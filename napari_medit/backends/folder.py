@@ -62,10 +62,16 @@ def _load(path, device, trust_remote_code: bool, download: bool) -> Denoiser:
 
     spec = str(path)
     if spec in presets.PRESETS:
-        return _to_device(presets.load_radedit(download, trust_remote_code,
-                                               text_attention_mask=spec != presets.RADEDIT_UNMASKED_TEXT), device)
+        return _to_device(
+            presets.load_radedit(
+                download, trust_remote_code, text_attention_mask=spec != presets.RADEDIT_UNMASKED_TEXT
+            ),
+            device,
+        )
     repository = hub_repository(spec)
-    if repository == presets.RADEDIT_UNET:  # the published RadEdit UNet: the preset brings its VAE and text encoder
+    if (
+        repository == presets.RADEDIT_UNET
+    ):  # the published RadEdit UNet: the preset brings its VAE and text encoder
         return _to_device(presets.load_radedit(download, trust_remote_code), device)
     if repository is not None:  # offline unless download=True: a missing repository fails at once
         folder = presets.fetch(repository, download)
@@ -121,7 +127,9 @@ def save_model(folder: str | Path, denoiser: Denoiser, config: dict[str, Any], f
         save_file(state, folder / "model.safetensors")
     elif isinstance(denoiser, DiffusersDenoiser):
         config["backend"] = "diffusers"
-        unet = copy.deepcopy(denoiser.unet).half() if float16 else denoiser.unet  # the live network stays float32
+        unet = (
+            copy.deepcopy(denoiser.unet).half() if float16 else denoiser.unet
+        )  # the live network stays float32
         unet.save_pretrained(folder / "unet", safe_serialization=True)
         denoiser.schedule.scheduler.save_pretrained(folder / "scheduler")
         if denoiser.text_encoder is not None:
@@ -151,13 +159,18 @@ def _load_monai(folder: Path, config: dict) -> MonaiDenoiser:
     if missing or unexpected:
         raise ModelLoadError(
             f"{weights}: weights do not match the network in {CONFIG_NAME} "
-            f"({len(missing)} missing, {len(unexpected)} unexpected tensors, e.g. {(missing + unexpected)[0]})"
+            f"({len(missing)} missing, {len(unexpected)} unexpected tensors, e.g. "
+            f"{(missing + unexpected)[0]})"
         )
     scheduler_config = dict(config["scheduler"])
     scheduler = getattr(schedulers, scheduler_config.pop("class"))(**scheduler_config)
     return MonaiDenoiser(
-        model, scheduler, resolution=int(config["resolution"]), name=config.get("name", folder.name),
-        condition_names=config.get("condition_names", ()), value_range=tuple(config.get("value_range", (0, 1))),
+        model,
+        scheduler,
+        resolution=int(config["resolution"]),
+        name=config.get("name", folder.name),
+        condition_names=config.get("condition_names", ()),
+        value_range=tuple(config.get("value_range", (0, 1))),
         preprocessing=config["preprocessing"],
     )
 
@@ -172,20 +185,25 @@ def _load_diffusers(folder: Path, config: dict, trust_remote_code: bool) -> Diff
     if unet_class not in ("UNet2DModel", "UNet2DConditionModel"):
         raise ModelLoadError(f"{unet_folder}: unsupported network {unet_class}")
     # float32 whatever the stored precision: CPUs compute in it, and _to_device halves for CUDA.
-    unet = getattr(diffusers, unet_class).from_pretrained(unet_folder, use_safetensors=True, local_files_only=True,
-                                                         torch_dtype=torch.float32)
+    unet = getattr(diffusers, unet_class).from_pretrained(
+        unet_folder, use_safetensors=True, local_files_only=True, torch_dtype=torch.float32
+    )
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     if not scheduler_file.is_file():
         raise ModelLoadError(f"{folder}: no scheduler/scheduler_config.json")
     scheduler_class = json.loads(scheduler_file.read_text()).get("_class_name", "DDPMScheduler")
-    scheduler = getattr(diffusers, scheduler_class).from_pretrained(folder / "scheduler", local_files_only=True)
+    scheduler = getattr(diffusers, scheduler_class).from_pretrained(
+        folder / "scheduler", local_files_only=True
+    )
     text_encoder = None
     if unet_class == "UNet2DConditionModel":
         from .text import TransformersTextEncoder
 
         missing = [name for name in ("text_encoder", "tokenizer") if not (folder / name).is_dir()]
         if missing:
-            raise ModelLoadError(f"{folder}: a text-conditioned UNet needs {' and '.join(missing)}/ beside it")
+            raise ModelLoadError(
+                f"{folder}: a text-conditioned UNet needs {' and '.join(missing)}/ beside it"
+            )
         options = config.get("text_encoder", {})
         text_encoder = TransformersTextEncoder.from_folder(
             folder, options.get("max_length"), options.get("use_attention_mask"), trust_remote_code
@@ -196,9 +214,14 @@ def _load_diffusers(folder: Path, config: dict, trust_remote_code: bool) -> Diff
 
         check_instruction_scheduler(scheduler, folder)
     return DiffusersDenoiser(
-        unet, scheduler, name=config.get("name", folder.name), condition_names=config.get("condition_names", ()),
-        text_encoder=text_encoder, value_range=tuple(config.get("value_range", (-1, 1))),
-        preprocessing=config["preprocessing"], image_conditioned=image_conditioned,
+        unet,
+        scheduler,
+        name=config.get("name", folder.name),
+        condition_names=config.get("condition_names", ()),
+        text_encoder=text_encoder,
+        value_range=tuple(config.get("value_range", (-1, 1))),
+        preprocessing=config["preprocessing"],
+        image_conditioned=image_conditioned,
     )
 
 
@@ -211,9 +234,15 @@ def pick_device(requested: str | torch.device | None) -> torch.device:
         return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device '{requested}' was requested but this machine has no CUDA GPU; use --device cpu")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ModelLoadError(f"device '{requested}' was requested but MPS is not available here; use --device cpu")
+        raise ModelLoadError(
+            f"device '{requested}' was requested but this machine has no CUDA GPU; use --device cpu"
+        )
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ModelLoadError(
+            f"device '{requested}' was requested but MPS is not available here; use --device cpu"
+        )
     return device
 
 

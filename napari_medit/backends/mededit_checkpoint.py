@@ -18,14 +18,27 @@ import torch
 
 from .folder import ModelLoadError, save_model
 
-MEDEDIT_NETWORK = dict(spatial_dims=2, in_channels=3, out_channels=1, channels=[128, 256, 256],
-                       attention_levels=[False, True, True], num_res_blocks=1, num_head_channels=256)
-MEDEDIT_SCHEDULER = {"class": "DDPMScheduler", "num_train_timesteps": 1000, "schedule": "linear_beta",
-                     "beta_start": 1e-4, "beta_end": 2e-2}
+MEDEDIT_NETWORK = dict(
+    spatial_dims=2,
+    in_channels=3,
+    out_channels=1,
+    channels=[128, 256, 256],
+    attention_levels=[False, True, True],
+    num_res_blocks=1,
+    num_head_channels=256,
+)
+MEDEDIT_SCHEDULER = {
+    "class": "DDPMScheduler",
+    "num_train_timesteps": 1000,
+    "schedule": "linear_beta",
+    "beta_start": 1e-4,
+    "beta_end": 2e-2,
+}
 
 
-def import_mededit(checkpoint: str | Path, out: str | Path, network: dict | None = None,
-                   resolution: int = 128) -> Path:
+def import_mededit(
+    checkpoint: str | Path, out: str | Path, network: dict | None = None, resolution: int = 128
+) -> Path:
     from monai.networks.nets import DiffusionModelUNet
     from monai.networks.schedulers import DDPMScheduler
 
@@ -43,7 +56,9 @@ def import_mededit(checkpoint: str | Path, out: str | Path, network: dict | None
             "would run their code; re-save only the state dict (torch.save(model.state_dict(), ...))"
         ) from exc
     except Exception as exc:
-        raise ModelLoadError(f"{checkpoint}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from exc
+        raise ModelLoadError(
+            f"{checkpoint}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})"
+        ) from exc
     weights = state.get("model_weights", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise ModelLoadError(f"{checkpoint}: expected a state dict or {{'model_weights': state_dict}}")
@@ -58,14 +73,28 @@ def import_mededit(checkpoint: str | Path, out: str | Path, network: dict | None
         except Exception as exc:
             raise ModelLoadError(
                 f"{checkpoint}: the weights do not fit MedEdit's network {config} "
-                f"({str(exc).splitlines()[0][:200]}); pass the network arguments your checkpoint was trained with"
+                f"({str(exc).splitlines()[0][:200]}); pass the network arguments your checkpoint was trained "
+                f"with"
             ) from exc
     scheduler = DDPMScheduler(**{k: v for k, v in MEDEDIT_SCHEDULER.items() if k != "class"})
-    denoiser = MonaiDenoiser(model, scheduler, resolution=resolution, name=Path(out).name,
-                             condition_names=("pathology_mask", "brain_mask"),
-                             preprocessing=preprocessing.MEDEDIT)  # its 8-bit PNG slices, padded
-    return save_model(out, denoiser, {
-        "name": Path(out).name, "resolution": resolution, "value_range": [0, 1],
-        "condition_names": ["pathology_mask", "brain_mask"], "network": config, "scheduler": MEDEDIT_SCHEDULER,
-        "imported_from": str(checkpoint),
-    })
+    denoiser = MonaiDenoiser(
+        model,
+        scheduler,
+        resolution=resolution,
+        name=Path(out).name,
+        condition_names=("pathology_mask", "brain_mask"),
+        preprocessing=preprocessing.MEDEDIT,
+    )  # its 8-bit PNG slices, padded
+    return save_model(
+        out,
+        denoiser,
+        {
+            "name": Path(out).name,
+            "resolution": resolution,
+            "value_range": [0, 1],
+            "condition_names": ["pathology_mask", "brain_mask"],
+            "network": config,
+            "scheduler": MEDEDIT_SCHEDULER,
+            "imported_from": str(checkpoint),
+        },
+    )

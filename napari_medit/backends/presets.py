@@ -24,9 +24,18 @@ from pathlib import Path
 from .. import preprocessing
 from .registry import ModelLoadError
 
-RADEDIT_UNET, RADEDIT_VAE, RADEDIT_TEXT = "microsoft/radedit", "stabilityai/sdxl-vae", "microsoft/BiomedVLP-BioViL-T"
-RADEDIT_SCHEDULER = dict(beta_schedule="linear", clip_sample=False, prediction_type="epsilon",
-                         timestep_spacing="trailing", steps_offset=1)  # the model card's DDIMScheduler
+RADEDIT_UNET, RADEDIT_VAE, RADEDIT_TEXT = (
+    "microsoft/radedit",
+    "stabilityai/sdxl-vae",
+    "microsoft/BiomedVLP-BioViL-T",
+)
+RADEDIT_SCHEDULER = dict(
+    beta_schedule="linear",
+    clip_sample=False,
+    prediction_type="epsilon",
+    timestep_spacing="trailing",
+    steps_offset=1,
+)  # the model card's DDIMScheduler
 BIOVIL_MAX_TOKENS = 128
 # Whether RadEdit's own pipeline hands BioViL-T the attention mask could not be confirmed offline
 # (BioViL-T's config has no use_attention_mask, so a stock StableDiffusionPipeline would not): the
@@ -34,9 +43,9 @@ BIOVIL_MAX_TOKENS = 128
 RADEDIT_UNMASKED_TEXT = "radedit-unmasked-text"
 PRESETS = {
     "radedit": f"RadEdit: {RADEDIT_UNET} + {RADEDIT_VAE} + {RADEDIT_TEXT} (needs trust_remote_code); "
-               "the text encoder gets the attention mask",
+    "the text encoder gets the attention mask",
     RADEDIT_UNMASKED_TEXT: "the radedit preset with its text encoder run without the attention mask "
-                           "(as a stock StableDiffusionPipeline runs BioViL-T, whose config does not ask for it)",
+    "(as a stock StableDiffusionPipeline runs BioViL-T, whose config does not ask for it)",
 }
 
 
@@ -58,7 +67,9 @@ def fetch(repo_id: str, download: bool = False) -> Path:
         return Path(snapshot_download(repo_id, cache_dir=cache, etag_timeout=10))
     except Exception as exc:
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        raise ModelLoadError(f"could not download {repo_id}: {reason} (check the network and your hub login)") from exc
+        raise ModelLoadError(
+            f"could not download {repo_id}: {reason} (check the network and your hub login)"
+        ) from exc
 
 
 def load_radedit(download: bool = False, trust_remote_code: bool = False, text_attention_mask: bool = True):
@@ -70,7 +81,8 @@ def load_radedit(download: bool = False, trust_remote_code: bool = False, text_a
     if not trust_remote_code:
         raise ModelLoadError(
             f"the radedit preset's text encoder, {RADEDIT_TEXT}, runs code shipped with its weights; "
-            "allow it explicitly (CLI --trust-remote-code, API trust_remote_code=True) if you trust that repository"
+            "allow it explicitly (CLI --trust-remote-code, API trust_remote_code=True) if you trust that "
+            "repository"
         )
     unet_dir, vae_dir, text_dir = (fetch(r, download) for r in (RADEDIT_UNET, RADEDIT_VAE, RADEDIT_TEXT))
     unet = UNet2DConditionModel.from_pretrained(unet_dir / "unet", local_files_only=True)
@@ -78,13 +90,22 @@ def load_radedit(download: bool = False, trust_remote_code: bool = False, text_a
     vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True)
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(text_dir, local_files_only=True, trust_remote_code=True,
-                                              model_max_length=BIOVIL_MAX_TOKENS)
+    tokenizer = AutoTokenizer.from_pretrained(
+        text_dir, local_files_only=True, trust_remote_code=True, model_max_length=BIOVIL_MAX_TOKENS
+    )
     text_model = AutoModel.from_pretrained(text_dir, local_files_only=True, trust_remote_code=True)
-    text = TransformersTextEncoder(tokenizer, text_model, BIOVIL_MAX_TOKENS, use_attention_mask=text_attention_mask)
+    text = TransformersTextEncoder(
+        tokenizer, text_model, BIOVIL_MAX_TOKENS, use_attention_mask=text_attention_mask
+    )
     name = "radedit" if text_attention_mask else RADEDIT_UNMASKED_TEXT
-    return DiffusersDenoiser(unet, DDIMScheduler(**RADEDIT_SCHEDULER), name=name, text_encoder=text, vae=vae,
-                             preprocessing=preprocessing.RADEDIT)
+    return DiffusersDenoiser(
+        unet,
+        DDIMScheduler(**RADEDIT_SCHEDULER),
+        name=name,
+        text_encoder=text,
+        vae=vae,
+        preprocessing=preprocessing.RADEDIT,
+    )
 
 
 def load_pipeline_folder(folder: Path, trust_remote_code: bool = False):
@@ -95,7 +116,9 @@ def load_pipeline_folder(folder: Path, trust_remote_code: bool = False):
     from ..editing import DiffusersDenoiser
     from .text import TransformersTextEncoder
 
-    missing = [p for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / p).is_dir()]
+    missing = [
+        p for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / p).is_dir()
+    ]
     if missing:
         raise ModelLoadError(f"{folder}: a Stable Diffusion-style folder needs {', '.join(missing)}/")
     # Published folders hold safetensors or, as diffusers' converters write by default (InstructX2X's
@@ -107,23 +130,36 @@ def load_pipeline_folder(folder: Path, trust_remote_code: bool = False):
         part = "vae"
         vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
         part = "text_encoder"
-        text = TransformersTextEncoder.from_folder(folder, trust_remote_code=trust_remote_code, safetensors_only=False)
+        text = TransformersTextEncoder.from_folder(
+            folder, trust_remote_code=trust_remote_code, safetensors_only=False
+        )
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        raise ModelLoadError(f"{folder / part}: could not load it ({reason}); its weights must be safetensors or "
-                             "a .bin of tensors only (nothing that unpickles to code)") from exc
+        raise ModelLoadError(
+            f"{folder / part}: could not load it ({reason}); its weights must be safetensors or "
+            "a .bin of tensors only (nothing that unpickles to code)"
+        ) from exc
     scheduler_config = diffusers.DDIMScheduler.load_config(folder / "scheduler")
     scheduler_class = scheduler_config.get("_class_name", "DDIMScheduler")
     if not hasattr(diffusers, scheduler_class):
-        raise ModelLoadError(f"{folder / 'scheduler'}: diffusers {diffusers.__version__} has no {scheduler_class}; "
-                             "replace the scheduler config with a DDIMScheduler one")
+        raise ModelLoadError(
+            f"{folder / 'scheduler'}: diffusers {diffusers.__version__} has no {scheduler_class}; "
+            "replace the scheduler config with a DDIMScheduler one"
+        )
     scheduler = getattr(diffusers, scheduler_class).from_config(scheduler_config)
     # InstructPix2Pix folders: the UNet reads the prior image's latent beside the noisy one (4 + 4 channels)
     image_conditioned = unet.config.in_channels == 2 * vae.config.latent_channels
     if image_conditioned:
         check_instruction_scheduler(scheduler, folder)
-    return DiffusersDenoiser(unet, scheduler, name=folder.name, text_encoder=text, vae=vae,
-                             preprocessing=preprocessing.STABLE_DIFFUSION, image_conditioned=image_conditioned)
+    return DiffusersDenoiser(
+        unet,
+        scheduler,
+        name=folder.name,
+        text_encoder=text,
+        vae=vae,
+        preprocessing=preprocessing.STABLE_DIFFUSION,
+        image_conditioned=image_conditioned,
+    )
 
 
 def check_instruction_scheduler(scheduler, folder: Path) -> None:
@@ -133,9 +169,13 @@ def check_instruction_scheduler(scheduler, folder: Path) -> None:
 
     missing = [name for name in INSTRUCTION_SCHEDULER_NEEDS if not hasattr(scheduler, name)]
     if missing:
-        raise ModelLoadError(f"{folder}: its {type(scheduler).__name__} has no {missing[0]}, which instruction "
-                             "editing needs; use a DDIM, DDPM, Euler or Euler ancestral scheduler config")
+        raise ModelLoadError(
+            f"{folder}: its {type(scheduler).__name__} has no {missing[0]}, which instruction "
+            "editing needs; use a DDIM, DDPM, Euler or Euler ancestral scheduler config"
+        )
     prediction = getattr(scheduler.config, "prediction_type", "epsilon")
     if prediction != "epsilon":
-        raise ModelLoadError(f"{folder}: the scheduler says prediction_type={prediction!r}; napari-medit's "
-                             "instruction editing supports epsilon-prediction models only")
+        raise ModelLoadError(
+            f"{folder}: the scheduler says prediction_type={prediction!r}; napari-medit's "
+            "instruction editing supports epsilon-prediction models only"
+        )

@@ -24,7 +24,7 @@ def quiet_loading() -> Iterator[None]:
     try:
         yield
     finally:
-        for lib, (verbosity, bars) in zip(libraries, before):
+        for lib, (verbosity, bars) in zip(libraries, before, strict=True):
             lib.set_verbosity(verbosity)
             if bars:
                 lib.enable_progress_bar()

@@ -12,7 +12,9 @@ from pathlib import Path
 BUNDLED = Path(__file__).resolve().parents[1] / "models"
 SEARCH_PATH_VARIABLE = "NAPARI_MEDIT_MODELS"  # extra folders holding model folders, os.pathsep-separated
 CONFIG_NAME = "medit.json"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")  # ORG/NAME, as diffusers users type it
+_HUB_ID = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
+)  # ORG/NAME, as diffusers users type it
 
 
 class ModelLoadError(Exception):
@@ -21,7 +23,9 @@ class ModelLoadError(Exception):
 
 def model_folders() -> dict[str, Path]:
     """Every known model folder by name: bundled first, then the search path's."""
-    roots = [BUNDLED] + [Path(p).expanduser() for p in os.environ.get(SEARCH_PATH_VARIABLE, "").split(os.pathsep) if p]
+    roots = [BUNDLED] + [
+        Path(p).expanduser() for p in os.environ.get(SEARCH_PATH_VARIABLE, "").split(os.pathsep) if p
+    ]
     found: dict[str, Path] = {}
     for root in roots:
         if root.is_dir():
@@ -64,11 +68,17 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
 def single_file_problem(path: Path) -> str:
     """What to do with one checkpoint file given where a model folder is expected."""
     if path.suffix in (".pt", ".pth"):
-        return (f"{path}: a single checkpoint file; a MedEdit checkpoint becomes a model folder with "
-                f"`napari-medit import-mededit {path} --out FOLDER` (once), then pass FOLDER")
-    return (f"{path}: a single checkpoint file; napari-medit loads model folders. An InstructPix2Pix or Stable "
-            "Diffusion .ckpt/.safetensors becomes one with diffusers' convert_original_stable_diffusion_to_diffusers "
-            "script (InstructX2X's models/convert_ckpt_to_diffusers does it for its checkpoints); pass that folder")
+        return (
+            f"{path}: a single checkpoint file; a MedEdit checkpoint becomes a model folder with "
+            f"`napari-medit import-mededit {path} --out FOLDER` (once), then pass FOLDER"
+        )
+    return (
+        f"{path}: a single checkpoint file; napari-medit loads model folders. An InstructPix2Pix or Stable "
+        "Diffusion .ckpt/.safetensors becomes one with diffusers' "
+        "convert_original_stable_diffusion_to_diffusers "
+        "script (InstructX2X's models/convert_ckpt_to_diffusers does it for its checkpoints); pass that "
+        "folder"
+    )
 
 
 def describe_presets() -> list[dict]:
@@ -82,10 +92,20 @@ def describe_presets() -> list[dict]:
             cached[repo] = True
         except ModelLoadError:
             cached[repo] = False
-    return [{"name": name, "description": description, "backend": "diffusers (latent)",
-             "resolution": 512, "text_conditioned": True, "mask_conditions": [],
-             "methods": ["radedit", "pie", "sdedit", "diffedit"], "cached": cached, "preset": True}
-            for name, description in PRESETS.items()]
+    return [
+        {
+            "name": name,
+            "description": description,
+            "backend": "diffusers (latent)",
+            "resolution": 512,
+            "text_conditioned": True,
+            "mask_conditions": [],
+            "methods": ["radedit", "pie", "sdedit", "diffedit"],
+            "cached": cached,
+            "preset": True,
+        }
+        for name, description in PRESETS.items()
+    ]
 
 
 def describe(folder: Path) -> dict:
@@ -96,7 +116,9 @@ def describe(folder: Path) -> dict:
     conditions = list(config.get("condition_names", []))
     text = (folder / "text_encoder").is_dir() or "text_encoder" in config
     image_conditioned = bool(config.get("image_conditioned", False))
-    methods = [m.name for m in METHODS.values() if m.model_problem(text, conditions, image_conditioned) is None]
+    methods = [
+        m.name for m in METHODS.values() if m.model_problem(text, conditions, image_conditioned) is None
+    ]
     return {
         "name": folder.name,
         "path": str(folder),

@@ -3,11 +3,11 @@
 Nothing here imports Qt or napari; torch is imported when this package is.
 """
 
+from ..catalogue import METHODS
 from ..io.image import PLANES, plane_axis
 from .control import EditCancelled, NoiseSource, Progress
 from .ddpm import NoiseSchedule
 from .denoiser import Denoiser, DiffusersDenoiser, GaussianDenoiser, MonaiDenoiser
-from ..catalogue import METHODS
 from .run import EditError, EditPlan, EditProgress, EditResult, assemble, edit, plan_edit, run_plan
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "DiffusersDenoiser",
     "EditCancelled",
     "EditError",
+    "EditPlan",
     "EditProgress",
     "EditResult",
     "GaussianDenoiser",
@@ -24,6 +25,9 @@ __all__ = [
     "NoiseSchedule",
     "NoiseSource",
     "Progress",
+    "assemble",
     "edit",
+    "plan_edit",
     "plane_axis",
+    "run_plan",
 ]

@@ -24,7 +24,9 @@ class NoiseSource:
     then moved, so a seed means the same thing on every device.
     """
 
-    def __init__(self, seeds: Sequence[int | Sequence[tuple[int, float]]], device: torch.device | str = "cpu"):
+    def __init__(
+        self, seeds: Sequence[int | Sequence[tuple[int, float]]], device: torch.device | str = "cpu"
+    ):
         self.mixtures = [((int(s), 1.0),) if isinstance(s, (int, np.integer)) else tuple(s) for s in seeds]
         fields = dict.fromkeys(seed for mixture in self.mixtures for seed, _ in mixture)
         self.generators = {seed: torch.Generator().manual_seed(int(seed)) for seed in fields}
@@ -45,7 +47,9 @@ class NoiseSource:
     def step_generators(self, kind: str) -> list[torch.Generator]:
         """One generator per item, seeded from its own (leading) seed and ``kind``: for diffusers
         schedulers that draw their step noise themselves (``step(..., generator=[...])``)."""
-        return [torch.Generator().manual_seed(zlib.crc32(f"{m[0][0]}:{kind}".encode())) for m in self.mixtures]
+        return [
+            torch.Generator().manual_seed(zlib.crc32(f"{m[0][0]}:{kind}".encode())) for m in self.mixtures
+        ]
 
 
 def scheduler_step_options(scheduler, noise: NoiseSource) -> dict:

@@ -51,22 +51,35 @@ class NoiseSchedule:
 
         prediction = setting("prediction_type") or "epsilon"
         if setting("thresholding"):
-            raise ValueError(f"{type(scheduler).__name__} has thresholding=True (dynamic thresholding), which "
-                             "napari-medit does not implement; set it to false in the scheduler config")
+            raise ValueError(
+                f"{type(scheduler).__name__} has thresholding=True (dynamic thresholding), which "
+                "napari-medit does not implement; set it to false in the scheduler config"
+            )
         if str(setting("variance_type") or "fixed_small").startswith("learned"):
-            raise ValueError(f"{type(scheduler).__name__} has variance_type={setting('variance_type')!r}: models "
-                             "that learn their variance are not supported; use a fixed-variance model")
+            raise ValueError(
+                f"{type(scheduler).__name__} has variance_type={setting('variance_type')!r}: models "
+                "that learn their variance are not supported; use a fixed-variance model"
+            )
         final = getattr(scheduler, "final_alpha_cumprod", None)
         alphas = scheduler.alphas_cumprod.detach().to(torch.float64).cpu()
         # DDPM schedulers step to the clean sample after t = 0 (alpha_bar = 1); DDIM ones say.
-        return cls(alphas, 1.0 if final is None else float(final), str(prediction), scheduler,
-                   _clip_range(scheduler, setting), type(scheduler).__name__.startswith(("DDPM", "RePaint")))
+        return cls(
+            alphas,
+            1.0 if final is None else float(final),
+            str(prediction),
+            scheduler,
+            _clip_range(scheduler, setting),
+            type(scheduler).__name__.startswith(("DDPM", "RePaint")),
+        )
 
     def settings(self) -> dict[str, Any]:
         """What the engine takes from the scheduler, for provenance."""
-        return {**scheduler_settings(self.scheduler), "prediction_type": self.prediction_type,
-                "clip_sample": None if self.clip_range is None else list(self.clip_range),
-                "final_alpha_cumprod": self.final_alpha_cumprod}
+        return {
+            **scheduler_settings(self.scheduler),
+            "prediction_type": self.prediction_type,
+            "clip_sample": None if self.clip_range is None else list(self.clip_range),
+            "final_alpha_cumprod": self.final_alpha_cumprod,
+        }
 
     @property
     def num_train_timesteps(self) -> int:
@@ -81,7 +94,9 @@ class NoiseSchedule:
         below = int(t)
         if t == below:
             return float(self.alphas_cumprod[below])
-        sigmas = ((1 - self.alphas_cumprod[below : below + 2]) / self.alphas_cumprod[below : below + 2]) ** 0.5
+        sigmas = (
+            (1 - self.alphas_cumprod[below : below + 2]) / self.alphas_cumprod[below : below + 2]
+        ) ** 0.5
         sigma = float(sigmas[0] + (t - below) * (sigmas[1] - sigmas[0]))
         return 1 / (1 + sigma**2)
 
@@ -130,7 +145,9 @@ class NoiseSchedule:
         a_t = self.alpha_bar(t)
         return a_t**0.5 * x0 + (1 - a_t) ** 0.5 * noise
 
-    def step_mean(self, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, eta: float) -> torch.Tensor:
+    def step_mean(
+        self, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, eta: float
+    ) -> torch.Tensor:
         """mu_t(x_t, eps): x_prev without its noise term."""
         a_t, a_prev = self.alpha_bar(t), self.alpha_bar(t_prev)
         sigma = self.sigma(t, t_prev, eta)
@@ -174,4 +191,4 @@ def _clip_range(scheduler, setting) -> tuple[float, float] | None:
 
 def pairs(timesteps: list[int]) -> list[tuple[int, int]]:
     """(t, t_prev) for each step of a descending timestep list, ending at FINAL."""
-    return list(zip(timesteps, [*timesteps[1:], FINAL]))
+    return list(zip(timesteps, [*timesteps[1:], FINAL], strict=True))

@@ -78,7 +78,9 @@ class Denoiser:
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor | None:
         return None
 
-    def model_output(self, x_t, t: int, text: torch.Tensor | None, conditions: torch.Tensor | None) -> torch.Tensor:
+    def model_output(
+        self, x_t, t: int, text: torch.Tensor | None, conditions: torch.Tensor | None
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def __call__(self, x_t, t: int, text=None, conditions=None) -> torch.Tensor:
@@ -233,7 +235,9 @@ class DiffusersDenoiser(NetworkDenoiser):
         rgb = images.expand(-1, self.vae.config.in_channels, -1, -1)
         # By default the posterior mean, not a sample: inversion must see the same latent every time.
         posterior = self.vae.encode(rgb.to(self.vae.dtype)).latent_dist
-        latents = posterior.mean if noise is None else posterior.mean + posterior.std * noise.to(posterior.std)
+        latents = (
+            posterior.mean if noise is None else posterior.mean + posterior.std * noise.to(posterior.std)
+        )
         return latents.to(images.dtype) * self.vae.config.scaling_factor
 
     def encode_prior(self, images: torch.Tensor) -> torch.Tensor:
@@ -341,7 +345,9 @@ class GaussianDenoiser(Denoiser):
     def mean(self, text, conditions, like: torch.Tensor) -> torch.Tensor:
         table = torch.tensor([self.means[p] for p in self.prompts], dtype=like.dtype)
         unconditional = self.means.get("", 0.0)
-        mean = torch.zeros_like(like) + (unconditional if text is None else (text[:, 0, :].to(like.dtype) @ table)[:, None, None, None])
+        mean = torch.zeros_like(like) + (
+            unconditional if text is None else (text[:, 0, :].to(like.dtype) @ table)[:, None, None, None]
+        )
         if conditions is not None and self.condition_shift:
             mean = mean + self.condition_shift * conditions[:, :1]
         return mean

@@ -65,5 +65,12 @@ def diffedit(
 
 def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
     """The catalogue's entry point: masks by role, on the model's grid."""
-    return diffedit(denoiser, x0, edit_mask=masks["edit_mask"], params=params, noise=noise, progress=progress,
-                    conditions=conditions)
+    return diffedit(
+        denoiser,
+        x0,
+        edit_mask=masks["edit_mask"],
+        params=params,
+        noise=noise,
+        progress=progress,
+        conditions=conditions,
+    )

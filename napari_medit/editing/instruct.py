@@ -1,6 +1,7 @@
 """Instruction editing: BiomedJourney (Gu et al., 2023), an InstructPix2Pix model (Brooks et al., CVPR 2023).
 
-    c_I = E(prior)                          # the VAE posterior mode, not scaled; the image itself in pixel space
+    # the VAE posterior mode, not scaled; the image itself in pixel space
+    c_I = E(prior)
     z = N(0, I) * the scheduler's initial sigma
     for t in the model's scheduler timesteps:
         eps_TI, eps_I, eps_u = eps(z, c_I, c_T), eps(z, c_I, {}), eps(z, 0, {})
@@ -43,22 +44,32 @@ def instruct(
     if params.strength is None:
         z = noise.like(x0, "start") * scheduler.init_noise_sigma
     else:  # img2img's slice of the schedule (StableDiffusionImg2ImgPipeline.get_timesteps)
-        timesteps = timesteps[params.steps - int(params.steps * params.strength):]
+        timesteps = timesteps[params.steps - int(params.steps * params.strength) :]
         z = scheduler.add_noise(x0, noise.like(x0, "start"), timesteps[0].reshape(1))
     text, null = denoiser.embed([params.prompt, ""], x0.shape[0])
     progress.start(len(timesteps))
     step_options = scheduler_step_options(scheduler, noise)
     for t in timesteps:
-        eps = guided_eps(denoiser, scheduler.scale_model_input(z, t), t, text, null, prior,
-                         params.text_guidance, params.image_guidance, conditions)
+        eps = guided_eps(
+            denoiser,
+            scheduler.scale_model_input(z, t),
+            t,
+            text,
+            null,
+            prior,
+            params.text_guidance,
+            params.image_guidance,
+            conditions,
+        )
         x0_estimate = denoiser.schedule.predict_x0(scheduler.scale_model_input(z, t), eps, float(t))
         z = scheduler.step(eps, t, z, **step_options).prev_sample.to(x0.dtype)
         progress.step(x0_estimate)
     return z
 
 
-def guided_eps(denoiser, z_scaled, t, text, null, prior, text_guidance: float, image_guidance: float,
-               conditions=None) -> torch.Tensor:
+def guided_eps(
+    denoiser, z_scaled, t, text, null, prior, text_guidance: float, image_guidance: float, conditions=None
+) -> torch.Tensor:
     """InstructPix2Pix's two-scale classifier-free guidance, one forward of the tripled batch."""
     t = t.item() if isinstance(t, torch.Tensor) else t
     if not (text_guidance > 1 and image_guidance >= 1):  # the pipeline's do_classifier_free_guidance
@@ -67,8 +78,9 @@ def guided_eps(denoiser, z_scaled, t, text, null, prior, text_guidance: float, i
     masks = None if conditions is None else torch.cat([conditions] * 3)
     both = denoiser(torch.cat([z_scaled] * 3), t, torch.cat([text, null, null]), _beside(images, masks))
     eps_text_image, eps_image, eps_uncond = both.chunk(3)
-    return (eps_uncond + text_guidance * (eps_text_image - eps_image)
-            + image_guidance * (eps_image - eps_uncond))
+    return (
+        eps_uncond + text_guidance * (eps_text_image - eps_image) + image_guidance * (eps_image - eps_uncond)
+    )
 
 
 def _beside(prior, conditions):
@@ -86,13 +98,22 @@ def model_scheduler(denoiser: Denoiser, method: str):
     scheduler = denoiser.schedule.scheduler
     missing = [name for name in INSTRUCTION_SCHEDULER_NEEDS if not hasattr(scheduler, name)]
     if missing or denoiser.schedule.prediction_type != "epsilon":
-        raise ValueError(f"{method} samples with the model's own scheduler, and {type(scheduler).__name__} "
-                         f"{'has no ' + missing[0] if missing else 'is not for an epsilon-prediction model'}: "
-                         "use a diffusers DDIM, DDPM, Euler or Euler ancestral scheduler")
+        raise ValueError(
+            f"{method} samples with the model's own scheduler, and {type(scheduler).__name__} "
+            f"{'has no ' + missing[0] if missing else 'is not for an epsilon-prediction model'}: "
+            "use a diffusers DDIM, DDPM, Euler or Euler ancestral scheduler"
+        )
     return scheduler
 
 
 def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
     """The catalogue's entry point (the method takes no masks)."""
-    return instruct(denoiser, x0, image=x0 if image is None else image, params=params, noise=noise,
-                    progress=progress, conditions=conditions)
+    return instruct(
+        denoiser,
+        x0,
+        image=x0 if image is None else image,
+        params=params,
+        noise=noise,
+        progress=progress,
+        conditions=conditions,
+    )

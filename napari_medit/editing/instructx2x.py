@@ -61,7 +61,9 @@ def instructx2x(
 
     size = image.shape[-2:]
     map_ = relevance_map(denoiser, x0, prior, text, null, params, noise, conditions, size)
-    guidance_map = map_ * F.interpolate(region.to(map_.dtype), size=size, mode="bilinear", align_corners=False)
+    guidance_map = map_ * F.interpolate(
+        region.to(map_.dtype), size=size, mode="bilinear", align_corners=False
+    )
     guidance_mask = (guidance_map > params.threshold).to(x0.dtype)
     keep = 1 - binarised(to_latent_grid(guidance_mask, denoiser.latent_factor))
 
@@ -73,16 +75,24 @@ def instructx2x(
     step_options = scheduler_step_options(scheduler, noise)
     for i, t in enumerate(timesteps):
         z_scaled = scheduler.scale_model_input(z, t)
-        eps = guided_eps(denoiser, z_scaled, t, text, null, prior, params.text_guidance, params.image_guidance,
-                         conditions)
+        eps = guided_eps(
+            denoiser, z_scaled, t, text, null, prior, params.text_guidance, params.image_guidance, conditions
+        )
         x0_estimate = denoiser.schedule.predict_x0(z_scaled, eps, float(t))
         z = scheduler.step(eps, t, z, **step_options).prev_sample.to(x0.dtype)
         # Outside the map: the original at the level of the sample just produced (clean after the last step).
-        known = x0 if i + 1 == len(timesteps) else scheduler.add_noise(x0, start_noise, timesteps[i + 1].reshape(1))
+        known = (
+            x0
+            if i + 1 == len(timesteps)
+            else scheduler.add_noise(x0, start_noise, timesteps[i + 1].reshape(1))
+        )
         z = (1 - keep) * z + keep * known
         progress.step(x0_estimate)
-    return Edited([z], {"guidance_map": guidance_map, "guidance_mask": guidance_mask},
-                  scheduler=scheduler_settings(scheduler))
+    return Edited(
+        [z],
+        {"guidance_map": guidance_map, "guidance_mask": guidance_mask},
+        scheduler=scheduler_settings(scheduler),
+    )
 
 
 def reference_ddim(scheduler) -> DDIMScheduler:
@@ -93,16 +103,21 @@ def reference_ddim(scheduler) -> DDIMScheduler:
     return DDIMScheduler.from_config({**config, "clip_sample": bool(config.get("clip_sample", False))})
 
 
-def relevance_map(denoiser, x0, prior, text, null, params: InstructX2XParams, noise: NoiseSource, conditions,
-                  size) -> torch.Tensor:
+def relevance_map(
+    denoiser, x0, prior, text, null, params: InstructX2XParams, noise: NoiseSource, conditions, size
+) -> torch.Tensor:
     """Where the instruction changes the model's noise estimate: (B, 1, *size) in [0, 1]."""
     schedule = denoiser.schedule
     t = min(int(params.relevance_timestep * schedule.num_train_timesteps), schedule.num_train_timesteps - 1)
     z_t = schedule.add_noise(x0, noise.like(x0, "relevance"), t)  # the model's input scale at t (VP)
     images = torch.cat([prior, prior])
     masks = None if conditions is None else torch.cat([conditions, conditions.to(prior.dtype)])
-    with_text, without_text = denoiser(torch.cat([z_t, z_t]), t, torch.cat([text, null]),
-                                       images if masks is None else torch.cat([images, masks], dim=1)).chunk(2)
+    with_text, without_text = denoiser(
+        torch.cat([z_t, z_t]),
+        t,
+        torch.cat([text, null]),
+        images if masks is None else torch.cat([images, masks], dim=1),
+    ).chunk(2)
     relevance = (with_text - without_text).abs().sum(dim=1, keepdim=True)
     # The reference reads the map on Stable Diffusion's latent grid, one cell per 8 x 8 pixels. A
     # pixel-space model's per-pixel map of one noise draw is speckle: pool it to the same grid.
@@ -120,6 +135,15 @@ def relevance_map(denoiser, x0, prior, text, null, params: InstructX2XParams, no
 
 
 def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
-    """The catalogue's entry point: the region (roi_mask, or the instruction's template) on the model's grid."""
-    return instructx2x(denoiser, x0, image=x0 if image is None else image, region=masks["roi_mask"],
-                       params=params, noise=noise, progress=progress, conditions=conditions)
+    """The catalogue's entry point: the region (roi_mask, or the instruction's template) on the model's
+    grid."""
+    return instructx2x(
+        denoiser,
+        x0,
+        image=x0 if image is None else image,
+        region=masks["roi_mask"],
+        params=params,
+        noise=noise,
+        progress=progress,
+        conditions=conditions,
+    )

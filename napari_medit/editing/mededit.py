@@ -47,13 +47,27 @@ def mededit(
     conditions = torch.cat([channels[name] for name in denoiser.condition_names], dim=1)
     timesteps = denoiser.schedule.timesteps(params.steps)
     return repaint_loop(
-        denoiser, x0, known=1 - inpaint_mask, timesteps=timesteps,
-        visits=repeat_schedule(len(timesteps), params.jump_n_sample), noise=noise, progress=progress,
-        conditions=conditions, start=RePaintStart.noised_input,
+        denoiser,
+        x0,
+        known=1 - inpaint_mask,
+        timesteps=timesteps,
+        visits=repeat_schedule(len(timesteps), params.jump_n_sample),
+        noise=noise,
+        progress=progress,
+        conditions=conditions,
+        start=RePaintStart.noised_input,
     )
 
 
 def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
     """The catalogue's entry point; ``inpaint_mask`` comes from the catalogue's mask hook."""
-    return mededit(denoiser, x0, inpaint_mask=masks["inpaint_mask"], pathology_mask=masks["pathology_mask"],
-                   brain_mask=masks["brain_mask"], params=params, noise=noise, progress=progress)
+    return mededit(
+        denoiser,
+        x0,
+        inpaint_mask=masks["inpaint_mask"],
+        pathology_mask=masks["pathology_mask"],
+        brain_mask=masks["brain_mask"],
+        params=params,
+        noise=noise,
+        progress=progress,
+    )

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from ..catalogue import PIEParams, PIELoop
+from ..catalogue import PIELoop, PIEParams
 from .control import NoiseSource, Progress, scheduler_step_options
 from .denoiser import Denoiser
 
@@ -50,8 +50,9 @@ def pie(
     before encoding (the reference loop re-encodes images; default: ``x0`` for pixel-space models)."""
     loop = params.loop or (PIELoop.reference if denoiser.latent else PIELoop.latent)
     if loop is PIELoop.reference:
-        return _reference_loop(denoiser, x0 if image is None else image, roi_mask, params, noise, progress,
-                               conditions)
+        return _reference_loop(
+            denoiser, x0 if image is None else image, roi_mask, params, noise, progress, conditions
+        )
     return _latent_loop(denoiser, x0, roi_mask, params, noise, progress, conditions)
 
 
@@ -84,8 +85,10 @@ def _reference_loop(denoiser, image, roi_mask, params, noise, progress, conditio
     schedule = denoiser.schedule
     scheduler = schedule.scheduler
     if schedule.prediction_type != "epsilon":
-        raise ValueError(f"PIE's reference loop steps the model's own {type(scheduler).__name__} with noise "
-                         f"predictions, and this model predicts {schedule.prediction_type}: use loop 'latent'")
+        raise ValueError(
+            f"PIE's reference loop steps the model's own {type(scheduler).__name__} with noise "
+            f"predictions, and this model predicts {schedule.prediction_type}: use loop 'latent'"
+        )
     scheduler.set_timesteps(params.steps)
     # The pipeline's get_timesteps: the last int(steps * strength) of `steps`, indexed into the
     # scheduler's own list (PNDM's has one more entry: it then runs one step more, from one step higher).
@@ -106,7 +109,9 @@ def _reference_loop(denoiser, image, roi_mask, params, noise, progress, conditio
     z_original = latents(image, "vae-original")  # the end-of-iteration blend's reference
     z_known = latents(image, "vae-known")  # the known region, noised to each timestep with one noise
     known_noise = noise.draw(shape, "known")
-    step_options = scheduler_step_options(scheduler, noise)  # a stochastic scheduler's draws, seeded per slice
+    step_options = scheduler_step_options(
+        scheduler, noise
+    )  # a stochastic scheduler's draws, seeded per slice
     current, progression = image, []
     for _ in range(params.iterations):
         scheduler.set_timesteps(params.steps)  # a fresh multistep history (PNDM keeps one)
@@ -134,5 +139,13 @@ def _eight_bit(x: torch.Tensor, value_range: tuple[float, float]) -> torch.Tenso
 
 def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
     """The catalogue's entry point: masks by role, on the model's grid."""
-    return pie(denoiser, x0, roi_mask=masks["roi_mask"], params=params, noise=noise, progress=progress,
-               conditions=conditions, image=image)
+    return pie(
+        denoiser,
+        x0,
+        roi_mask=masks["roi_mask"],
+        params=params,
+        noise=noise,
+        progress=progress,
+        conditions=conditions,
+        image=image,
+    )

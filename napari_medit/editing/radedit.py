@@ -46,8 +46,17 @@ def radedit(
     c_inv, c_edit, null = denoiser.embed([params.inversion_prompt, params.prompt, ""], batch)
 
     guided_inversion = params.inversion_prompt and denoiser.text_conditioned
-    inversion = invert(denoiser, x0, steps, text=c_inv, conditions=conditions, noise=noise, progress=progress,
-                       null=null if guided_inversion else None, guidance=params.inversion_guidance)
+    inversion = invert(
+        denoiser,
+        x0,
+        steps,
+        text=c_inv,
+        conditions=conditions,
+        noise=noise,
+        progress=progress,
+        null=null if guided_inversion else None,
+        guidance=params.inversion_guidance,
+    )
     x = inversion.x_hat[steps[0][0]]
     for t, t_prev in steps:
         eps, eps_u = denoiser.guided(x, t, c_edit, null, params.guidance, conditions)
@@ -63,8 +72,12 @@ def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
     """The catalogue's entry point: masks by role, on the model's grid."""
     everywhere = torch.ones_like(x0[:, :1])
     return radedit(
-        denoiser, x0,
+        denoiser,
+        x0,
         edit_mask=masks.get("edit_mask", everywhere),  # no edit mask: the whole image (paper, Sec. 4.2)
         keep_mask=masks.get("keep_mask", 0 * everywhere),
-        params=params, noise=noise, progress=progress, conditions=conditions,
+        params=params,
+        noise=noise,
+        progress=progress,
+        conditions=conditions,
     )

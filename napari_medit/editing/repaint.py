@@ -28,7 +28,7 @@ ETA = 1.0  # DDPM sampling, as RePaint
 def jump_schedule(steps: int, jump_length: int, jump_n_sample: int) -> list[int]:
     """RePaint's time indices 0..steps-1 visited in order, going back up at each jump point
     (the schedule of RePaint's reference code, also diffusers' RePaintScheduler)."""
-    jumps = {j: jump_n_sample - 1 for j in range(0, steps - jump_length, jump_length)}
+    jumps = dict.fromkeys(range(0, steps - jump_length, jump_length), jump_n_sample - 1)
     t, visits = steps, []
     while t >= 1:
         t -= 1
@@ -71,7 +71,7 @@ def repaint_loop(
     # index i of the visit schedule -> timesteps[-1 - i]
     at = {i: timesteps[len(timesteps) - 1 - i] for i in range(len(timesteps))}
     at[-1] = FINAL
-    progress.start(sum(1 for a, b in zip([len(timesteps)] + visits, visits) if b < a))
+    progress.start(sum(1 for a, b in zip([len(timesteps), *visits], visits, strict=False) if b < a))
 
     first = at[visits[0]]
     x = noise.like(x0, "start")
@@ -106,13 +106,26 @@ def repaint(
     """The naive RePaint baseline: inpaint exactly the given mask."""
     timesteps = denoiser.schedule.timesteps(params.steps)
     return repaint_loop(
-        denoiser, x0, known=1 - inpaint_mask, timesteps=timesteps,
+        denoiser,
+        x0,
+        known=1 - inpaint_mask,
+        timesteps=timesteps,
         visits=jump_schedule(len(timesteps), params.jump_length, params.jump_n_sample),
-        noise=noise, progress=progress, conditions=conditions, start=params.start,
+        noise=noise,
+        progress=progress,
+        conditions=conditions,
+        start=params.start,
     )
 
 
 def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
     """The catalogue's entry point: the naive baseline inpaints the undilated pathology mask."""
-    return repaint(denoiser, x0, inpaint_mask=masks["pathology_mask"], params=params, noise=noise,
-                   progress=progress, conditions=conditions)
+    return repaint(
+        denoiser,
+        x0,
+        inpaint_mask=masks["pathology_mask"],
+        params=params,
+        noise=noise,
+        progress=progress,
+        conditions=conditions,
+    )

@@ -14,19 +14,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, catalogue
+from ..catalogue import MASK_ROLES, MaskGrid, Method, Precision, RunOptions, SliceNoise, check_slice_options
 from ..io import MedicalImage
 from ..io.image import PLANES, apply_orientation, plane_transforms
-from .. import catalogue
-from ..catalogue import MASK_ROLES, MaskGrid, Method, Precision, RunOptions, SliceNoise, check_slice_options
 from ..masks import mask_problem
-from ..results import EditError, EditProgress, EditResult
 from ..metrics import edit_metrics, jsonable
+from ..results import EditError, EditProgress, EditResult
 from .control import Edited, NoiseSource, Progress, StepInfo
 from .denoiser import Denoiser
 from .slice_noise import Mixture, slice_mixtures
-from .through_plane import ThroughPlaneSmoothing
 from .slicing import Grid, IntensityWindow, binarised, slices_to_edit, to_dtype, to_latent_grid
+from .through_plane import ThroughPlaneSmoothing
 
 DEFAULT_CPU_BATCH = 4  # batching helps little on 2 CPU cores and costs memory (see benchmarks/)
 RUN = RunOptions()  # the run options' defaults, stated once in the catalogue
@@ -86,14 +85,32 @@ def edit(
 
     Raises ``EditError`` for bad requests and ``EditCancelled`` when ``cancel`` is set.
     """
-    plan = plan_edit(method, image, model=model, seed=seed, axis=axis, slices=slices, batch_size=batch_size,
-                     slice_noise=slice_noise, noise_correlation_mm=noise_correlation_mm,
-                     through_plane_smoothing=through_plane_smoothing, precision=precision,
-                     compile_network=compile_network, **options)
+    plan = plan_edit(
+        method,
+        image,
+        model=model,
+        seed=seed,
+        axis=axis,
+        slices=slices,
+        batch_size=batch_size,
+        slice_noise=slice_noise,
+        noise_correlation_mm=noise_correlation_mm,
+        through_plane_smoothing=through_plane_smoothing,
+        precision=precision,
+        compile_network=compile_network,
+        **options,
+    )
     started, evaluations_before = time.perf_counter(), model.evaluations
     outputs, maps, scheduler = run_plan(plan, model, callback=callback, cancel=cancel)
-    return assemble(plan, model, outputs, maps, seconds=time.perf_counter() - started,
-                    evaluations=model.evaluations - evaluations_before, scheduler=scheduler)
+    return assemble(
+        plan,
+        model,
+        outputs,
+        maps,
+        seconds=time.perf_counter() - started,
+        evaluations=model.evaluations - evaluations_before,
+        scheduler=scheduler,
+    )
 
 
 @dataclass
@@ -131,11 +148,22 @@ class EditPlan:
         return _in_source_order(chunk, planes, axis=self.axis, back=self.back, count=self.stack.shape[0])
 
 
-def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser, seed: int = 0,
-              axis: int | str = 0, slices: tuple[int, int] | None = None, batch_size: int | None = None,
-              slice_noise: SliceNoise | str = RUN.slice_noise, noise_correlation_mm: float = RUN.noise_correlation_mm,
-              through_plane_smoothing: float = RUN.through_plane_smoothing, precision: Precision | str = RUN.precision,
-              compile_network: bool = RUN.compile_network, **options: Any) -> EditPlan:
+def plan_edit(
+    method: str,
+    image: MedicalImage | np.ndarray,
+    *,
+    model: Denoiser,
+    seed: int = 0,
+    axis: int | str = 0,
+    slices: tuple[int, int] | None = None,
+    batch_size: int | None = None,
+    slice_noise: SliceNoise | str = RUN.slice_noise,
+    noise_correlation_mm: float = RUN.noise_correlation_mm,
+    through_plane_smoothing: float = RUN.through_plane_smoothing,
+    precision: Precision | str = RUN.precision,
+    compile_network: bool = RUN.compile_network,
+    **options: Any,
+) -> EditPlan:
     """Check a request (same arguments as ``edit``) and lay it out as slices; nothing runs yet."""
     try:
         spec = catalogue.method(method)
@@ -147,7 +175,9 @@ def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser,
     except ValueError as exc:
         raise EditError(str(exc)) from None
     source = image if isinstance(image, MedicalImage) else MedicalImage(np.asarray(image), np.eye(4))
-    masks = {name: _mask(name, options.pop(name), source) for name in MASK_ROLES if options.get(name) is not None}
+    masks = {
+        name: _mask(name, options.pop(name), source) for name in MASK_ROLES if options.get(name) is not None
+    }
     for name in MASK_ROLES:
         options.pop(name, None)
     if not spec.takes_text and options.get("prompt"):
@@ -189,19 +219,40 @@ def plan_edit(method: str, image: MedicalImage | np.ndarray, *, model: Denoiser,
     # mm between neighbouring slices (a 2D image is one slice: no spacing to speak of)
     spacing = 1.0 if volume.ndim == 2 else source.spacing[axis if back is None else int(back[0, 0])]
     return EditPlan(
-        spec=spec, params=params, preset=preset, source=source, given_masks=sorted(masks), stack=stack, masks=stacked,
-        chosen=chosen, window=window, grid=grid,
-        noise=slice_mixtures(slice_noise, seed, stack.shape[0], spacing_mm=spacing,
-                             correlation_mm=noise_correlation_mm),
-        batch_size=batch_size or _default_batch(model, len(chosen)), axis=axis, plane=plane, back=back,
-        seed=seed, slice_noise=slice_noise, slice_spacing_mm=spacing, noise_correlation_mm=noise_correlation_mm,
-        through_plane_smoothing=through_plane_smoothing, precision=network_precision(precision, model.device),
+        spec=spec,
+        params=params,
+        preset=preset,
+        source=source,
+        given_masks=sorted(masks),
+        stack=stack,
+        masks=stacked,
+        chosen=chosen,
+        window=window,
+        grid=grid,
+        noise=slice_mixtures(
+            slice_noise, seed, stack.shape[0], spacing_mm=spacing, correlation_mm=noise_correlation_mm
+        ),
+        batch_size=batch_size or _default_batch(model, len(chosen)),
+        axis=axis,
+        plane=plane,
+        back=back,
+        seed=seed,
+        slice_noise=slice_noise,
+        slice_spacing_mm=spacing,
+        noise_correlation_mm=noise_correlation_mm,
+        through_plane_smoothing=through_plane_smoothing,
+        precision=network_precision(precision, model.device),
         compile_network=bool(compile_network),
     )
 
 
-def run_plan(plan: EditPlan, model: Denoiser, *, callback: Callable[[EditProgress], None] | None = None,
-             cancel: threading.Event | None = None) -> tuple[list[np.ndarray], dict[str, np.ndarray], dict | None]:
+def run_plan(
+    plan: EditPlan,
+    model: Denoiser,
+    *,
+    callback: Callable[[EditProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[list[np.ndarray], dict[str, np.ndarray], dict | None]:
     """Every chosen slice through the method in batches; one float64 stack per output version
     (PIE: one per progression step), the source's values on the slices not chosen; the maps
     the method computed (float32 stacks, 0 on the slices not chosen); and the scheduler it
@@ -216,14 +267,24 @@ def run_plan(plan: EditPlan, model: Denoiser, *, callback: Callable[[EditProgres
         try:
             outputs, scheduler = _run_chunks(run, plan, model, pending, together, progress, callback, maps)
         except _compile_errors(plan) as exc:
-            raise EditError(f"torch.compile could not compile {model.name} on this machine ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}); run without compile_network "
-                            "(its compiler needs a C++ toolchain on CPU, Triton on CUDA)") from exc
+            raise EditError(
+                f"torch.compile could not compile {model.name} on this machine ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); run without compile_network "
+                "(its compiler needs a C++ toolchain on CPU, Triton on CUDA)"
+            ) from exc
     return outputs, maps, scheduler
 
 
-def _run_chunks(run, plan: EditPlan, model: Denoiser, pending: list[list[int]], together: bool, progress: Progress,
-                callback, maps: dict[str, np.ndarray]):
+def _run_chunks(
+    run,
+    plan: EditPlan,
+    model: Denoiser,
+    pending: list[list[int]],
+    together: bool,
+    progress: Progress,
+    callback,
+    maps: dict[str, np.ndarray],
+):
     """The batches in turn, halving them on running out of GPU memory; fills ``maps`` in place."""
     network_batch = plan.batch_size
     outputs, scheduler = None, None
@@ -231,15 +292,18 @@ def _run_chunks(run, plan: EditPlan, model: Denoiser, pending: list[list[int]], 
         chunk = pending.pop(0)
         done_before = progress.done
         try:
-            native, native_maps, scheduler = _edit_chunk(run, plan, model, chunk, progress, callback, network_batch)
+            native, native_maps, scheduler = _edit_chunk(
+                run, plan, model, chunk, progress, callback, network_batch
+            )
         except torch.OutOfMemoryError:
             smaller = network_batch if together else len(chunk)
             if smaller == 1:
                 raise
             # Retry with half the slices per model call; each slice keeps its own noise, so nothing changes.
             half = smaller // 2
-            warnings.warn(f"out of GPU memory with {smaller} slices per batch; retrying with {half}",
-                          stacklevel=2)
+            warnings.warn(
+                f"out of GPU memory with {smaller} slices per batch; retrying with {half}", stacklevel=2
+            )
             torch.cuda.empty_cache()
             if together:
                 network_batch = half
@@ -251,7 +315,7 @@ def _run_chunks(run, plan: EditPlan, model: Denoiser, pending: list[list[int]], 
             continue
         if outputs is None:
             outputs = [plan.stack.astype(np.float64) for _ in native]
-        for out, values in zip(outputs, native):
+        for out, values in zip(outputs, native, strict=True):
             out[chunk] = values
         for name, values in native_maps.items():
             maps[name][chunk] = values
@@ -259,27 +323,46 @@ def _run_chunks(run, plan: EditPlan, model: Denoiser, pending: list[list[int]], 
     return outputs, scheduler
 
 
-def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], maps: dict[str, np.ndarray] | None = None,
-             *, seconds: float, evaluations: int, scheduler: dict | None = None) -> EditResult:
+def assemble(
+    plan: EditPlan,
+    model: Denoiser,
+    outputs: list[np.ndarray],
+    maps: dict[str, np.ndarray] | None = None,
+    *,
+    seconds: float,
+    evaluations: int,
+    scheduler: dict | None = None,
+) -> EditResult:
     """Composite the edited slices into the source (bit-identical outside what the method may change),
     back in the source's voxel order and dtype, with metrics and provenance."""
     spec, stack = plan.spec, plan.stack
     maps = maps or {}
-    # a computed mask (name ending in _mask) is a region: a native pixel is in it when its value is at least half
+    # a computed mask (name ending in _mask) is a region: a native pixel is in it when its value is at least
+    # half
     masks = {**plan.masks, **{k: m >= 0.5 for k, m in maps.items() if k.endswith("_mask")}}
     editable = spec.editable(masks)
     if not plan.grid.covers_all:  # a centre crop: what the model never saw stays as it was
         covered = plan.grid.covered()[None]
         editable = covered if editable is None else editable & covered
-    stacked_results = [_composite(stack, out, editable, plan.chosen, plan.source.array.dtype) for out in outputs]
+    stacked_results = [
+        _composite(stack, out, editable, plan.chosen, plan.source.array.dtype) for out in outputs
+    ]
     # Measured in the slicing orientation (slices along axis 0), where "edited slices" are defined.
-    metrics = edit_metrics(stack, stacked_results[-1], region=spec.region(masks),
-                           keep_mask=plan.masks.get("keep_mask"), slice_axis=0,
-                           slices=None if plan.planar else plan.chosen)
+    metrics = edit_metrics(
+        stack,
+        stacked_results[-1],
+        region=spec.region(masks),
+        keep_mask=plan.masks.get("keep_mask"),
+        slice_axis=0,
+        slices=None if plan.planar else plan.chosen,
+    )
     results = [r[0] if plan.planar else np.moveaxis(r, 0, plan.axis) for r in stacked_results]
     used_masks = {k: (m[0] if plan.planar else np.moveaxis(m, 0, plan.axis)) for k, m in masks.items()}
-    method_maps = {k: (m[0] if plan.planar else np.moveaxis(m, 0, plan.axis)) for k, m in maps.items()
-                   if not k.endswith("_mask")}
+    method_maps = {
+        k: (m[0] if plan.planar else np.moveaxis(m, 0, plan.axis))
+        for k, m in maps.items()
+        if not k.endswith("_mask")
+    }
     if plan.back is not None:  # from the plane's orientation back to the image's voxel order
         results = [apply_orientation(r, plan.back) for r in results]
         used_masks = {k: apply_orientation(m, plan.back) for k, m in used_masks.items()}
@@ -289,11 +372,17 @@ def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], maps: d
         "reference": spec.reference,
         "preset": plan.preset,
         "parameters": jsonable(dataclasses.asdict(plan.params)),
-        "model": {"name": model.name, "weights_sha256": model.weights_hash, "resolution": model.resolution,
-                  "latent": model.latent},
+        "model": {
+            "name": model.name,
+            "weights_sha256": model.weights_hash,
+            "resolution": model.resolution,
+            "latent": model.latent,
+        },
         "seed": plan.seed,
         "slice_noise": plan.slice_noise.value,
-        "noise_correlation_mm": plan.noise_correlation_mm if plan.slice_noise is SliceNoise.correlated else None,
+        "noise_correlation_mm": plan.noise_correlation_mm
+        if plan.slice_noise is SliceNoise.correlated
+        else None,
         "through_plane_smoothing": plan.through_plane_smoothing,
         "precision": str(plan.precision).removeprefix("torch."),
         "compile_network": plan.compile_network,
@@ -304,8 +393,9 @@ def assemble(plan: EditPlan, model: Denoiser, outputs: list[np.ndarray], maps: d
         "masks": plan.given_masks,
         "maps": sorted(method_maps),
         "preprocessing": {**plan.grid.describe(), **plan.window.describe()},
-        "scheduler": model.schedule.settings() if scheduler is None else {
-            **scheduler, "built_from": model.schedule.settings()["class"]},
+        "scheduler": model.schedule.settings()
+        if scheduler is None
+        else {**scheduler, "built_from": model.schedule.settings()["class"]},
         "source": plan.source.metadata.get("path"),
         "napari_medit": __version__,
         "torch": str(torch.__version__),  # a TorchVersion would make unpickling the result import torch
@@ -337,7 +427,9 @@ def _mask(name: str, value, source: MedicalImage) -> np.ndarray:
         if value.array.shape != source.array.shape:
             raise EditError(f"{name} has shape {value.array.shape} but the image has {source.array.shape}")
         if not np.allclose(value.affine, source.affine, atol=1e-3):
-            raise EditError(f"{name} is not on the image's grid (different affine): resample it to the image first")
+            raise EditError(
+                f"{name} is not on the image's grid (different affine): resample it to the image first"
+            )
         value = value.array
     mask = np.asarray(value)
     problem = mask_problem(name, mask, source.array.shape)
@@ -369,8 +461,10 @@ def _check_request(spec: Method, source: MedicalImage, masks: dict, model: Denoi
         raise EditError(f"model '{model.name}': {problem}")
     needed = [c for c in model.condition_names if c not in masks]
     if needed:
-        raise EditError(f"model '{model.name}' is conditioned on {', '.join(model.condition_names)}: "
-                        f"give {' and '.join(needed)}")
+        raise EditError(
+            f"model '{model.name}' is conditioned on {', '.join(model.condition_names)}: "
+            f"give {' and '.join(needed)}"
+        )
     problem = spec.check_masks(masks) if spec.check_masks else None
     if problem:
         raise EditError(problem)
@@ -385,20 +479,25 @@ def _check_coverage(spec: Method, grid: Grid, masks: dict, chosen: list[int]) ->
     inside = region[chosen][:, grid.covered()].sum()
     total = region[chosen].sum()
     if total and not inside:
-        raise EditError(f"the {spec.slice_region or 'region'} lies outside the centred square the model sees (its "
-                        f"preprocessing crops {grid.height}x{grid.width} slices to {grid.side}x{grid.side}): "
-                        "move the mask inside it, or use a model that pads")
+        raise EditError(
+            f"the {spec.slice_region or 'region'} lies outside the centred square the model sees (its "
+            f"preprocessing crops {grid.height}x{grid.width} slices to {grid.side}x{grid.side}): "
+            "move the mask inside it, or use a model that pads"
+        )
     if inside < total:
-        warnings.warn(f"{100 * (1 - inside / total):.0f}% of the {spec.slice_region or 'region'} lies outside the "
-                      f"centred {grid.side}x{grid.side} square the model sees; that part is left unedited",
-                      stacklevel=3)
+        warnings.warn(
+            f"{100 * (1 - inside / total):.0f}% of the {spec.slice_region or 'region'} lies outside the "
+            f"centred {grid.side}x{grid.side} square the model sees; that part is left unedited",
+            stacklevel=3,
+        )
 
 
 # ---------------------------------------------------------------- model space
 
 
-def _edit_chunk(run, plan: EditPlan, model: Denoiser, chunk: list[int], progress: Progress, callback,
-                network_batch: int):
+def _edit_chunk(
+    run, plan: EditPlan, model: Denoiser, chunk: list[int], progress: Progress, callback, network_batch: int
+):
     """One batch of slices through the method; returns the native-resolution versions."""
     images = _to_model_range(model, plan.stack[chunk], plan.window, plan.grid)
     with torch.no_grad():
@@ -410,26 +509,45 @@ def _edit_chunk(run, plan: EditPlan, model: Denoiser, chunk: list[int], progress
         masks_model[name] = (binarised(on_grid) if binary else on_grid).to(model.device)
     conditions = _conditions(model, masks_model)
     if callback is not None:
-        progress.callback = _reporter(callback, model, chunk, plan.in_source_order, plan.window, plan.grid,
-                                      plan.stack[chunk])
+        progress.callback = _reporter(
+            callback, model, chunk, plan.in_source_order, plan.window, plan.grid, plan.stack[chunk]
+        )
     noise = NoiseSource([plan.noise[i] for i in chunk], model.device)
     denoiser = model
     if plan.through_plane_smoothing > 0:
         region = plan.spec.region(masks_model)
         denoiser = ThroughPlaneSmoothing(
-            model, slices=chunk, strength=plan.through_plane_smoothing, max_batch=network_batch,
-            region=torch.ones_like(x0[:, :1]) if region is None else region.to(x0.dtype))
+            model,
+            slices=chunk,
+            strength=plan.through_plane_smoothing,
+            max_batch=network_batch,
+            region=torch.ones_like(x0[:, :1]) if region is None else region.to(x0.dtype),
+        )
     with torch.no_grad():
-        edited = run(denoiser, x0, masks_model, plan.params, noise, progress, conditions,
-                     image=_sampler_precision(model, images))
+        edited = run(
+            denoiser,
+            x0,
+            masks_model,
+            plan.params,
+            noise,
+            progress,
+            conditions,
+            image=_sampler_precision(model, images),
+        )
         maps, scheduler = {}, None
         if isinstance(edited, Edited):
             edited, maps, scheduler = edited.versions, edited.maps, edited.scheduler
         versions = edited if isinstance(edited, list) else [edited]
         native = [_from_model(model, v, plan.window, plan.grid, plan.stack[chunk]) for v in versions]
         # maps lie on the model's image grid; outside a centre crop they are 0 (nothing was edited there)
-        return native, {k: np.nan_to_num(plan.grid.from_model(m.float().cpu())).astype(np.float32)
-                        for k, m in maps.items()}, scheduler
+        return (
+            native,
+            {
+                k: np.nan_to_num(plan.grid.from_model(m.float().cpu())).astype(np.float32)
+                for k, m in maps.items()
+            },
+            scheduler,
+        )
 
 
 def _compile_errors(plan: EditPlan) -> tuple[type[Exception], ...]:
@@ -464,8 +582,9 @@ def _sampler_precision(model: Denoiser, x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32 if model.device.type == "mps" else torch.float64)
 
 
-def _from_model(model: Denoiser, x: torch.Tensor, window: IntensityWindow, grid: Grid,
-                source: np.ndarray) -> np.ndarray:
+def _from_model(
+    model: Denoiser, x: torch.Tensor, window: IntensityWindow, grid: Grid, source: np.ndarray
+) -> np.ndarray:
     """Model output back to source units on the slices' own grid; where a crop hid the slice
     from the model, the ``source`` slices' own values."""
     low, high = model.value_range

@@ -43,5 +43,12 @@ def sdedit(
 
 def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
     """The catalogue's entry point: masks by role, on the model's grid."""
-    return sdedit(denoiser, x0, mask=masks.get("edit_mask"), params=params, noise=noise, progress=progress,
-                  conditions=conditions)
+    return sdedit(
+        denoiser,
+        x0,
+        mask=masks.get("edit_mask"),
+        params=params,
+        noise=noise,
+        progress=progress,
+        conditions=conditions,
+    )

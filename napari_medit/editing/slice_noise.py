@@ -45,8 +45,9 @@ def slice_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def slice_mixtures(mode: SliceNoise, seed: int, count: int, *, spacing_mm: float = 1.0,
-                   correlation_mm: float = 1.0) -> list[Mixture]:
+def slice_mixtures(
+    mode: SliceNoise, seed: int, count: int, *, spacing_mm: float = 1.0, correlation_mm: float = 1.0
+) -> list[Mixture]:
     """Each of ``count`` slices' noise as weighted standard normal fields (see the module docstring).
 
     ``spacing_mm``: the distance between neighbouring slices; ``correlation_mm``: L, the
@@ -58,8 +59,9 @@ def slice_mixtures(mode: SliceNoise, seed: int, count: int, *, spacing_mm: float
     if mode is SliceNoise.shared:
         return [((slice_seed(seed, 0), 1.0),)] * count
     if not (spacing_mm > 0 and correlation_mm > 0):
-        raise ValueError(f"slice spacing and correlation length must be positive, got {spacing_mm} and "
-                         f"{correlation_mm} mm")
+        raise ValueError(
+            f"slice spacing and correlation length must be positive, got {spacing_mm} and {correlation_mm} mm"
+        )
     mixtures = []
     for i in range(count):
         anchor, fraction = divmod(i * spacing_mm / correlation_mm, 1.0)

@@ -24,8 +24,11 @@ from ..preprocessing import Fit, Intensity
 ROBUST_PERCENTILES = (0.5, 99.5)
 
 
-def slices_to_edit(num_slices: int, region: np.ndarray | None, slice_range: tuple[int, int] | None) -> list[int]:
-    """The slices (along axis 0 of ``region``) to edit: a given [start, stop) range, or those the region touches."""
+def slices_to_edit(
+    num_slices: int, region: np.ndarray | None, slice_range: tuple[int, int] | None
+) -> list[int]:
+    """The slices (along axis 0 of ``region``) to edit: a given [start, stop) range, or those the region
+    touches."""
     if slice_range is not None:
         start, stop = slice_range
         if not 0 <= start < stop <= num_slices:
@@ -78,7 +81,9 @@ class IntensityWindow:
         return {"intensity": self.kind.value, "low": self.low, "high": self.high}
 
     def from_unit(self, unit: np.ndarray) -> np.ndarray:
-        return np.clip(unit.astype(np.float64) * (self.high - self.low) + self.low, self.minimum, self.maximum)
+        return np.clip(
+            unit.astype(np.float64) * (self.high - self.low) + self.low, self.minimum, self.maximum
+        )
 
 
 def to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -86,7 +91,7 @@ def to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         return np.clip(np.round(values), info.min, info.max).astype(dtype)
-    if dtype == bool:
+    if np.dtype(dtype).kind == "b":
         return values > 0.5
     return values.astype(dtype)
 
@@ -132,8 +137,11 @@ class Grid:
 
     def describe(self) -> dict:
         rows, cols = self.crop
-        return {"fit": self.fit.value, "resolution": self.resolution,
-                "region": [rows.start, cols.start, self.side, self.side]}  # top, left, height, width
+        return {
+            "fit": self.fit.value,
+            "resolution": self.resolution,
+            "region": [rows.start, cols.start, self.side, self.side],
+        }  # top, left, height, width
 
     def to_model(self, slices: np.ndarray, soft: bool = False) -> torch.Tensor:
         """(B, H, W) -> (B, 1, R, R) float32. Images are resampled with antialiasing, masks
@@ -144,13 +152,19 @@ class Grid:
         if self.side == self.resolution:
             return x
         if soft:
-            return F.interpolate(x, size=(self.resolution,) * 2, mode="area" if self.side > self.resolution else "bilinear")
-        return F.interpolate(x, size=(self.resolution,) * 2, mode="bilinear", antialias=True, align_corners=False)
+            return F.interpolate(
+                x, size=(self.resolution,) * 2, mode="area" if self.side > self.resolution else "bilinear"
+            )
+        return F.interpolate(
+            x, size=(self.resolution,) * 2, mode="bilinear", antialias=True, align_corners=False
+        )
 
     def from_model(self, x: torch.Tensor) -> np.ndarray:
         """(B, 1, R, R) -> (B, H, W) float64; NaN where the model does not see the slice (a crop)."""
         if self.side != self.resolution:
-            x = F.interpolate(x.float(), size=(self.side,) * 2, mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(
+                x.float(), size=(self.side,) * 2, mode="bilinear", antialias=True, align_corners=False
+            )
         left, _, top, _ = self.pads
         seen = x[:, 0, top : top + min(self.side, self.height), left : left + min(self.side, self.width)]
         out = np.full((x.shape[0], self.height, self.width), np.nan)

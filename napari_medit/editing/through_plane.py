@@ -36,8 +36,15 @@ from .denoiser import Denoiser
 class ThroughPlaneSmoothing(Denoiser):
     """``denoiser`` with its clean-image prediction smoothed along the slice axis inside ``region``."""
 
-    def __init__(self, denoiser: Denoiser, *, slices: Sequence[int], region: torch.Tensor, strength: float,
-                 max_batch: int):
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        *,
+        slices: Sequence[int],
+        region: torch.Tensor,
+        strength: float,
+        max_batch: int,
+    ):
         if not 0 < strength <= 1:
             raise ValueError(f"through-plane smoothing must be in (0, 1], got {strength}")
         self.inner, self.strength, self.max_batch = denoiser, strength, max(1, max_batch)
@@ -45,8 +52,17 @@ class ThroughPlaneSmoothing(Denoiser):
         position = {s: i for i, s in enumerate(slices)}
         self.before = [position.get(s - 1, i) for i, s in enumerate(slices)]
         self.after = [position.get(s + 1, i) for i, s in enumerate(slices)]
-        for name in ("name", "resolution", "image_channels", "latent_channels", "latent_factor", "value_range",
-                     "condition_names", "schedule", "image_conditioned"):
+        for name in (
+            "name",
+            "resolution",
+            "image_channels",
+            "latent_channels",
+            "latent_factor",
+            "value_range",
+            "condition_names",
+            "schedule",
+            "image_conditioned",
+        ):
             setattr(self, name, getattr(denoiser, name))
 
     # What the methods ask of a model, answered by the wrapped one.
@@ -69,10 +85,17 @@ class ThroughPlaneSmoothing(Denoiser):
 
     def __call__(self, x_t, t: float, text=None, conditions=None) -> torch.Tensor:
         pieces = range(0, x_t.shape[0], self.max_batch)
-        eps = torch.cat([self.inner(x_t[i : i + self.max_batch], t,
-                                    None if text is None else text[i : i + self.max_batch],
-                                    None if conditions is None else conditions[i : i + self.max_batch])
-                         for i in pieces])
+        eps = torch.cat(
+            [
+                self.inner(
+                    x_t[i : i + self.max_batch],
+                    t,
+                    None if text is None else text[i : i + self.max_batch],
+                    None if conditions is None else conditions[i : i + self.max_batch],
+                )
+                for i in pieces
+            ]
+        )
         return self.regularised(x_t, eps, t)
 
     def regularised(self, x_t: torch.Tensor, eps: torch.Tensor, t: float) -> torch.Tensor:

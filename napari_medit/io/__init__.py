@@ -19,11 +19,11 @@ from .nifti import is_nifti_path, read_nifti, write_nifti
 from .raster import is_raster_path, read_raster, write_png
 
 __all__ = [
-    "ImageReadError",
-    "MedicalImage",
     "NEUROLOGICAL_AXIAL",
     "RADIOLOGICAL_AXIAL",
     "SUPPORTED",
+    "ImageReadError",
+    "MedicalImage",
     "read_image",
     "write_image",
 ]
@@ -47,11 +47,15 @@ def read_image(path: str | os.PathLike) -> MedicalImage:
     except ImageReadError:
         raise
     except MemoryError:
-        raise ImageReadError(f"{path}: not enough memory to read it; free memory or use a smaller file") from None
-    except Exception as exc:  # noqa: BLE001 - a damaged file makes any library raise anything
+        raise ImageReadError(
+            f"{path}: not enough memory to read it; free memory or use a smaller file"
+        ) from None
+    except Exception as exc:
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        raise ImageReadError(f"{path}: cannot be read, the file is damaged or not what its name says "
-                             f"({type(exc).__name__}: {reason})") from exc
+        raise ImageReadError(
+            f"{path}: cannot be read, the file is damaged or not what its name says "
+            f"({type(exc).__name__}: {reason})"
+        ) from exc
     check_geometry(path, image)
     return image
 
@@ -89,7 +93,9 @@ def write_image(path: str | os.PathLike, image: MedicalImage) -> Path:
     elif path.suffix.lower() == ".png":
         writer = write_png
     else:
-        raise ValueError(f"{path}: cannot write this file type; use .nii.gz (any image), .mgz (volumes) or .png (2D)")
+        raise ValueError(
+            f"{path}: cannot write this file type; use .nii.gz (any image), .mgz (volumes) or .png (2D)"
+        )
     with replacing(path) as temporary:  # the same ending: the writer picks its format by it
         writer(temporary, image)
     return path
@@ -122,7 +128,7 @@ def can_read(path: str | os.PathLike) -> bool:
 
 
 def _folder_has_dicom(folder: Path, probe: int = 50) -> bool:
-    from .dicom import has_dicom_preamble, SUFFIXES
+    from .dicom import SUFFIXES, has_dicom_preamble
 
     for count, (root, _, files) in enumerate(os.walk(folder)):
         for name in files[:probe]:

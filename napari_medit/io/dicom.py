@@ -29,7 +29,12 @@ SUFFIXES = (".dcm", ".dicom", ".ima")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # PatientOrientation letters (PS3.3 C.7.6.1.1.1) as LPS unit vectors.
 _LETTER_TO_LPS = {
-    "L": (1, 0, 0), "R": (-1, 0, 0), "P": (0, 1, 0), "A": (0, -1, 0), "H": (0, 0, 1), "F": (0, 0, -1),
+    "L": (1, 0, 0),
+    "R": (-1, 0, 0),
+    "P": (0, 1, 0),
+    "A": (0, -1, 0),
+    "H": (0, 0, 1),
+    "F": (0, 0, -1),
 }
 # Metadata key: the source file of each slice, in the array's slice order (file orientation). DICOM
 # writers re-read these headers (never the pixels) to derive new instances from them.
@@ -55,10 +60,14 @@ def is_dicom_path(path: Path) -> bool:
 def read_dicom_file(path: Path) -> MedicalImage:
     ds = _dcmread(path)
     if ds.get("SOPClassUID") == pydicom.uid.SegmentationStorage:
-        raise ImageReadError(f"{path}: a DICOM SEG holds masks, not an image; open it in napari (Masks widget: "
-                             "Load mask file...) or give it to a mask option (--edit-mask FILE ...)")
+        raise ImageReadError(
+            f"{path}: a DICOM SEG holds masks, not an image; open it in napari (Masks widget: "
+            "Load mask file...) or give it to a mask option (--edit-mask FILE ...)"
+        )
     if "PixelData" not in ds and "FloatPixelData" not in ds:
-        raise ImageReadError(f"{path}: DICOM file without pixel data ({ds.get('Modality', 'unknown modality')} object)")
+        raise ImageReadError(
+            f"{path}: DICOM file without pixel data ({ds.get('Modality', 'unknown modality')} object)"
+        )
     pixels = _pixels(ds, path)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
@@ -77,10 +86,7 @@ def read_dicom_series(folder: Path) -> MedicalImage:
     ranked = sorted(series.items(), key=lambda item: len(item[1]), reverse=True)
     uid, members = ranked[0]
     others = [_series_summary(u, m) for u, m in ranked[1:]]
-    if len(members) == 1:
-        image = read_dicom_file(members[0][0])
-    else:
-        image = _stack_series(members, folder)
+    image = read_dicom_file(members[0][0]) if len(members) == 1 else _stack_series(members, folder)
     image.metadata["series"] = _series_summary(uid, members)
     image.metadata["path"] = str(folder)
     if others:
@@ -111,8 +117,9 @@ def _check_declared(ds: Dataset, path: Path, slices: int = 1) -> None:
     """Refuse, before decoding, pixels the header says would not fit (``slices`` such files: a series)."""
     bits = int(ds.get("BitsAllocated", 16) or 16)
     if bits not in (1, 8, 16, 32, 64):
-        raise ImageReadError(f"{path}: BitsAllocated {bits} is not a size pixels are stored in (the header is "
-                             "damaged)")
+        raise ImageReadError(
+            f"{path}: BitsAllocated {bits} is not a size pixels are stored in (the header is damaged)"
+        )
     frames = int(ds.get("NumberOfFrames", 1) or 1) * slices
     # per voxel: the stored samples, and float64 output after a rescale
     itemsize = int(ds.get("SamplesPerPixel", 1) or 1) * bits / 8 + 8
@@ -175,7 +182,11 @@ def _to_gray(ds: Dataset, stored: np.ndarray) -> np.ndarray:
     # pydicom already converts YBR to RGB; palette images still need their lookup table.
     from pydicom.pixels import apply_color_lut
 
-    rgb = apply_color_lut(stored, ds) if str(ds.PhotometricInterpretation).upper() == "PALETTE COLOR" else stored
+    rgb = (
+        apply_color_lut(stored, ds)
+        if str(ds.PhotometricInterpretation).upper() == "PALETTE COLOR"
+        else stored
+    )
     gray = rgb[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma
     return np.round(gray).astype(rgb.dtype)
 
@@ -295,7 +306,9 @@ def _ordered_positions(positions: np.ndarray, normal: np.ndarray, where: Path) -
 
 def _stack_series(members: list[tuple[Path, Dataset]], folder: Path) -> MedicalImage:
     first_ds = members[0][1]
-    missing = [p.name for p, ds in members if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds]
+    missing = [
+        p.name for p, ds in members if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds
+    ]
     if missing:
         raise ImageReadError(
             f"{folder}: cannot order the slices, {len(missing)} file(s) lack ImagePositionPatient/"
@@ -305,7 +318,9 @@ def _stack_series(members: list[tuple[Path, Dataset]], folder: Path) -> MedicalI
     for path, ds in members:
         r, c = _cosines(ds.ImageOrientationPatient)
         if not (np.allclose(r, along_row, atol=1e-4) and np.allclose(c, along_col, atol=1e-4)):
-            raise ImageReadError(f"{folder}: slices of one series have different orientations (e.g. {path.name})")
+            raise ImageReadError(
+                f"{folder}: slices of one series have different orientations (e.g. {path.name})"
+            )
         if (ds.Rows, ds.Columns) != (first_ds.Rows, first_ds.Columns):
             raise ImageReadError(f"{folder}: slices of one series have different sizes (e.g. {path.name})")
     normal = np.cross(along_row, along_col)
@@ -336,7 +351,7 @@ def _multiframe_volume(ds: Dataset, pixels: np.ndarray, path: Path) -> MedicalIm
         )
     except (AttributeError, IndexError, KeyError, TypeError):
         # No per-frame geometry (e.g. a cine or an ultrasound clip): frames stacked as they come.
-        affine, note = _plane_affine(ds)
+        affine, _note = _plane_affine(ds)
         metadata["warning"] = "multi-frame file without per-frame positions: frames stacked in file order"
         volume = np.eye(4)
         volume[:, 1:3] = affine[:, 0:2]
@@ -367,7 +382,7 @@ def _scan_series(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
                 continue
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception:  # not DICOM, or unreadable: a folder may hold other files too
+            except Exception:  # noqa: BLE001 - not DICOM, or unreadable: a folder may hold other files too
                 continue
             if "Rows" not in ds:  # reports, structured reports, presentation states
                 continue
@@ -389,9 +404,20 @@ def _series_summary(uid: str, members: list[tuple[Path, Dataset]]) -> dict[str, 
 def _metadata(ds: Dataset, path: Path, spacing_note: str | None) -> dict[str, Any]:
     header = {}
     for keyword in (
-        "Modality", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesDescription",
-        "BodyPartExamined", "ViewPosition", "PhotometricInterpretation", "BitsStored",
-        "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth", "Manufacturer",
+        "Modality",
+        "PatientID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SeriesDescription",
+        "BodyPartExamined",
+        "ViewPosition",
+        "PhotometricInterpretation",
+        "BitsStored",
+        "RescaleSlope",
+        "RescaleIntercept",
+        "WindowCenter",
+        "WindowWidth",
+        "Manufacturer",
     ):
         value = ds.get(keyword)
         if value not in (None, ""):

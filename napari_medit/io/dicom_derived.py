@@ -37,8 +37,14 @@ SOFTWARE = "napari-medit"
 SERIES_NUMBER_OFFSET = 1000
 # Attributes describing the source's pixels that the edit makes wrong, or that a
 # derived image must not carry (PS3.3 C.7.6.1.1.2: a derived image's icon is its own).
-_STALE = ("SmallestImagePixelValue", "LargestImagePixelValue", "IconImageSequence", "ExtendedOffsetTable",
-          "ExtendedOffsetTableLengths", "SourceApplicationEntityTitle")
+_STALE = (
+    "SmallestImagePixelValue",
+    "LargestImagePixelValue",
+    "IconImageSequence",
+    "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
+    "SourceApplicationEntityTitle",
+)
 
 
 class StoredRangeWarning(UserWarning):
@@ -56,16 +62,21 @@ def source_files(image: MedicalImage) -> list[Path]:
     if not files:
         kind = image.metadata.get("format")
         if kind == "dicom":
-            raise DicomOutputError(f"{where}: DICOM output from a multi-frame (enhanced) DICOM file is not "
-                                   "supported; write .nii.gz instead")
+            raise DicomOutputError(
+                f"{where}: DICOM output from a multi-frame (enhanced) DICOM file is not "
+                "supported; write .nii.gz instead"
+            )
         raise DicomOutputError(
-            f"{where}: DICOM output needs a DICOM source; a {kind or 'non-DICOM'} image has no patient or study "
+            f"{where}: DICOM output needs a DICOM source; a {kind or 'non-DICOM'} image has no patient or "
+            f"study "
             "context to derive from; write .nii.gz (volumes) or .png (2D) instead"
         )
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
-        raise DicomOutputError(f"{missing[0]}: this source file is gone; DICOM output copies its header, so "
-                               "open the series again from where it is now")
+        raise DicomOutputError(
+            f"{missing[0]}: this source file is gone; DICOM output copies its header, so "
+            "open the series again from where it is now"
+        )
     return [Path(f) for f in files]
 
 
@@ -76,19 +87,22 @@ def check_dicom_output(out: str | Path, image: MedicalImage, overwrite: bool = F
     files = source_files(image)
     slices = 1 if image.array.ndim == 2 else image.array.shape[0]
     if image.array.ndim not in (2, 3) or slices != len(files):
-        raise DicomOutputError(f"{out}: the image ({image.array.shape}) does not match its {len(files)} "
-                               "source DICOM instance(s)")
+        raise DicomOutputError(
+            f"{out}: the image ({image.array.shape}) does not match its {len(files)} source DICOM instance(s)"
+        )
     if out.suffix.lower() == ".dcm":
         if len(files) > 1:
-            raise DicomOutputError(f"{out}: a series of {len(files)} slices is written to a folder: "
-                                   "--out FOLDER --format dicom")
+            raise DicomOutputError(
+                f"{out}: a series of {len(files)} slices is written to a folder: --out FOLDER --format dicom"
+            )
     elif out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out}: already exists and is not empty; choose another folder or --overwrite")
     return files
 
 
-def write_dicom(out: str | Path, image: MedicalImage, *, overwrite: bool = False,
-                description: str | None = None) -> list[Path]:
+def write_dicom(
+    out: str | Path, image: MedicalImage, *, overwrite: bool = False, description: str | None = None
+) -> list[Path]:
     """Write ``image`` (an edit of a DICOM source, any orientation) as a derived DICOM series.
 
     ``out`` ending in ``.dcm`` is a single file (2D images); anything else is a folder that gets one
@@ -109,7 +123,7 @@ def write_dicom(out: str | Path, image: MedicalImage, *, overwrite: bool = False
     staging = Path(tempfile.mkdtemp(prefix=f".partial-{out.name}-", dir=out.parent))
     try:
         names, clipped = [], 0
-        for index, (path, values) in enumerate(zip(files, slices)):
+        for index, (path, values) in enumerate(zip(files, slices, strict=True)):
             source = _read_header(path)
             stored, outside = to_stored(values, source, path)
             clipped += outside
@@ -118,8 +132,12 @@ def write_dicom(out: str | Path, image: MedicalImage, *, overwrite: bool = False
             derived.save_as(staging / name, enforce_file_format=True)
             names.append(name)
         if clipped:
-            warnings.warn(f"{out}: {clipped} edited pixel value(s) lay outside the source's stored range and were "
-                          "clipped to it", StoredRangeWarning, stacklevel=2)
+            warnings.warn(
+                f"{out}: {clipped} edited pixel value(s) lay outside the source's stored range and were "
+                "clipped to it",
+                StoredRangeWarning,
+                stacklevel=2,
+            )
         if single:
             (staging / out.name).replace(out)
             return [out]
@@ -134,10 +152,14 @@ def to_stored(values: np.ndarray, source: Dataset, path: Path | str = "") -> tup
     frame: stored values in the source's representation, and how many had to be clipped."""
     photometric = str(source.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DicomOutputError(f"{path}: DICOM output keeps the source's pixel representation, and "
-                               f"{photometric} sources are converted to grey when read; write .png instead")
+        raise DicomOutputError(
+            f"{path}: DICOM output keeps the source's pixel representation, and "
+            f"{photometric} sources are converted to grey when read; write .png instead"
+        )
     if "FloatPixelData" in source or "DoubleFloatPixelData" in source:
-        raise DicomOutputError(f"{path}: floating-point DICOM pixel data cannot be written back; write .nii.gz")
+        raise DicomOutputError(
+            f"{path}: floating-point DICOM pixel data cannot be written back; write .nii.gz"
+        )
     values = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(values)):
         raise DicomOutputError(f"{path}: the image holds NaN or infinite values, which DICOM cannot store")
@@ -149,14 +171,17 @@ def to_stored(values: np.ndarray, source: Dataset, path: Path | str = "") -> tup
     signed = int(source.get("PixelRepresentation", 0)) == 1
     if photometric == "MONOCHROME1":  # the reader inverted over the stored bit range
         stored = -1 - stored if signed else (1 << bits_stored) - 1 - stored
-    low, high = (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1) if signed else (0, (1 << bits_stored) - 1)
+    low, high = (
+        (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1) if signed else (0, (1 << bits_stored) - 1)
+    )
     outside = int(np.count_nonzero((stored < low) | (stored > high)))
     dtype = np.dtype(f"{'i' if signed else 'u'}{bits_allocated // 8}")
     return np.clip(stored, low, high).astype(dtype), outside
 
 
-def derive(source: Dataset, stored: np.ndarray, series_uid: str, now: datetime.datetime,
-           description: str) -> Dataset:
+def derive(
+    source: Dataset, stored: np.ndarray, series_uid: str, now: datetime.datetime, description: str
+) -> Dataset:
     """The derived instance: the source header, the new pixels and what marks it derived and synthetic."""
     ds = copy.deepcopy(source)  # a header only (read without pixels): cheap, and the source stays as read
     for keyword in _STALE:
@@ -172,7 +197,9 @@ def derive(source: Dataset, stored: np.ndarray, series_uid: str, now: datetime.d
     ds.SeriesInstanceUID = series_uid
     number = source.get("SeriesNumber")
     ds.SeriesNumber = (int(number) if number not in (None, "") else 0) + SERIES_NUMBER_OFFSET
-    ds.SeriesDescription = f"{SOFTWARE} counterfactual of {source.get('SeriesDescription', '') or 'series'}"[:64]
+    ds.SeriesDescription = f"{SOFTWARE} counterfactual of {source.get('SeriesDescription', '') or 'series'}"[
+        :64
+    ]
     ds.SeriesDate, ds.SeriesTime = date, time
     ds.ContentDate, ds.ContentTime = date, time
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
@@ -193,9 +220,11 @@ def derivation_text(provenance: dict[str, Any]) -> str:
     if not provenance:
         return f"Edited with {SOFTWARE} {__version__}; synthetic image"
     model = provenance.get("model") or {}
-    return (f"Synthetic counterfactual made by {SOFTWARE} {provenance.get('napari_medit', __version__)}: "
-            f"method {provenance.get('method')} ({provenance.get('reference', '')}), model {model.get('name')} "
-            f"(weights sha256 {str(model.get('weights_sha256'))[:16]}), seed {provenance.get('seed')}")
+    return (
+        f"Synthetic counterfactual made by {SOFTWARE} {provenance.get('napari_medit', __version__)}: "
+        f"method {provenance.get('method')} ({provenance.get('reference', '')}), model {model.get('name')} "
+        f"(weights sha256 {str(model.get('weights_sha256'))[:16]}), seed {provenance.get('seed')}"
+    )
 
 
 def _source_reference(source: Dataset) -> Dataset:
@@ -206,7 +235,11 @@ def _source_reference(source: Dataset) -> Dataset:
     item.ReferencedSOPInstanceUID = source.SOPInstanceUID
     purpose = Dataset()  # DCM 121322: "Source image for image processing operation"
     code = codes.DCM.SourceImageForImageProcessingOperation
-    purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning = code.value, code.scheme_designator, code.meaning
+    purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning = (
+        code.value,
+        code.scheme_designator,
+        code.meaning,
+    )
     item.PurposeOfReferenceCodeSequence = [purpose]
     return item
 
@@ -214,13 +247,16 @@ def _source_reference(source: Dataset) -> Dataset:
 def _read_header(path: Path) -> Dataset:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise DicomOutputError(f"{path}: DICOM output from a multi-frame (enhanced) DICOM file is not supported; "
-                               "write .nii.gz instead")
+        raise DicomOutputError(
+            f"{path}: DICOM output from a multi-frame (enhanced) DICOM file is not supported; "
+            "write .nii.gz instead"
+        )
     return ds
 
 
 def _replace_folder(staging: Path, out: Path) -> None:
-    """Move the finished folder into place; an old one (with --overwrite) goes only once the new one is whole."""
+    """Move the finished folder into place; an old one (with --overwrite) goes only once the new one is
+    whole."""
     if out.exists():
         old = out.with_name(f".old-{out.name}-{datetime.datetime.now():%Y%m%d%H%M%S%f}")
         out.replace(old)

@@ -53,9 +53,11 @@ def segment_label(role: str) -> str:
 
 def is_seg(path: str | Path) -> bool:
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).get(
-            "SOPClassUID") == SegmentationStorage
-    except Exception:
+        return (
+            pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).get("SOPClassUID")
+            == SegmentationStorage
+        )
+    except Exception:  # noqa: BLE001 - whatever cannot be read as a SEG is not one
         return False
 
 
@@ -83,7 +85,8 @@ def write_seg(path: str | Path, masks: Mapping[str, np.ndarray], image: MedicalI
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     descriptions = [
         hd.seg.SegmentDescription(
-            segment_number=number, segment_label=segment_label(role),
+            segment_number=number,
+            segment_label=segment_label(role),
             segmented_property_category=SEGMENT_MEANINGS[role].category,
             segmented_property_type=SEGMENT_MEANINGS[role].type,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
@@ -134,7 +137,9 @@ def read_seg(path: str | Path, image: MedicalImage | None = None) -> dict[str, M
     try:
         seg = hd.seg.segread(path)
     except Exception as exc:
-        raise ImageReadError(f"{path}: not a readable DICOM SEG ({str(exc).splitlines()[0] if str(exc) else exc})") from exc
+        raise ImageReadError(
+            f"{path}: not a readable DICOM SEG ({str(exc).splitlines()[0] if str(exc) else exc})"
+        ) from exc
     numbers = list(seg.get_segment_numbers())
     names = [_mask_name(seg.get_segment_description(n).segment_label) for n in numbers]
     if image is None:
@@ -145,7 +150,9 @@ def read_seg(path: str | Path, image: MedicalImage | None = None) -> dict[str, M
     masks = {}
     for index, name in enumerate(names):
         array = stacked[..., index].astype(np.uint8).reshape(reference.array.shape[: reference.spatial_ndim])
-        mask = MedicalImage(array, reference.affine, {**reference.metadata, "format": "dicom-seg", "path": str(path)})
+        mask = MedicalImage(
+            array, reference.affine, {**reference.metadata, "format": "dicom-seg", "path": str(path)}
+        )
         orientation = image.metadata.get("display_orientation") if image is not None else None
         masks[name] = mask.reoriented(tuple(orientation)) if orientation else mask
     return masks
@@ -160,14 +167,20 @@ def _on_image(seg, path: Path, reference: MedicalImage, numbers: list[int]) -> n
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files(reference)]
     own = [str(ds.SOPInstanceUID) for ds in headers]
     # An edit napari-medit wrote references, slice for slice, the instance it was derived from.
-    ancestors = [str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) if ds.get("SourceImageSequence") else ""
-                 for ds in headers]
+    ancestors = [
+        str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) if ds.get("SourceImageSequence") else ""
+        for ds in headers
+    ]
     referenced = {str(sop) for _, _, sop in seg.get_source_image_uids()}
     for uids in (own, ancestors):
         if referenced and referenced <= set(uids):
             return seg.get_pixels_by_source_instance(
-                source_sop_instance_uids=uids, segment_numbers=numbers, assert_missing_frames_are_empty=True,
-                ignore_spatial_locations=True, dtype=np.uint8)
+                source_sop_instance_uids=uids,
+                segment_numbers=numbers,
+                assert_missing_frames_are_empty=True,
+                ignore_spatial_locations=True,
+                dtype=np.uint8,
+            )
     series = {str(s) for _, s, _ in seg.get_source_image_uids()}
     raise ImageReadError(
         f"{path}: this SEG segments other images (series {', '.join(sorted(series))}) than the open one "
@@ -181,7 +194,7 @@ def _own_geometry(seg, path: Path) -> tuple[np.ndarray, MedicalImage]:
 
     try:
         volume = seg.get_volume(combine_segments=False, dtype=np.uint8)
-    except Exception:  # projection radiographs have no frame of reference: one frame per referenced instance
+    except Exception:  # noqa: BLE001 - projection radiographs have no frame of reference: one frame per referenced instance
         uids = list(dict.fromkeys(str(sop) for _, _, sop in seg.get_source_image_uids()))
         pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, dtype=np.uint8)
         pixels = pixels[0] if len(uids) == 1 else pixels
@@ -192,4 +205,3 @@ def _own_geometry(seg, path: Path) -> tuple[np.ndarray, MedicalImage]:
     if array.ndim == 3:  # one segment: highdicom drops the segment axis
         array = array[..., None]
     return array, MedicalImage(np.zeros(array.shape[:-1]), LPS_TO_RAS @ volume.affine)
-

@@ -18,7 +18,8 @@ from ..catalogue import MASK_ROLES
 from .image import RADIOLOGICAL_AXIAL, MedicalImage
 
 _MASK_NAME = re.compile(r"mask|seg|label|roi", re.IGNORECASE)
-# A mask file or layer named like a role (lesion_mask.nii.gz) is coloured like that role (catalogue.MASK_ROLES).
+# A mask file or layer named like a role (lesion_mask.nii.gz) is coloured like that role
+# (catalogue.MASK_ROLES).
 MASK_COLORS = {hint: role.color for role in MASK_ROLES.values() for hint in role.hints}
 
 
@@ -90,8 +91,12 @@ def display_range(image: MedicalImage, preset: str = "as read") -> tuple[float, 
         raise ValueError(f"unknown contrast preset {preset!r}; choose one of {', '.join(CONTRAST_PRESETS)}")
     window = image.metadata.get("dicom", {})
     center, width = window.get("WindowCenter"), window.get("WindowWidth")
-    if preset == "as read" and center is not None and width is not None \
-            and not image.metadata.get("inverted_monochrome1"):
+    if (
+        preset == "as read"
+        and center is not None
+        and width is not None
+        and not image.metadata.get("inverted_monochrome1")
+    ):
         center = center[0] if isinstance(center, list) else center
         width = width[0] if isinstance(width, list) else width
         if float(width) > 0:
@@ -102,7 +107,9 @@ def display_range(image: MedicalImage, preset: str = "as read") -> tuple[float, 
     if preset == "full range":
         low, high = float(values.min()), float(values.max())
         return (low, high) if high > low else (low, low + 1.0)
-    values = values[:: max(1, values.size // 1_000_000)]  # percentiles of a regular sample: fast on big volumes
+    values = values[
+        :: max(1, values.size // 1_000_000)
+    ]  # percentiles of a regular sample: fast on big volumes
     if preset == "MRI tissue" and values.any():
         values = values[values != 0]
     low, high = (float(v) for v in np.percentile(values, (1, 99) if preset == "MRI tissue" else (0.5, 99.5)))

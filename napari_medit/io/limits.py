@@ -27,8 +27,10 @@ def memory_limit() -> tuple[int, str]:
         try:
             value = float(text[:-1]) * _UNITS[text[-1]] if text[-1] in _UNITS else float(text)
         except ValueError:
-            raise ImageReadError(f"{MEMORY_LIMIT_ENVIRON}={os.environ[MEMORY_LIMIT_ENVIRON]!r} is not a size; "
-                                 "give bytes or a size such as 8G") from None
+            raise ImageReadError(
+                f"{MEMORY_LIMIT_ENVIRON}={os.environ[MEMORY_LIMIT_ENVIRON]!r} is not a size; "
+                "give bytes or a size such as 8G"
+            ) from None
         return int(value), f"the limit {MEMORY_LIMIT_ENVIRON} sets"
     import psutil
 
@@ -40,14 +42,18 @@ def check_declared(path: Path, shape, itemsize: float, what: str = "its pixel da
     than the memory limit allows; ``itemsize`` is the bytes per voxel once read (after scaling)."""
     dims = [int(n) for n in shape]
     if any(n <= 0 for n in dims) or any(n > MAX_DIMENSION for n in dims):
-        raise ImageReadError(f"{path}: the header declares a shape of {tuple(dims)}, which no image has "
-                             "(the file is damaged): export the image again from its source")
+        raise ImageReadError(
+            f"{path}: the header declares a shape of {tuple(dims)}, which no image has "
+            "(the file is damaged): export the image again from its source"
+        )
     needed = int(np.prod(dims, dtype=np.float64) * itemsize)
     limit, source = memory_limit()
     if needed > limit:
-        raise ImageReadError(f"{path}: {what} ({' x '.join(map(str, dims))}) would take {_size(needed)}, more "
-                             f"than {source} ({_size(limit)}); free memory, or set {MEMORY_LIMIT_ENVIRON} "
-                             "to a larger size if the file is what you expect")
+        raise ImageReadError(
+            f"{path}: {what} ({' x '.join(map(str, dims))}) would take {_size(needed)}, more "
+            f"than {source} ({_size(limit)}); free memory, or set {MEMORY_LIMIT_ENVIRON} "
+            "to a larger size if the file is what you expect"
+        )
 
 
 def affine_problem(affine) -> str | None:
@@ -70,8 +76,10 @@ def check_geometry(path: Path, image) -> None:
         raise ImageReadError(f"{path}: an image of shape {image.array.shape} holds no pixels to edit")
     problem = affine_problem(image.affine)
     if problem:
-        raise ImageReadError(f"{path}: {problem}; the file's geometry is damaged: export the image again from "
-                             "its source (scanner, PACS or the tool that wrote it)")
+        raise ImageReadError(
+            f"{path}: {problem}; the file's geometry is damaged: export the image again from "
+            "its source (scanner, PACS or the tool that wrote it)"
+        )
 
 
 def _size(nbytes: float) -> str:

@@ -24,8 +24,11 @@ def read_nifti(path: Path) -> MedicalImage:
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise ImageReadError(f"{path}: not a NIfTI image (nibabel sees {type(image).__name__})")
         scaled = image.dataobj.slope != 1 or image.dataobj.inter != 0
-        check_declared(path, image.header.get_data_shape(),
-                       max(image.header.get_data_dtype().itemsize, 8 if scaled else 0))
+        check_declared(
+            path,
+            image.header.get_data_shape(),
+            max(image.header.get_data_dtype().itemsize, 8 if scaled else 0),
+        )
         # dataobj applies scl_slope/scl_inter; reading it here surfaces truncated files now.
         array = np.asanyarray(image.dataobj)
     except ImageReadError:
@@ -55,7 +58,9 @@ def read_nifti(path: Path) -> MedicalImage:
     affine, source = _usable_affine(path, header, sform_code, qform_code)
     metadata["nifti"]["affine_from"] = source
     if source != "sform" and sform_code > 0:
-        metadata["warning"] = f"the sform is unusable ({affine_problem(header.get_sform())}): the {source} is used"
+        metadata["warning"] = (
+            f"the sform is unusable ({affine_problem(header.get_sform())}): the {source} is used"
+        )
         warnings.warn(f"{path}: {metadata['warning']}", stacklevel=3)
     elif source == "pixdim":
         metadata["warning"] = "no usable sform or qform: spacing comes from pixdim, orientation unknown"
@@ -78,9 +83,11 @@ def _usable_affine(path: Path, header, sform_code: int, qform_code: int) -> tupl
             continue
         if affine_problem(affine) is None:
             return affine, source
-    raise ImageReadError(f"{path}: no usable geometry: the sform, qform and voxel sizes (pixdim "
-                         f"{[float(v) for v in header['pixdim'][1:4]]}) are all non-finite, zero or singular; "
-                         "set a valid sform or qform (nibabel's set_sform, or fslorient) or export the image again")
+    raise ImageReadError(
+        f"{path}: no usable geometry: the sform, qform and voxel sizes (pixdim "
+        f"{[float(v) for v in header['pixdim'][1:4]]}) are all non-finite, zero or singular; "
+        "set a valid sform or qform (nibabel's set_sform, or fslorient) or export the image again"
+    )
 
 
 def write_nifti(path: Path, image: MedicalImage) -> Path:
@@ -113,7 +120,9 @@ def _writable(array: np.ndarray, header) -> np.ndarray:
     if array.dtype == bool:
         return array.astype(np.uint8)
     source_dtype = header.get_data_dtype() if header is not None else None
-    fits_int32 = array.size == 0 or np.iinfo(np.int32).min <= array.min() <= array.max() <= np.iinfo(np.int32).max
+    fits_int32 = (
+        array.size == 0 or np.iinfo(np.int32).min <= array.min() <= array.max() <= np.iinfo(np.int32).max
+    )
     if array.dtype == np.int64 and source_dtype != np.int64 and fits_int32:
         # napari Labels are int64 by default; NIfTI readers widely reject 64-bit ints.
         return array.astype(np.int32)

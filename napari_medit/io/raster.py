@@ -33,8 +33,10 @@ def read_raster(path: Path) -> MedicalImage:
     except FileNotFoundError as exc:
         raise ImageReadError(f"{path}: no such file") from exc
     except Image.DecompressionBombError as exc:  # Pillow refuses these at open, before our own check
-        raise ImageReadError(f"{path}: declares more pixels than Pillow will decode ({exc}); a damaged or "
-                             "hostile file: re-save it at its real size if you trust where it came from") from exc
+        raise ImageReadError(
+            f"{path}: declares more pixels than Pillow will decode ({exc}); a damaged or "
+            "hostile file: re-save it at its real size if you trust where it came from"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"{path}: not a readable PNG/JPEG image ({exc})") from exc
     metadata = {
@@ -64,15 +66,18 @@ def _gray(picture: Image.Image) -> np.ndarray:
 def write_png(path: Path, image: MedicalImage) -> Path:
     array = image.array
     if array.ndim != 2:
-        raise ValueError(f"PNG holds one 2D image; this one has shape {array.shape}: save it as NIfTI (.nii.gz)")
+        raise ValueError(
+            f"PNG holds one 2D image; this one has shape {array.shape}: save it as NIfTI (.nii.gz)"
+        )
     if array.dtype == bool:
         array = array.astype(np.uint8)
-    if not np.issubdtype(array.dtype, np.integer):
-        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
-            raise ValueError(
-                f"PNG stores whole numbers and this image holds {array.dtype} values: "
-                "save it as NIfTI (.nii.gz) to keep them exactly"
-            )
+    if not np.issubdtype(array.dtype, np.integer) and (
+        not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array))
+    ):
+        raise ValueError(
+            f"PNG stores whole numbers and this image holds {array.dtype} values: "
+            "save it as NIfTI (.nii.gz) to keep them exactly"
+        )
     low, high = (array.min(), array.max()) if array.size else (0, 0)
     if low < 0 or high > 65535:
         raise ValueError(

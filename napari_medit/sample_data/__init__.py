@@ -20,7 +20,11 @@ from ..io.raster import RADIOGRAPH_AFFINE
 
 HERE = Path(__file__).parent
 SAMPLES = ("brain", "cxr")
-BRAIN_FILES = {"t1": "brain_t1.nii.gz", "brain_mask": "brain_mask.nii.gz", "lesion_mask": "lesion_mask.nii.gz"}
+BRAIN_FILES = {
+    "t1": "brain_t1.nii.gz",
+    "brain_mask": "brain_mask.nii.gz",
+    "lesion_mask": "lesion_mask.nii.gz",
+}
 CXR_SIZE, CXR_SEED = 512, 0
 FIELD_MM = 410.0  # a phantom spans a typical adult PA field of view
 # Edit region = effusion grown by this margin; keep = everything beyond a further gap,
@@ -72,4 +76,4 @@ def write_sample(name: str, out_dir: str | Path) -> list[Path]:
     written = [write_image(out_dir / f"{key}.png", image) for key, image in images.items()]
     findings = out_dir / f"{name}_phantom.json"
     findings.write_text(json.dumps(images["cxr"].metadata["phantom"], indent=2))
-    return written + [findings]
+    return [*written, findings]

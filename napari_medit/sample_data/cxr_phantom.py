@@ -41,7 +41,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-__all__ = ["CXRPhantom", "FINDINGS", "generate_cxr_phantom", "to_uint8"]
+__all__ = ["FINDINGS", "CXRPhantom", "generate_cxr_phantom", "to_uint8"]
 
 FINDINGS = ("effusion", "cardiomegaly", "opacity", "pneumothorax", "chest_drain")
 _SIDES = ("left", "right")
@@ -124,8 +124,14 @@ class _Frame:
             np.array([corners_x[0], corners_x[1], corners_x[0], corners_x[1]]),
             np.array([corners_y[0], corners_y[0], corners_y[1], corners_y[1]]),
         )
-        r0, r1 = int(np.clip(np.floor(rr.min()), 0, self.size)), int(np.clip(np.ceil(rr.max()) + 1, 0, self.size))
-        c0, c1 = int(np.clip(np.floor(cc.min()), 0, self.size)), int(np.clip(np.ceil(cc.max()) + 1, 0, self.size))
+        r0, r1 = (
+            int(np.clip(np.floor(rr.min()), 0, self.size)),
+            int(np.clip(np.ceil(rr.max()) + 1, 0, self.size)),
+        )
+        c0, c1 = (
+            int(np.clip(np.floor(cc.min()), 0, self.size)),
+            int(np.clip(np.ceil(cc.max()) + 1, 0, self.size)),
+        )
         return slice(r0, r1), slice(c0, c1)
 
 
@@ -215,7 +221,11 @@ class _Lung:
 
     def diaphragm_y(self, s):
         lateral = np.clip((s - self.dome_s) / (self.wall_s - self.dome_s), 0.0, None)
-        return self.dome_y + self.dome_curvature * (s - self.dome_s) ** 2 + self.sulcus_depth * lateral**self.sulcus_power
+        return (
+            self.dome_y
+            + self.dome_curvature * (s - self.dome_s) ** 2
+            + self.sulcus_depth * lateral**self.sulcus_power
+        )
 
     def wall_at(self, y):
         """Lateral extent of the envelope at height y (ignoring the diaphragm)."""
@@ -422,11 +432,19 @@ def _body_thickness(anat: _Anatomy, x, y):
     # Neck -> trapezius slope -> shoulder, then slightly narrower below the axilla.
     slope = np.clip((y - anat.shoulder_y + 0.22) / 0.3, 0.0, 1.0)
     shoulder = chest + 0.3  # the shoulder girdle reaches over the top of the arm
-    half_width = neck + (shoulder - neck) * np.sin(0.5 * np.pi * slope) ** 0.7 - 0.3 * _smoothstep((y - anat.axilla_y + 0.12) / 0.3)
-    depth = 0.62 + 0.38 * _smoothstep((y - anat.shoulder_y + 0.05) / 0.3) + 0.12 * _smoothstep((y - 0.35) / 0.5)
+    half_width = (
+        neck
+        + (shoulder - neck) * np.sin(0.5 * np.pi * slope) ** 0.7
+        - 0.3 * _smoothstep((y - anat.axilla_y + 0.12) / 0.3)
+    )
+    depth = (
+        0.62 + 0.38 * _smoothstep((y - anat.shoulder_y + 0.05) / 0.3) + 0.12 * _smoothstep((y - 0.35) / 0.5)
+    )
     torso = depth * np.sqrt(np.clip(1.0 - (x / half_width) ** 2, 0.0, None))
     (s0, y0), (s1, y1) = _arm_axis(anat)
-    arms = sum(0.6 * _chord(_segment_distance(sign * x, y, s0, y0, s1, y1), 0.15) / 0.3 for sign in (-1.0, 1.0))
+    arms = sum(
+        0.6 * _chord(_segment_distance(sign * x, y, s0, y0, s1, y1), 0.15) / 0.3 for sign in (-1.0, 1.0)
+    )
     return torso + arms
 
 
@@ -469,14 +487,22 @@ def _spine(anat: _Anatomy, x, y):
     disc = 0.12
     body_rows = _smoothstep((v - disc + 0.04) / 0.12) * _smoothstep((1.0 - disc + 0.04 - v) / 0.12)
     plate = max(0.035, 0.7 / (anat.frame.px * pitch))  # at least ~a pixel wide
-    endplates = np.exp(-(((v - disc - 0.03) / plate) ** 2)) + np.exp(-(((1.0 - disc - 0.03 - v) / plate) ** 2))
-    body = 0.25 * _bone_profile(np.abs(x), half_w, 1.0 / anat.frame.px, cortex=0.22) * body_rows * (1.0 + 0.25 * endplates)
+    endplates = np.exp(-(((v - disc - 0.03) / plate) ** 2)) + np.exp(
+        -(((1.0 - disc - 0.03 - v) / plate) ** 2)
+    )
+    body = (
+        0.25
+        * _bone_profile(np.abs(x), half_w, 1.0 / anat.frame.px, cortex=0.22)
+        * body_rows
+        * (1.0 + 0.25 * endplates)
+    )
 
     def oval(cx, cv, ax, av):
         return np.sqrt(np.clip(1.0 - ((x - cx) / ax) ** 2 - ((v - cv) / av) ** 2, 0.0, None))
 
     pedicles = sum(
-        oval(sign * 0.7 * half_w, 0.36, 0.3 * half_w, 0.2) - 0.75 * oval(sign * 0.7 * half_w, 0.36, 0.18 * half_w, 0.12)
+        oval(sign * 0.7 * half_w, 0.36, 0.3 * half_w, 0.2)
+        - 0.75 * oval(sign * 0.7 * half_w, 0.36, 0.18 * half_w, 0.12)
         for sign in (-1.0, 1.0)
     )
     transverse = sum(oval(sign * 1.45 * half_w, 0.4, 0.55 * half_w, 0.13) for sign in (-1.0, 1.0))
@@ -533,7 +559,13 @@ def _anterior_rib(frame: _Frame, lung: _Lung, start, slope, bow, width_scale, bo
     centre = y_lat + slope * t + bow * t * t
     d = np.abs(y - centre) / np.sqrt(1.0 + (slope + 2.0 * bow * t) ** 2)
     fade = _smoothstep(t / 0.06) * _smoothstep((span - t) / (0.35 * span))  # costal cartilage is radiolucent
-    bone[rows, cols] += 0.45 * _bone_profile(d, 0.026 * width_scale, 1.0 / frame.px, cortex=0.35) * fade * (t >= 0) * (t <= span)
+    bone[rows, cols] += (
+        0.45
+        * _bone_profile(d, 0.026 * width_scale, 1.0 / frame.px, cortex=0.35)
+        * fade
+        * (t >= 0)
+        * (t <= span)
+    )
 
 
 def _ribs(anat: _Anatomy, bone):
@@ -574,7 +606,9 @@ def _humeri(anat: _Anatomy, x, y):
     for sign in (-1.0, 1.0):
         s = sign * x
         head = _bone_profile(np.hypot(s - s0 + 0.03, y - y0 - 0.02), 0.1, 1.0 / anat.frame.px, cortex=0.15)
-        shaft = _bone_profile(_segment_distance(s, y, s0, y0 + 0.1, s1, y1), 0.045, 1.0 / anat.frame.px, cortex=0.35)
+        shaft = _bone_profile(
+            _segment_distance(s, y, s0, y0 + 0.1, s1, y1), 0.045, 1.0 / anat.frame.px, cortex=0.35
+        )
         total += 0.35 * np.maximum(head, shaft * _smoothstep((y0 + 0.7 - y) / 0.3))
     return total
 
@@ -632,7 +666,12 @@ def _splat_vessels(frame: _Frame, segments: np.ndarray):
     for level in np.unique(octave):
         pick = octave[seg] == level
         acc = np.zeros(size * size)
-        for dr, dc, w in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+        for dr, dc, w in (
+            (0, 0, (1 - fr) * (1 - fc)),
+            (0, 1, (1 - fr) * fc),
+            (1, 0, fr * (1 - fc)),
+            (1, 1, fr * fc),
+        ):
             rr, cc = r0 + dr, c0 + dc
             ok = pick & (rr >= 0) & (rr < size) & (cc >= 0) & (cc < size)
             acc += np.bincount(rr[ok] * size + cc[ok], weights=(w * weight[seg])[ok], minlength=size * size)
@@ -642,7 +681,9 @@ def _splat_vessels(frame: _Frame, segments: np.ndarray):
 
 def _texture(anat: _Anatomy):
     """Smooth zero-mean field for lung parenchyma heterogeneity."""
-    field = ndimage.zoom(anat.texture, anat.frame.size / anat.texture.shape[0], order=3, grid_mode=True, mode="reflect")
+    field = ndimage.zoom(
+        anat.texture, anat.frame.size / anat.texture.shape[0], order=3, grid_mode=True, mode="reflect"
+    )
     return field
 
 
@@ -681,7 +722,9 @@ def _nodule(rng, cx, cy, x, y):
     """Round, slightly lobulated soft-tissue nodule: returns (chord, mask)."""
     radius = rng.uniform(0.04, 0.065)
     theta = np.arctan2(y - cy, x - cx)
-    lobes = 1.0 + sum(rng.uniform(0.02, 0.06) * np.sin(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
+    lobes = 1.0 + sum(
+        rng.uniform(0.02, 0.06) * np.sin(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5)
+    )
     d = np.hypot(x - cx, y - cy) / lobes
     return _chord(d, radius), d < radius
 
@@ -726,10 +769,10 @@ def _drain_path(rng, anat: _Anatomy, lung: _Lung, target: str):
     pleura = np.array([lung.wall_s - 0.02, entry_y])
     if target == "apex":
         tip = np.array([lung.apex_s * rng.uniform(0.9, 1.2), lung.apex_y + rng.uniform(0.1, 0.16)])
-        c1, c2 = pleura + [-0.22, -0.03], tip + [0.08, 0.3]
+        c1, c2 = [*pleura, -0.22, -0.03], [*tip, 0.08, 0.3]
     else:
         tip = np.array([lung.wall_s * rng.uniform(0.4, 0.55), lung.dome_y - rng.uniform(0.03, 0.07)])
-        c1, c2 = pleura + [-0.12, 0.0], tip + [0.12, -0.04]
+        c1, c2 = [*pleura, -0.12, 0.0], [*tip, 0.12, -0.04]
     t = np.linspace(0.0, 1.0, 400)[:, None]
     bezier = (1 - t) ** 3 * pleura + 3 * (1 - t) ** 2 * t * c1 + 3 * (1 - t) * t**2 * c2 + t**3 * tip
     straight = np.vstack([np.linspace(outside, skin, 100), np.linspace(skin, pleura, 60)])
@@ -776,7 +819,19 @@ def _check_fraction(name, value, low, high):
         raise ValueError(f"{name} must be None or a number in [{low}, {high}], got {value!r}")
 
 
-def _validate(size, seed, effusion, cardiomegaly, opacity, pneumothorax, chest_drain, effusion_size, opacity_kind, pneumothorax_size, drain_target):
+def _validate(
+    size,
+    seed,
+    effusion,
+    cardiomegaly,
+    opacity,
+    pneumothorax,
+    chest_drain,
+    effusion_size,
+    opacity_kind,
+    pneumothorax_size,
+    drain_target,
+):
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32:
         raise ValueError(f"size must be an integer >= 32, got {size!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -828,7 +883,19 @@ def generate_cxr_phantom(
     ``seed`` (and on ``cardiomegaly`` for the heart and the lung borders next
     to it), so the same seed with and without a finding forms a matched pair.
     """
-    _validate(size, seed, effusion, cardiomegaly, opacity, pneumothorax, chest_drain, effusion_size, opacity_kind, pneumothorax_size, drain_target)
+    _validate(
+        size,
+        seed,
+        effusion,
+        cardiomegaly,
+        opacity,
+        pneumothorax,
+        chest_drain,
+        effusion_size,
+        opacity_kind,
+        pneumothorax_size,
+        drain_target,
+    )
     size, seed, cardiomegaly = int(size), int(seed), bool(cardiomegaly)
     # Independent streams: a finding never perturbs anatomy, noise or another finding.
     anat_rng, noise_rng, eff_rng, opa_rng, ptx_rng, drain_rng = np.random.default_rng(seed).spawn(6)
@@ -899,7 +966,13 @@ def generate_cxr_phantom(
         vessels = _collapse_vessels(vessels, lung, shrink)
         # Visceral pleura seen tangentially: a thin white line.
         line_w = max(0.003, 0.7 / frame.px)
-        extra += _MU_SOFT * 0.05 * np.exp(-((collapsed_sd / line_w) ** 2)) * (lung_sd[pneumothorax] < -line_w) * open_lung
+        extra += (
+            _MU_SOFT
+            * 0.05
+            * np.exp(-((collapsed_sd / line_w) ** 2))
+            * (lung_sd[pneumothorax] < -line_w)
+            * open_lung
+        )
         masks["pneumothorax"] = gap & (central_sd > 0)
         info["pneumothorax_size"] = round(shrink, 4)
 

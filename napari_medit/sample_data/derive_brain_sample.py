@@ -41,7 +41,11 @@ def derive(out_dir: Path = HERE) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, array in (("brain_t1", t1_int), ("brain_mask", brain.astype(np.uint8)), ("lesion_mask", lesion)):
+    for name, array in (
+        ("brain_t1", t1_int),
+        ("brain_mask", brain.astype(np.uint8)),
+        ("lesion_mask", lesion),
+    ):
         image = nib.Nifti1Image(array, grid[1])
         image.set_sform(grid[1], code=MNI_SFORM_CODE)
         image.set_qform(grid[1], code=MNI_SFORM_CODE)
@@ -71,7 +75,7 @@ def _lesion(affine: np.ndarray, brain: np.ndarray, white_matter: np.ndarray) -> 
         ((20.0, -18.0, 20.0), (5.0, 6.0, 5.0)),
     ]
     index = np.indices(brain.shape, dtype=np.float64).reshape(3, -1)
-    world = (affine[:3, :3] @ index + affine[:3, 3:4]).reshape((3,) + brain.shape)
+    world = (affine[:3, :3] @ index + affine[:3, 3:4]).reshape((3, *brain.shape))
     lesion = np.zeros(brain.shape, dtype=bool)
     for centre, radii in lobes:
         distance = sum(((world[a] - centre[a]) / radii[a]) ** 2 for a in range(3))

@@ -27,18 +27,22 @@ def biovil_t() -> BioViLT:
         from health_multimodal.image.data.io import remap_to_uint8
         from health_multimodal.image.utils import ImageModelType, get_image_inference
         from health_multimodal.text.utils import BertEncoderType, get_bert_inference
-    except Exception as exc:  # ImportError, or a torchvision built for another torch ("operator ... does not exist")
+    # ImportError, or a torchvision built for another torch ("operator ... does not exist")
+    except Exception as exc:  # noqa: BLE001
         raise ModelUnderTestError(
             f"BioViL-T needs Microsoft's hi-ml-multimodal package with a torchvision built for this torch "
-            f"(pip install hi-ml-multimodal); importing it failed: {str(exc).splitlines()[0]}") from None
+            f"(pip install hi-ml-multimodal); importing it failed: {str(exc).splitlines()[0]}"
+        ) from None
     from huggingface_hub import constants, snapshot_download
 
     try:
         snapshot_download(REPOSITORY, local_files_only=True)
-    except Exception:  # LocalEntryNotFoundError and its relatives
+    except Exception:  # noqa: BLE001 - LocalEntryNotFoundError and its relatives
         raise ModelUnderTestError(
-            f"BioViL-T's weights ({REPOSITORY}) are not in the local Hugging Face cache; fetch them once where "
-            f"the hub is reachable: huggingface-cli download {REPOSITORY}") from None
+            f"BioViL-T's weights ({REPOSITORY}) are not in the local Hugging Face cache; fetch them once "
+            f"where "
+            f"the hub is reachable: huggingface-cli download {REPOSITORY}"
+        ) from None
     with mock.patch.object(constants, "HF_HUB_OFFLINE", True):  # hi-ml-multimodal calls the hub itself
         text = get_bert_inference(BertEncoderType.BIOVIL_T_BERT)
         image = get_image_inference(ImageModelType.BIOVIL_T)
@@ -46,7 +50,8 @@ def biovil_t() -> BioViLT:
 
 
 class BioViLT:
-    """``metrics.ImageTextEncoder`` over hi-ml-multimodal's inference engines: L2-normalised joint embeddings."""
+    """``metrics.ImageTextEncoder`` over hi-ml-multimodal's inference engines: L2-normalised joint
+    embeddings."""
 
     def __init__(self, text_engine, image_engine, remap_to_uint8):
         self.text_engine, self.image_engine, self.remap_to_uint8 = text_engine, image_engine, remap_to_uint8

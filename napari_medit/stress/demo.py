@@ -41,7 +41,9 @@ def acquisition_signature(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def demo_case(scenario: Scenario, seed: int, size: int = DEMO_SIZE) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def demo_case(
+    scenario: Scenario, seed: int, size: int = DEMO_SIZE
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One case a scenario starts from: (uint8 image, its masks by role)."""
     rng = np.random.default_rng(seed)
     side = str(rng.choice(["left", "right"]))
@@ -89,14 +91,21 @@ def write_demo_cases(scenario: Scenario, count: int, folder: Path, first_seed: i
 def classifier_network(resolution: int):
     from monai.networks.nets import Classifier
 
-    return Classifier(in_shape=(1, resolution, resolution), classes=1, channels=(16, 32, 64, 64), strides=(2, 2, 2, 2),
-                      num_res_units=1)
+    return Classifier(
+        in_shape=(1, resolution, resolution),
+        classes=1,
+        channels=(16, 32, 64, 64),
+        strides=(2, 2, 2, 2),
+        num_res_units=1,
+    )
 
 
 def segmenter_network():
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=1, out_channels=1, channels=(16, 32, 64), strides=(2, 2), num_res_units=1)
+    return UNet(
+        spatial_dims=2, in_channels=1, out_channels=1, channels=(16, 32, 64), strides=(2, 2), num_res_units=1
+    )
 
 
 def as_contract(network, resolution: int):
@@ -121,8 +130,10 @@ def _load(kind: str, build):
 
     folder = BUNDLED / MODEL_FOLDERS[kind]
     if not (folder / "model.json").is_file():
-        raise ModelUnderTestError(f"{folder}: the demo model is missing; train it with "
-                                  f"`napari-medit train stress-{kind} --out {folder}`")
+        raise ModelUnderTestError(
+            f"{folder}: the demo model is missing; train it with "
+            f"`napari-medit train stress-{kind} --out {folder}`"
+        )
     config = json.loads((folder / "model.json").read_text())
     network = build(config["resolution"])
     network.load_state_dict(load_file(folder / "model.safetensors"))
@@ -141,13 +152,17 @@ def lung_segmenter():
     return _load("lungs", lambda resolution: segmenter_network())
 
 
-DEMO_MODELS = {Scenario.acquisition: "napari_medit.stress.demo:acquisition_classifier",
-               Scenario.manifestation: "napari_medit.stress.demo:drain_classifier",
-               Scenario.population: "napari_medit.stress.demo:lung_segmenter"}
+DEMO_MODELS = {
+    Scenario.acquisition: "napari_medit.stress.demo:acquisition_classifier",
+    Scenario.manifestation: "napari_medit.stress.demo:drain_classifier",
+    Scenario.population: "napari_medit.stress.demo:lung_segmenter",
+}
 
 # How --demo makes each scenario's counterfactuals. demo-cxr's RadEdit removes findings well but cannot
 # add an effusion to a healthy lung (its edit-friendly inversion holds the lung as it was: 0 of 12 edits
 # reached p(effusion) > 0.01), so the population demo adds it with the instruction model.
-DEMO_EDITORS = {Scenario.acquisition: (EditMethod.radedit, "demo-cxr"),
-                Scenario.manifestation: (EditMethod.radedit, "demo-cxr"),
-                Scenario.population: (EditMethod.instructx2x, "demo-cxr-instruct")}
+DEMO_EDITORS = {
+    Scenario.acquisition: (EditMethod.radedit, "demo-cxr"),
+    Scenario.manifestation: (EditMethod.radedit, "demo-cxr"),
+    Scenario.population: (EditMethod.instructx2x, "demo-cxr-instruct"),
+}

@@ -29,14 +29,24 @@ class ClassifierFilter:
     threshold: float
 
     def describe(self) -> dict:
-        return {"kind": "classifier", "judge": self.classifier.name, "finding": self.spec.finding,
-                "threshold": self.threshold, "keeps": self.spec.filter_rule(self.threshold)}
+        return {
+            "kind": "classifier",
+            "judge": self.classifier.name,
+            "finding": self.spec.finding,
+            "threshold": self.threshold,
+            "keeps": self.spec.filter_rule(self.threshold),
+        }
 
     def judge(self, source: np.ndarray, edited: np.ndarray) -> dict:
-        before, after = (self.classifier.probabilities(image)[self.spec.finding] for image in (source, edited))
-        return {"filter_probability_original": round(before, 4), "filter_probability": round(after, 4),
-                "filter_says": f"p={after:.2f} (was {before:.2f})",
-                "kept": self.spec.kept(before, after, self.threshold)}
+        before, after = (
+            self.classifier.probabilities(image)[self.spec.finding] for image in (source, edited)
+        )
+        return {
+            "filter_probability_original": round(before, 4),
+            "filter_probability": round(after, 4),
+            "filter_says": f"p={after:.2f} (was {before:.2f})",
+            "kept": self.spec.kept(before, after, self.threshold),
+        }
 
 
 @dataclass
@@ -47,14 +57,24 @@ class EditingScoreFilter:
     threshold: float = EDITING_SCORE_THRESHOLD
 
     def describe(self) -> dict:
-        return {"kind": "editing score", "judge": self.name, "real_text": self.spec.source_text,
-                "edit_text": self.spec.prompt, "threshold": self.threshold,
-                "keeps": f"editing score S('{self.spec.source_text}' -> '{self.spec.prompt}') >= {self.threshold}"}
+        return {
+            "kind": "editing score",
+            "judge": self.name,
+            "real_text": self.spec.source_text,
+            "edit_text": self.spec.prompt,
+            "threshold": self.threshold,
+            "keeps": (
+                f"editing score S('{self.spec.source_text}' -> '{self.spec.prompt}') >= {self.threshold}"
+            ),
+        }
 
     def judge(self, source: np.ndarray, edited: np.ndarray) -> dict:
         score = editing_score(self.encoder, source, edited, self.spec.source_text, self.spec.prompt)
-        return {"editing_score": round(score, 4) if np.isfinite(score) else score, "filter_says": f"S={score:.2f}",
-                "kept": bool(score >= self.threshold)}  # NaN (no change at all) is never kept
+        return {
+            "editing_score": round(score, 4) if np.isfinite(score) else score,
+            "filter_says": f"S={score:.2f}",
+            "kept": bool(score >= self.threshold),
+        }  # NaN (no change at all) is never kept
 
 
 def load_encoder(spec: str) -> ImageTextEncoder:
@@ -64,6 +84,8 @@ def load_encoder(spec: str) -> ImageTextEncoder:
     encoder = import_callable(spec, "image-text encoder", "an image-text encoder")()
     missing = [name for name in ("embed_images", "embed_texts") if not callable(getattr(encoder, name, None))]
     if missing:
-        raise ModelUnderTestError(f"image-text encoder {spec!r}: it has no {' or '.join(missing)}; it must offer "
-                                  "embed_images(images) -> (N, D) and embed_texts(texts) -> (N, D)")
+        raise ModelUnderTestError(
+            f"image-text encoder {spec!r}: it has no {' or '.join(missing)}; it must offer "
+            "embed_images(images) -> (N, D) and embed_texts(texts) -> (N, D)"
+        )
     return encoder

@@ -28,13 +28,16 @@ class ModelUnderTestError(ValueError):
 
 
 def import_callable(spec: str, what: str, returning: str):
-    """The function ``module:function`` names; ModelUnderTestError names the fix when it cannot be imported."""
+    """The function ``module:function`` names; ModelUnderTestError names the fix when it cannot be
+    imported."""
     module_name, _, function = spec.rpartition(":")
     try:
         return getattr(importlib.import_module(module_name), function)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ModelUnderTestError(f"{what} {spec!r}: cannot import it ({exc}); give module:function of a "
-                                  f"function returning {returning}") from None
+        raise ModelUnderTestError(
+            f"{what} {spec!r}: cannot import it ({exc}); give module:function of a "
+            f"function returning {returning}"
+        ) from None
 
 
 class ModelUnderTest:
@@ -53,12 +56,16 @@ class ModelUnderTest:
             try:
                 module = torch.jit.load(str(path), map_location="cpu")
             except RuntimeError as exc:
-                raise ModelUnderTestError(f"model under test {path}: not a TorchScript file "
-                                          f"({str(exc).splitlines()[0]}); save it with torch.jit.save") from None
+                raise ModelUnderTestError(
+                    f"model under test {path}: not a TorchScript file "
+                    f"({str(exc).splitlines()[0]}); save it with torch.jit.save"
+                ) from None
         else:
             raise ModelUnderTestError(f"model under test {spec!r}: no such file, and not module:function")
         if not isinstance(module, torch.nn.Module):
-            raise ModelUnderTestError(f"model under test {spec!r}: got a {type(module).__name__}, not a torch module")
+            raise ModelUnderTestError(
+                f"model under test {spec!r}: got a {type(module).__name__}, not a torch module"
+            )
         size = int(getattr(module, "input_size", input_size or DEFAULT_INPUT_SIZE))
         model = cls(module.eval(), task, size, spec)
         model.check()
@@ -69,18 +76,32 @@ class ModelUnderTest:
         probe = np.zeros((2, self.input_size, self.input_size), np.float32)
         try:
             out = self._forward(probe)
-        except Exception as exc:  # the user's network failing on the contract's input
-            raise ModelUnderTestError(f"model under test {self.name}: fails on a (2, 1, {self.input_size}, "
-                                      f"{self.input_size}) batch ({str(exc).splitlines()[0]})") from None
-        expected = "(N,) or (N, 1)" if self.task is Task.classifier else f"(N, 1, {self.input_size}, {self.input_size})"
-        shape_ok = out.shape in ((2,), (2, 1)) if self.task is Task.classifier else \
-            out.shape in ((2, 1, self.input_size, self.input_size), (2, self.input_size, self.input_size))
+        except Exception as exc:  # noqa: BLE001 - the user's network failing on the contract's input
+            raise ModelUnderTestError(
+                f"model under test {self.name}: fails on a (2, 1, {self.input_size}, "
+                f"{self.input_size}) batch ({str(exc).splitlines()[0]})"
+            ) from None
+        expected = (
+            "(N,) or (N, 1)"
+            if self.task is Task.classifier
+            else f"(N, 1, {self.input_size}, {self.input_size})"
+        )
+        shape_ok = (
+            out.shape in ((2,), (2, 1))
+            if self.task is Task.classifier
+            else out.shape
+            in ((2, 1, self.input_size, self.input_size), (2, self.input_size, self.input_size))
+        )
         if not shape_ok:
-            raise ModelUnderTestError(f"model under test {self.name}: a {self.task.value} must return {expected} "
-                                      f"probabilities; it returned shape {tuple(out.shape)}")
+            raise ModelUnderTestError(
+                f"model under test {self.name}: a {self.task.value} must return {expected} "
+                f"probabilities; it returned shape {tuple(out.shape)}"
+            )
         if not (np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1):
-            raise ModelUnderTestError(f"model under test {self.name}: outputs must be probabilities in [0, 1] "
-                                      f"(apply a sigmoid); got values in [{out.min():.3g}, {out.max():.3g}]")
+            raise ModelUnderTestError(
+                f"model under test {self.name}: outputs must be probabilities in [0, 1] "
+                f"(apply a sigmoid); got values in [{out.min():.3g}, {out.max():.3g}]"
+            )
 
     def _forward(self, units: np.ndarray) -> np.ndarray:
         import torch

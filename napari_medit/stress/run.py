@@ -19,8 +19,16 @@ import numpy as np
 from ..metrics import EDITING_SCORE_THRESHOLD, jsonable
 from .filters import ClassifierFilter, EditingScoreFilter, load_encoder
 from .models import ModelUnderTest
-from .scenarios import (POSITIVE, EditMethod, ScenarioSpec, Task, average_hausdorff, dice, positive_rate,
-                        scenario)
+from .scenarios import (
+    POSITIVE,
+    EditMethod,
+    ScenarioSpec,
+    Task,
+    average_hausdorff,
+    dice,
+    positive_rate,
+    scenario,
+)
 
 
 class StressTestError(ValueError):
@@ -40,15 +48,19 @@ def read_cases(data: str | Path, needs: tuple[str, ...]) -> list[Case]:
     data = Path(data).expanduser()
     table = data / "cases.csv" if data.is_dir() else data
     if not table.is_file():
-        raise StressTestError(f"{data}: no cases; give a CSV (id,image,{','.join(needs)}) or a folder with cases.csv")
+        raise StressTestError(
+            f"{data}: no cases; give a CSV (id,image,{','.join(needs)}) or a folder with cases.csv"
+        )
     with table.open(newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     if not rows:
         raise StressTestError(f"{table}: no cases in it")
     missing = [c for c in ("id", "image", *needs) if c not in rows[0]]
     if missing:
-        raise StressTestError(f"{table}: the scenario needs a {missing[0]!r} column ({', '.join(needs)} per case); "
-                              "add the masks and list them there")
+        raise StressTestError(
+            f"{table}: the scenario needs a {missing[0]!r} column ({', '.join(needs)} per case); "
+            "add the masks and list them there"
+        )
     cases = []
     for line, row in enumerate(rows, start=2):
         empty = [c for c in ("id", "image", *needs) if not (row.get(c) or "").strip()]
@@ -115,11 +127,14 @@ def stress_test(
     try:
         method = EditMethod(method)
     except ValueError:
-        raise StressTestError(f"unknown edit method {method!r}; choose one of: "
-                              f"{', '.join(m.value for m in EditMethod)}") from None
+        raise StressTestError(
+            f"unknown edit method {method!r}; choose one of: {', '.join(m.value for m in EditMethod)}"
+        ) from None
     if method is EditMethod.instructx2x and spec.instruction is None:
-        raise StressTestError(f"the {spec.scenario.value} scenario removes a finding whose side the data does not "
-                              "state, which an instruction needs; use --method radedit")
+        raise StressTestError(
+            f"the {spec.scenario.value} scenario removes a finding whose side the data does not "
+            "state, which an instruction needs; use --method radedit"
+        )
     if n is not None and n < 1:
         raise StressTestError(f"--n must be at least 1, got {n}")
     if filter_threshold is None:
@@ -137,14 +152,24 @@ def stress_test(
         except ModelLoadError as exc:
             raise StressTestError(str(exc)) from None
         if spec.finding not in classifier.findings:
-            raise StressTestError(f"the filter classifier {classifier.name} does not detect {spec.finding!r} "
-                                  f"(it detects {', '.join(classifier.findings)})")
+            raise StressTestError(
+                f"the filter classifier {classifier.name} does not detect {spec.finding!r} "
+                f"(it detects {', '.join(classifier.findings)})"
+            )
         judge = ClassifierFilter(classifier, spec, filter_threshold)
 
     out = Path(out)
     manifest = _write_edit_jobs(spec, method, cases, out, editor, seed, steps)
-    summary = run_batch(manifest, out / "edits", workers=workers, scheduler=scheduler, device=device,
-                        download=download, trust_remote_code=trust_remote_code, show_progress=show_progress)
+    summary = run_batch(
+        manifest,
+        out / "edits",
+        workers=workers,
+        scheduler=scheduler,
+        device=device,
+        download=download,
+        trust_remote_code=trust_remote_code,
+        show_progress=show_progress,
+    )
     records = {r["id"]: r for r in summary.records}
 
     rows = []
@@ -157,30 +182,55 @@ def stress_test(
             continue
         edited_path = Path(record["outputs"][0])
         edited = read_image(edited_path).array
-        rows.append({**row, "edited": str(edited_path), **judge.judge(source, edited),
-                     "provenance": record["provenance"], "edited_array": edited})
+        rows.append(
+            {
+                **row,
+                "edited": str(edited_path),
+                **judge.judge(source, edited),
+                "provenance": record["provenance"],
+                "edited_array": edited,
+            }
+        )
     report = _measure(spec, tested, cases, rows)
-    report.update({
-        "scenario": spec.scenario.value, "says": spec.says, "reference": spec.reference,
-        "model_under_test": model_under_test, "editor": editor, "method": method.value,
-        "prompt": spec.prompt if method is EditMethod.radedit else spec.instruction,
-        "filter": judge.describe(),
-        "n_generated": sum(r["status"] != "failed" for r in rows), "n_failed": sum(r["status"] == "failed" for r in rows),
-        "n_kept": sum(r["kept"] for r in rows),
-    })
+    report.update(
+        {
+            "scenario": spec.scenario.value,
+            "says": spec.says,
+            "reference": spec.reference,
+            "model_under_test": model_under_test,
+            "editor": editor,
+            "method": method.value,
+            "prompt": spec.prompt if method is EditMethod.radedit else spec.instruction,
+            "filter": judge.describe(),
+            "n_generated": sum(r["status"] != "failed" for r in rows),
+            "n_failed": sum(r["status"] == "failed" for r in rows),
+            "n_kept": sum(r["kept"] for r in rows),
+        }
+    )
     from ..jobs import write_text_atomically
     from .report import write_html
 
-    cases_out = [{k: v for k, v in r.items() if k not in ("source", "edited_array") and not k.endswith("_prediction")}
-                 for r in rows]
+    cases_out = [
+        {k: v for k, v in r.items() if k not in ("source", "edited_array") and not k.endswith("_prediction")}
+        for r in rows
+    ]
     final = {**report, "cases": cases_out}
     write_html(out / "report.html", final, rows, cases, spec)
-    write_text_atomically(out / "report.json", json.dumps(jsonable(final), indent=2))  # last: the run is complete
+    write_text_atomically(
+        out / "report.json", json.dumps(jsonable(final), indent=2)
+    )  # last: the run is complete
     return final
 
 
-def _write_edit_jobs(spec: ScenarioSpec, method: EditMethod, cases: list[Case], out: Path, editor: str, seed: int,
-                     steps: int | None) -> Path:
+def _write_edit_jobs(
+    spec: ScenarioSpec,
+    method: EditMethod,
+    cases: list[Case],
+    out: Path,
+    editor: str,
+    seed: int,
+    steps: int | None,
+) -> Path:
     """The scenario's masks per case, and the batch manifest that edits them."""
     from PIL import Image
 
@@ -198,9 +248,18 @@ def _write_edit_jobs(spec: ScenarioSpec, method: EditMethod, cases: list[Case], 
             paths[role] = out / "masks" / f"{case.id}_{role}.png"
             if not paths[role].is_file():
                 Image.fromarray(mask.astype(np.uint8) * 255).save(paths[role])
-        lines.append([case.id, str(case.image.resolve()), method.value, editor,
-                      *(str(paths[role].resolve()) for role in roles), prompt, str(seed)]
-                     + ([str(steps)] if steps else []))
+        lines.append(
+            [
+                case.id,
+                str(case.image.resolve()),
+                method.value,
+                editor,
+                *(str(paths[role].resolve()) for role in roles),
+                prompt,
+                str(seed),
+            ]
+            + ([str(steps)] if steps else [])
+        )
     text = "\n".join(",".join(f'"{cell}"' for cell in line) for line in lines) + "\n"
     return write_text_atomically(out / "edits" / "manifest.csv", text)
 
@@ -214,34 +273,49 @@ def _measure(spec: ScenarioSpec, tested: ModelUnderTest, cases: list[Case], rows
     if spec.task is Task.classifier:
         before = tested.predict(originals)
         after = tested.predict([r["edited_array"] for r in kept])
-        for row, value in zip(rows, before):
+        for row, value in zip(rows, before, strict=True):
             row["original_probability"] = round(value, 4)
-        for row, value in zip(kept, after):
+        for row, value in zip(kept, after, strict=True):
             row["edited_probability"] = round(value, 4)
+
         def measure(values, truth_positive: bool):
             rate = positive_rate(values)
             # accuracy against the truth, as the paper's tables: originals have the finding, the edits do not
-            return {"accuracy": rate if truth_positive else 1 - rate, "positive rate": rate,
-                    "mean probability": float(np.mean(values)) if values else float("nan")}
+            return {
+                "accuracy": rate if truth_positive else 1 - rate,
+                "positive rate": rate,
+                "mean probability": float(np.mean(values)) if values else float("nan"),
+            }
 
-        return {"metric": spec.metric, "positive_at": POSITIVE, "original": measure(before, True),
-                "edited": measure(after, False), "truth": f"originals have the {spec.finding}; the kept edits do not"}
+        return {
+            "metric": spec.metric,
+            "positive_at": POSITIVE,
+            "original": measure(before, True),
+            "edited": measure(after, False),
+            "truth": f"originals have the {spec.finding}; the kept edits do not",
+        }
     truths = {c.id: read_image(c.masks["lung_mask"]).array > 0 for c in cases}
     before = tested.predict(originals)
     after = tested.predict([r["edited_array"] for r in kept])
-    for row, prediction in zip(rows, before):
+    for row, prediction in zip(rows, before, strict=True):
         row["original_dice"] = round(dice(prediction, truths[row["id"]]), 4)
         row["original_ahd"] = round(average_hausdorff(prediction, truths[row["id"]]), 3)
         row["original_prediction"] = prediction
-    for row, prediction in zip(kept, after):
+    for row, prediction in zip(kept, after, strict=True):
         row["edited_dice"] = round(dice(prediction, truths[row["id"]]), 4)
         row["edited_ahd"] = round(average_hausdorff(prediction, truths[row["id"]]), 3)
         row["edited_prediction"] = prediction
 
     def measure(prefix, chosen):
-        return {"dice": float(np.mean([r[f"{prefix}_dice"] for r in chosen])) if chosen else float("nan"),
-                "ahd_px": float(np.mean([r[f"{prefix}_ahd"] for r in chosen])) if chosen else float("nan")}
+        return {
+            "dice": float(np.mean([r[f"{prefix}_dice"] for r in chosen])) if chosen else float("nan"),
+            "ahd_px": float(np.mean([r[f"{prefix}_ahd"] for r in chosen])) if chosen else float("nan"),
+        }
 
-    return {"metric": spec.metric, "original": measure("original", rows), "edited": measure("edited", kept),
-            "original_of_kept": measure("original", kept),  # the same cases before and after: a paired view
-            "truth": "the original lung masks: the edits kept the lung border"}
+    return {
+        "metric": spec.metric,
+        "original": measure("original", rows),
+        "edited": measure("edited", kept),
+        "original_of_kept": measure("original", kept),  # the same cases before and after: a paired view
+        "truth": "the original lung masks: the edits kept the lung border",
+    }

@@ -25,7 +25,9 @@ LUNG_MARGIN = 0.02  # acquisition: the keep mask starts this fraction of the wid
 DRAIN_MARGIN = 0.01  # manifestation: the drain is kept with this margin around it
 LUNG_BORDER = 0.03  # population: this band inside the lung border is kept
 REMOVAL_THRESHOLD = 0.5  # a removal is kept when the filter's probability of the finding is below this
-ADDITION_RISE = 0.2  # an addition is kept when it raised the filter's probability by this (the paper's S >= 0.2)
+ADDITION_RISE = (
+    0.2  # an addition is kept when it raised the filter's probability by this (the paper's S >= 0.2)
+)
 
 
 class Scenario(str, enum.Enum):
@@ -61,7 +63,9 @@ class ScenarioSpec:
     needs: tuple[str, ...]  # the masks every case must carry
     metric: str
     source_text: str  # what the images the scenario starts from show: the editing score's real text
-    instruction: str | None = None  # for instructx2x: the instruction, '{side}' filled per case (additions only)
+    instruction: str | None = (
+        None  # for instructx2x: the instruction, '{side}' filled per case (additions only)
+    )
 
     def edit_masks(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """RadEdit's edit and keep masks for one case, from the masks it carries."""
@@ -85,8 +89,10 @@ class ScenarioSpec:
         if method is EditMethod.radedit:
             return self.prompt, regions
         if self.instruction is None:
-            raise ValueError(f"the {self.scenario.value} scenario removes a finding whose side the data does not "
-                             f"state, which an instruction needs; use --method radedit")
+            raise ValueError(
+                f"the {self.scenario.value} scenario removes a finding whose side the data does not "
+                f"state, which an instruction needs; use --method radedit"
+            )
         # InstructX2X changes nothing outside its region, so the scenario's keep mask holds by construction
         return self.instruction.format(side=("right", "left")[index % 2]), {"roi_mask": regions["edit_mask"]}
 
@@ -111,18 +117,48 @@ class ScenarioSpec:
         return edited < threshold if self.removes else edited - original >= threshold
 
 
-SCENARIOS: dict[Scenario, ScenarioSpec] = {s.scenario: s for s in (
-    ScenarioSpec(Scenario.acquisition, "the finding removed inside the lungs, everything outside them kept",
-                 "RadEdit Sec. 5.2 (COVID-19 across two hospitals)", Task.classifier, "No findings", "effusion",
-                 True, ("lung_mask",), "accuracy", "Pleural effusion"),
-    ScenarioSpec(Scenario.manifestation, "the pneumothorax removed, the chest drain kept",
-                 "RadEdit Sec. 5.3 (pneumothorax and chest drains)", Task.classifier, "No findings", "pneumothorax",
-                 True, ("lung_mask", "drain_mask"), "accuracy", "Pneumothorax"),
-    ScenarioSpec(Scenario.population, "an abnormality added inside the lungs, the lung border kept",
-                 "RadEdit Sec. 5.4 (lung segmentation of abnormal lungs)", Task.segmenter, "Pleural effusion",
-                 "effusion", False, ("lung_mask",), "Dice and AHD", "No findings",
-                 instruction="add a {side} pleural effusion"),
-)}
+SCENARIOS: dict[Scenario, ScenarioSpec] = {
+    s.scenario: s
+    for s in (
+        ScenarioSpec(
+            Scenario.acquisition,
+            "the finding removed inside the lungs, everything outside them kept",
+            "RadEdit Sec. 5.2 (COVID-19 across two hospitals)",
+            Task.classifier,
+            "No findings",
+            "effusion",
+            True,
+            ("lung_mask",),
+            "accuracy",
+            "Pleural effusion",
+        ),
+        ScenarioSpec(
+            Scenario.manifestation,
+            "the pneumothorax removed, the chest drain kept",
+            "RadEdit Sec. 5.3 (pneumothorax and chest drains)",
+            Task.classifier,
+            "No findings",
+            "pneumothorax",
+            True,
+            ("lung_mask", "drain_mask"),
+            "accuracy",
+            "Pneumothorax",
+        ),
+        ScenarioSpec(
+            Scenario.population,
+            "an abnormality added inside the lungs, the lung border kept",
+            "RadEdit Sec. 5.4 (lung segmentation of abnormal lungs)",
+            Task.segmenter,
+            "Pleural effusion",
+            "effusion",
+            False,
+            ("lung_mask",),
+            "Dice and AHD",
+            "No findings",
+            instruction="add a {side} pleural effusion",
+        ),
+    )
+}
 
 POSITIVE = 0.5  # a classifier's probability at or above this is a positive prediction
 
@@ -131,7 +167,9 @@ def scenario(name: str | Scenario) -> ScenarioSpec:
     try:
         return SCENARIOS[Scenario(name)]
     except ValueError:
-        raise ValueError(f"unknown scenario {name!r}; choose one of: {', '.join(s.value for s in Scenario)}") from None
+        raise ValueError(
+            f"unknown scenario {name!r}; choose one of: {', '.join(s.value for s in Scenario)}"
+        ) from None
 
 
 # ---------------------------------------------------------------- metrics

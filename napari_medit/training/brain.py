@@ -31,12 +31,24 @@ def network(resolution: int) -> dict:
     """DiffusionModelUNet settings: the 64 px demo's three levels, plus one level of 128 channels per
     doubling above 64 px, so the attention level always works on a grid of at most 16 x 16."""
     channels = [32, 64, 64] + [128] * extra_levels(resolution)
-    return dict(spatial_dims=2, in_channels=3, out_channels=1, channels=channels,
-                attention_levels=[False] * (len(channels) - 1) + [True], num_res_blocks=1, num_head_channels=32)
+    return dict(
+        spatial_dims=2,
+        in_channels=3,
+        out_channels=1,
+        channels=channels,
+        attention_levels=[False] * (len(channels) - 1) + [True],
+        num_res_blocks=1,
+        num_head_channels=32,
+    )
 
 
-SCHEDULER = {"class": "DDPMScheduler", "num_train_timesteps": 1000, "schedule": "linear_beta",
-             "beta_start": 1e-4, "beta_end": 2e-2}  # MedEdit: 1000 steps, linear betas 1e-4..2e-2
+SCHEDULER = {
+    "class": "DDPMScheduler",
+    "num_train_timesteps": 1000,
+    "schedule": "linear_beta",
+    "beta_start": 1e-4,
+    "beta_end": 2e-2,
+}  # MedEdit: 1000 steps, linear betas 1e-4..2e-2
 HEALTHY_FRACTION = 0.3  # slices trained with an empty pathology mask: normal tissue stays normal
 
 
@@ -61,7 +73,9 @@ def load_subjects(data: str | Path | None) -> list[Subject]:
     subjects = []
     for image, brain, lesion in rows:
         if image.array.ndim != 3:
-            raise ValueError(f"{image.metadata.get('path')}: training needs 3D volumes, got {image.array.shape}")
+            raise ValueError(
+                f"{image.metadata.get('path')}: training needs 3D volumes, got {image.array.shape}"
+            )
         axial = image.reoriented(RADIOLOGICAL_AXIAL)
         window = IntensityWindow.of(axial.array)
         t1 = window.to_unit(axial.array).astype(np.float32)
@@ -73,8 +87,14 @@ def load_subjects(data: str | Path | None) -> list[Subject]:
 def _table(data: Path) -> list[tuple[str, str | None, str | None]]:
     if data.suffix.lower() == ".csv":
         with open(data, newline="") as f:
-            return [(str(data.parent / r["image"]), _opt(data.parent, r.get("brain_mask")),
-                     _opt(data.parent, r.get("pathology_mask"))) for r in csv.DictReader(f)]
+            return [
+                (
+                    str(data.parent / r["image"]),
+                    _opt(data.parent, r.get("brain_mask")),
+                    _opt(data.parent, r.get("pathology_mask")),
+                )
+                for r in csv.DictReader(f)
+            ]
     if not data.is_dir():
         raise ValueError(f"{data}: give a folder of NIfTI volumes or a CSV listing them")
     images = sorted(p for p in data.glob("*.nii*") if "mask" not in p.name.lower())
@@ -83,7 +103,9 @@ def _table(data: Path) -> list[tuple[str, str | None, str | None]]:
     rows = []
     for image in images:
         stem = image.name.split(".nii")[0]
-        brain = next(iter(data.glob(f"{stem}*brain_mask*.nii*")), None) or next(iter(data.glob("brain_mask.nii*")), None)
+        brain = next(iter(data.glob(f"{stem}*brain_mask*.nii*")), None) or next(
+            iter(data.glob("brain_mask.nii*")), None
+        )
         lesion = next(iter(data.glob(f"{stem}*lesion_mask*.nii*")), None)
         rows.append((str(image), str(brain) if brain else None, str(lesion) if lesion else None))
     return rows
@@ -95,7 +117,9 @@ def _opt(root: Path, value: str | None) -> str | None:
 
 def _as_axial(mask: MedicalImage, image: MedicalImage) -> np.ndarray:
     if mask.array.shape != image.array.shape:
-        raise ValueError(f"{mask.metadata.get('path')}: mask shape {mask.array.shape} != image {image.array.shape}")
+        raise ValueError(
+            f"{mask.metadata.get('path')}: mask shape {mask.array.shape} != image {image.array.shape}"
+        )
     return MedicalImage(mask.array > 0, image.affine).reoriented(RADIOLOGICAL_AXIAL).array
 
 
@@ -118,30 +142,50 @@ def synthetic_lesion(image: np.ndarray, brain: np.ndarray, rng: np.random.Genera
     for _ in range(rng.integers(1, 4)):  # a few overlapping ellipses: a lobulated outline
         offset = rng.normal(0, size * 0.4, 2)
         ry, rx = size * rng.uniform(0.6, 1.2, 2)
-        field = np.maximum(field, 1 - ((yy - centre[0] - offset[0]) / ry) ** 2 - ((xx - centre[1] - offset[1]) / rx) ** 2)
+        field = np.maximum(
+            field, 1 - ((yy - centre[0] - offset[0]) / ry) ** 2 - ((xx - centre[1] - offset[1]) / rx) ** 2
+        )
     lesion = (field > 0) & brain
     # Mass effect: sample the image from points pulled towards the centre (tissue pushed out).
     distance = np.hypot(yy - centre[0], xx - centre[1]) + 1e-6
     push = rng.uniform(0.2, 0.5) * size * np.exp(-((distance / (2.5 * size)) ** 2))
-    warped = map_coordinates(image, [yy - push * (yy - centre[0]) / distance,
-                                     xx - push * (xx - centre[1]) / distance], order=1, mode="nearest")
+    warped = map_coordinates(
+        image,
+        [yy - push * (yy - centre[0]) / distance, xx - push * (xx - centre[1]) / distance],
+        order=1,
+        mode="nearest",
+    )
     warped = np.where(brain, warped, image)
     softness = gaussian_filter(lesion.astype(float), 1.0)
     intensity = rng.uniform(0.15, 0.45)  # T1-hypointense, like most white-matter lesions
     return (warped * (1 - softness) + intensity * softness).astype(np.float32), lesion
 
 
-def batches(subjects: list[Subject], resolution: int, batch_size: int, seed: int, start_step: int) -> Iterator[dict]:
+def batches(
+    subjects: list[Subject], resolution: int, batch_size: int, seed: int, start_step: int
+) -> Iterator[dict]:
     """Batch ``step`` depends on (seed, step) alone, so a resumed run sees what an unbroken one would."""
     from monai.transforms import Compose, RandAffined, RandFlipd
 
     keys = ("image", "pathology", "brain")
-    augment = Compose([
-        RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
-        RandAffined(keys=keys, prob=0.7, rotate_range=0.15, scale_range=0.1,
-                    mode=("bilinear", "nearest", "nearest"), padding_mode="zeros"),
-    ])
-    candidates = [(i, k) for i, s in enumerate(subjects) for k in np.flatnonzero(s.brain.reshape(len(s.brain), -1).sum(1) > 200)]
+    augment = Compose(
+        [
+            RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+            RandAffined(
+                keys=keys,
+                prob=0.7,
+                rotate_range=0.15,
+                scale_range=0.1,
+                mode=("bilinear", "nearest", "nearest"),
+                padding_mode="zeros",
+            ),
+        ]
+    )
+    candidates = [
+        (i, k)
+        for i, s in enumerate(subjects)
+        for k in np.flatnonzero(s.brain.reshape(len(s.brain), -1).sum(1) > 200)
+    ]
     step = start_step
     while True:
         rng = np.random.default_rng([seed, step])
@@ -155,8 +199,14 @@ def batches(subjects: list[Subject], resolution: int, batch_size: int, seed: int
             if subject.lesion is None and rng.random() > HEALTHY_FRACTION:
                 image, lesion = synthetic_lesion(image, brain, rng)
             grid = Grid(*image.shape, resolution)
-            sample = {name: grid.to_model(array[None], soft=name != "image")[0].numpy() for name, array in
-                      (("image", image), ("pathology", lesion.astype(np.float32)), ("brain", brain.astype(np.float32)))}
+            sample = {
+                name: grid.to_model(array[None], soft=name != "image")[0].numpy()
+                for name, array in (
+                    ("image", image),
+                    ("pathology", lesion.astype(np.float32)),
+                    ("brain", brain.astype(np.float32)),
+                )
+            }
             sample = augment(sample)
             items.append(torch.cat([torch.as_tensor(np.asarray(sample[k])) for k in keys]))
         stacked = torch.stack(items).float()
@@ -184,18 +234,35 @@ def train_brain(config: TrainConfig, data=None, resolution: int = 64, resume: bo
         eps = unet(torch.cat([x_t, batch["conditions"].to(config.device)], dim=1), timesteps=t)
         return torch.nn.functional.mse_loss(eps, noise)
 
-    denoiser = MonaiDenoiser(unet, scheduler, resolution=resolution, name="demo-brain",
-                             condition_names=("pathology_mask", "brain_mask"))
-    model_config = {"name": config.out.name, "resolution": resolution, "value_range": [0, 1],
-                    "condition_names": ["pathology_mask", "brain_mask"], "network": settings,
-                    "scheduler": SCHEDULER, "trained_on": "bundled MNI152 sample" if data is None else str(data)}
+    denoiser = MonaiDenoiser(
+        unet,
+        scheduler,
+        resolution=resolution,
+        name="demo-brain",
+        condition_names=("pathology_mask", "brain_mask"),
+    )
+    model_config = {
+        "name": config.out.name,
+        "resolution": resolution,
+        "value_range": [0, 1],
+        "condition_names": ["pathology_mask", "brain_mask"],
+        "network": settings,
+        "scheduler": SCHEDULER,
+        "trained_on": "bundled MNI152 sample" if data is None else str(data),
+    }
 
     def validate(step):
         save_model(config.out, denoiser, model_config, config.save_float16)
         _validation_image(denoiser, subjects[0], resolution, config.out / f"validation_{step:06d}.png")
 
-    train(config, {"unet": unet}, loss_fn, lambda start: batches(subjects, resolution, config.batch_size,
-                                                                    config.seed, start), validate, resume)
+    train(
+        config,
+        {"unet": unet},
+        loss_fn,
+        lambda start: batches(subjects, resolution, config.batch_size, config.seed, start),
+        validate,
+        resume,
+    )
     return save_model(config.out, denoiser, model_config, config.save_float16)
 
 
@@ -208,7 +275,14 @@ def _validation_image(denoiser, subject: Subject, resolution: int, path: Path) -
     k = int(np.argmax(subject.brain.reshape(len(subject.brain), -1).sum(1)))
     rng = np.random.default_rng(0)
     _, lesion = synthetic_lesion(subject.t1[k], subject.brain[k], rng)
-    result = edit("mededit", subject.t1[k], model=denoiser, pathology_mask=lesion, brain_mask=subject.brain[k],
-                  steps=100, seed=0)
+    result = edit(
+        "mededit",
+        subject.t1[k],
+        model=denoiser,
+        pathology_mask=lesion,
+        brain_mask=subject.brain[k],
+        steps=100,
+        seed=0,
+    )
     row = np.concatenate([subject.t1[k], result.image.array, lesion.astype(np.float32)], axis=1)
     Image.fromarray((np.clip(row, 0, 1) * 255).astype(np.uint8)).save(path)

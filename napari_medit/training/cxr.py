@@ -34,13 +34,24 @@ FINDING_PROBABILITY = 0.3
 PROMPT_DROPOUT = 0.1  # unconditional training for classifier-free guidance
 MAX_TOKENS = 16
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=2e-2,
-                 clip_sample=False, prediction_type="epsilon", timestep_spacing="trailing", steps_offset=1)
+SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_schedule="linear",
+    beta_start=1e-4,
+    beta_end=2e-2,
+    clip_sample=False,
+    prediction_type="epsilon",
+    timestep_spacing="trailing",
+    steps_offset=1,
+)
 
 
 def vocabulary() -> list[str]:
-    words = {w for p in [*PROMPTS.values(), NO_FINDINGS, "acute cardiopulmonary process left right and"]
-             for w in p.lower().replace(",", " , ").split()}
+    words = {
+        w
+        for p in [*PROMPTS.values(), NO_FINDINGS, "acute cardiopulmonary process left right and"]
+        for w in p.lower().replace(",", " , ").split()
+    }
     return SPECIAL + sorted(words | {","})
 
 
@@ -49,9 +60,12 @@ def random_case(rng: np.random.Generator, size: int):
     chosen = {name: rng.random() < FINDING_PROBABILITY for name in PROMPTS}
     side = lambda: "left" if rng.random() < 0.5 else "right"  # noqa: E731
     phantom = generate_cxr_phantom(
-        size, int(rng.integers(2**31)),
-        effusion=side() if chosen["effusion"] else None, cardiomegaly=chosen["cardiomegaly"],
-        opacity=side() if chosen["opacity"] else None, pneumothorax=side() if chosen["pneumothorax"] else None,
+        size,
+        int(rng.integers(2**31)),
+        effusion=side() if chosen["effusion"] else None,
+        cardiomegaly=chosen["cardiomegaly"],
+        opacity=side() if chosen["opacity"] else None,
+        pneumothorax=side() if chosen["pneumothorax"] else None,
         chest_drain=side() if chosen["chest_drain"] else None,
     )
     words = [PROMPTS[name] for name, on in chosen.items() if on]
@@ -85,20 +99,34 @@ def build(resolution: int, words: list[str] | None = None, in_channels: int = 1)
 
     words = words or vocabulary()
     # transformers 5 ignores BertTokenizer(vocab_file=...): the vocabulary is passed as a dict.
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True,
-                              model_max_length=MAX_TOKENS)
-    text_model = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(words), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-    ))
+    tokenizer = BertTokenizer(
+        vocab={w: i for i, w in enumerate(words)}, do_lower_case=True, model_max_length=MAX_TOKENS
+    )
+    text_model = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(words),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_TOKENS,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+        )
+    )
     # The 64 px demo's three levels, plus one of 128 channels per doubling above 64 px (as the brain
     # model): cross-attention always works on a grid of at most 16 x 16.
     extra = extra_levels(resolution)
     unet = UNet2DConditionModel(
-        sample_size=resolution, in_channels=in_channels, out_channels=1, layers_per_block=1,
+        sample_size=resolution,
+        in_channels=in_channels,
+        out_channels=1,
+        layers_per_block=1,
         block_out_channels=(32, 64, 64) + (128,) * extra,
         down_block_types=("DownBlock2D",) * (2 + extra) + ("CrossAttnDownBlock2D",),
-        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (2 + extra), cross_attention_dim=64,
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (2 + extra),
+        cross_attention_dim=64,
         attention_head_dim=8,
     )
     return unet, TransformersTextEncoder(tokenizer, text_model, MAX_TOKENS), DDIMScheduler(**SCHEDULER)
@@ -120,16 +148,27 @@ def train_cxr(config: TrainConfig, resolution: int = 64, resume: bool = False) -
         return torch.nn.functional.mse_loss(eps, noise)
 
     denoiser = DiffusersDenoiser(unet, scheduler, name="demo-cxr", text_encoder=text_encoder)
-    model_config = {"name": config.out.name, "resolution": resolution, "value_range": [-1, 1],
-                    "text_encoder": {"max_length": MAX_TOKENS, "use_attention_mask": False},
-                    "prompts": [NO_FINDINGS, *PROMPTS.values()], "trained_on": "napari-medit chest phantoms"}
+    model_config = {
+        "name": config.out.name,
+        "resolution": resolution,
+        "value_range": [-1, 1],
+        "text_encoder": {"max_length": MAX_TOKENS, "use_attention_mask": False},
+        "prompts": [NO_FINDINGS, *PROMPTS.values()],
+        "trained_on": "napari-medit chest phantoms",
+    }
 
     def validate(step):
         save_model(config.out, denoiser, model_config, config.save_float16)
         _validation_image(denoiser, resolution, config.out / f"validation_{step:06d}.png")
 
-    train(config, {"unet": unet, "text_encoder": text_encoder.model}, loss_fn,
-          lambda start: batches(resolution, config.batch_size, config.seed, start), validate, resume)
+    train(
+        config,
+        {"unet": unet, "text_encoder": text_encoder.model},
+        loss_fn,
+        lambda start: batches(resolution, config.batch_size, config.seed, start),
+        validate,
+        resume,
+    )
     return save_model(config.out, denoiser, model_config, config.save_float16)
 
 
@@ -146,7 +185,16 @@ def _validation_image(denoiser, resolution: int, path: Path) -> None:
     tiles = []
     for phantom, prompt in ((healthy, "Pleural effusion"), (sick, NO_FINDINGS)):
         pixels = to_uint8(phantom.image)
-        result = edit("radedit", pixels, model=denoiser, prompt=prompt, edit_mask=region, steps=50, skip=15,
-                      guidance=4.0, seed=0)
+        result = edit(
+            "radedit",
+            pixels,
+            model=denoiser,
+            prompt=prompt,
+            edit_mask=region,
+            steps=50,
+            skip=15,
+            guidance=4.0,
+            seed=0,
+        )
         tiles += [pixels, result.image.array]
     Image.fromarray(np.concatenate(tiles, axis=1)).save(path)

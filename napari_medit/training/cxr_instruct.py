@@ -56,8 +56,13 @@ class Journey:
     current_masks: dict
 
 
-def journey(rng: np.random.Generator, size: int, finding: Finding | None = None, change: Change | None = None,
-            side: Side | None = None) -> Journey:
+def journey(
+    rng: np.random.Generator,
+    size: int,
+    finding: Finding | None = None,
+    change: Change | None = None,
+    side: Side | None = None,
+) -> Journey:
     """One prior/current pair and its instruction (random where not given)."""
     finding = finding or Finding(rng.choice([f.value for f in Finding]))
     change = change or Change(rng.choice([c.value for c in CHANGES[finding]]))
@@ -68,8 +73,11 @@ def journey(rng: np.random.Generator, size: int, finding: Finding | None = None,
     else:
         side = side or Side(rng.choice(["left", "right"]))
         knob = {Finding.effusion: "effusion_size", Finding.pneumothorax: "pneumothorax_size"}.get(finding)
-        small_range, large_range = ((SMALL_EFFUSION, LARGE_EFFUSION) if finding is Finding.effusion
-                                    else (SMALL_PNEUMOTHORAX, LARGE_PNEUMOTHORAX))
+        small_range, large_range = (
+            (SMALL_EFFUSION, LARGE_EFFUSION)
+            if finding is Finding.effusion
+            else (SMALL_PNEUMOTHORAX, LARGE_PNEUMOTHORAX)
+        )
         present = {finding.value: side.value}
         if finding is Finding.opacity:
             present["opacity_kind"] = str(rng.choice(["consolidation", "nodule"]))
@@ -79,20 +87,30 @@ def journey(rng: np.random.Generator, size: int, finding: Finding | None = None,
             after = {**present, knob: float(rng.uniform(*large_range))}
         elif knob:
             present[knob] = float(rng.uniform(small_range[0], large_range[1]))
-    small = finding is Finding.effusion and change is Change.add and after["effusion_size"] < SMALL_EFFUSION[1]
+    small = (
+        finding is Finding.effusion and change is Change.add and after["effusion_size"] < SMALL_EFFUSION[1]
+    )
     if change in (Change.remove, Change.shrink):
         before, after = after, before
     prior = generate_cxr_phantom(size, seed, **before)
     current = generate_cxr_phantom(size, seed, **after)
-    return Journey(to_uint8(prior.image), to_uint8(current.image), write_instruction(change, finding, side, small),
-                   change, finding, side, prior.masks, current.masks)
+    return Journey(
+        to_uint8(prior.image),
+        to_uint8(current.image),
+        write_instruction(change, finding, side, small),
+        change,
+        finding,
+        side,
+        prior.masks,
+        current.masks,
+    )
 
 
 def vocabulary() -> list[str]:
     words = set()
     for finding, changes in CHANGES.items():
         for change in changes:
-            for side in ([None] if finding is Finding.cardiomegaly else list(Side)):
+            for side in [None] if finding is Finding.cardiomegaly else list(Side):
                 for small in (False, True):
                     words |= set(write_instruction(change, finding, side, small).split())
     return SPECIAL + sorted(words)
@@ -108,16 +126,25 @@ def batches(resolution: int, batch_size: int, seed: int, start_step: int) -> Ite
         priors, currents, prompts = [], [], []
         for _ in range(batch_size):
             pair = journey(rng, resolution)
-            window = IntensityWindow.of(pair.prior)  # the engine maps source and edit through the source's window
-            prior, current = (grid.to_model(window.to_unit(p)[None])[0] * 2 - 1 for p in (pair.prior, pair.current))
+            window = IntensityWindow.of(
+                pair.prior
+            )  # the engine maps source and edit through the source's window
+            prior, current = (
+                grid.to_model(window.to_unit(p)[None])[0] * 2 - 1 for p in (pair.prior, pair.current)
+            )
             priors.append(prior * 0 if rng.random() < IMAGE_DROPOUT else prior)
             currents.append(current)
             prompts.append("" if rng.random() < TEXT_DROPOUT else pair.instruction)
-        yield {"current": torch.stack(currents).float(), "prior": torch.stack(priors).float(), "prompts": prompts}
+        yield {
+            "current": torch.stack(currents).float(),
+            "prior": torch.stack(priors).float(),
+            "prompts": prompts,
+        }
 
 
-def train_cxr_instruct(config: TrainConfig, resolution: int = 64, resume: bool = False,
-                       init_from: str | Path | None = None) -> Path:
+def train_cxr_instruct(
+    config: TrainConfig, resolution: int = 64, resume: bool = False, init_from: str | Path | None = None
+) -> Path:
     """Train the instruction model into ``config.out``; ``init_from``: a text-to-image model folder
     or name (e.g. ``demo-cxr``) to start from (ignored when resuming: the checkpoint has the weights)."""
     from ..backends import save_model
@@ -138,11 +165,17 @@ def train_cxr_instruct(config: TrainConfig, resolution: int = 64, resume: bool =
         eps = unet(x, t, encoder_hidden_states=text_encoder(batch["prompts"])).sample
         return torch.nn.functional.mse_loss(eps, noise)
 
-    denoiser = DiffusersDenoiser(unet, scheduler, name="demo-cxr-instruct", text_encoder=text_encoder,
-                                 image_conditioned=True)
-    model_config = {"name": config.out.name, "resolution": resolution, "value_range": [-1, 1],
-                    "text_encoder": {"max_length": MAX_TOKENS, "use_attention_mask": False},
-                    "prompts": example_instructions(), "trained_on": "napari-medit chest phantom journeys"}
+    denoiser = DiffusersDenoiser(
+        unet, scheduler, name="demo-cxr-instruct", text_encoder=text_encoder, image_conditioned=True
+    )
+    model_config = {
+        "name": config.out.name,
+        "resolution": resolution,
+        "value_range": [-1, 1],
+        "text_encoder": {"max_length": MAX_TOKENS, "use_attention_mask": False},
+        "prompts": example_instructions(),
+        "trained_on": "napari-medit chest phantom journeys",
+    }
     if init_from is not None:
         model_config["initialised_from"] = Path(init_from).name
 
@@ -150,8 +183,14 @@ def train_cxr_instruct(config: TrainConfig, resolution: int = 64, resume: bool =
         save_model(config.out, denoiser, model_config, config.save_float16)
         _validation_image(denoiser, resolution, config.out / f"validation_{step:06d}.png")
 
-    train(config, {"unet": unet, "text_encoder": text_encoder.model}, loss_fn,
-          lambda start: batches(resolution, config.batch_size, config.seed, start), validate, resume)
+    train(
+        config,
+        {"unet": unet, "text_encoder": text_encoder.model},
+        loss_fn,
+        lambda start: batches(resolution, config.batch_size, config.seed, start),
+        validate,
+        resume,
+    )
     return save_model(config.out, denoiser, model_config, config.save_float16)
 
 
@@ -168,19 +207,25 @@ def initialise_from(unet, text_encoder, source: str | Path) -> None:
     weights = donor.unet.state_dict()
     conv_in = weights["conv_in.weight"]
     if conv_in.shape[1] != 1:
-        raise ValueError(f"{source}: its UNet reads {conv_in.shape[1]} channels; a text-to-image model reads 1")
+        raise ValueError(
+            f"{source}: its UNet reads {conv_in.shape[1]} channels; a text-to-image model reads 1"
+        )
     prior = torch.zeros_like(conv_in).expand(-1, unet.conv_in.in_channels - 1, -1, -1)
     weights["conv_in.weight"] = torch.cat([conv_in, prior], dim=1)
     if mismatch := _first_mismatch(unet, weights):
-        raise ValueError(f"{source}: its UNet has another shape than this instruction model's "
-                         f"(train both at the same --resolution): {mismatch}")
+        raise ValueError(
+            f"{source}: its UNet has another shape than this instruction model's "
+            f"(train both at the same --resolution): {mismatch}"
+        )
     encoder = donor.text_encoder.model.state_dict()
     ours = text_encoder.model.state_dict()
     # CLIP's token table; its prefix varies with the transformers version
     key = next((k for k in encoder if k.endswith("token_embedding.weight")), None)
     if key not in ours or encoder[key].shape[1:] != ours[key].shape[1:]:
-        raise ValueError(f"{source}: its text encoder is not a CLIP text model of this one's width; "
-                         "start from a model trained by `napari-medit train cxr` at the same --resolution")
+        raise ValueError(
+            f"{source}: its text encoder is not a CLIP text model of this one's width; "
+            "start from a model trained by `napari-medit train cxr` at the same --resolution"
+        )
     embedding = ours[key].clone()
     donor_words = donor.text_encoder.tokenizer.get_vocab()
     for word, row in text_encoder.tokenizer.get_vocab().items():
@@ -201,19 +246,27 @@ def _first_mismatch(module: torch.nn.Module, weights: dict) -> str | None:
     own = module.state_dict()
     if unmatched := sorted(own.keys() ^ weights.keys()):
         return f"{unmatched[0]} is {'missing' if unmatched[0] in own else 'unexpected'}"
-    return next((f"{name} is {tuple(weights[name].shape)}, here {tuple(tensor.shape)}"
-                 for name, tensor in own.items() if weights[name].shape != tensor.shape), None)
+    return next(
+        (
+            f"{name} is {tuple(weights[name].shape)}, here {tuple(tensor.shape)}"
+            for name, tensor in own.items()
+            if weights[name].shape != tensor.shape
+        ),
+        None,
+    )
 
 
 def example_instructions() -> list[str]:
-    return [write_instruction(Change.add, Finding.effusion, Side.right, small=True),
-            write_instruction(Change.remove, Finding.effusion, Side.right),
-            write_instruction(Change.enlarge, Finding.effusion, Side.left),
-            write_instruction(Change.add, Finding.pneumothorax, Side.left),
-            write_instruction(Change.remove, Finding.pneumothorax, Side.right),
-            write_instruction(Change.add, Finding.opacity, Side.right),
-            write_instruction(Change.enlarge, Finding.cardiomegaly),
-            write_instruction(Change.remove, Finding.cardiomegaly)]
+    return [
+        write_instruction(Change.add, Finding.effusion, Side.right, small=True),
+        write_instruction(Change.remove, Finding.effusion, Side.right),
+        write_instruction(Change.enlarge, Finding.effusion, Side.left),
+        write_instruction(Change.add, Finding.pneumothorax, Side.left),
+        write_instruction(Change.remove, Finding.pneumothorax, Side.right),
+        write_instruction(Change.add, Finding.opacity, Side.right),
+        write_instruction(Change.enlarge, Finding.cardiomegaly),
+        write_instruction(Change.remove, Finding.cardiomegaly),
+    ]
 
 
 def _validation_image(denoiser, resolution: int, path: Path) -> None:
@@ -225,7 +278,10 @@ def _validation_image(denoiser, resolution: int, path: Path) -> None:
     sick = to_uint8(generate_cxr_phantom(4 * resolution, 123456, effusion="right", effusion_size=0.5).image)
     healthy = to_uint8(generate_cxr_phantom(4 * resolution, 123456).image)
     tiles = []
-    for pixels, prompt in ((sick, "remove the right pleural effusion"), (healthy, "add a right pleural effusion")):
+    for pixels, prompt in (
+        (sick, "remove the right pleural effusion"),
+        (healthy, "add a right pleural effusion"),
+    ):
         result = edit("instruct", pixels, model=denoiser, prompt=prompt, steps=20, seed=0)
         tiles += [pixels, result.image.array]
     Image.fromarray(np.concatenate(tiles, axis=1)).save(path)

@@ -32,9 +32,12 @@ def random_phantom(rng: np.random.Generator, size: int):
     """(uint8 image, 0/1 label per finding)."""
     present = {name: rng.random() < FINDING_PROBABILITY for name in FINDINGS}
     side = lambda: str(rng.choice(["left", "right"]))  # noqa: E731
-    findings = dict(cardiomegaly=present["cardiomegaly"], pneumothorax=side() if present["pneumothorax"] else None,
-                    opacity=side() if present["opacity"] else None,
-                    chest_drain=side() if rng.random() < DRAIN_PROBABILITY else None)
+    findings = dict(
+        cardiomegaly=present["cardiomegaly"],
+        pneumothorax=side() if present["pneumothorax"] else None,
+        opacity=side() if present["opacity"] else None,
+        chest_drain=side() if rng.random() < DRAIN_PROBABILITY else None,
+    )
     seed = int(rng.integers(2**31))
     phantom = generate_cxr_phantom(size, seed, effusion=side() if present["effusion"] else None, **findings)
     image = phantom.image
@@ -58,8 +61,13 @@ def batches(classifier: FindingsClassifier, batch_size: int, seed: int, start_st
     while True:
         rng = np.random.default_rng([seed, step])
         step += 1
-        images, labels = zip(*(random_phantom(rng, classifier.resolution) for _ in range(batch_size)))
-        yield {"image": classifier.to_input(np.stack(images)).float(), "labels": torch.from_numpy(np.stack(labels))}
+        images, labels = zip(
+            *(random_phantom(rng, classifier.resolution) for _ in range(batch_size)), strict=True
+        )
+        yield {
+            "image": classifier.to_input(np.stack(images)).float(),
+            "labels": torch.from_numpy(np.stack(labels)),
+        }
 
 
 def train_findings(config: TrainConfig, resolution: int = 64, resume: bool = False) -> Path:
@@ -74,13 +82,22 @@ def train_findings(config: TrainConfig, resolution: int = 64, resume: bool = Fal
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["labels"].to(config.device))
 
     def validate(step):
-        classifier.save(config.out, {"trained_on": "napari-medit chest phantoms", "validation": _validation(classifier)})
+        classifier.save(
+            config.out, {"trained_on": "napari-medit chest phantoms", "validation": _validation(classifier)}
+        )
 
-    train(config, {"classifier": network}, loss_fn, lambda start: batches(classifier, config.batch_size, config.seed,
-                                                                           start), validate, resume)
+    train(
+        config,
+        {"classifier": network},
+        loss_fn,
+        lambda start: batches(classifier, config.batch_size, config.seed, start),
+        validate,
+        resume,
+    )
     network.eval()
-    return classifier.save(config.out, {"trained_on": "napari-medit chest phantoms",
-                                        "validation": _validation(classifier)})
+    return classifier.save(
+        config.out, {"trained_on": "napari-medit chest phantoms", "validation": _validation(classifier)}
+    )
 
 
 def _validation(classifier: FindingsClassifier, count: int = 200) -> dict[str, float]:
@@ -88,7 +105,7 @@ def _validation(classifier: FindingsClassifier, count: int = 200) -> dict[str, f
     from ..metrics import auroc
 
     rng = np.random.default_rng([987654321])
-    images, labels = zip(*(random_phantom(rng, classifier.resolution) for _ in range(count)))
+    images, labels = zip(*(random_phantom(rng, classifier.resolution) for _ in range(count)), strict=True)
     scores = classifier.predict(np.stack(images))
     labels = np.stack(labels)
     return {name: round(auroc(labels[:, i] > 0, scores[:, i]), 4) for i, name in enumerate(FINDINGS)}

@@ -61,10 +61,18 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     parameters = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup))
+    )
     generator = torch.Generator().manual_seed(config.seed)
-    averages = {name: AveragedModel(m, multi_avg_fn=ema_with_warmup(config.ema_decay))
-                for name, m in modules.items()} if config.ema_decay else {}
+    averages = (
+        {
+            name: AveragedModel(m, multi_avg_fn=ema_with_warmup(config.ema_decay))
+            for name, m in modules.items()
+        }
+        if config.ema_decay
+        else {}
+    )
     step, losses = 0, []
     if resume:
         step, losses = _load_checkpoint(out / CHECKPOINT, modules, averages, optimizer, schedule, generator)
@@ -91,7 +99,9 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
             if step % config.checkpoint_every == 0 or step == config.steps:
-                _save_checkpoint(out / CHECKPOINT, step, losses, modules, averages, optimizer, schedule, generator)
+                _save_checkpoint(
+                    out / CHECKPOINT, step, losses, modules, averages, optimizer, schedule, generator
+                )
             if validate is not None and (step % config.validate_every == 0 or step == config.steps):
                 for module in modules.values():
                     module.eval()
@@ -99,13 +109,23 @@ def train(
                     validate(step)
                 for module in modules.values():
                     module.train()
-    (out / "training_log.json").write_text(json.dumps({
-        "steps": step, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
-        "precision": str(precision).removeprefix("torch."),
-        "seed": config.seed, "ema_decay": config.ema_decay, "seconds_this_run": round(time.perf_counter() - started, 1),
-        "loss_first_100": _mean(losses[:100]), "loss_last_100": _mean(losses[-100:]),
-        "loss_per_10_steps": [_mean(losses[i : i + 10]) for i in range(0, len(losses), 10)],
-    }, indent=2))
+    (out / "training_log.json").write_text(
+        json.dumps(
+            {
+                "steps": step,
+                "batch_size": config.batch_size,
+                "learning_rate": config.learning_rate,
+                "precision": str(precision).removeprefix("torch."),
+                "seed": config.seed,
+                "ema_decay": config.ema_decay,
+                "seconds_this_run": round(time.perf_counter() - started, 1),
+                "loss_first_100": _mean(losses[:100]),
+                "loss_last_100": _mean(losses[-100:]),
+                "loss_per_10_steps": [_mean(losses[i : i + 10]) for i in range(0, len(losses), 10)],
+            },
+            indent=2,
+        )
+    )
     for module in modules.values():
         module.eval()
     for name, average in averages.items():  # what the caller saves is the averaged model
@@ -127,10 +147,11 @@ def ema_with_warmup(decay: float):
     """EMA whose decay grows as (1 + n) / (10 + n) up to ``decay`` (diffusers' EMAModel.get_decay):
     a fixed 0.999 from the first step would still hold 0.999**2000 = 13% of the random
     initial weights after 2,000 steps."""
+
     def update(averaged, current, num_averaged):
         n = int(num_averaged)
         rate = min(decay, (1 + n) / (10 + n))
-        for average, value in zip(averaged, current):
+        for average, value in zip(averaged, current, strict=True):
             average.lerp_(value, 1 - rate)
 
     return update
@@ -152,7 +173,7 @@ def _averaged_weights(modules: dict[str, torch.nn.Module], averages: dict):
 def _copy_parameters(values, target: torch.nn.Module) -> None:
     # Parameters only: the averaged copy does not track buffers (integer position ids cannot be averaged).
     with torch.no_grad():
-        for p, value in zip(target.parameters(), values):
+        for p, value in zip(target.parameters(), values, strict=True):
             p.copy_(value)
 
 
@@ -175,15 +196,18 @@ def _mean(values: list[float]) -> float | None:
 
 def _save_checkpoint(path, step, losses, modules, averages, optimizer, schedule, generator) -> None:
     temporary = path.with_suffix(".partial")
-    torch.save({
-        "step": step,
-        "losses": losses,
-        "modules": {name: m.state_dict() for name, m in modules.items()},
-        "averages": {name: a.state_dict() for name, a in averages.items()},
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "generator": generator.get_state(),
-    }, temporary)
+    torch.save(
+        {
+            "step": step,
+            "losses": losses,
+            "modules": {name: m.state_dict() for name, m in modules.items()},
+            "averages": {name: a.state_dict() for name, a in averages.items()},
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "generator": generator.get_state(),
+        },
+        temporary,
+    )
     temporary.replace(path)  # a crash mid-write never leaves a broken checkpoint
 
 
@@ -196,8 +220,10 @@ def _load_checkpoint(path, modules, averages, optimizer, schedule, generator):
         module.load_state_dict(state["modules"][name])
     saved_averages = state.get("averages", {})
     if set(saved_averages) != set(averages):
-        raise ValueError(f"{path}: the checkpoint was trained with a different --ema-decay setting "
-                         "(EMA on in one, off in the other); resume with the setting it was started with")
+        raise ValueError(
+            f"{path}: the checkpoint was trained with a different --ema-decay setting "
+            "(EMA on in one, off in the other); resume with the setting it was started with"
+        )
     for name, average in averages.items():
         average.load_state_dict(saved_averages[name])
     optimizer.load_state_dict(state["optimizer"])

@@ -7,8 +7,8 @@
 - ``stress-lungs``: lung masks of healthy phantoms only (binary cross-entropy + Dice).
 
 Phantoms are rendered at the demo cases' size (128 px) and reach the network as the stress
-test feeds a model under test. The shortcut is what each model should not learn; on their own test sets, drawn the same
-biased way, they look excellent (``validation`` in model.json).
+test feeds a model under test. The shortcut is what each model should not learn; on their own
+test sets, drawn the same biased way, they look excellent (``validation`` in model.json).
 """
 
 from __future__ import annotations
@@ -22,8 +22,15 @@ import torch
 
 from ..editing.slicing import Grid, IntensityWindow
 from ..sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
-from ..stress.demo import (DEMO_SIZE, MODEL_FOLDERS, SHORTCUT_RATE, acquisition_signature, as_contract,
-                           classifier_network, segmenter_network)
+from ..stress.demo import (
+    DEMO_SIZE,
+    MODEL_FOLDERS,
+    SHORTCUT_RATE,
+    acquisition_signature,
+    as_contract,
+    classifier_network,
+    segmenter_network,
+)
 from .loop import TrainConfig, train
 
 KINDS = tuple(MODEL_FOLDERS)
@@ -40,13 +47,23 @@ def biased_case(kind: str, rng: np.random.Generator, size: int):
     shortcut = rng.random() < (SHORTCUT_RATE if positive else 1 - SHORTCUT_RATE)
     # Subtle findings beside a conspicuous shortcut: what a network learns first is the shortcut.
     if kind == "acquisition":
-        image = to_uint8(generate_cxr_phantom(size, seed, effusion=side if positive else None,
-                                              effusion_size=float(rng.uniform(*SUBTLE_EFFUSION))).image)
+        image = to_uint8(
+            generate_cxr_phantom(
+                size,
+                seed,
+                effusion=side if positive else None,
+                effusion_size=float(rng.uniform(*SUBTLE_EFFUSION)),
+            ).image
+        )
         return (acquisition_signature(image) if shortcut else image), np.float32(positive)
     drain_side = side if positive else str(rng.choice(["left", "right"]))
-    phantom = generate_cxr_phantom(size, seed, pneumothorax=side if positive else None,
-                                   pneumothorax_size=float(rng.uniform(*SUBTLE_PNEUMOTHORAX)),
-                                   chest_drain=drain_side if shortcut else None)
+    phantom = generate_cxr_phantom(
+        size,
+        seed,
+        pneumothorax=side if positive else None,
+        pneumothorax_size=float(rng.uniform(*SUBTLE_PNEUMOTHORAX)),
+        chest_drain=drain_side if shortcut else None,
+    )
     return to_uint8(phantom.image), np.float32(positive)
 
 
@@ -58,7 +75,7 @@ def batches(kind: str, resolution: int, batch_size: int, seed: int, start_step: 
     while True:
         rng = np.random.default_rng([seed, step])
         step += 1
-        images, targets = zip(*(biased_case(kind, rng, DEMO_SIZE) for _ in range(batch_size)))
+        images, targets = zip(*(biased_case(kind, rng, DEMO_SIZE) for _ in range(batch_size)), strict=True)
         units = np.stack([IntensityWindow.of(i).to_unit(i) for i in images])
         if kind == "lungs":
             target = grid.to_model(np.stack(targets), soft=True).float()
@@ -86,14 +103,30 @@ def train_stress_model(kind: str, config: TrainConfig, resolution: int = 64, res
 
     def save(step=None):
         config.out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()},
-                  config.out / "model.safetensors")
-        (config.out / "model.json").write_text(json.dumps(
-            {"kind": kind, "resolution": resolution, "shortcut_rate": None if kind == "lungs" else SHORTCUT_RATE,
-             "validation_on_its_own_biased_distribution": _validation(kind, network, resolution)}, indent=2))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()},
+            config.out / "model.safetensors",
+        )
+        (config.out / "model.json").write_text(
+            json.dumps(
+                {
+                    "kind": kind,
+                    "resolution": resolution,
+                    "shortcut_rate": None if kind == "lungs" else SHORTCUT_RATE,
+                    "validation_on_its_own_biased_distribution": _validation(kind, network, resolution),
+                },
+                indent=2,
+            )
+        )
 
-    train(config, {"network": network}, loss_fn,
-          lambda start: batches(kind, resolution, config.batch_size, config.seed, start), save, resume)
+    train(
+        config,
+        {"network": network},
+        loss_fn,
+        lambda start: batches(kind, resolution, config.batch_size, config.seed, start),
+        save,
+        resume,
+    )
     network.eval()
     save()
     return config.out
@@ -101,15 +134,17 @@ def train_stress_model(kind: str, config: TrainConfig, resolution: int = 64, res
 
 def _validation(kind: str, network, resolution: int, count: int = 64) -> dict:
     from ..metrics import auroc
-    from ..stress.scenarios import dice
-
     from ..stress.models import ModelUnderTest
-    from ..stress.scenarios import Task
+    from ..stress.scenarios import Task, dice
 
     rng = np.random.default_rng([424242])
     cases = [biased_case(kind, rng, DEMO_SIZE) for _ in range(count)]
     task = Task.segmenter if kind == "lungs" else Task.classifier
-    out = ModelUnderTest(as_contract(network, resolution), task, resolution, kind).predict([i for i, _ in cases])
+    out = ModelUnderTest(as_contract(network, resolution), task, resolution, kind).predict(
+        [i for i, _ in cases]
+    )
     if kind == "lungs":
-        return {"dice": round(float(np.mean([dice(o, t > 0) for o, (_, t) in zip(out, cases)])), 4)}
+        return {
+            "dice": round(float(np.mean([dice(o, t > 0) for o, (_, t) in zip(out, cases, strict=True)])), 4)
+        }
     return {"auroc": round(auroc([t > 0 for _, t in cases], out), 4)}

@@ -46,8 +46,12 @@ def show_plane(viewer, plane: str) -> str:
 
 def plane_view(viewer, report) -> ComboBox:
     """A 'view' picker (axial, coronal, sagittal) that calls ``show_plane``; ``report`` gets its message."""
-    picker = ComboBox(label="view", choices=list(PLANE_VIEWS), value="axial",
-                      tooltip="look at the volumes in another plane: after a slice-wise edit, the planes "
-                              "across the slices show whether neighbouring slices agree")
+    picker = ComboBox(
+        label="view",
+        choices=list(PLANE_VIEWS),
+        value="axial",
+        tooltip="look at the volumes in another plane: after a slice-wise edit, the planes "
+        "across the slices show whether neighbouring slices agree",
+    )
     picker.changed.connect(lambda plane: report(show_plane(viewer, plane)))
     return picker

@@ -32,20 +32,36 @@ class CompareWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.result = ComboBox(label="result", choices=self._results)
-        self.before_after = PushButton(text="Before / after",
-                                       tooltip="show the source or the edit, in the same place")
+        self.before_after = PushButton(
+            text="Before / after", tooltip="show the source or the edit, in the same place"
+        )
         self.opacity = FloatSlider(label="edit opacity", min=0.0, max=1.0, step=0.05, value=1.0)
-        self.difference = CheckBox(text="difference map", value=False,
-                                   tooltip="edit - source: green brighter, pink darker")
-        self.side_by_side = CheckBox(text="side by side", value=False,
-                                     tooltip="source and edit in two linked views (napari's grid mode)")
+        self.difference = CheckBox(
+            text="difference map", value=False, tooltip="edit - source: green brighter, pink darker"
+        )
+        self.side_by_side = CheckBox(
+            text="side by side",
+            value=False,
+            tooltip="source and edit in two linked views (napari's grid mode)",
+        )
         self.view = plane_view(self.viewer, lambda text: setattr(self.status, "value", text))
-        self.save_button = PushButton(text="Save result...",
-                                      tooltip="NIfTI with the source file's affine, or PNG; the provenance "
-                                              "goes next to it as JSON")
+        self.save_button = PushButton(
+            text="Save result...",
+            tooltip="NIfTI with the source file's affine, or PNG; the provenance goes next to it as JSON",
+        )
         self.status = status_label()
-        self.extend([self.result, self.before_after, self.opacity, self.difference, self.side_by_side, self.view,
-                     self.save_button, self.status])
+        self.extend(
+            [
+                self.result,
+                self.before_after,
+                self.opacity,
+                self.difference,
+                self.side_by_side,
+                self.view,
+                self.save_button,
+                self.status,
+            ]
+        )
         self.before_after.changed.connect(self.toggle_before_after)
         self.opacity.changed.connect(self._set_opacity)
         self.difference.changed.connect(self._show_difference)
@@ -80,8 +96,11 @@ class CompareWidget(Container):
         if self.result.value in self.viewer.layers:
             result = self.viewer.layers[self.result.value]
             self.opacity.value = result.opacity
-            difference = self.viewer.layers[f"{result.name} difference"] \
-                if f"{result.name} difference" in self.viewer.layers else None
+            difference = (
+                self.viewer.layers[f"{result.name} difference"]
+                if f"{result.name} difference" in self.viewer.layers
+                else None
+            )
             self.difference.value = bool(difference is not None and difference.visible)
 
     # ------------------------------------------------------------ comparing
@@ -114,8 +133,9 @@ class CompareWidget(Container):
             except ValueError as exc:
                 self.side_by_side.value = False
                 return self._fail(str(exc))
-            self._hidden_for_side_by_side = [layer.name for layer in self.viewer.layers
-                                             if layer.visible and layer not in (result, source)]
+            self._hidden_for_side_by_side = [
+                layer.name for layer in self.viewer.layers if layer.visible and layer not in (result, source)
+            ]
             for name in self._hidden_for_side_by_side:
                 self.viewer.layers[name].visible = False
             result.visible = source.visible = True
@@ -139,8 +159,11 @@ class CompareWidget(Container):
         layer = self.viewer.layers[self.result.value] if self.result.value in self.viewer.layers else None
         dicom = layer is not None and SOURCE_FILES in layer.metadata
         path, _ = QFileDialog.getSaveFileName(
-            self.native, "Save the edited image", f"{self.result.value}.{'dcm' if dicom else 'nii.gz'}",
-            f"{DICOM_FILTER};;{SAVE_FILTER}" if dicom else SAVE_FILTER)
+            self.native,
+            "Save the edited image",
+            f"{self.result.value}.{'dcm' if dicom else 'nii.gz'}",
+            f"{DICOM_FILTER};;{SAVE_FILTER}" if dicom else SAVE_FILTER,
+        )
         if path:
             self.save(path)
 
@@ -165,9 +188,13 @@ class CompareWidget(Container):
             self._fail(f"could not save {path.name}: {exc.__cause__ or exc}")
             return []
         if not written:
-            self._fail(f"could not save {path.name}: choose a .nii.gz, .nii, .mgz, .mgh or (2D images) .png file")
+            self._fail(
+                f"could not save {path.name}: choose a .nii.gz, .nii, .mgz, .mgh or (2D images) .png file"
+            )
             return []
-        sidecar = write_text_atomically(suffixed(path, "", ".json"), json.dumps(result.metadata["edit"], indent=2))
+        sidecar = write_text_atomically(
+            suffixed(path, "", ".json"), json.dumps(result.metadata["edit"], indent=2)
+        )
         shown = f"{len(written)} DICOM files in {path.name}" if path.is_dir() else written[0].name
         self.status.value = f"saved {shown} and {sidecar.name}"
         return [*written, sidecar]

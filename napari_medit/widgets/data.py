@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     import napari
 
 PLUGIN = "napari-medit"
-FILE_FILTER = "Medical images (*.nii *.nii.gz *.mgz *.mgh *.dcm *.dicom *.ima *.IMA *.png *.jpg *.jpeg);;All files (*)"
+FILE_FILTER = (
+    "Medical images (*.nii *.nii.gz *.mgz *.mgh *.dcm *.dicom *.ima *.IMA *.png *.jpg *.jpeg);;All files (*)"
+)
 RADIOLOGICAL_TEXT = "radiological view: the patient's right on the screen's left"
 NEUROLOGICAL_TEXT = "neurological view: the patient's right on the screen's right"
 
@@ -29,19 +31,37 @@ class DataWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self.open_file_button = PushButton(text="Open image file...",
-                                           tooltip="NIfTI, DICOM, PNG/JPEG, read with their spacing and orientation")
-        self.open_folder_button = PushButton(text="Open DICOM series folder...",
-                                             tooltip="one series: slices sorted by position into a volume")
+        self.open_file_button = PushButton(
+            text="Open image file...",
+            tooltip="NIfTI, DICOM, PNG/JPEG, read with their spacing and orientation",
+        )
+        self.open_folder_button = PushButton(
+            text="Open DICOM series folder...", tooltip="one series: slices sorted by position into a volume"
+        )
         self.image = ComboBox(label="image", choices=self._image_layers)
-        self.contrast = ComboBox(label="contrast", choices=list(CONTRAST_PRESETS), value="as read",
-                                 tooltip="; ".join(f"{k}: {v}" for k, v in CONTRAST_PRESETS.items()))
-        self.radiological = CheckBox(text="radiological view", value=self._is_radiological(),
-                                     tooltip="napari-medit shows images as radiologists read them, the patient's "
-                                             "right on the screen's left; untick for the neurological convention")
+        self.contrast = ComboBox(
+            label="contrast",
+            choices=list(CONTRAST_PRESETS),
+            value="as read",
+            tooltip="; ".join(f"{k}: {v}" for k, v in CONTRAST_PRESETS.items()),
+        )
+        self.radiological = CheckBox(
+            text="radiological view",
+            value=self._is_radiological(),
+            tooltip="napari-medit shows images as radiologists read them, the patient's "
+            "right on the screen's left; untick for the neurological convention",
+        )
         self.status = status_label()
-        self.extend([self.open_file_button, self.open_folder_button, self.image, self.contrast, self.radiological,
-                     self.status])
+        self.extend(
+            [
+                self.open_file_button,
+                self.open_folder_button,
+                self.image,
+                self.contrast,
+                self.radiological,
+                self.status,
+            ]
+        )
         self.open_file_button.changed.connect(lambda: self._ask_and_open(folder=False))
         self.open_folder_button.changed.connect(lambda: self._ask_and_open(folder=True))
         self.contrast.changed.connect(self.apply_contrast)

@@ -10,6 +10,7 @@ napari's process never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import threading
@@ -34,8 +35,15 @@ GUI_TASK_GAP_MS = 20  # between layer insertions: long enough for queued input a
 CONNECT_POLL_MS = 100  # how often the GUI looks whether the engine is connected
 SCOPES = ("slices the mask touches", "current slice", "slice range")
 # Run options the form holds (axis and slices: the scope widgets).
-RUN_FORM_FIELDS = ("seed", "batch_size", "slice_noise", "noise_correlation_mm", "through_plane_smoothing", "precision",
-                   "compile_network")
+RUN_FORM_FIELDS = (
+    "seed",
+    "batch_size",
+    "slice_noise",
+    "noise_correlation_mm",
+    "through_plane_smoothing",
+    "precision",
+    "compile_network",
+)
 
 
 class Compute(str, enum.Enum):
@@ -82,9 +90,12 @@ def parameter_form(params: type, only: tuple[str, ...] | None = None) -> Contain
         follows = item.metadata.get("follows")
         if follows is not None and item.name in form.asdict():
             target, rule = getattr(form, item.name), follows.rule
-            getattr(form, follows.other).changed.connect(lambda value, target=target, rule=rule:
-                                                         setattr(target, "value", rule(value)))
-    form.automatic = [f.name for f in catalogue.fields(params) if f.default is None and not f.metadata["follows"]]
+            getattr(form, follows.other).changed.connect(
+                lambda value, target=target, rule=rule: setattr(target, "value", rule(value))
+            )
+    form.automatic = [
+        f.name for f in catalogue.fields(params) if f.default is None and not f.metadata["follows"]
+    ]
     return form
 
 
@@ -95,8 +106,11 @@ def method_form(spec) -> Container:
     if not spec.presets:
         return form
     # "" for the paper defaults: magicgui does not emit a change to None
-    picker = ComboBox(choices=[("paper defaults", ""), *((name, name) for name in spec.presets)], value="",
-                      tooltip="; ".join(f"{name}: {preset.says}" for name, preset in spec.presets.items()))
+    picker = ComboBox(
+        choices=[("paper defaults", ""), *((name, name) for name in spec.presets)],
+        value="",
+        tooltip="; ".join(f"{name}: {preset.says}" for name, preset in spec.presets.items()),
+    )
     picker.name, picker.label = "preset", "preset"
     defaults = {item.name: item.default for item in catalogue.fields(spec.params)}
 
@@ -106,7 +120,9 @@ def method_form(spec) -> Container:
             if value is not None:
                 widget.value = value
             elif field_name in form.automatic:  # as parameter_form shows a run-time default
-                widget.value = None if isinstance(widget, ComboBox) else "" if isinstance(widget, LineEdit) else 0
+                widget.value = (
+                    None if isinstance(widget, ComboBox) else "" if isinstance(widget, LineEdit) else 0
+                )
 
     picker.changed.connect(apply)
     form.insert(0, picker)
@@ -114,7 +130,8 @@ def method_form(spec) -> Container:
 
 
 def form_values(form: Container) -> dict:
-    """The form's values as the parameters dataclass takes them (0 or empty text for an automatic one: None)."""
+    """The form's values as the parameters dataclass takes them (0 or empty text for an automatic one:
+    None)."""
     return {w.name: (None if w.name in form.automatic and w.value in (0, "") else w.value) for w in form}
 
 
@@ -168,42 +185,77 @@ class _Relay(QObject):
 
     step = Signal(object)
     outcome = Signal(object)  # an EditResult, or the exception that ended the edit
+
+
 class EditWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self._engine_names: list[str] = []  # the models the computing side has (the model picker's choices)
         address = os.environ.get(SCHEDULER_ENVIRON, "")
-        self.compute = ComboBox(label="compute", choices=[(c.value, c) for c in Compute],
-                                value=Compute.scheduler if address else Compute.worker_process,
-                                tooltip="where edits run: a worker process on this machine (napari stays light), "
-                                        "a dask cluster by address (a GPU machine), or napari's own process")
-        self.address = LineEdit(label="scheduler", value=address,
-                                tooltip="tcp://host:8786, tls://host:8786 (dask's TLS configuration), or "
-                                        "localhost:PORT through an SSH tunnel")
+        self.compute = ComboBox(
+            label="compute",
+            choices=[(c.value, c) for c in Compute],
+            value=Compute.scheduler if address else Compute.worker_process,
+            tooltip="where edits run: a worker process on this machine (napari stays light), "
+            "a dask cluster by address (a GPU machine), or napari's own process",
+        )
+        self.address = LineEdit(
+            label="scheduler",
+            value=address,
+            tooltip="tcp://host:8786, tls://host:8786 (dask's TLS configuration), or "
+            "localhost:PORT through an SSH tunnel",
+        )
         self.method = ComboBox(label="method", choices=list(METHODS), value="mededit")
-        self.model = ComboBox(label="model", choices=self._models, tooltip="the models the computing side has")
+        self.model = ComboBox(
+            label="model", choices=self._models, tooltip="the models the computing side has"
+        )
         self.image = ComboBox(label="image", choices=self._image_layers)
-        self.masks = {role: ComboBox(label=role.replace("_", " "), choices=self._label_layers,
-                                     tooltip=MASK_ROLES[role].says) for role in MASK_ROLES}
+        self.masks = {
+            role: ComboBox(
+                label=role.replace("_", " "), choices=self._label_layers, tooltip=MASK_ROLES[role].says
+            )
+            for role in MASK_ROLES
+        }
         # One form per method and one for the run options, from the catalogue (no torch needed).
         self.parameters = {name: method_form(spec) for name, spec in METHODS.items()}
         self.parameter_box = Container(labels=False, widgets=list(self.parameters.values()))
         self.run_options = parameter_form(RunOptions, only=RUN_FORM_FIELDS)
-        self.axis = ComboBox(label="slice along", choices=self._axes,
-                             tooltip="the plane slices are edited in; named planes reach the model in the "
-                                     "orientation it was trained on")
-        self.scope = ComboBox(label="slices", choices=SCOPES, value=SCOPES[0],
-                              tooltip="which slices along that axis are edited")
+        self.axis = ComboBox(
+            label="slice along",
+            choices=self._axes,
+            tooltip="the plane slices are edited in; named planes reach the model in the "
+            "orientation it was trained on",
+        )
+        self.scope = ComboBox(
+            label="slices", choices=SCOPES, value=SCOPES[0], tooltip="which slices along that axis are edited"
+        )
         self.first = SpinBox(label="first slice", min=0, max=0, value=0)
         self.last = SpinBox(label="last slice", min=0, max=0, value=0)
         self.view = plane_view(self.viewer, lambda text: setattr(self.status, "value", text))
         self.run_button = PushButton(text="Run", enabled=False)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = status_label()
-        self.extend([self.compute, self.address, self.method, self.model, self.image, *self.masks.values(),
-                     self.parameter_box, self.axis, self.scope, self.first, self.last, self.view, self.run_options,
-                     self.run_button, self.cancel_button, self.status])
+        self.extend(
+            [
+                self.compute,
+                self.address,
+                self.method,
+                self.model,
+                self.image,
+                *self.masks.values(),
+                self.parameter_box,
+                self.axis,
+                self.scope,
+                self.first,
+                self.last,
+                self.view,
+                self.run_options,
+                self.run_button,
+                self.cancel_button,
+                self.status,
+            ]
+        )
         self.method.changed.connect(self._show_relevant)
         self.image.changed.connect(self._image_changed)
         self.axis.changed.connect(self._scope_changed)
@@ -257,8 +309,11 @@ class EditWidget(Container):
         a scheduler may be slow to answer): a plain thread that sets an Event, polled by a timer the
         widget owns, so nothing is left to signal a deleted Qt object when the widget closes first."""
         self.address.visible = self.compute.value is Compute.scheduler
-        place = {Compute.worker_process: LOCAL_WORKER, Compute.scheduler: self.address.value.strip(),
-                 Compute.this_process: None}[self.compute.value]
+        place = {
+            Compute.worker_process: LOCAL_WORKER,
+            Compute.scheduler: self.address.value.strip(),
+            Compute.this_process: None,
+        }[self.compute.value]
         if place == "":
             self.status.value = "type the scheduler's address"
             return
@@ -311,10 +366,8 @@ class EditWidget(Container):
         engine, name = self.engine, self.model.value
 
         def load():
-            try:
+            with contextlib.suppress(Exception):  # a broken model is reported when the user runs it
                 engine.warm_up(name)
-            except Exception:  # noqa: BLE001 - a broken model is reported when the user runs it
-                pass
 
         threading.Thread(target=load, name="napari-medit warm-up", daemon=True).start()
 
@@ -333,10 +386,8 @@ class EditWidget(Container):
         self._cancel.set()
         self._run_done.wait(timeout)
         for signal in (self._relay.step, self._relay.outcome):
-            try:
+            with contextlib.suppress(TypeError, RuntimeError):  # nothing connected, or already deleted
                 signal.disconnect()
-            except (TypeError, RuntimeError):  # nothing connected, or already deleted
-                pass
         if self._progress_bar is not None:
             self._progress_bar.close()
             self._progress_bar = None
@@ -411,12 +462,14 @@ class EditWidget(Container):
         """The layer's array axis the chosen plane slices along, and whether the plane counts backwards."""
         if isinstance(self.axis.value, int):
             return self.axis.value, False
-        return plane_axis(np.asarray(layer.metadata["affine"]), self.axis.value)  # planes: layers with an affine
+        return plane_axis(
+            np.asarray(layer.metadata["affine"]), self.axis.value
+        )  # planes: layers with an affine
 
     def _current_index(self, layer, array_axis: int) -> int:
         """The slice of ``layer`` in view along ``array_axis`` (napari's world point, through the layer's
         own scale and translate)."""
-        point = layer.world_to_data(self.viewer.dims.point[-layer.ndim:])
+        point = layer.world_to_data(self.viewer.dims.point[-layer.ndim :])
         return int(np.clip(round(float(point[array_axis])), 0, layer.data.shape[array_axis] - 1))
 
     # ------------------------------------------------------------ running
@@ -502,9 +555,15 @@ class EditWidget(Container):
     def _add_preview(self, source):
         """The preview layer, added now (in answer to the click) rather than mid-run: a float copy of the
         source on its grid, whose slices in work show the current estimate as the run goes."""
-        self._preview = self.viewer.add_image(np.asarray(source.data, np.float32), name="preview", colormap="gray",
-                                              opacity=0.8, scale=source.scale, translate=source.translate,
-                                              contrast_limits=tuple(source.contrast_limits))
+        self._preview = self.viewer.add_image(
+            np.asarray(source.data, np.float32),
+            name="preview",
+            colormap="gray",
+            opacity=0.8,
+            scale=source.scale,
+            translate=source.translate,
+            contrast_limits=tuple(source.contrast_limits),
+        )
 
     def cancel(self, _=None):
         self._cancel.set()
@@ -523,13 +582,19 @@ class EditWidget(Container):
         if self._progress_bar is not None:
             self._progress_bar.update(progress.step - self._progress_bar.n)
         done_since = progress.step - self._first_step
-        left = f", {(now - self._first_step_at) / done_since * (progress.total - progress.step):.0f} s left" \
-            if done_since else ""
+        left = (
+            f", {(now - self._first_step_at) / done_since * (progress.total - progress.step):.0f} s left"
+            if done_since
+            else ""
+        )
         self.status.value = f"step {progress.step} / {progress.total}{left}"
         estimate = progress.preview()  # every few steps (compute.PREVIEW_EVERY) and the last
         if estimate is not None and self._preview is not None and self._preview in self.viewer.layers:
-            planes = np.moveaxis(self._preview.data, progress.axis, 0) if self._preview.ndim == 3 \
+            planes = (
+                np.moveaxis(self._preview.data, progress.axis, 0)
+                if self._preview.ndim == 3
                 else self._preview.data[None]
+            )
             planes[progress.slices] = estimate  # a view: this writes into the preview layer's own array
             self._preview.refresh()
 
@@ -538,7 +603,9 @@ class EditWidget(Container):
         if isinstance(outcome, Exception):
             self._on_error(outcome)
         elif source_name not in self.viewer.layers:
-            show_failure(self.status, f"the layer {source_name!r} was removed during the edit: nothing was added")
+            show_failure(
+                self.status, f"the layer {source_name!r} was removed during the edit: nothing was added"
+            )
         else:
             self._on_result(outcome, source_name, method)
         self._on_finished()
@@ -552,25 +619,54 @@ class EditWidget(Container):
         # napari takes ~0.1-0.3 s per layer added or removed: one per event-loop turn, so the GUI
         # keeps answering between them (benchmarks/gui_stall.py).
         tasks = [
-            lambda: self._show_result(result.image, name, {**metadata, "source_layer": source_name}, placement),
-            lambda: self.viewer.add_image(result.difference, name=f"{name} difference", colormap="PiYG",
-                                          contrast_limits=(-limit, limit), visible=False,
-                                          metadata={**metadata, "difference_of": name}, **placement),
+            lambda: self._show_result(
+                result.image, name, {**metadata, "source_layer": source_name}, placement
+            ),
+            lambda: self.viewer.add_image(
+                result.difference,
+                name=f"{name} difference",
+                colormap="PiYG",
+                contrast_limits=(-limit, limit),
+                visible=False,
+                metadata={**metadata, "difference_of": name},
+                **placement,
+            ),
         ]
         if result.progression:  # PIE: every step as one stack, its first axis a slider
             steps = np.stack([version.array for version in result.progression])
-            tasks.append(lambda: self.viewer.add_image(
-                steps, name=f"{name} progression", colormap="gray", contrast_limits=display_range(result.image),
-                visible=False, scale=(1, *source.scale), translate=(0, *source.translate),
-                metadata={"edit": result.provenance}))
-        for map_name, values in result.maps.items():  # InstructX2X: its guidance map, as a heatmap over the result
-            tasks.append(lambda map_name=map_name, values=values: self.viewer.add_image(
-                values, name=f"{name} {map_name.replace('_', ' ')}", colormap="inferno", blending="additive",
-                opacity=0.5, contrast_limits=(0.0, 1.0), metadata={"edit": result.provenance, "map_of": name},
-                **placement))
+            tasks.append(
+                lambda: self.viewer.add_image(
+                    steps,
+                    name=f"{name} progression",
+                    colormap="gray",
+                    contrast_limits=display_range(result.image),
+                    visible=False,
+                    scale=(1, *source.scale),
+                    translate=(0, *source.translate),
+                    metadata={"edit": result.provenance},
+                )
+            )
+        for (
+            map_name,
+            values,
+        ) in result.maps.items():  # InstructX2X: its guidance map, as a heatmap over the result
+            tasks.append(
+                lambda map_name=map_name, values=values: self.viewer.add_image(
+                    values,
+                    name=f"{name} {map_name.replace('_', ' ')}",
+                    colormap="inferno",
+                    blending="additive",
+                    opacity=0.5,
+                    contrast_limits=(0.0, 1.0),
+                    metadata={"edit": result.provenance, "map_of": name},
+                    **placement,
+                )
+            )
         self._queue_gui(*tasks)
         ssim = result.metrics.get("outside", {}).get("ssim")
-        fidelity = f"; SSIM outside the region {ssim:.3f}" if isinstance(ssim, float) and np.isfinite(ssim) else ""
+        fidelity = (
+            f"; SSIM outside the region {ssim:.3f}" if isinstance(ssim, float) and np.isfinite(ssim) else ""
+        )
         self.status.value = f"{method}: done in {result.provenance['seconds']:.1f} s{fidelity}"
 
     def _show_result(self, image, name: str, metadata: dict, placement: dict):
@@ -578,8 +674,14 @@ class EditWidget(Container):
         its data costs napari a fraction of adding one layer and removing another."""
         preview, self._preview = self._preview, None
         if preview is None or preview not in self.viewer.layers:
-            return self.viewer.add_image(image.array, name=name, colormap="gray",
-                                         contrast_limits=display_range(image), metadata=metadata, **placement)
+            return self.viewer.add_image(
+                image.array,
+                name=name,
+                colormap="gray",
+                contrast_limits=display_range(image),
+                metadata=metadata,
+                **placement,
+            )
         preview.data = image.array
         preview.name, preview.metadata, preview.opacity = name, metadata, 1.0
         preview.contrast_limits = display_range(image)

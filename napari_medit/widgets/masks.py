@@ -29,26 +29,49 @@ class MasksWidget(Container):
         self.viewer = napari_viewer
         self.image = ComboBox(label="image", choices=self._image_layers)
         self.method = ComboBox(label="method", choices=list(METHODS), value="mededit")
-        self.create_button = PushButton(text="Create empty masks",
-                                        tooltip="Labels layers on the image's grid, one per mask the method needs")
-        self.brain_button = PushButton(text="Automatic brain mask",
-                                       tooltip="Otsu threshold, 3 mm opening, largest component, holes filled: "
-                                               "a starting point to correct by hand")
-        self.inpaint_button = PushButton(text="Show MedEdit inpainting mask",
-                                         tooltip="dilate(pathology) AND brain, the region MedEdit regenerates "
-                                                 "(dilation 25 px at 128 px, scaled to the slice)")
+        self.create_button = PushButton(
+            text="Create empty masks",
+            tooltip="Labels layers on the image's grid, one per mask the method needs",
+        )
+        self.brain_button = PushButton(
+            text="Automatic brain mask",
+            tooltip="Otsu threshold, 3 mm opening, largest component, holes filled: "
+            "a starting point to correct by hand",
+        )
+        self.inpaint_button = PushButton(
+            text="Show MedEdit inpainting mask",
+            tooltip="dilate(pathology) AND brain, the region MedEdit regenerates "
+            "(dilation 25 px at 128 px, scaled to the slice)",
+        )
         self.check_button = PushButton(text="Check masks")
-        self.role = ComboBox(label="load as", choices=self._roles,
-                             tooltip="the role a mask file plays for the chosen method")
-        self.load_button = PushButton(text="Load mask file...",
-                                      tooltip="a NIfTI/DICOM/PNG mask on the image's grid (same shape and affine), "
-                                              "or a DICOM SEG of the image (every segment, by its label)")
-        self.save_seg_button = PushButton(text="Save masks as DICOM SEG...",
-                                          tooltip="the method's painted masks, one segment each, referencing the "
-                                                  "image's DICOM instances (DICOM images only)")
+        self.role = ComboBox(
+            label="load as", choices=self._roles, tooltip="the role a mask file plays for the chosen method"
+        )
+        self.load_button = PushButton(
+            text="Load mask file...",
+            tooltip="a NIfTI/DICOM/PNG mask on the image's grid (same shape and affine), "
+            "or a DICOM SEG of the image (every segment, by its label)",
+        )
+        self.save_seg_button = PushButton(
+            text="Save masks as DICOM SEG...",
+            tooltip="the method's painted masks, one segment each, referencing the "
+            "image's DICOM instances (DICOM images only)",
+        )
         self.status = status_label()
-        self.extend([self.image, self.method, self.create_button, self.brain_button, self.inpaint_button,
-                     self.role, self.load_button, self.save_seg_button, self.check_button, self.status])
+        self.extend(
+            [
+                self.image,
+                self.method,
+                self.create_button,
+                self.brain_button,
+                self.inpaint_button,
+                self.role,
+                self.load_button,
+                self.save_seg_button,
+                self.check_button,
+                self.status,
+            ]
+        )
         self.method.changed.connect(lambda _: self.role.reset_choices())
         self.load_button.changed.connect(self._ask_and_load)
         self.save_seg_button.changed.connect(self._ask_and_save_seg)
@@ -71,9 +94,13 @@ class MasksWidget(Container):
         return self.viewer.layers[self.image.value]
 
     def _add_labels(self, data, name, color, source):
-        return self.viewer.add_labels(np.asarray(data, np.uint8), name=name, scale=source.scale,
-                                      translate=source.translate, colormap={0: "transparent", 1: color,
-                                                                            None: color})
+        return self.viewer.add_labels(
+            np.asarray(data, np.uint8),
+            name=name,
+            scale=source.scale,
+            translate=source.translate,
+            colormap={0: "transparent", 1: color, None: color},
+        )
 
     def _mask_layer(self, role: str):
         """The Labels layer for ``role``: the one named '<image> <role>' or, failing that, like the role."""
@@ -131,8 +158,9 @@ class MasksWidget(Container):
         return layer
 
     def load_seg(self, path, role: str | None = None) -> list:
-        """Every segment of a DICOM SEG as a Labels layer on the image's grid, placed through the instances
-        it references; a segment labelled like a role becomes that role's mask, a lone other one ``role``'s."""
+        """Every segment of a DICOM SEG as a Labels layer on the image's grid, placed through the
+        instances it references; a segment labelled like a role becomes that role's mask, a lone
+        other one ``role``'s."""
         from ..io import ImageReadError
         from ..io.dicom_seg import read_seg
 
@@ -143,10 +171,16 @@ class MasksWidget(Container):
             return self._fail(str(exc))
         layers = []
         for name, mask in segments.items():
-            as_role = name if name in MASK_ROLES else (role or self.role.value) if len(segments) == 1 else None
+            as_role = (
+                name if name in MASK_ROLES else (role or self.role.value) if len(segments) == 1 else None
+            )
             # read_seg already put the mask on the layer's grid, as the layer is oriented.
-            layer = self._add_labels(mask.array > 0, f"{source.name} {as_role or name}",
-                                     ROLE_COLORS.get(as_role, INPAINT_COLOR), source)
+            layer = self._add_labels(
+                mask.array > 0,
+                f"{source.name} {as_role or name}",
+                ROLE_COLORS.get(as_role, INPAINT_COLOR),
+                source,
+            )
             layer.metadata.update({**mask.metadata, "affine": mask.affine})
             layers.append(layer)
         self.status.value = f"loaded {Path(path).name}: {', '.join(layer.name for layer in layers)}"
@@ -155,8 +189,9 @@ class MasksWidget(Container):
     def _ask_and_save_seg(self, _=None):
         from qtpy.QtWidgets import QFileDialog
 
-        path, _ = QFileDialog.getSaveFileName(self.native, "Save the masks as DICOM SEG",
-                                              f"{self.image.value} masks.dcm", "DICOM SEG (*.dcm)")
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Save the masks as DICOM SEG", f"{self.image.value} masks.dcm", "DICOM SEG (*.dcm)"
+        )
         if path:
             self.save_seg(path)
 
@@ -170,8 +205,9 @@ class MasksWidget(Container):
             for role in METHODS[self.method.value].masks:
                 layer = self._mask_layer(role)
                 if layer is not None and np.asarray(layer.data).any():
-                    problem = grid_problem(layer.metadata.get("affine", source.metadata.get("affine")),
-                                           layer.data.shape, source)
+                    problem = grid_problem(
+                        layer.metadata.get("affine", source.metadata.get("affine")), layer.data.shape, source
+                    )
                     if problem:
                         raise ValueError(f"{layer.name} {problem}")
                     masks[role] = np.asarray(layer.data) > 0
@@ -206,8 +242,9 @@ class MasksWidget(Container):
             return self._fail(str(exc))
         masks = {"pathology_mask": np.asarray(pathology.data) > 0, "brain_mask": np.asarray(brain.data) > 0}
         # the catalogue's own hook: exactly the mask MedEdit will use
-        inpaint = METHODS["mededit"].prepare_masks(masks, MedEditParams(), resolution,
-                                                    masks["brain_mask"].shape)["inpaint_mask"]
+        inpaint = METHODS["mededit"].prepare_masks(
+            masks, MedEditParams(), resolution, masks["brain_mask"].shape
+        )["inpaint_mask"]
         name = f"{source.name} inpainting_mask"
         if name in self.viewer.layers:
             self.viewer.layers[name].data = inpaint.astype(np.uint8)
@@ -247,8 +284,10 @@ class MasksWidget(Container):
                 continue
             layers[role] = layer
             problem = mask_problem(f"{role} ('{layer.name}')", layer.data, source.data.shape)
-            if problem is None and (not np.allclose(layer.scale, source.scale)
-                                    or not np.allclose(layer.translate, source.translate)):
+            if problem is None and (
+                not np.allclose(layer.scale, source.scale)
+                or not np.allclose(layer.translate, source.translate)
+            ):
                 problem = f"{role} ('{layer.name}') is not placed like the image (scale/translate differ)"
             if problem:
                 problems.append(problem)
