@@ -1,7 +1,9 @@
 # make test  - install everything needed (venv, torch, the package with its testing extra,
 #              Xvfb and Qt's X libraries from Debian) and run the test suite under Xvfb; then the
 #              napari tests again on napari's previous minor release (0.8).
-# make lint  - ruff's checks and its formatter (check only) over the whole tree; .ci/run runs it first.
+#              `make test` runs `make lint` and `make docs` first.
+# make lint  - ruff's checks and its formatter (check only) over the whole tree.
+# make docs  - the manual in docs/ as a static site in build/site (mkdocs, strict: a broken link fails it).
 # make demo  - open napari on the bundled samples with the plugin's widgets; on a machine
 #              without a display, render them under Xvfb to demo_output/ (screenshots + files).
 
@@ -14,7 +16,7 @@ DEBIAN_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 lib
 	libxkbcommon-x11-0 libgl1 libegl1 libdbus-1-3 libfontconfig1 dicom3tools
 DEMO_OUT ?= demo_output
 
-.PHONY: test lint demo benchmark install system-packages clean
+.PHONY: test lint docs demo benchmark install system-packages clean
 
 install: $(VENV)/.installed
 
@@ -52,13 +54,16 @@ $(COMPAT)/.installed: $(VENV)/.installed
 		vispy==$(VISPY_PREVIOUS) numpy==$$numpy
 	touch $@
 
-test: install system-packages $(COMPAT)/.installed
+test: lint docs install system-packages $(COMPAT)/.installed
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest $(PYTEST_ARGS)
 	PYTHONPATH=$(COMPAT) xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest $(WIDGET_TESTS) $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+docs: install
+	$(PY) -m mkdocs build --strict --quiet
 
 # benchmark - the benchmark suite (CPU; several minutes): figures and ratios into benchmarks/results/cpu.md
 benchmark: install system-packages
