@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .io import can_read, read_image
+from .io.formats import strip_suffix
 from .io.layers import to_layer_data
 
 
@@ -33,8 +34,4 @@ def read_layers(path) -> list[tuple]:
 
 
 def layer_name(path) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".mgz", ".mgh", ".dcm", ".png", ".jpg", ".jpeg"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return strip_suffix(Path(path).name)

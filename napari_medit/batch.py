@@ -29,7 +29,8 @@ from typing import Any
 from . import catalogue
 from .catalogue import LOCAL_WORKER, MASK_ROLES, ComputeOptions, RunOptions
 from .io import PARTIAL_PREFIX
-from .jobs import EditJob, OutputFormat, is_finished
+from .io.formats import BY_KIND, OutputFormat, own_output_ending
+from .jobs import EditJob, is_finished
 from .metrics import jsonable
 
 REQUIRED_COLUMNS = ("id", "image", "method")
@@ -147,11 +148,9 @@ def _item(
     if kind is OutputFormat.dicom:
         ending = "" if image.is_dir() else ".dcm"  # a series becomes a folder of derived instances
     elif kind is not None:
-        ending = kind.ending
+        ending = BY_KIND[kind].written_suffixes[0]
     else:  # the source's own kind of file, where napari-medit writes it
-        ending = {".png": ".png", ".jpg": ".png", ".jpeg": ".png", ".mgz": ".mgz", ".mgh": ".mgz"}.get(
-            image.suffix.lower(), ".nii.gz"
-        )
+        ending = own_output_ending(image)
     run = {
         item.name: catalogue.parse_value(RunOptions, item.name, cells[item.name])
         for item in catalogue.fields(RunOptions)

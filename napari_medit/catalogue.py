@@ -493,11 +493,12 @@ class MaskRole:
     color: str  # label 1's colour wherever a mask of this role is shown (0 stays transparent)
 
 
+# Every widget, layer and file name derives from these: the Masks widget's layers, the colour a mask
+# file or layer named like a role opens in, the Edit widget's pre-selection, the CLI's mask options.
 MASK_ROLES: dict[str, MaskRole] = {
-    "edit_mask": MaskRole("the region to change", ("edit",), "#ff4fd8"),  # magenta: where the edit happens
-    "keep_mask": MaskRole(
-        "the region kept exactly (RadEdit)", ("keep",), "#3ddc84"
-    ),  # green: must not change
+    # magenta: where the edit happens; green: what must not change
+    "edit_mask": MaskRole("the region to change", ("edit",), "#ff4fd8"),
+    "keep_mask": MaskRole("the region kept exactly (RadEdit)", ("keep",), "#3ddc84"),
     "pathology_mask": MaskRole("the lesion or finding to create", ("pathology", "lesion"), "#ff5a36"),
     "brain_mask": MaskRole("the brain (MedEdit's second condition)", ("brain",), "#3d8bff"),
     "roi_mask": MaskRole(
@@ -513,9 +514,19 @@ MAP_ROLES: dict[str, str] = {
 }
 
 
+def says_role(name: str, role: str) -> bool:
+    """Whether a layer or file name says it is a ``role`` mask ('t1 lesion_mask' for pathology_mask)."""
+    return any(hint in name.lower() for hint in MASK_ROLES[role].hints)
+
+
+def role_of(name: str) -> str | None:
+    """The first mask role a layer or file name says it plays, if any."""
+    return next((role for role in MASK_ROLES if says_role(name, role)), None)
+
+
 def name_like(role: str, names) -> str | None:
-    """The first of ``names`` that says it is a ``role`` mask ('lesion_mask' for pathology_mask)."""
-    return next((n for n in names if any(hint in n.lower() for hint in MASK_ROLES[role].hints)), None)
+    """The first of ``names`` that says it is a ``role`` mask."""
+    return next((n for n in names if says_role(n, role)), None)
 
 
 # ---------------------------------------------------------------- methods

@@ -20,7 +20,7 @@ import sys
 from . import __version__, catalogue
 from .catalogue import MASK_ROLES, METHODS, ComputeOptions, RunOptions
 from .io import SUPPORTED, ImageReadError, read_image
-from .jobs import OutputFormat
+from .io.formats import OUTPUT_ENDINGS, OutputFormat
 from .metrics import EDITING_SCORE_THRESHOLD
 from .stress.scenarios import ADDITION_RISE, REMOVAL_THRESHOLD, EditMethod, Scenario
 
@@ -256,9 +256,8 @@ def _method_parser(methods, spec) -> None:
     parser.add_argument(
         "--out",
         required=True,
-        help="the result: .nii.gz, .nii, .mgz or .mgh (any input), "
-        ".png or .dcm (2D inputs), or a folder with --format dicom; "
-        "the provenance goes beside it as .json",
+        help=f"the result: a name ending in {', '.join(OUTPUT_ENDINGS)} (PNG and a single DICOM file: "
+        "2D inputs only), or a folder with --format dicom; the provenance goes beside it as .json",
     )
     parser.add_argument(
         "--format",

@@ -8,7 +8,6 @@ finished.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,39 +16,7 @@ from typing import Any
 from . import catalogue
 from .catalogue import MASK_ROLES, ComputeOptions, RunOptions
 from .io import read_image, replacing, write_image
-
-
-class OutputFormat(str, enum.Enum):
-    """What an edit is written as. Files take the kind their name ends in; DICOM is a derived
-    series in a folder (or one .dcm file for a 2D image), and needs a DICOM source."""
-
-    nifti = "nifti"
-    mgz = "mgz"
-    png = "png"
-    dicom = "dicom"
-
-    @classmethod
-    def of(cls, path: Path) -> OutputFormat | None:
-        """The format a file name ends in (None: no known ending, e.g. a folder)."""
-        name = path.name.lower()
-        return next((kind for ending, kind in ENDINGS.items() if name.endswith(ending)), None)
-
-    @property
-    def ending(self) -> str:
-        """The ending napari-medit gives a file of this format (the first in ENDINGS)."""
-        return next(ending for ending, kind in ENDINGS.items() if kind is self)
-
-
-# File endings and the format each writes; the first of a format is the one napari-medit chooses.
-ENDINGS = {
-    ".nii.gz": OutputFormat.nifti,
-    ".nii": OutputFormat.nifti,
-    ".mgz": OutputFormat.mgz,
-    ".mgh": OutputFormat.mgz,
-    ".png": OutputFormat.png,
-    ".dcm": OutputFormat.dicom,
-}
-OUTPUT_ENDINGS = tuple(ENDINGS)
+from .io.formats import BY_KIND, NIFTI, OUTPUT_ENDINGS, OutputFormat, output_kind
 
 
 @dataclass
@@ -72,7 +39,7 @@ class EditJob:
 
     @property
     def output_format(self) -> OutputFormat:
-        named = OutputFormat.of(self.out)
+        named = output_kind(self.out)
         if self.format is None:
             if named is None:
                 raise ValueError(
@@ -88,7 +55,7 @@ class EditJob:
         if named is None and kind is not OutputFormat.dicom:
             raise ValueError(
                 f"{self.out}: a {kind.value} output is a file; give it a name ending in "
-                f"{', '.join(e for e, k in ENDINGS.items() if k is kind)}"
+                f"{', '.join(BY_KIND[kind].written_suffixes)}"
             )
         return kind
 
@@ -154,7 +121,7 @@ def write_map(out: Path, name: str, values, image) -> Path:
     import numpy as np
 
     planar = values.ndim == 2
-    stem = suffixed(out, "_" + name.removesuffix("_map"), ".png" if planar else OutputFormat.nifti.ending)
+    stem = suffixed(out, "_" + name.removesuffix("_map"), ".png" if planar else NIFTI.written_suffixes[0])
     array = np.round(np.clip(values, 0, 1) * 255).astype(np.uint8) if planar else values.astype(np.float32)
     return write_image(stem, image.with_array(array, map=name))
 
@@ -198,9 +165,11 @@ def suffixed(path: Path, suffix: str, ending: str | None = None) -> Path:
 
 def check_output(out: Path, kind: OutputFormat, image, overwrite: bool = False) -> None:
     """Refuse, before anything runs, an output ``image`` cannot be written as."""
-    if kind is OutputFormat.png and image.array.ndim != 2:
+    entry = BY_KIND[kind]
+    if not entry.holds(image.array.ndim):
         raise ValueError(
-            f"{out}: PNG holds 2D images and the input has shape {image.array.shape}; use .nii.gz"
+            f"{out}: {entry.label} holds {' or '.join(f'{n}D' for n in entry.dimensions)} images and the "
+            f"input has shape {image.array.shape}; use {NIFTI.written_suffixes[0]}"
         )
     if kind is OutputFormat.dicom:
         from .io.dicom_derived import check_dicom_output

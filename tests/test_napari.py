@@ -28,6 +28,37 @@ def test_every_manifest_python_name_imports():
         assert callable(getattr(importlib.import_module(module), attribute)), command.python_name
 
 
+def test_the_manifest_reads_and_writes_what_the_format_table_says():
+    """napari.yaml's reader patterns and writers' extensions are napari_medit/io/formats.py's."""
+    from napari_medit.io import formats
+
+    contributions = PluginManifest.from_distribution(PLUGIN).contributions
+    (reader,) = contributions.readers
+    assert reader.filename_patterns == formats.napari_reader_patterns() and reader.accepts_directories
+    for writer in contributions.writers:
+        assert writer.filename_extensions == formats.napari_writer_extensions(), writer.command
+
+
+def test_every_format_reads_and_writes_by_its_table_entry(tmp_path):
+    """Each writable format round-trips through write_image and read_image by the name alone, and a
+    name no entry writes is refused with the endings that are."""
+    from napari_medit.io import MedicalImage, formats, write_image
+
+    planar = MedicalImage(np.arange(12, dtype=np.uint8).reshape(3, 4), np.eye(4))
+    volume = MedicalImage(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.diag([1.0, 2.0, 3.0, 1.0]))
+    for entry in formats.FORMATS:
+        assert formats.format_of(tmp_path / f"x{entry.suffixes[-1].upper()}") is entry  # any case
+        if entry.write is None:
+            continue
+        image = planar if entry.holds(2) and not entry.holds(3) else volume
+        for suffix in entry.written_suffixes:
+            back = read_image(write_image(tmp_path / f"image{suffix}", image))
+            np.testing.assert_array_equal(back.array, image.array)
+            assert formats.strip_suffix(f"image{suffix}") == "image"
+    with pytest.raises(ValueError, match=r"cannot write this file type; use \.nii\.gz .*\.mgz .*\.png"):
+        write_image(tmp_path / "x.tif", planar)
+
+
 def test_import_is_light():
     heavy = "{'torch', 'diffusers', 'monai', 'napari', 'qtpy'}"
     code = f"import sys, napari_medit; print(sorted({heavy} & set(sys.modules)))"

@@ -11,12 +11,10 @@ import contextlib
 import os
 from pathlib import Path
 
-from .dicom import is_dicom_path, read_dicom_file, read_dicom_series
+from .dicom import read_dicom_series
+from .formats import BY_KIND, SUPPORTED, OutputFormat, format_of, writer_for
 from .image import NEUROLOGICAL_AXIAL, RADIOLOGICAL_AXIAL, ImageReadError, MedicalImage
 from .limits import check_geometry
-from .mgh import is_mgh_path, read_mgh, write_mgh
-from .nifti import is_nifti_path, read_nifti, write_nifti
-from .raster import is_raster_path, read_raster, write_png
 
 __all__ = [
     "NEUROLOGICAL_AXIAL",
@@ -27,11 +25,6 @@ __all__ = [
     "read_image",
     "write_image",
 ]
-
-SUPPORTED = (
-    "NIfTI (.nii, .nii.gz), FreeSurfer MGH (.mgz, .mgh), DICOM (a file, or a folder holding a series), "
-    "PNG, JPEG"
-)
 
 
 def read_image(path: str | os.PathLike) -> MedicalImage:
@@ -67,14 +60,9 @@ def _read(path: Path) -> MedicalImage:
         return read_dicom_series(path)
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: the file is empty")
-    if is_nifti_path(path):
-        return read_nifti(path)
-    if is_mgh_path(path):
-        return read_mgh(path)
-    if is_raster_path(path):
-        return read_raster(path)
-    if is_dicom_path(path):
-        return read_dicom_file(path)
+    entry = format_of(path)
+    if entry is not None:
+        return entry.read(path)
     raise ImageReadError(f"{path}: unsupported file type; napari-medit reads {SUPPORTED}")
 
 
@@ -82,22 +70,14 @@ PARTIAL_PREFIX = ".partial-"  # a file being written; renamed to its name once c
 
 
 def write_image(path: str | os.PathLike, image: MedicalImage) -> Path:
-    """Write ``image`` as NIfTI (.nii/.nii.gz, any dimension), FreeSurfer MGH (.mgz/.mgh, 3D/4D)
-    or PNG (2D only). Written beside the target and renamed: a failure halfway (disk full, permission
-    denied, killed) leaves neither a partial file nor a damaged previous one."""
+    """Write ``image`` in the format its name ends in (``formats.FORMATS``: NIfTI for any image,
+    FreeSurfer MGH for volumes, PNG for 2D images). Written beside the target and renamed: a failure
+    halfway (disk full, permission denied, killed) leaves neither a partial file nor a damaged
+    previous one."""
     path = Path(path).expanduser()
-    if is_nifti_path(path):
-        writer = write_nifti
-    elif is_mgh_path(path):
-        writer = write_mgh
-    elif path.suffix.lower() == ".png":
-        writer = write_png
-    else:
-        raise ValueError(
-            f"{path}: cannot write this file type; use .nii.gz (any image), .mgz (volumes) or .png (2D)"
-        )
-    with replacing(path) as temporary:  # the same ending: the writer picks its format by it
-        writer(temporary, image)
+    entry = writer_for(path)
+    with replacing(path) as temporary:  # the same ending: the writer picks its variant by it
+        entry.write(temporary, image)
     return path
 
 
@@ -120,20 +100,17 @@ def can_read(path: str | os.PathLike) -> bool:
         path = Path(path)
         if path.is_dir():
             return _folder_has_dicom(path)
-        return path.is_file() and (
-            is_nifti_path(path) or is_mgh_path(path) or is_raster_path(path) or is_dicom_path(path)
-        )
+        return path.is_file() and format_of(path) is not None
     except OSError:
         return False
 
 
 def _folder_has_dicom(folder: Path, probe: int = 50) -> bool:
-    from .dicom import SUFFIXES, has_dicom_preamble
-
+    dicom = BY_KIND[OutputFormat.dicom]
     for count, (root, _, files) in enumerate(os.walk(folder)):
         for name in files[:probe]:
             candidate = Path(root) / name
-            if candidate.suffix.lower() in SUFFIXES or has_dicom_preamble(candidate):
+            if dicom.named_in(candidate) or dicom.sniff(candidate):
                 return True
         if count > probe:
             break

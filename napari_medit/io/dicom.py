@@ -25,7 +25,6 @@ from pydicom.pixels import get_decoder
 from .image import ImageReadError, MedicalImage
 from .limits import check_declared
 
-SUFFIXES = (".dcm", ".dicom", ".ima")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # PatientOrientation letters (PS3.3 C.7.6.1.1.1) as LPS unit vectors.
 _LETTER_TO_LPS = {
@@ -51,10 +50,6 @@ def has_dicom_preamble(path: Path) -> bool:
             return f.read(132)[128:132] == b"DICM"
     except OSError:
         return False
-
-
-def is_dicom_path(path: Path) -> bool:
-    return path.suffix.lower() in SUFFIXES or has_dicom_preamble(path)
 
 
 def read_dicom_file(path: Path) -> MedicalImage:

@@ -14,13 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..catalogue import MASK_ROLES
+from ..catalogue import MASK_ROLES, role_of
 from .image import RADIOLOGICAL_AXIAL, MedicalImage
 
 _MASK_NAME = re.compile(r"mask|seg|label|roi", re.IGNORECASE)
-# A mask file or layer named like a role (lesion_mask.nii.gz) is coloured like that role
-# (catalogue.MASK_ROLES).
-MASK_COLORS = {hint: role.color for role in MASK_ROLES.values() for hint in role.hints}
 
 
 def guess_layer_type(image: MedicalImage, name: str) -> str:
@@ -54,8 +51,9 @@ def to_layer_data(
         kwargs.update(colormap="gray", contrast_limits=display_range(image), rgb=False)
     else:
         data = data.astype(np.uint8) if data.dtype == bool else data
-        color = next((c for role, c in MASK_COLORS.items() if role in name.lower()), None)
-        if color is not None:
+        role = role_of(name)  # a mask named like a role (lesion_mask.nii.gz) is coloured like it
+        if role is not None:
+            color = MASK_ROLES[role].color
             kwargs["colormap"] = {0: "transparent", 1: color, None: color}
     return data, kwargs, layer_type
 

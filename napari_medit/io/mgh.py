@@ -16,14 +16,9 @@ import numpy as np
 from .image import ImageReadError, MedicalImage
 from .limits import check_declared
 
-SUFFIXES = (".mgz", ".mgh")
 # FreeSurfer's classic voxel types. uint16 (MRI_USHRT) is left out: older FreeSurfer releases
 # and nibabel versions cannot read it, and int16/int32 hold the same values.
 _STORABLE = (np.uint8, np.int16, np.int32, np.float32)
-
-
-def is_mgh_path(path: Path) -> bool:
-    return path.name.lower().endswith(SUFFIXES)
 
 
 def read_mgh(path: Path) -> MedicalImage:

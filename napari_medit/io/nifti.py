@@ -11,12 +11,6 @@ import numpy as np
 from .image import ImageReadError, MedicalImage
 from .limits import affine_problem, check_declared
 
-SUFFIXES = (".nii", ".nii.gz")
-
-
-def is_nifti_path(path: Path) -> bool:
-    return path.name.lower().endswith(SUFFIXES)
-
 
 def read_nifti(path: Path) -> MedicalImage:
     try:

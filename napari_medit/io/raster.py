@@ -10,16 +10,11 @@ from PIL import Image, UnidentifiedImageError
 from .image import ImageReadError, MedicalImage
 from .limits import check_declared
 
-SUFFIXES = (".png", ".jpg", ".jpeg")
 # A radiograph file carries no geometry: rows run head -> feet and columns towards the
 # patient's left (PA view), 1 mm pixels. As RAS+ columns: (row, col, normal, origin).
 RADIOGRAPH_AFFINE = np.array(
     [[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
 )
-
-
-def is_raster_path(path: Path) -> bool:
-    return path.suffix.lower() in SUFFIXES
 
 
 def read_raster(path: Path) -> MedicalImage:

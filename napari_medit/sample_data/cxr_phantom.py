@@ -769,10 +769,10 @@ def _drain_path(rng, anat: _Anatomy, lung: _Lung, target: str):
     pleura = np.array([lung.wall_s - 0.02, entry_y])
     if target == "apex":
         tip = np.array([lung.apex_s * rng.uniform(0.9, 1.2), lung.apex_y + rng.uniform(0.1, 0.16)])
-        c1, c2 = [*pleura, -0.22, -0.03], [*tip, 0.08, 0.3]
+        c1, c2 = pleura + np.array([-0.22, -0.03]), tip + np.array([0.08, 0.3])
     else:
         tip = np.array([lung.wall_s * rng.uniform(0.4, 0.55), lung.dome_y - rng.uniform(0.03, 0.07)])
-        c1, c2 = [*pleura, -0.12, 0.0], [*tip, 0.12, -0.04]
+        c1, c2 = pleura + np.array([-0.12, 0.0]), tip + np.array([0.12, -0.04])
     t = np.linspace(0.0, 1.0, 400)[:, None]
     bezier = (1 - t) ** 3 * pleura + 3 * (1 - t) ** 2 * t * c1 + 3 * (1 - t) * t**2 * c2 + t**3 * tip
     straight = np.vstack([np.linspace(outside, skin, 100), np.linspace(skin, pleura, 60)])

@@ -22,9 +22,6 @@ if TYPE_CHECKING:
     import napari
 
 PLUGIN = "napari-medit"
-SAVE_FILTER = "NIfTI (*.nii.gz *.nii);;FreeSurfer (*.mgz *.mgh);;PNG, 2D images (*.png)"
-# Offered when the source came from DICOM: a 2D result is one file, a series the folder NAME beside it.
-DICOM_FILTER = "DICOM, derived from the source (*.dcm)"
 
 
 class CompareWidget(Container):
@@ -155,6 +152,7 @@ class CompareWidget(Container):
         from qtpy.QtWidgets import QFileDialog
 
         from ..io.dicom import SOURCE_FILES
+        from ..io.formats import save_dialog_filter
 
         layer = self.viewer.layers[self.result.value] if self.result.value in self.viewer.layers else None
         dicom = layer is not None and SOURCE_FILES in layer.metadata
@@ -162,7 +160,8 @@ class CompareWidget(Container):
             self.native,
             "Save the edited image",
             f"{self.result.value}.{'dcm' if dicom else 'nii.gz'}",
-            f"{DICOM_FILTER};;{SAVE_FILTER}" if dicom else SAVE_FILTER,
+            # A DICOM source: DICOM first (a 2D result is one file, a series the folder NAME beside it).
+            save_dialog_filter(dicom=dicom),
         )
         if path:
             self.save(path)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton
 
+from ..io.formats import open_dialog_filter
 from ..io.layers import CONTRAST_PRESETS, display_range, from_layer
 from ._viewer_parts import camera, text_overlay
 from .edit import image_layer_names, show_failure, status_label
@@ -20,9 +21,6 @@ if TYPE_CHECKING:
     import napari
 
 PLUGIN = "napari-medit"
-FILE_FILTER = (
-    "Medical images (*.nii *.nii.gz *.mgz *.mgh *.dcm *.dicom *.ima *.IMA *.png *.jpg *.jpeg);;All files (*)"
-)
 RADIOLOGICAL_TEXT = "radiological view: the patient's right on the screen's left"
 NEUROLOGICAL_TEXT = "neurological view: the patient's right on the screen's right"
 
@@ -83,7 +81,9 @@ class DataWidget(Container):
         if folder:
             path = QFileDialog.getExistingDirectory(self.native, "Open a DICOM series folder")
         else:
-            path, _ = QFileDialog.getOpenFileName(self.native, "Open a medical image", "", FILE_FILTER)
+            path, _ = QFileDialog.getOpenFileName(
+                self.native, "Open a medical image", "", open_dialog_filter()
+            )
         if path:
             self.open(path)
 

@@ -19,7 +19,6 @@ from .edit import NONE, image_layer_names, layer_image, show_failure, status_lab
 if TYPE_CHECKING:
     import napari
 
-ROLE_COLORS = {name: role.color for name, role in MASK_ROLES.items()}
 INPAINT_COLOR = "#ffe14d"
 
 
@@ -120,16 +119,18 @@ class MasksWidget(Container):
         for role in METHODS[self.method.value].masks:
             if self._mask_layer(role) is None:
                 name = f"{source.name} {role}"
-                self._add_labels(np.zeros(source.data.shape, np.uint8), name, ROLE_COLORS[role], source)
+                self._add_labels(np.zeros(source.data.shape, np.uint8), name, MASK_ROLES[role].color, source)
                 made.append(name)
         self.status.value = f"added {', '.join(made)}" if made else "the masks already exist"
 
     def _ask_and_load(self, _=None):
         from qtpy.QtWidgets import QFileDialog
 
-        from .data import FILE_FILTER
+        from ..io.formats import open_dialog_filter
 
-        path, _ = QFileDialog.getOpenFileName(self.native, f"Open a {self.role.value} file", "", FILE_FILTER)
+        path, _ = QFileDialog.getOpenFileName(
+            self.native, f"Open a {self.role.value} file", "", open_dialog_filter()
+        )
         if path:
             self.load_mask(path)
 
@@ -152,7 +153,7 @@ class MasksWidget(Container):
                 raise ValueError(f"{Path(path).name} {problem}: resample it onto the image first")
         except (ValueError, OSError, ImageReadError) as exc:
             return self._fail(str(exc))
-        layer = self._add_labels(data > 0, kwargs["name"], ROLE_COLORS[role], source)
+        layer = self._add_labels(data > 0, kwargs["name"], MASK_ROLES[role].color, source)
         layer.metadata.update(kwargs["metadata"])
         self.status.value = f"loaded {Path(path).name} as {layer.name}: {int((data > 0).sum())} voxels"
         return layer
@@ -178,7 +179,7 @@ class MasksWidget(Container):
             layer = self._add_labels(
                 mask.array > 0,
                 f"{source.name} {as_role or name}",
-                ROLE_COLORS.get(as_role, INPAINT_COLOR),
+                MASK_ROLES[as_role].color if as_role in MASK_ROLES else INPAINT_COLOR,
                 source,
             )
             layer.metadata.update({**mask.metadata, "affine": mask.affine})
@@ -227,7 +228,7 @@ class MasksWidget(Container):
             mask = auto_brain_mask(np.asarray(source.data), spacing=source.scale)
         except ValueError as exc:
             return self._fail(str(exc))
-        self._add_labels(mask, f"{source.name} brain_mask (auto)", ROLE_COLORS["brain_mask"], source)
+        self._add_labels(mask, f"{source.name} brain_mask (auto)", MASK_ROLES["brain_mask"].color, source)
         self.status.value = f"brain mask: {int(mask.sum())} voxels; correct it by painting"
 
     def show_inpainting_mask(self, _=None):
