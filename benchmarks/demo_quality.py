@@ -38,8 +38,8 @@ from nibabel.orientations import apply_orientation
 
 from napari_medit.backends import load_model
 from napari_medit.editing import edit
-from napari_medit.editing.slicing import IntensityWindow
 from napari_medit.io.image import PLANES, plane_transforms
+from napari_medit.preprocessing import IntensityWindow
 from napari_medit.sample_data import load_brain, load_cxr
 from napari_medit.sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
 

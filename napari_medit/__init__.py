@@ -4,13 +4,7 @@ Importing the package is cheap on purpose (napari scans plugins at start-up):
 torch, diffusers and MONAI load only when an edit runs.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("napari-medit")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+unknown"
-
+from ._version import __version__
 from .io import ImageReadError, MedicalImage, read_image, write_image
 
 __all__ = ["ImageReadError", "MedicalImage", "__version__", "edit", "read_image", "write_image"]

@@ -17,7 +17,8 @@ import enum
 import json
 import sys
 
-from . import __version__, catalogue
+from . import catalogue
+from ._version import __version__
 from .catalogue import MASK_ROLES, METHODS, ComputeOptions, RunOptions
 from .io import SUPPORTED, ImageReadError, read_image
 from .io.formats import OUTPUT_ENDINGS, OutputFormat

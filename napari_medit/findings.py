@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends.registry import BUNDLED, ModelLoadError
+from .backends.registry import BUNDLED
+from .results import ModelLoadError
 
 FORMAT = "napari-medit-classifier/1"
 CONFIG_NAME = "classifier.json"
@@ -99,7 +100,7 @@ class FindingsClassifier:
 
     def to_input(self, images: np.ndarray):
         """(N, H, W) or (H, W) images -> the network's (N, 1, R, R) input in [-1, 1]."""
-        from .editing.slicing import Grid, IntensityWindow
+        from .preprocessing import Grid, IntensityWindow
 
         images = np.asarray(images)
         if images.ndim == 2:

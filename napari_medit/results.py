@@ -19,6 +19,10 @@ class EditError(ValueError):
     """A request that cannot run: the message names the problem and the fix."""
 
 
+class ModelLoadError(Exception):
+    """A model that cannot be loaded; the message names what is missing and how to get it."""
+
+
 class EditCancelled(Exception):
     """Raised within one denoising step of a cancel request; nothing partial is returned."""
 

@@ -15,7 +15,6 @@ from napari_medit.editing import (
     METHODS,
     EditCancelled,
     EditError,
-    GaussianDenoiser,
     NoiseSchedule,
     NoiseSource,
     Progress,
@@ -24,6 +23,7 @@ from napari_medit.editing import (
 from napari_medit.editing.ddpm import FINAL, pairs
 from napari_medit.editing.radedit import RadEditParams, radedit
 from napari_medit.io import MedicalImage
+from napari_medit.testing import GaussianDenoiser
 
 
 def analytic(**kwargs):

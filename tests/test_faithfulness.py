@@ -11,15 +11,16 @@ from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
 
 from napari_medit import catalogue
 from napari_medit.catalogue import PIELoop, PIEParams
-from napari_medit.editing import EditError, GaussianDenoiser, edit
+from napari_medit.editing import EditError, edit
 from napari_medit.editing.control import NoiseSource, Progress
 from napari_medit.editing.ddpm import NoiseSchedule
 from napari_medit.editing.inversion import invert
 from napari_medit.editing.pie import INSIDE_ROI_KEEP, OUTSIDE_ROI_KEEP, pie
 from napari_medit.editing.repaint import repeat_schedule
 from napari_medit.editing.run import _to_model_range
-from napari_medit.editing.slicing import Grid, IntensityWindow, binarised, to_latent_grid
-from napari_medit.preprocessing import Fit, Intensity, Preprocessing
+from napari_medit.editing.slicing import binarised, to_latent_grid
+from napari_medit.preprocessing import Fit, Grid, Intensity, IntensityWindow, Preprocessing
+from napari_medit.testing import GaussianDenoiser
 
 
 def analytic(scheduler=None, resolution=16, **kwargs):

@@ -261,7 +261,7 @@ def test_relevance_map_clips_high_outliers_and_spans_zero_to_one():
 def test_instruction_methods_need_an_instruction_model_and_others_refuse_one(pix2pix):
     from diffusers import DDIMScheduler
 
-    from napari_medit.editing import GaussianDenoiser
+    from napari_medit.testing import GaussianDenoiser
 
     plain = GaussianDenoiser(DDIMScheduler(), resolution=16, means={"": 0.0, PROMPT: 1.0})
     with pytest.raises(EditError, match="needs an instruction model"):

@@ -9,11 +9,12 @@ import tiny_models
 import torch
 
 from napari_medit.catalogue import SliceNoise
-from napari_medit.editing import GaussianDenoiser, NoiseSource, edit
+from napari_medit.editing import NoiseSource, edit
 from napari_medit.editing.slice_noise import correlation, slice_mixtures, slice_seed
 from napari_medit.editing.through_plane import ThroughPlaneSmoothing
 from napari_medit.io import MedicalImage
 from napari_medit.metrics import slice_consistency
+from napari_medit.testing import GaussianDenoiser
 
 
 def draws(mixtures, shape=(8, 32, 32)) -> np.ndarray:

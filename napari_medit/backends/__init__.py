@@ -5,7 +5,9 @@ Naming and describing models needs no torch (``registry``); loading them does, s
 ``load_model`` and ``save_model`` are imported on first use.
 """
 
-from .registry import CONFIG_NAME, ModelLoadError, describe, describe_presets, model_folders, resolve
+from ..results import ModelLoadError
+from .presets import describe_presets
+from .registry import CONFIG_NAME, describe, model_folders, resolve
 
 __all__ = [
     "CONFIG_NAME",

@@ -33,7 +33,8 @@ import torch
 
 from ..editing.denoiser import Denoiser, DiffusersDenoiser, MonaiDenoiser
 from ..preprocessing import Preprocessing
-from .registry import CONFIG_NAME, ModelLoadError
+from ..results import ModelLoadError
+from .registry import CONFIG_NAME
 
 FORMAT = "napari-medit-model/1"
 

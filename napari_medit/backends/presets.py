@@ -22,7 +22,7 @@ import pickle
 from pathlib import Path
 
 from .. import preprocessing
-from .registry import ModelLoadError
+from ..results import ModelLoadError
 
 RADEDIT_UNET, RADEDIT_VAE, RADEDIT_TEXT = (
     "microsoft/radedit",
@@ -179,3 +179,28 @@ def check_instruction_scheduler(scheduler, folder: Path) -> None:
             f"{folder}: the scheduler says prediction_type={prediction!r}; napari-medit's "
             "instruction editing supports epsilon-prediction models only"
         )
+
+
+def describe_presets() -> list[dict]:
+    """The published-model presets and whether their parts are in the local cache (no network)."""
+    cached = {}
+    for repo in (RADEDIT_UNET, RADEDIT_VAE, RADEDIT_TEXT):
+        try:
+            fetch(repo, download=False)
+            cached[repo] = True
+        except ModelLoadError:
+            cached[repo] = False
+    return [
+        {
+            "name": name,
+            "description": description,
+            "backend": "diffusers (latent)",
+            "resolution": 512,
+            "text_conditioned": True,
+            "mask_conditions": [],
+            "methods": ["radedit", "pie", "sdedit", "diffedit"],
+            "cached": cached,
+            "preset": True,
+        }
+        for name, description in PRESETS.items()
+    ]

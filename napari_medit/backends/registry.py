@@ -9,16 +9,15 @@ import os
 import re
 from pathlib import Path
 
+from ..results import ModelLoadError
+from .presets import PRESETS
+
 BUNDLED = Path(__file__).resolve().parents[1] / "models"
 SEARCH_PATH_VARIABLE = "NAPARI_MEDIT_MODELS"  # extra folders holding model folders, os.pathsep-separated
 CONFIG_NAME = "medit.json"
 _HUB_ID = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
 )  # ORG/NAME, as diffusers users type it
-
-
-class ModelLoadError(Exception):
-    """A model that cannot be loaded; the message names what is missing and how to get it."""
 
 
 def model_folders() -> dict[str, Path]:
@@ -53,8 +52,6 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     folders = model_folders()
     if str(name_or_path) in folders:
         return folders[str(name_or_path)]
-    from .presets import PRESETS
-
     if os.sep in str(name_or_path) or str(name_or_path).startswith((".", "~")):
         raise ModelLoadError(f"{path}: no such model folder")
     known = ", ".join([*folders, *PRESETS]) or "none"
@@ -79,33 +76,6 @@ def single_file_problem(path: Path) -> str:
         "script (InstructX2X's models/convert_ckpt_to_diffusers does it for its checkpoints); pass that "
         "folder"
     )
-
-
-def describe_presets() -> list[dict]:
-    """The published-model presets and whether their parts are in the local cache (no network)."""
-    from .presets import PRESETS, RADEDIT_TEXT, RADEDIT_UNET, RADEDIT_VAE, fetch
-
-    cached = {}
-    for repo in (RADEDIT_UNET, RADEDIT_VAE, RADEDIT_TEXT):
-        try:
-            fetch(repo, download=False)
-            cached[repo] = True
-        except ModelLoadError:
-            cached[repo] = False
-    return [
-        {
-            "name": name,
-            "description": description,
-            "backend": "diffusers (latent)",
-            "resolution": 512,
-            "text_conditioned": True,
-            "mask_conditions": [],
-            "methods": ["radedit", "pie", "sdedit", "diffedit"],
-            "cached": cached,
-            "preset": True,
-        }
-        for name, description in PRESETS.items()
-    ]
 
 
 def describe(folder: Path) -> dict:

@@ -7,7 +7,7 @@ from ..catalogue import METHODS
 from ..io.image import PLANES, plane_axis
 from .control import EditCancelled, NoiseSource, Progress
 from .ddpm import NoiseSchedule
-from .denoiser import Denoiser, DiffusersDenoiser, GaussianDenoiser, MonaiDenoiser
+from .denoiser import Denoiser, DiffusersDenoiser, MonaiDenoiser
 from .run import EditError, EditPlan, EditProgress, EditResult, assemble, edit, plan_edit, run_plan
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "EditPlan",
     "EditProgress",
     "EditResult",
-    "GaussianDenoiser",
     "MonaiDenoiser",
     "NoiseSchedule",
     "NoiseSource",

@@ -14,17 +14,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__, catalogue
+from .. import catalogue
+from .._version import __version__
 from ..catalogue import MASK_ROLES, MaskGrid, Method, Precision, RunOptions, SliceNoise, check_slice_options
 from ..io import MedicalImage
 from ..io.image import PLANES, apply_orientation, plane_transforms
 from ..masks import mask_problem
 from ..metrics import edit_metrics, jsonable
+from ..preprocessing import Grid, IntensityWindow
 from ..results import EditError, EditProgress, EditResult
 from .control import Edited, NoiseSource, Progress, StepInfo
 from .denoiser import Denoiser
 from .slice_noise import Mixture, slice_mixtures
-from .slicing import Grid, IntensityWindow, binarised, slices_to_edit, to_dtype, to_latent_grid
+from .slicing import binarised, slices_to_edit, to_dtype, to_latent_grid
 from .through_plane import ThroughPlaneSmoothing
 
 DEFAULT_CPU_BATCH = 4  # batching helps little on 2 CPU cores and costs memory (see benchmarks/)

@@ -28,7 +28,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
-from .. import __version__
+from .._version import __version__
 from .dicom import SOURCE_FILES
 from .image import MedicalImage
 

@@ -19,7 +19,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import SegmentationStorage
 
-from .. import __version__
+from .._version import __version__
 from ..catalogue import MASK_ROLES
 from .dicom import LPS_TO_RAS
 from .dicom_derived import SOFTWARE, source_files

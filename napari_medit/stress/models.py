@@ -111,7 +111,7 @@ class ModelUnderTest:
 
     def predict(self, images: list[np.ndarray]) -> list:
         """Per image: a probability (classifier) or a bool lung mask on the image's grid (segmenter)."""
-        from ..editing.slicing import Grid, IntensityWindow
+        from ..preprocessing import Grid, IntensityWindow
 
         out = []
         for image in images:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from scipy.ndimage import binary_erosion, binary_fill_holes, gaussian_filter, map_coordinates
 
-from ..editing.slicing import Grid, IntensityWindow
 from ..io import RADIOLOGICAL_AXIAL, MedicalImage, read_image
+from ..preprocessing import Grid, IntensityWindow
 from .loop import TrainConfig, extra_levels, noised, train
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..editing.slicing import Grid, IntensityWindow
+from ..preprocessing import Grid, IntensityWindow
 from ..sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
 from .loop import TrainConfig, extra_levels, noised, train
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..editing.slicing import Grid, IntensityWindow
 from ..instructions import Change, Finding, Side, write_instruction
+from ..preprocessing import Grid, IntensityWindow
 from ..sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
 from .cxr import MAX_TOKENS, SPECIAL, build
 from .loop import TrainConfig, noised, train

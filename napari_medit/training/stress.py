@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..editing.slicing import Grid, IntensityWindow
+from ..preprocessing import Grid, IntensityWindow
 from ..sample_data.cxr_phantom import generate_cxr_phantom, to_uint8
 from ..stress.demo import (
     DEMO_SIZE,
