@@ -90,9 +90,8 @@ def sample_image():
 
 def run_method(method, model, options, image_shape=None):
     image, region = sample_image()
-    edit(
-        method, image, model=model, **_masks(method, model, region), **options
-    )  # warm-up: first calls are slow
+    # warm-up: first calls are slow
+    edit(method, image, model=model, **_masks(method, model, region), **options)
     log = CallLog(model)
     start = time.perf_counter()
     result = edit(method, image, model=model, **_masks(method, model, region), **options)
@@ -133,6 +132,7 @@ def batched_against_single(model, slices: int = 8, steps: int = 25):
     return times[slices], times[1]
 
 
+# the scheduler sd-v1-4 (PIE's base) ships
 SD_V1_4_PNDM = dict(
     beta_schedule="scaled_linear",
     beta_start=0.00085,
@@ -140,7 +140,7 @@ SD_V1_4_PNDM = dict(
     skip_prk_steps=True,
     steps_offset=1,
     set_alpha_to_one=False,
-)  # the scheduler sd-v1-4 (PIE's base) ships
+)
 
 
 def evaluation_counts(device: torch.device) -> list[str]:

@@ -130,13 +130,14 @@ def method_jobs(steps: int):
     centre = int(np.argwhere(lesion)[:, 2].mean())
     volume = dict(axis="axial", slices=(centre - 1, centre + 2))
     text = "No findings"
+    # RadEdit may change all but its keep mask
     yield (
         "radedit",
         "demo-cxr",
         image,
         dict(prompt=text, edit_mask=edit_mask, keep_mask=keep, steps=steps),
         ~keep,
-    )  # RadEdit may change all but its keep mask
+    )
     yield (
         "pie",
         "demo-cxr",
@@ -215,9 +216,8 @@ def method_table(steps: int) -> list[str]:
         full, half = results[("float32", True)].image.array, results[("bfloat16", True)].image.array
         source = image.array
 
-        def editable(
-            result, region=region
-        ):  # the given region, or the one the run computed (MedEdit's, InstructX2X's map)
+        # the given region, or the one the run computed (MedEdit's, InstructX2X's map)
+        def editable(result, region=region):
             return (
                 region
                 if region is not None

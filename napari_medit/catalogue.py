@@ -121,11 +121,30 @@ def strength_steps(num_steps: int, strength: float) -> int:
     return int(num_steps * strength)
 
 
-def validate_jumps(steps: int, jump_length: int, jump_n_sample: int) -> None:
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if jump_length < 1 or jump_n_sample < 1:
-        raise ValueError("jump_length and jump_n_sample must be at least 1")
+COUNTS = ("steps", "iterations", "jump_length", "jump_n_sample")  # parameters that count: at least 1
+
+
+class MethodParams:
+    """Every method's parameters: the checks they share by name run first (``check``), then the
+    method's own (``validate``)."""
+
+    def check(self) -> None:
+        """ValueError naming the first problem: a count below 1, a strength that leaves no step,
+        a negative eta or instruction guidance, then whatever the method checks itself."""
+        values = {item.name: getattr(self, item.name) for item in fields(self)}
+        for name in COUNTS:
+            if name in values and values[name] < 1:
+                raise ValueError(f"{name} must be at least 1, got {values[name]}")
+        if values.get("strength") is not None and "steps" in values:
+            strength_steps(values["steps"], values["strength"])
+        if values.get("eta", 0) < 0:
+            raise ValueError(f"eta must be at least 0, got {values['eta']}")
+        if min(values.get("text_guidance", 0), values.get("image_guidance", 0)) < 0:
+            raise ValueError("text_guidance and image_guidance must be at least 0")
+        self.validate()
+
+    def validate(self) -> None:
+        """The method's own checks, beyond the shared ones."""
 
 
 # ---------------------------------------------------------------- each method's parameters
@@ -157,7 +176,7 @@ RADEDIT_SKIP_RATIO = 36 / 100  # the edit-friendly inversion reference code skip
 
 
 @dataclass(frozen=True)
-class RadEditParams:
+class RadEditParams(MethodParams):
     prompt: str = parameter(
         "No acute cardiopulmonary process", "the edit's text: the 'normal' prompt (Sec. 5.2)"
     )
@@ -180,8 +199,6 @@ class RadEditParams:
     )
 
     def validate(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
         if not 0 <= self.skip < self.steps:
             raise ValueError(f"skip must be in [0, steps) = [0, {self.steps}), got {self.skip}")
 
@@ -191,7 +208,7 @@ REFERENCE_DILATION = 25  # ... and its dilation kernel 25 x 25 pixels
 
 
 @dataclass(frozen=True)
-class MedEditParams:
+class MedEditParams(MethodParams):
     steps: int = parameter(1000, "DDPM steps: the full 1000-step chain in MedEdit's published configuration")
     dilation: int | None = parameter(
         None, "dilation kernel in model-grid pixels", automatic="25 px at 128 px, scaled to the model"
@@ -203,7 +220,6 @@ class MedEditParams:
     )
 
     def validate(self) -> None:
-        validate_jumps(self.steps, 1, self.jump_n_sample)
         if self.dilation is not None and self.dilation < 1:
             raise ValueError(f"dilation must be at least 1 pixel, got {self.dilation}")
 
@@ -214,7 +230,7 @@ class MedEditParams:
 
 
 @dataclass(frozen=True)
-class PIEParams:
+class PIEParams(MethodParams):
     prompt: str = parameter("Pleural effusion", "the finding to progress towards")
     iterations: int = parameter(10, "N, progression steps: PIE's default 10")
     strength: float = parameter(0.5, "gamma, noise level of a step: PIE's default 0.5 (25 of 50 DDIM steps)")
@@ -228,16 +244,9 @@ class PIEParams:
         automatic="reference for latent (VAE) models, latent for pixel-space models",
     )
 
-    def validate(self) -> None:
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be at least 1, got {self.iterations}")
-        if self.eta < 0:
-            raise ValueError(f"eta must be at least 0, got {self.eta}")
-        strength_steps(self.steps, self.strength)
-
 
 @dataclass(frozen=True)
-class SDEditParams:
+class SDEditParams(MethodParams):
     strength: float = parameter(
         0.5,
         "encoding ratio t0: SDEdit's t0 in [0.3, 0.6] (Sec. 4), midway; "
@@ -245,12 +254,9 @@ class SDEditParams:
     )
     steps: int = parameter(1000, "DDPM steps: the full 1000-step chain; fewer gives a strided DDPM")
 
-    def validate(self) -> None:
-        strength_steps(self.steps, self.strength)
-
 
 @dataclass(frozen=True)
-class RePaintParams:
+class RePaintParams(MethodParams):
     steps: int = parameter(250, "T, DDPM steps: 250 in the RePaint paper")
     jump_length: int = parameter(10, "j, resampling jump length: 10 in the RePaint paper")
     jump_n_sample: int = parameter(10, "r, resampling repeats: 10 in the RePaint paper (2,410 model calls)")
@@ -258,12 +264,9 @@ class RePaintParams:
         RePaintStart.noise, "pure noise in RePaint; MedEdit's naive baseline starts from the noised input"
     )
 
-    def validate(self) -> None:
-        validate_jumps(self.steps, self.jump_length, self.jump_n_sample)
-
 
 @dataclass(frozen=True)
-class DiffEditParams:
+class DiffEditParams(MethodParams):
     prompt: str = parameter("No acute cardiopulmonary process", "the edit's text")
     inversion_prompt: str = parameter("", "the inversion's text (DiffEdit's query; empty: unconditional)")
     steps: int = parameter(50, "DDIM steps: 50 in DiffEdit and diffusers' pipeline")
@@ -279,15 +282,12 @@ class DiffEditParams:
         "edit mask on the model's grid: binary as DiffEdit's own thresholded masks, or fractional coverage",
     )
 
-    def validate(self) -> None:
-        strength_steps(self.steps, self.strength)
-
 
 INSTRUCT_STEPS, INSTRUCT_TEXT_GUIDANCE, INSTRUCT_IMAGE_GUIDANCE = 100, 7.5, 1.5  # InstructPix2Pix's pipeline
 
 
 @dataclass(frozen=True)
-class InstructParams:
+class InstructParams(MethodParams):
     prompt: str = parameter("remove the right pleural effusion", "the instruction: what should change")
     steps: int = parameter(
         INSTRUCT_STEPS,
@@ -306,20 +306,12 @@ class InstructParams:
         automatic="pure noise, as the papers",
     )
 
-    def validate(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.strength is not None:
-            strength_steps(self.steps, self.strength)
-        if self.text_guidance < 0 or self.image_guidance < 0:
-            raise ValueError("text_guidance and image_guidance must be at least 0")
-
 
 RELEVANCE_TIMESTEP = 0.8  # InstructX2X computes its relevance map at t = 0.8 T
 
 
 @dataclass(frozen=True)
-class InstructX2XParams:
+class InstructX2XParams(MethodParams):
     prompt: str = parameter("remove the right pleural effusion", "the instruction: what should change")
     steps: int = parameter(INSTRUCT_STEPS, "DDIM steps: 100 in InstructX2X's rse_x2x.py")
     text_guidance: float = parameter(INSTRUCT_TEXT_GUIDANCE, "s_T: 7.5 in InstructX2X's rse_x2x.py")
@@ -341,14 +333,10 @@ class InstructX2XParams:
     )
 
     def validate(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
         if not 0 <= self.threshold < 1:
             raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
         if not 0 < self.relevance_timestep <= 1:
             raise ValueError(f"relevance_timestep must be in (0, 1], got {self.relevance_timestep}")
-        if self.text_guidance < 0 or self.image_guidance < 0:
-            raise ValueError("text_guidance and image_guidance must be at least 0")
 
 
 # ---------------------------------------------------------------- run options (every method)
@@ -586,7 +574,7 @@ class Method:
             if issubclass(value_type(self.params, name), enum.Enum) and not isinstance(value, enum.Enum):
                 given[name] = parse_value(self.params, name, value)
         params = resolve(self.params(**given))
-        params.validate()
+        params.check()
         return params
 
     def preset(self, name: str | None) -> Preset:
@@ -635,6 +623,8 @@ class Method:
         return None
 
     def load_runner(self) -> Callable:
+        """The method's ``Runner`` (``napari_medit.editing.control``): one ``EditInputs`` in, ``Edited``
+        out. Imported here, when an edit runs, so the catalogue stays torch-free."""
         module, function = self.runner.split(":")
         return getattr(importlib.import_module(module), function)
 

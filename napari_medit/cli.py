@@ -33,9 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
         args, unknown = parser.parse_known_args(argv)
-    except (
-        SystemExit
-    ) as exc:  # argparse has printed its message (or the help): an exit status, not an exception
+    # argparse has printed its message (or the help): an exit status, not an exception
+    except SystemExit as exc:
         return int(exc.code or 0)
     if unknown:
         spec = getattr(args, "spec", None)
@@ -55,14 +54,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .batch import OPTIONAL_COLUMNS
-
     parser = argparse.ArgumentParser(
         prog="napari-medit", description="Diffusion-based medical image editing."
     )
     parser.add_argument("--version", action="version", version=f"napari-medit {__version__}")
     commands = parser.add_subparsers(title="commands")
+    # Where an edit's model runs and how it loads: one parent for every command that edits.
+    compute = argparse.ArgumentParser(add_help=False)
+    _add_fields(compute.add_argument_group("compute"), ComputeOptions)
+    _add_file_commands(commands)
+    _add_edit_command(commands, compute)
+    _add_stress_command(commands, compute)
+    _add_batch_command(commands, compute)
+    _add_listing_commands(commands)
+    _add_train_command(commands)
+    return parser
 
+
+def _add_file_commands(commands) -> None:
     sample = commands.add_parser("sample", help="write a bundled sample's files to a folder")
     sample.add_argument("name", choices=("brain", "cxr"))
     sample.add_argument("--out", required=True, help="folder to write into (created if missing)")
@@ -73,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(run=_info)
 
+
+def _add_edit_command(commands, compute: argparse.ArgumentParser) -> None:
     edit = commands.add_parser(
         "edit",
         help="edit an image or volume (writes the result and a JSON provenance file)",
@@ -81,10 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     methods = edit.add_subparsers(title="methods", metavar="METHOD", dest="method")
     for spec in METHODS.values():
-        _method_parser(methods, spec)
+        _method_parser(methods, spec, compute)
 
+
+def _add_stress_command(commands, compute: argparse.ArgumentParser) -> None:
     stress = commands.add_parser(
         "stress-test",
+        parents=[compute],
         help="RadEdit's stress tests of a model: counterfactual test sets for acquisition, "
         "manifestation or population shift, filtered, and the model measured on them (report.json/html)",
     )
@@ -140,11 +154,14 @@ def _parser() -> argparse.ArgumentParser:
     stress.add_argument("--steps", type=int, help="RadEdit steps (default: the paper's 100)")
     stress.add_argument("--seed", type=int, default=0)
     stress.add_argument("--workers", type=int, help="LocalCluster worker processes (0: run here)")
-    _add_fields(stress.add_argument_group("compute (the editor's)"), ComputeOptions)
     stress.set_defaults(run=_stress_test)
 
+
+def _add_batch_command(commands, compute: argparse.ArgumentParser) -> None:
+    from .batch import OPTIONAL_COLUMNS
+
     batch = commands.add_parser(
-        "batch", help="run the edits of a manifest (CSV) on a dask cluster; resumable"
+        "batch", parents=[compute], help="run the edits of a manifest (CSV) on a dask cluster; resumable"
     )
     batch.add_argument(
         "manifest",
@@ -168,9 +185,10 @@ def _parser() -> argparse.ArgumentParser:
         help="LocalCluster worker processes (default: one per two cores; "
         "0: run here, one item after another)",
     )
-    _add_fields(batch.add_argument_group("compute"), ComputeOptions)
     batch.set_defaults(run=_batch)
 
+
+def _add_listing_commands(commands) -> None:
     listing = commands.add_parser("methods", help="list the editing methods, their masks and parameters")
     listing.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
     listing.set_defaults(run=_methods)
@@ -188,25 +206,16 @@ def _parser() -> argparse.ArgumentParser:
     mededit_import.add_argument("--resolution", type=int, default=128)
     mededit_import.set_defaults(run=_import_mededit)
 
+
+def _add_train_command(commands) -> None:
+    from .training import TRAINING_KINDS
+
     train = commands.add_parser(
         "train",
-        help="train a model folder: brain (MedEdit-style), cxr (text-conditioned), cxr-instruct "
-        "(instruction model on phantom journeys), cxr-findings (findings classifier) or "
-        "stress-acquisition|drain|lungs "
-        "(the stress test's biased demo models)",
+        help="train a model folder: "
+        + "; ".join(f"{kind} ({says})" for kind, says in TRAINING_KINDS.items()),
     )
-    train.add_argument(
-        "kind",
-        choices=(
-            "brain",
-            "cxr",
-            "cxr-instruct",
-            "cxr-findings",
-            "stress-acquisition",
-            "stress-drain",
-            "stress-lungs",
-        ),
-    )
+    train.add_argument("kind", choices=list(TRAINING_KINDS))
     train.add_argument("--out", required=True, help="the model folder to write (checkpoints go there too)")
     train.add_argument(
         "--data", help="brain: a folder of NIfTI volumes or a CSV (default: the bundled sample)"
@@ -237,7 +246,6 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="cpu")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.set_defaults(run=_train)
-    return parser
 
 
 def _sample(args) -> int:
@@ -248,10 +256,13 @@ def _sample(args) -> int:
     return 0
 
 
-def _method_parser(methods, spec) -> None:
+def _method_parser(methods, spec, compute: argparse.ArgumentParser) -> None:
     """`napari-medit edit METHOD`: the method's masks, parameters and the run options, from the catalogue."""
     parser = methods.add_parser(
-        spec.name, help=f"{spec.title} ({spec.reference})", description=f"{spec.title}: {spec.reference}."
+        spec.name,
+        parents=[compute],
+        help=f"{spec.title} ({spec.reference})",
+        description=f"{spec.title}: {spec.reference}.",
     )
     parser.add_argument("--image", required=True, help=f"the source: {SUPPORTED}")
     parser.add_argument(
@@ -294,7 +305,6 @@ def _method_parser(methods, spec) -> None:
         )
     _add_fields(group, spec.params)
     _add_fields(parser.add_argument_group("run options"), RunOptions)
-    _add_fields(parser.add_argument_group("compute"), ComputeOptions)
     parser.set_defaults(run=_edit, spec=spec)
 
 
@@ -322,9 +332,10 @@ def _add_fields(group, params: type) -> None:
             dest=item.name,
             type=_parse(params, item.name, kind),
             default=None,
+            # argparse formats help with %
             help=f"{item.metadata['source']} (default: {catalogue.default_text(params, item)})".replace(
                 "%", "%%"
-            ),  # argparse formats help with %
+            ),
             **extra,
         )
 
@@ -389,9 +400,8 @@ def _edit(args) -> int:
     job = edit_job(args)
     read_image(job.image)  # a bad image fails before a model loads
     try:
-        with tqdm(
-            desc=f"napari-medit {job.method}", unit="step", disable=None
-        ) as bar:  # off when not a terminal
+        # off when not a terminal
+        with tqdm(desc=f"napari-medit {job.method}", unit="step", disable=None) as bar:
 
             def show(progress):
                 bar.total = progress.total

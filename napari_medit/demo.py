@@ -31,9 +31,8 @@ MEDEDIT_STEPS = 100  # strided DDPM, a tenth of the published 1000: see benchmar
 # The 128 px chest models cost about 4x the 64 px ones per step; half RadEdit's 100 steps (skip 18),
 # PIE at 20 DDIM steps per iteration and InstructX2X at 50 measured the same as the full counts
 # (demo_quality.md).
-RADEDIT = dict(
-    prompt="No findings", steps=50
-)  # and the paper's defaults: skip 36 of 100 (scaled), guidance 15
+# and the paper's defaults: skip 36 of 100 (scaled), guidance 15
+RADEDIT = dict(prompt="No findings", steps=50)
 PIE = dict(prompt="Pleural effusion", steps=20)  # and PIE's defaults: 10 steps of strength 0.5, guidance 7.5
 INSTRUCTX2X = dict(prompt="remove the right pleural effusion", steps=50)  # and InstructX2X's guidance 7.5/1.5
 

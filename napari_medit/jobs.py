@@ -28,9 +28,8 @@ class EditJob:
     image: Path
     # .nii.gz/.nii/.mgz/.mgh (any input), .png or .dcm (2D), a folder (DICOM); sidecar: .json beside it
     out: Path
-    masks: dict[str, Path] = field(
-        default_factory=dict
-    )  # edit_mask=..., keep_mask=... (catalogue.MASK_ROLES)
+    # edit_mask=..., keep_mask=... (catalogue.MASK_ROLES)
+    masks: dict[str, Path] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=dict)  # the method's parameters that were given
     run: RunOptions = field(default_factory=RunOptions)
     preset: str | None = None  # a name from the method's presets: its values replace the defaults

@@ -167,11 +167,12 @@ class Grid:
 
     def describe(self) -> dict:
         rows, cols = self.crop
+        # top, left, height, width
         return {
             "fit": self.fit.value,
             "resolution": self.resolution,
             "region": [rows.start, cols.start, self.side, self.side],
-        }  # top, left, height, width
+        }
 
     def to_model(self, slices: np.ndarray, soft: bool = False) -> torch.Tensor:
         """(B, H, W) -> (B, 1, R, R) float32. Images are resampled with antialiasing, masks

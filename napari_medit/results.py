@@ -52,7 +52,6 @@ class EditResult:
     provenance: dict[str, Any]
     progression: list[MedicalImage] | None = None  # PIE: every step, the last one is ``image``
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # masks as used (MedEdit: inpaint_mask)
-    maps: dict[str, np.ndarray] = field(
-        default_factory=dict
-    )  # maps the method computed (catalogue.MAP_ROLES)
+    # maps the method computed (catalogue.MAP_ROLES)
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)  # napari_medit.metrics.edit_metrics; JSON form in provenance

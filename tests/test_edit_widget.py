@@ -341,9 +341,8 @@ def test_masks_widget_loads_mask_files_on_the_image_grid(brain_widget, tmp_path,
     samples = Path(__file__).parents[1] / "napari_medit" / "sample_data"
     layer = masks.load_mask(samples / "lesion_mask.nii.gz", "pathology_mask")
     assert layer.name == "t1 pathology_mask"
-    np.testing.assert_array_equal(
-        layer.data > 0, viewer.layers["lesion_mask"].data > 0
-    )  # shown like the image
+    # shown like the image
+    np.testing.assert_array_equal(layer.data > 0, viewer.layers["lesion_mask"].data > 0)
     np.testing.assert_array_equal(layer.scale, viewer.layers["t1"].scale)
 
     shown = []

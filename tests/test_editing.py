@@ -551,9 +551,8 @@ def test_progress_slices_are_given_as_the_source_array_holds_them(plane):
     from napari_medit.io.image import PLANES, apply_orientation, plane_axis, plane_transforms
 
     volume = np.random.default_rng(0).random((5, 6, 7))
-    affine = np.array(
-        [[0, 0, -2.0, 10], [1.5, 0, 0, -4], [0, -1.0, 0, 3], [0, 0, 0, 1]]
-    )  # permuted and flipped
+    # permuted and flipped
+    affine = np.array([[0, 0, -2.0, 10], [1.5, 0, 0, -4], [0, -1.0, 0, 3], [0, 0, 0, 1]])
     there, back = plane_transforms(affine, PLANES[plane])
     in_plane_order = apply_orientation(volume, there)
     chunk = [1, 3, 4]

@@ -159,9 +159,10 @@ def test_the_masks_widget_makes_every_method_s_masks(make_napari_viewer, method,
     from napari_medit import MedicalImage, write_image
     from napari_medit.catalogue import MASK_ROLES, METHODS
 
+    # a new method joins this test's list
     assert sorted(METHODS) == sorted(
         ["radedit", "mededit", "pie", "sdedit", "repaint", "diffedit", "instruct", "instructx2x"]
-    )  # a new method joins this test's list
+    )
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 40), np.float32), name="scan")
     _, masks = viewer.window.add_plugin_dock_widget(PLUGIN, "Masks")

@@ -243,6 +243,7 @@ class RecordingDenoiser(GaussianDenoiser):
 
 
 def pndm():
+    # sd-v1-4's scheduler
     return PNDMScheduler(
         beta_schedule="scaled_linear",
         beta_start=0.00085,
@@ -250,7 +251,7 @@ def pndm():
         skip_prk_steps=True,
         steps_offset=1,
         set_alpha_to_one=False,
-    )  # sd-v1-4's scheduler
+    )
 
 
 def test_pie_reference_loop_is_run_pie_with_the_models_own_scheduler():
@@ -376,9 +377,8 @@ def test_presets_and_the_methods_own_defaults():
     assert catalogue.method("repaint").make_params({"steps": 50}, "mededit-paper").steps == 50  # given wins
     with pytest.raises(ValueError, match="radedit has no preset 'mededit-paper'; its presets: none"):
         catalogue.method("radedit").make_params({}, "mededit-paper")
-    assert (
-        catalogue.method("pie").make_params({"loop": "reference"}).loop is PIELoop.reference
-    )  # text from the API
+    # text from the API
+    assert catalogue.method("pie").make_params({"loop": "reference"}).loop is PIELoop.reference
     with pytest.raises(ValueError, match="loop must be one of reference, latent, got 'official'"):
         catalogue.method("pie").make_params({"loop": "official"})
 

@@ -68,9 +68,8 @@ def test_damaged_files_are_read_sanely_or_refused(tmp_path):
     wrong = {index: detail for index, (outcome, detail) in outcomes.items() if outcome == "WRONG"}
     print(f"fuzz: {CASES} cases, {counts['read']} read, {counts['refused']} refused, {len(wrong)} wrong")
     assert not wrong, "\n".join(f"case {i}: {d}" for i, d in sorted(wrong.items())[:20])
-    assert (
-        counts["read"] > CASES // 10 and counts["refused"] > CASES // 4
-    )  # the mutations reach both outcomes
+    # the mutations reach both outcomes
+    assert counts["read"] > CASES // 10 and counts["refused"] > CASES // 4
 
 
 # Cases that escaped the reader before it was hardened (Dec 2026: 46 of the first 360), one per kind of bug.

@@ -517,9 +517,8 @@ def test_instructx2x_loads_its_converters_folder_as_written(tmp_path):
     off by default) and a PNDM scheduler: it loads as is, read with the weights-only unpickler."""
     pipe = tiny_pix2pix(tmp_path / "reference", "PNDMScheduler")
     pipe.save_pretrained(tmp_path / "Ix2x_V1_4500", safe_serialization=False)
-    text_encoder = (
-        tmp_path / "Ix2x_V1_4500" / "text_encoder"
-    )  # transformers 5 writes safetensors whatever it is told
+    # transformers 5 writes safetensors whatever it is told
+    text_encoder = tmp_path / "Ix2x_V1_4500" / "text_encoder"
     if (text_encoder / "model.safetensors").exists():
         (text_encoder / "model.safetensors").unlink()
         torch.save(pipe.text_encoder.state_dict(), text_encoder / "pytorch_model.bin")

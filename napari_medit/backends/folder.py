@@ -70,9 +70,8 @@ def _load(path, device, trust_remote_code: bool, download: bool) -> Denoiser:
             device,
         )
     repository = hub_repository(spec)
-    if (
-        repository == presets.RADEDIT_UNET
-    ):  # the published RadEdit UNet: the preset brings its VAE and text encoder
+    # the published RadEdit UNet: the preset brings its VAE and text encoder
+    if repository == presets.RADEDIT_UNET:
         return _to_device(presets.load_radedit(download, trust_remote_code), device)
     if repository is not None:  # offline unless download=True: a missing repository fails at once
         folder = presets.fetch(repository, download)
@@ -128,9 +127,8 @@ def save_model(folder: str | Path, denoiser: Denoiser, config: dict[str, Any], f
         save_file(state, folder / "model.safetensors")
     elif isinstance(denoiser, DiffusersDenoiser):
         config["backend"] = "diffusers"
-        unet = (
-            copy.deepcopy(denoiser.unet).half() if float16 else denoiser.unet
-        )  # the live network stays float32
+        # the live network stays float32
+        unet = copy.deepcopy(denoiser.unet).half() if float16 else denoiser.unet
         unet.save_pretrained(folder / "unet", safe_serialization=True)
         denoiser.schedule.scheduler.save_pretrained(folder / "scheduler")
         if denoiser.text_encoder is not None:

@@ -77,6 +77,7 @@ def import_mededit(
                 f"with"
             ) from exc
     scheduler = DDPMScheduler(**{k: v for k, v in MEDEDIT_SCHEDULER.items() if k != "class"})
+    # its 8-bit PNG slices, padded
     denoiser = MonaiDenoiser(
         model,
         scheduler,
@@ -84,7 +85,7 @@ def import_mededit(
         name=Path(out).name,
         condition_names=("pathology_mask", "brain_mask"),
         preprocessing=preprocessing.MEDEDIT,
-    )  # its 8-bit PNG slices, padded
+    )
     return save_model(
         out,
         denoiser,

@@ -29,13 +29,14 @@ RADEDIT_UNET, RADEDIT_VAE, RADEDIT_TEXT = (
     "stabilityai/sdxl-vae",
     "microsoft/BiomedVLP-BioViL-T",
 )
+# the model card's DDIMScheduler
 RADEDIT_SCHEDULER = dict(
     beta_schedule="linear",
     clip_sample=False,
     prediction_type="epsilon",
     timestep_spacing="trailing",
     steps_offset=1,
-)  # the model card's DDIMScheduler
+)
 BIOVIL_MAX_TOKENS = 128
 # Whether RadEdit's own pipeline hands BioViL-T the attention mask could not be confirmed offline
 # (BioViL-T's config has no use_attention_mask, so a stock StableDiffusionPipeline would not): the

@@ -15,9 +15,8 @@ from .presets import PRESETS
 BUNDLED = Path(__file__).resolve().parents[1] / "models"
 SEARCH_PATH_VARIABLE = "NAPARI_MEDIT_MODELS"  # extra folders holding model folders, os.pathsep-separated
 CONFIG_NAME = "medit.json"
-_HUB_ID = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
-)  # ORG/NAME, as diffusers users type it
+# ORG/NAME, as diffusers users type it
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def model_folders() -> dict[str, Path]:

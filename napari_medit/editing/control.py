@@ -6,12 +6,16 @@ import inspect
 import threading
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..results import EditCancelled
+
+if TYPE_CHECKING:
+    from .denoiser import Denoiser
 
 
 class NoiseSource:
@@ -104,11 +108,29 @@ class Progress:
 
 
 @dataclass
+class EditInputs:
+    """One batch of slices as every method's runner receives it (``Runner``), on the model's grid."""
+
+    denoiser: Denoiser
+    x0: torch.Tensor  # (B, C, h, w) the slices in diffusion space (a VAE model's latents)
+    image: torch.Tensor  # (B, 1, R, R) the slices as images on the model's grid, in its value range
+    masks: dict[str, torch.Tensor]  # by role, with the catalogue's derived ones, on the diffusion grid
+    params: Any  # the method's parameters (catalogue), every default resolved
+    noise: NoiseSource
+    progress: Progress
+    conditions: torch.Tensor | None  # the mask channels the model reads beside x_t, if any
+
+
+@dataclass
 class Edited:
-    """What a method returns when it also computed maps (e.g. InstructX2X's guidance map):
-    ``versions`` as the plain return value would be, ``maps`` by name (catalogue.MAP_ROLES),
-    each (B, 1, R, R) on the model's image grid, in [0, 1]."""
+    """What every method's runner returns: ``versions`` of the batch in diffusion space (one; PIE:
+    one per progression step), the ``maps`` it computed by name (catalogue.MAP_ROLES; each
+    (B, 1, R, R) on the model's image grid, in [0, 1]), and the scheduler it sampled with when
+    that is not the model's own (its provenance settings)."""
 
     versions: list[torch.Tensor]
-    maps: dict[str, torch.Tensor]
-    scheduler: dict | None = None  # the scheduler the method sampled with, when not the model's own
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    scheduler: dict | None = None
+
+
+Runner = Callable[[EditInputs], Edited]  # a method's entry point, named by its catalogue entry

@@ -29,6 +29,9 @@ import torch
 from ..catalogue import strength_steps
 
 FINAL = -1  # the timestep after the last one: x_prev is the clean sample there
+# eta = 1, the DDPM ancestral sampler: SDEdit's reverse SDE discretised, RePaint's sampling, and
+# the sampler the edit-friendly inversion (RadEdit, MedEdit's baselines) is defined on.
+DDPM_ETA = 1.0
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from ..catalogue import DiffEditParams
-from .control import NoiseSource, Progress
+from .control import Edited, EditInputs, NoiseSource, Progress
 from .ddpm import FINAL
 from .denoiser import Denoiser
 
@@ -63,14 +63,15 @@ def diffedit(
     return x
 
 
-def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
+def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point: masks by role, on the model's grid."""
-    return diffedit(
-        denoiser,
-        x0,
-        edit_mask=masks["edit_mask"],
-        params=params,
-        noise=noise,
-        progress=progress,
-        conditions=conditions,
+    edited = diffedit(
+        inputs.denoiser,
+        inputs.x0,
+        edit_mask=inputs.masks["edit_mask"],
+        params=inputs.params,
+        noise=inputs.noise,
+        progress=inputs.progress,
+        conditions=inputs.conditions,
     )
+    return Edited([edited])

@@ -18,10 +18,13 @@ papers) starts from the prior noised part-way instead of pure noise, as img2img 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from ..catalogue import InstructParams
-from .control import NoiseSource, Progress, scheduler_step_options
+from .control import Edited, EditInputs, NoiseSource, Progress, scheduler_step_options
 from .denoiser import Denoiser
 
 
@@ -48,21 +51,38 @@ def instruct(
         z = scheduler.add_noise(x0, noise.like(x0, "start"), timesteps[0].reshape(1))
     text, null = denoiser.embed([params.prompt, ""], x0.shape[0])
     progress.start(len(timesteps))
-    step_options = scheduler_step_options(scheduler, noise)
-    for t in timesteps:
-        eps = guided_eps(
-            denoiser,
-            scheduler.scale_model_input(z, t),
-            t,
-            text,
-            null,
-            prior,
-            params.text_guidance,
-            params.image_guidance,
-            conditions,
+
+    def eps_of(z_scaled, t):
+        return guided_eps(
+            denoiser, z_scaled, t, text, null, prior, params.text_guidance, params.image_guidance, conditions
         )
-        x0_estimate = denoiser.schedule.predict_x0(scheduler.scale_model_input(z, t), eps, float(t))
-        z = scheduler.step(eps, t, z, **step_options).prev_sample.to(x0.dtype)
+
+    return sample(denoiser, scheduler, z, timesteps, eps_of, noise, progress, dtype=x0.dtype)
+
+
+def sample(
+    denoiser: Denoiser,
+    scheduler,
+    z: torch.Tensor,
+    timesteps,
+    eps_of: Callable[[torch.Tensor, Any], torch.Tensor],
+    noise: NoiseSource,
+    progress: Progress,
+    *,
+    dtype: torch.dtype,
+    after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The pipeline's sampling loop over ``timesteps`` of ``scheduler``, from ``z``: ``eps_of(z_scaled,
+    t)`` is the guided noise estimate, and ``after_step(i, z)`` may replace the sample step ``i`` made
+    (InstructX2X pastes its known region back there). The scheduler's own draws come from ``noise``."""
+    step_options = scheduler_step_options(scheduler, noise)
+    for i, t in enumerate(timesteps):
+        z_scaled = scheduler.scale_model_input(z, t)
+        eps = eps_of(z_scaled, t)
+        x0_estimate = denoiser.schedule.predict_x0(z_scaled, eps, float(t))
+        z = scheduler.step(eps, t, z, **step_options).prev_sample.to(dtype)
+        if after_step is not None:
+            z = after_step(i, z)
         progress.step(x0_estimate)
     return z
 
@@ -106,14 +126,15 @@ def model_scheduler(denoiser: Denoiser, method: str):
     return scheduler
 
 
-def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
+def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point (the method takes no masks)."""
-    return instruct(
-        denoiser,
-        x0,
-        image=x0 if image is None else image,
-        params=params,
-        noise=noise,
-        progress=progress,
-        conditions=conditions,
+    edited = instruct(
+        inputs.denoiser,
+        inputs.x0,
+        image=inputs.image,
+        params=inputs.params,
+        noise=inputs.noise,
+        progress=inputs.progress,
+        conditions=inputs.conditions,
     )
+    return Edited([edited])

@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
 from ..catalogue import InstructX2XParams
-from .control import Edited, NoiseSource, Progress, scheduler_step_options
+from .control import Edited, EditInputs, NoiseSource, Progress
 from .ddpm import scheduler_settings
 from .denoiser import Denoiser
-from .instruct import guided_eps, model_scheduler
+from .instruct import guided_eps, model_scheduler, sample
 from .slicing import binarised, to_latent_grid
 
 OUTLIER_IQR = 1.5  # Tukey's fence: values above Q3 + 1.5 IQR are clipped
@@ -72,22 +72,21 @@ def instructx2x(
     progress.start(len(timesteps))
     start_noise = noise.like(x0, "start")  # also the known region's, at every level, as the reference
     z = scheduler.add_noise(x0, start_noise, timesteps[0].reshape(1))
-    step_options = scheduler_step_options(scheduler, noise)
-    for i, t in enumerate(timesteps):
-        z_scaled = scheduler.scale_model_input(z, t)
-        eps = guided_eps(
+
+    def eps_of(z_scaled, t):
+        return guided_eps(
             denoiser, z_scaled, t, text, null, prior, params.text_guidance, params.image_guidance, conditions
         )
-        x0_estimate = denoiser.schedule.predict_x0(z_scaled, eps, float(t))
-        z = scheduler.step(eps, t, z, **step_options).prev_sample.to(x0.dtype)
+
+    def paste_known(i, z):
         # Outside the map: the original at the level of the sample just produced (clean after the last step).
-        known = (
-            x0
-            if i + 1 == len(timesteps)
-            else scheduler.add_noise(x0, start_noise, timesteps[i + 1].reshape(1))
-        )
-        z = (1 - keep) * z + keep * known
-        progress.step(x0_estimate)
+        last = i + 1 == len(timesteps)
+        known = x0 if last else scheduler.add_noise(x0, start_noise, timesteps[i + 1].reshape(1))
+        return (1 - keep) * z + keep * known
+
+    z = sample(
+        denoiser, scheduler, z, timesteps, eps_of, noise, progress, dtype=x0.dtype, after_step=paste_known
+    )
     return Edited(
         [z],
         {"guidance_map": guidance_map, "guidance_mask": guidance_mask},
@@ -134,16 +133,16 @@ def relevance_map(
     return F.interpolate(unit, size=size, mode="bilinear", align_corners=False)
 
 
-def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
+def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point: the region (roi_mask, or the instruction's template) on the model's
     grid."""
     return instructx2x(
-        denoiser,
-        x0,
-        image=x0 if image is None else image,
-        region=masks["roi_mask"],
-        params=params,
-        noise=noise,
-        progress=progress,
-        conditions=conditions,
+        inputs.denoiser,
+        inputs.x0,
+        image=inputs.image,
+        region=inputs.masks["roi_mask"],
+        params=inputs.params,
+        noise=inputs.noise,
+        progress=inputs.progress,
+        conditions=inputs.conditions,
     )

@@ -22,10 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from .control import NoiseSource, Progress
-from .ddpm import FINAL
+from .ddpm import DDPM_ETA, FINAL
 from .denoiser import Denoiser
-
-ETA = 1.0  # DDPM: the edit-friendly inversion is defined on the stochastic sampler
 
 
 @dataclass
@@ -58,7 +56,7 @@ def invert(
             eps = denoiser(x_hat[t], t, text, conditions)
         else:
             eps, _ = denoiser.guided(x_hat[t], t, text, null, guidance, conditions)
-        mean = schedule.step_mean(x_hat[t], eps, t, t_prev, ETA)
+        mean = schedule.step_mean(x_hat[t], eps, t, t_prev, DDPM_ETA)
         residual[t] = x_hat[t_prev] - mean
         progress.step(schedule.predict_x0(x_hat[t], eps, t))
     return Inversion(x_hat, residual)

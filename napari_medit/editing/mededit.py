@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..catalogue import MedEditParams, RePaintStart
-from .control import NoiseSource, Progress
+from .control import Edited, EditInputs, NoiseSource, Progress
 from .denoiser import Denoiser
 from .repaint import repaint_loop, repeat_schedule
 
@@ -59,15 +59,16 @@ def mededit(
     )
 
 
-def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
+def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point; ``inpaint_mask`` comes from the catalogue's mask hook."""
-    return mededit(
-        denoiser,
-        x0,
-        inpaint_mask=masks["inpaint_mask"],
-        pathology_mask=masks["pathology_mask"],
-        brain_mask=masks["brain_mask"],
-        params=params,
-        noise=noise,
-        progress=progress,
+    edited = mededit(
+        inputs.denoiser,
+        inputs.x0,
+        inpaint_mask=inputs.masks["inpaint_mask"],
+        pathology_mask=inputs.masks["pathology_mask"],
+        brain_mask=inputs.masks["brain_mask"],
+        params=inputs.params,
+        noise=inputs.noise,
+        progress=inputs.progress,
     )
+    return Edited([edited])

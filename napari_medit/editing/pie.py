@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ..catalogue import PIELoop, PIEParams
-from .control import NoiseSource, Progress, scheduler_step_options
+from .control import Edited, EditInputs, NoiseSource, Progress, scheduler_step_options
 from .denoiser import Denoiser
 
 OUTSIDE_ROI_KEEP, INSIDE_ROI_KEEP = 0.01, 0.75  # the end-of-step blend of PIE's code (beta_1, beta_2)
@@ -109,9 +109,8 @@ def _reference_loop(denoiser, image, roi_mask, params, noise, progress, conditio
     z_original = latents(image, "vae-original")  # the end-of-iteration blend's reference
     z_known = latents(image, "vae-known")  # the known region, noised to each timestep with one noise
     known_noise = noise.draw(shape, "known")
-    step_options = scheduler_step_options(
-        scheduler, noise
-    )  # a stochastic scheduler's draws, seeded per slice
+    # a stochastic scheduler's draws, seeded per slice
+    step_options = scheduler_step_options(scheduler, noise)
     current, progression = image, []
     for _ in range(params.iterations):
         scheduler.set_timesteps(params.steps)  # a fresh multistep history (PNDM keeps one)
@@ -137,15 +136,16 @@ def _eight_bit(x: torch.Tensor, value_range: tuple[float, float]) -> torch.Tenso
     return torch.round(unit * EIGHT_BIT) / EIGHT_BIT * (high - low) + low
 
 
-def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
+def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point: masks by role, on the model's grid."""
-    return pie(
-        denoiser,
-        x0,
-        roi_mask=masks["roi_mask"],
-        params=params,
-        noise=noise,
-        progress=progress,
-        conditions=conditions,
-        image=image,
+    versions = pie(
+        inputs.denoiser,
+        inputs.x0,
+        roi_mask=inputs.masks["roi_mask"],
+        params=inputs.params,
+        noise=inputs.noise,
+        progress=inputs.progress,
+        conditions=inputs.conditions,
+        image=inputs.image,
     )
+    return Edited(versions)  # one per progression step

@@ -22,10 +22,10 @@ from __future__ import annotations
 import torch
 
 from ..catalogue import RadEditParams
-from .control import NoiseSource, Progress
-from .ddpm import pairs
+from .control import Edited, EditInputs, NoiseSource, Progress
+from .ddpm import DDPM_ETA, pairs
 from .denoiser import Denoiser
-from .inversion import ETA, invert
+from .inversion import invert
 
 
 def radedit(
@@ -62,22 +62,24 @@ def radedit(
         eps, eps_u = denoiser.guided(x, t, c_edit, null, params.guidance, conditions)
         eps = edit_mask * eps + (1 - edit_mask) * eps_u
         x0_estimate = schedule.predict_x0(x, eps, t)
-        x = schedule.step_mean(x, eps, t, t_prev, ETA) + inversion.residual[t]
+        x = schedule.step_mean(x, eps, t, t_prev, DDPM_ETA) + inversion.residual[t]
         x = keep_mask * inversion.x_hat[t_prev] + (1 - keep_mask) * x
         progress.step(x0_estimate)
     return x
 
 
-def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
+def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point: masks by role, on the model's grid."""
-    everywhere = torch.ones_like(x0[:, :1])
-    return radedit(
-        denoiser,
-        x0,
-        edit_mask=masks.get("edit_mask", everywhere),  # no edit mask: the whole image (paper, Sec. 4.2)
-        keep_mask=masks.get("keep_mask", 0 * everywhere),
-        params=params,
-        noise=noise,
-        progress=progress,
-        conditions=conditions,
+    everywhere = torch.ones_like(inputs.x0[:, :1])
+    edited = radedit(
+        inputs.denoiser,
+        inputs.x0,
+        # no edit mask: the whole image (paper, Sec. 4.2)
+        edit_mask=inputs.masks.get("edit_mask", everywhere),
+        keep_mask=inputs.masks.get("keep_mask", 0 * everywhere),
+        params=inputs.params,
+        noise=inputs.noise,
+        progress=inputs.progress,
+        conditions=inputs.conditions,
     )
+    return Edited([edited])

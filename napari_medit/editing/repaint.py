@@ -18,11 +18,9 @@ from __future__ import annotations
 import torch
 
 from ..catalogue import RePaintParams, RePaintStart
-from .control import NoiseSource, Progress
-from .ddpm import FINAL
+from .control import Edited, EditInputs, NoiseSource, Progress
+from .ddpm import DDPM_ETA, FINAL
 from .denoiser import Denoiser
-
-ETA = 1.0  # DDPM sampling, as RePaint
 
 
 def jump_schedule(steps: int, jump_length: int, jump_n_sample: int) -> list[int]:
@@ -83,7 +81,7 @@ def repaint_loop(
             t, t_prev = at[index], at[index - 1]
             eps = denoiser(x, t, text, conditions)
             x0_estimate = schedule.predict_x0(x, eps, t)
-            unknown = schedule.step(x, eps, t, t_prev, ETA, noise.like(x, "reverse"))
+            unknown = schedule.step(x, eps, t, t_prev, DDPM_ETA, noise.like(x, "reverse"))
             x_known = schedule.add_noise(x0, noise.like(x, "known"), t_prev)
             x = known * x_known + (1 - known) * unknown
             progress.step(x0_estimate)
@@ -118,14 +116,15 @@ def repaint(
     )
 
 
-def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
+def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point: the naive baseline inpaints the undilated pathology mask."""
-    return repaint(
-        denoiser,
-        x0,
-        inpaint_mask=masks["pathology_mask"],
-        params=params,
-        noise=noise,
-        progress=progress,
-        conditions=conditions,
+    edited = repaint(
+        inputs.denoiser,
+        inputs.x0,
+        inpaint_mask=inputs.masks["pathology_mask"],
+        params=inputs.params,
+        noise=inputs.noise,
+        progress=inputs.progress,
+        conditions=inputs.conditions,
     )
+    return Edited([edited])

@@ -23,7 +23,7 @@ from ..masks import mask_problem
 from ..metrics import edit_metrics, jsonable
 from ..preprocessing import Grid, IntensityWindow
 from ..results import EditError, EditProgress, EditResult
-from .control import Edited, NoiseSource, Progress, StepInfo
+from .control import EditInputs, NoiseSource, Progress, Runner, StepInfo
 from .denoiser import Denoiser
 from .slice_noise import Mixture, slice_mixtures
 from .slicing import binarised, slices_to_edit, to_dtype, to_latent_grid
@@ -278,7 +278,7 @@ def run_plan(
 
 
 def _run_chunks(
-    run,
+    run: Runner,
     plan: EditPlan,
     model: Denoiser,
     pending: list[list[int]],
@@ -498,7 +498,13 @@ def _check_coverage(spec: Method, grid: Grid, masks: dict, chosen: list[int]) ->
 
 
 def _edit_chunk(
-    run, plan: EditPlan, model: Denoiser, chunk: list[int], progress: Progress, callback, network_batch: int
+    run: Runner,
+    plan: EditPlan,
+    model: Denoiser,
+    chunk: list[int],
+    progress: Progress,
+    callback,
+    network_batch: int,
 ):
     """One batch of slices through the method; returns the native-resolution versions."""
     images = _to_model_range(model, plan.stack[chunk], plan.window, plan.grid)
@@ -525,31 +531,25 @@ def _edit_chunk(
             max_batch=network_batch,
             region=torch.ones_like(x0[:, :1]) if region is None else region.to(x0.dtype),
         )
+    inputs = EditInputs(
+        denoiser=denoiser,
+        x0=x0,
+        image=_sampler_precision(model, images),
+        masks=masks_model,
+        params=plan.params,
+        noise=noise,
+        progress=progress,
+        conditions=conditions,
+    )
     with torch.no_grad():
-        edited = run(
-            denoiser,
-            x0,
-            masks_model,
-            plan.params,
-            noise,
-            progress,
-            conditions,
-            image=_sampler_precision(model, images),
-        )
-        maps, scheduler = {}, None
-        if isinstance(edited, Edited):
-            edited, maps, scheduler = edited.versions, edited.maps, edited.scheduler
-        versions = edited if isinstance(edited, list) else [edited]
-        native = [_from_model(model, v, plan.window, plan.grid, plan.stack[chunk]) for v in versions]
+        edited = run(inputs)
+        native = [_from_model(model, v, plan.window, plan.grid, plan.stack[chunk]) for v in edited.versions]
         # maps lie on the model's image grid; outside a centre crop they are 0 (nothing was edited there)
-        return (
-            native,
-            {
-                k: np.nan_to_num(plan.grid.from_model(m.float().cpu())).astype(np.float32)
-                for k, m in maps.items()
-            },
-            scheduler,
-        )
+        maps = {
+            k: np.nan_to_num(plan.grid.from_model(m.float().cpu())).astype(np.float32)
+            for k, m in edited.maps.items()
+        }
+        return native, maps, edited.scheduler
 
 
 def _compile_errors(plan: EditPlan) -> tuple[type[Exception], ...]:

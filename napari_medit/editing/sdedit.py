@@ -11,10 +11,9 @@ from __future__ import annotations
 import torch
 
 from ..catalogue import SDEditParams
-from .control import NoiseSource, Progress
+from .control import Edited, EditInputs, NoiseSource, Progress
+from .ddpm import DDPM_ETA
 from .denoiser import Denoiser
-
-ETA = 1.0  # SDEdit's reverse SDE, discretised as DDPM
 
 
 def sdedit(
@@ -34,21 +33,22 @@ def sdedit(
     for t, t_prev in steps:
         eps = denoiser(x, t, None, conditions)
         x0_estimate = schedule.predict_x0(x, eps, t)
-        x = schedule.step(x, eps, t, t_prev, ETA, noise.like(x, "reverse"))
+        x = schedule.step(x, eps, t, t_prev, DDPM_ETA, noise.like(x, "reverse"))
         if mask is not None:
             x = mask * x + (1 - mask) * schedule.add_noise(x0, noise.like(x, "known"), t_prev)
         progress.step(x0_estimate)
     return x
 
 
-def run(denoiser, x0, masks, params, noise, progress, conditions, image=None):
+def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point: masks by role, on the model's grid."""
-    return sdedit(
-        denoiser,
-        x0,
-        mask=masks.get("edit_mask"),
-        params=params,
-        noise=noise,
-        progress=progress,
-        conditions=conditions,
+    edited = sdedit(
+        inputs.denoiser,
+        inputs.x0,
+        mask=inputs.masks.get("edit_mask"),
+        params=inputs.params,
+        noise=inputs.noise,
+        progress=inputs.progress,
+        conditions=inputs.conditions,
     )
+    return Edited([edited])

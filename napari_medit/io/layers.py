@@ -105,9 +105,8 @@ def display_range(image: MedicalImage, preset: str = "as read") -> tuple[float, 
     if preset == "full range":
         low, high = float(values.min()), float(values.max())
         return (low, high) if high > low else (low, low + 1.0)
-    values = values[
-        :: max(1, values.size // 1_000_000)
-    ]  # percentiles of a regular sample: fast on big volumes
+    # percentiles of a regular sample: fast on big volumes
+    values = values[:: max(1, values.size // 1_000_000)]
     if preset == "MRI tissue" and values.any():
         values = values[values != 0]
     low, high = (float(v) for v in np.percentile(values, (1, 99) if preset == "MRI tissue" else (0.5, 99.5)))

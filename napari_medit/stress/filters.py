@@ -70,11 +70,12 @@ class EditingScoreFilter:
 
     def judge(self, source: np.ndarray, edited: np.ndarray) -> dict:
         score = editing_score(self.encoder, source, edited, self.spec.source_text, self.spec.prompt)
+        # NaN (no change at all) is never kept
         return {
             "editing_score": round(score, 4) if np.isfinite(score) else score,
             "filter_says": f"S={score:.2f}",
             "kept": bool(score >= self.threshold),
-        }  # NaN (no change at all) is never kept
+        }
 
 
 def load_encoder(spec: str) -> ImageTextEncoder:

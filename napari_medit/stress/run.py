@@ -216,9 +216,8 @@ def stress_test(
     ]
     final = {**report, "cases": cases_out}
     write_html(out / "report.html", final, rows, cases, spec)
-    write_text_atomically(
-        out / "report.json", json.dumps(jsonable(final), indent=2)
-    )  # last: the run is complete
+    # last: the run is complete
+    write_text_atomically(out / "report.json", json.dumps(jsonable(final), indent=2))
     return final
 
 

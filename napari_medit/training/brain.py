@@ -42,13 +42,14 @@ def network(resolution: int) -> dict:
     )
 
 
+# MedEdit: 1000 steps, linear betas 1e-4..2e-2
 SCHEDULER = {
     "class": "DDPMScheduler",
     "num_train_timesteps": 1000,
     "schedule": "linear_beta",
     "beta_start": 1e-4,
     "beta_end": 2e-2,
-}  # MedEdit: 1000 steps, linear betas 1e-4..2e-2
+}
 HEALTHY_FRACTION = 0.3  # slices trained with an empty pathology mask: normal tissue stays normal
 
 

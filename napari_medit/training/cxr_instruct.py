@@ -126,9 +126,8 @@ def batches(resolution: int, batch_size: int, seed: int, start_step: int) -> Ite
         priors, currents, prompts = [], [], []
         for _ in range(batch_size):
             pair = journey(rng, resolution)
-            window = IntensityWindow.of(
-                pair.prior
-            )  # the engine maps source and edit through the source's window
+            # the engine maps source and edit through the source's window
+            window = IntensityWindow.of(pair.prior)
             prior, current = (
                 grid.to_model(window.to_unit(p)[None])[0] * 2 - 1 for p in (pair.prior, pair.current)
             )

@@ -462,9 +462,8 @@ class EditWidget(Container):
         """The layer's array axis the chosen plane slices along, and whether the plane counts backwards."""
         if isinstance(self.axis.value, int):
             return self.axis.value, False
-        return plane_axis(
-            np.asarray(layer.metadata["affine"]), self.axis.value
-        )  # planes: layers with an affine
+        # planes: layers with an affine
+        return plane_axis(np.asarray(layer.metadata["affine"]), self.axis.value)
 
     def _current_index(self, layer, array_axis: int) -> int:
         """The slice of ``layer`` in view along ``array_axis`` (napari's world point, through the layer's
