@@ -98,8 +98,8 @@ def measure(compute, steps: int = 60, idle_seconds: float = 3.0) -> dict:
         probe.stop()
 
         returned = []  # when the outcome reached the GUI thread, before the widget handles it
-        widget._relay.outcome.disconnect(widget._on_outcome)
-        widget._relay.outcome.connect(
+        widget.client.relay.outcome.disconnect(widget._on_outcome)
+        widget.client.relay.outcome.connect(
             lambda outcome: (returned.append(time.perf_counter()), widget._on_outcome(outcome))
         )
         probe.start()

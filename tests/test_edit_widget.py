@@ -59,12 +59,14 @@ def test_cancel_leaves_no_layer(brain_widget, qtbot):
     lesion_slices = np.flatnonzero(viewer.layers["lesion_mask"].data.any(axis=(1, 2)))
     changed = np.flatnonzero((preview.data != source).any(axis=(1, 2)))
     assert set(changed) <= set(lesion_slices)
-    assert widget._progress_bar.total == 1000 * -(-len(lesion_slices) // 4)  # 1000 steps a batch of 4 slices
+    assert widget.client.progress_bar.total == 1000 * -(
+        -len(lesion_slices) // 4
+    )  # 1000 steps a batch of 4 slices
     assert " s left" in widget.status.value
     widget.cancel()
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
     assert [layer.name for layer in viewer.layers] == names
-    assert widget.status.value == "cancelled" and widget._progress_bar is None
+    assert widget.status.value == "cancelled" and widget.client.progress_bar is None
 
 
 def test_bad_input_notifies_and_changes_nothing(brain_widget, qtbot, monkeypatch):
@@ -247,7 +249,7 @@ def test_masks_widget_brain_mask_and_inpainting_mask(brain_widget, qtbot):
 
 def test_parameter_forms_hold_each_papers_defaults_with_their_sources(brain_widget):
     from napari_medit.catalogue import METHODS
-    from napari_medit.widgets.edit import form_values
+    from napari_medit.widgets.forms import form_values
 
     _, widget = brain_widget
     for name, method in METHODS.items():
@@ -403,9 +405,11 @@ if during_run:
     widget.method.value, widget.model.value, widget.image.value = "mededit", "demo-brain", "t1"
     widget.parameter("steps").value = 400
     widget.run()
-    while widget._progress_bar is not None and widget._progress_bar.n < 2 and time.monotonic() < deadline:
+    bar = widget.client.progress_bar
+    while bar is not None and bar.n < 2 and time.monotonic() < deadline:
         app.processEvents(); time.sleep(0.01)  # the run is denoising
-    run_done = widget._run_done
+        bar = widget.client.progress_bar
+    run_done = widget.client.run_done
 QTimer.singleShot(200, viewer.close)  # the viewer closes within a second, mid warm-up or mid-run
 napari.run()
 if during_run:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, PushButton
 
 from ._viewer_parts import grid, plane_view
-from .edit import NONE, show_failure, status_label
+from .common import NONE, show_failure, status_label
 
 if TYPE_CHECKING:
     import napari

@@ -15,7 +15,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, PushButton
 from ..io.formats import open_dialog_filter
 from ..io.layers import CONTRAST_PRESETS, display_range, from_layer
 from ._viewer_parts import camera, text_overlay
-from .edit import image_layer_names, show_failure, status_label
+from .common import image_layer_names, show_failure, status_label
 
 if TYPE_CHECKING:
     import napari

@@ -10,29 +10,26 @@ napari's process never imports torch.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
-import threading
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
-from qtpy.QtCore import QObject, QTimer, Signal
+from magicgui.widgets import ComboBox, Container, LineEdit, PushButton, SpinBox
+from qtpy.QtCore import QTimer
 
-from .. import catalogue
 from ..catalogue import LOCAL_WORKER, MASK_ROLES, METHODS, SCHEDULER_ENVIRON, RunOptions, name_like
 from ..io.image import PLANES, plane_axis
-from ..io.layers import display_range, from_layer
+from ..io.layers import display_range
 from ._viewer_parts import plane_view
+from .common import NONE, image_layer_names, layer_image, show_failure, status_label
+from .engine_client import EngineClient
+from .forms import form_values, method_form, parameter_form
 
 if TYPE_CHECKING:
     import napari
 
-NONE = "(none)"
 GUI_TASK_GAP_MS = 20  # between layer insertions: long enough for queued input and paint events to run
-CONNECT_POLL_MS = 100  # how often the GUI looks whether the engine is connected
 SCOPES = ("slices the mask touches", "current slice", "slice range")
 # Run options the form holds (axis and slices: the scope widgets).
 RUN_FORM_FIELDS = (
@@ -54,144 +51,17 @@ class Compute(str, enum.Enum):
     this_process = "this process"  # a thread in napari's process (debugging): torch is imported here
 
 
-def parameter_form(params: type, only: tuple[str, ...] | None = None) -> Container:
-    """A form for a parameters dataclass of the catalogue: its defaults, where they come from as tooltips,
-    and defaults that follow another parameter kept in step with it."""
-    widgets = []
-    for item in catalogue.fields(params):
-        if only is not None and item.name not in only:
-            continue
-        kind, follows = catalogue.value_type(params, item.name), item.metadata.get("follows")
-        tooltip = item.metadata["source"]
-        value = item.default
-        if follows is not None:
-            value = follows.rule(getattr(params(), follows.other))
-            tooltip += f" (follows {follows.other}: {follows.says})"
-        if issubclass(kind, enum.Enum):
-            automatic = [("automatic", None)] if value is None else []  # the tooltip says what it decides
-            widget = ComboBox(choices=[*automatic, *((m.value, m) for m in kind)], value=value)
-        elif kind is bool:
-            widget = CheckBox(value=value)
-        elif kind is str:
-            widget = LineEdit(value=value or "")
-        elif kind is int:
-            widget = SpinBox(value=0 if value is None else value, min=0, max=2**31 - 1)
-        elif kind is float:
-            widget = FloatSpinBox(value=value, min=0.0, max=1000.0, step=0.05)
-        else:
-            raise TypeError(f"no form widget for {params.__name__}.{item.name}: {kind}")
-        if value is None:  # decided at run time: 0, empty text or 'automatic' stands for it
-            empty = "automatic" if issubclass(kind, enum.Enum) else "empty" if kind is str else 0
-            tooltip += f" ({empty}: {item.metadata['automatic']})"
-        widget.name, widget.label, widget.tooltip = item.name, item.name.replace("_", " "), tooltip
-        widgets.append(widget)
-    form = Container(widgets=widgets, labels=True, name=params.__name__)
-    for item in catalogue.fields(params):
-        follows = item.metadata.get("follows")
-        if follows is not None and item.name in form.asdict():
-            target, rule = getattr(form, item.name), follows.rule
-            getattr(form, follows.other).changed.connect(
-                lambda value, target=target, rule=rule: setattr(target, "value", rule(value))
-            )
-    form.automatic = [
-        f.name for f in catalogue.fields(params) if f.default is None and not f.metadata["follows"]
-    ]
-    return form
-
-
-def method_form(spec) -> Container:
-    """A method's parameter form, led by a preset picker when the catalogue names presets for it:
-    choosing one sets the fields to its values (the method's own paper defaults: back to those)."""
-    form = parameter_form(spec.params)
-    if not spec.presets:
-        return form
-    # "" for the paper defaults: magicgui does not emit a change to None
-    picker = ComboBox(
-        choices=[("paper defaults", ""), *((name, name) for name in spec.presets)],
-        value="",
-        tooltip="; ".join(f"{name}: {preset.says}" for name, preset in spec.presets.items()),
-    )
-    picker.name, picker.label = "preset", "preset"
-    defaults = {item.name: item.default for item in catalogue.fields(spec.params)}
-
-    def apply(name):
-        for field_name, value in {**defaults, **spec.preset(name).values}.items():
-            widget = getattr(form, field_name)
-            if value is not None:
-                widget.value = value
-            elif field_name in form.automatic:  # as parameter_form shows a run-time default
-                widget.value = (
-                    None if isinstance(widget, ComboBox) else "" if isinstance(widget, LineEdit) else 0
-                )
-
-    picker.changed.connect(apply)
-    form.insert(0, picker)
-    return form
-
-
-def form_values(form: Container) -> dict:
-    """The form's values as the parameters dataclass takes them (0 or empty text for an automatic one:
-    None)."""
-    return {w.name: (None if w.name in form.automatic and w.value in (0, "") else w.value) for w in form}
-
-
-def status_label(text: str = "") -> Label:
-    """A status line whose text never resizes the dock: a long message (a file name, a metric) would
-    otherwise widen the dock and squeeze the canvas."""
-    from qtpy.QtWidgets import QSizePolicy
-
-    label = Label(value=text)
-    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-    label.native.setWordWrap(False)
-    return label
-
-
-def image_layer_names(viewer) -> list[str]:
-    """The viewer's Image layers, for an image picker (NONE when there is none)."""
-    return [layer.name for layer in viewer.layers if type(layer).__name__ == "Image"] or [NONE]
-
-
-def layer_image(layer):
-    """The MedicalImage behind an image layer, in the layer's own orientation (axial slices along axis 0
-    for volumes napari-medit read), so masks painted on the layers line up and results go back as shown."""
-    return from_layer(layer.data, layer.metadata, layer.scale, layer.translate, file_order=False)
-
-
-def show_failure(status: Label, message: str) -> None:
-    """One error notification saying what is wrong and how to fix it; the widget's status says 'failed'."""
-    from napari.utils import notifications
-
-    notifications.show_error(message)
-    status.value = "failed"
-
-
-class _Connecting:
-    """One attempt to connect to where edits run, made in a background thread."""
-
-    def __init__(self):
-        self.done = threading.Event()
-        self.engine = None  # InProcess or Cluster, until the widget adopts it
-        self.names: list[str] = []  # the models there
-        self.error = ""
-
-    def close(self) -> None:
-        engine, self.engine = self.engine, None
-        if engine is not None:
-            engine.close()
-
-
-class _Relay(QObject):
-    """Carries progress and the outcome from the thread that waits to the GUI thread (queued Qt signals)."""
-
-    step = Signal(object)
-    outcome = Signal(object)  # an EditResult, or the exception that ended the edit
-
-
 class EditWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self._engine_names: list[str] = []  # the models the computing side has (the model picker's choices)
+        self.client = EngineClient(
+            self.native,
+            on_connected=self._connected,
+            on_failure=lambda message: show_failure(self.status, message),
+            on_step=self._on_step,
+            on_outcome=self._on_outcome,
+        )
         address = os.environ.get(SCHEDULER_ENVIRON, "")
         self.compute = ComboBox(
             label="compute",
@@ -267,26 +137,9 @@ class EditWidget(Container):
         self.model.changed.connect(self._warm_up)
         self.viewer.layers.events.inserted.connect(self._refresh_choices)
         self.viewer.layers.events.removed.connect(self._refresh_choices)
-        self._relay = _Relay()
-        self._relay.step.connect(self._on_step)
-        self._relay.outcome.connect(self._on_outcome)
-        self._cancel = threading.Event()
         self._preview = None
-        self._progress_bar = None
-        self._first_step_at: float | None = None  # when the run's first step came, and its number
-        self._first_step = 0
         self._gui_tasks: list = []
         self._run: tuple | None = None  # (source layer name, method) of the edit under way
-        self._run_done = threading.Event()
-        self._run_done.set()
-        self.engine = None  # napari_medit.compute's InProcess or Cluster, once connected
-        self._connecting = _Connecting()  # the latest connection attempt
-        self._connecting.done.set()
-        self._place: str | None = ""  # where that attempt connects ("" before the first)
-        self._ready = False
-        self._connect_timer = QTimer(self.native)
-        self._connect_timer.setInterval(CONNECT_POLL_MS)
-        self._connect_timer.timeout.connect(self._check_connected)
         self._show_relevant()
         self._image_changed()
         self._compute_changed()
@@ -296,7 +149,7 @@ class EditWidget(Container):
     @property
     def ready(self) -> bool:
         """True once the computing side is connected and its models listed (Run is enabled then)."""
-        return self._ready
+        return self.client.ready
 
     def parameter(self, name: str):
         """The current method's widget for parameter ``name`` (tests and scripts set values through it)."""
@@ -305,9 +158,8 @@ class EditWidget(Container):
     # ------------------------------------------------------------ where edits run
 
     def _compute_changed(self, _=None) -> None:
-        """Connect to the chosen place in a background thread (a worker process takes seconds to start;
-        a scheduler may be slow to answer): a plain thread that sets an Event, polled by a timer the
-        widget owns, so nothing is left to signal a deleted Qt object when the widget closes first."""
+        """Connect to the chosen place (in the background: a worker process takes seconds to start, a
+        scheduler may be slow to answer); Run is enabled once its models are listed."""
         self.address.visible = self.compute.value is Compute.scheduler
         place = {
             Compute.worker_process: LOCAL_WORKER,
@@ -319,86 +171,34 @@ class EditWidget(Container):
             return
         if self._run is not None:
             return  # the edit runs where it started (the compute widgets are disabled until it ends)
-        if place == self._place and (self.engine is not None or not self._connecting.done.is_set()):
-            return  # connected there, or on the way (the address field also says so when it loses focus)
-        self._place = place
-        self._disconnect()
-        self._ready, self.run_button.enabled = False, False
-        self.status.value = f"connecting to {place or 'this process'}..."
-        attempt = self._connecting = _Connecting()
+        # connected there or on the way (the address field also says so when it loses focus): nothing to do
+        if self.client.connect(place):
+            self.run_button.enabled = False
+            self.status.value = f"connecting to {place or 'this process'}..."
 
-        def connect():
-            from ..compute import Cluster, ComputeError, InProcess
-
-            try:
-                attempt.engine = InProcess() if place is None else Cluster(place)
-                attempt.names = attempt.engine.models()
-            except ComputeError as exc:
-                attempt.error = str(exc)
-            except Exception as exc:  # noqa: BLE001 - a broken cluster: said in the status, nothing added
-                attempt.error = f"{place}: cannot list the models there ({exc})"
-            if attempt.error or attempt is not self._connecting:  # failed, or another choice since
-                attempt.close()
-            attempt.done.set()
-
-        threading.Thread(target=connect, name="napari-medit connect", daemon=True).start()
-        self._connect_timer.start()
-
-    def _check_connected(self) -> None:
-        attempt = self._connecting
-        if not attempt.done.is_set():
-            return
-        self._connect_timer.stop()
-        if attempt.error:
-            show_failure(self.status, attempt.error)
-            return
-        self.engine, self._engine_names, attempt.engine = attempt.engine, attempt.names, None  # adopted
+    def _connected(self, names: list[str]) -> None:
         self.model.reset_choices()
-        self._ready = True
         self.run_button.enabled = self._run is None
         self.status.value = ""
         self._warm_up()
 
     def _warm_up(self, _=None) -> None:
-        """Load the chosen model where edits run while the user sets up (errors show when it runs)."""
-        if self.engine is None or self.model.value == NONE:
-            return
-        engine, name = self.engine, self.model.value
-
-        def load():
-            with contextlib.suppress(Exception):  # a broken model is reported when the user runs it
-                engine.warm_up(name)
-
-        threading.Thread(target=load, name="napari-medit warm-up", daemon=True).start()
-
-    def _disconnect(self) -> None:
-        engine, self.engine = self.engine, None
-        if engine is not None:
-            engine.close()
+        """Load the chosen model where edits run while the user sets up."""
+        if self.model.value != NONE:
+            self.client.warm_up(self.model.value)
 
     def _on_destroyed(self, _=None):
         self._gui_tasks.clear()
         self.close_engine()
 
     def close_engine(self, timeout: float = 10.0) -> None:
-        """Stop the background work before the widget goes: cancel a run and wait for it (one denoising
-        step), disconnect the signals, and stop the worker process, so nothing is left running."""
-        self._cancel.set()
-        self._run_done.wait(timeout)
-        for signal in (self._relay.step, self._relay.outcome):
-            with contextlib.suppress(TypeError, RuntimeError):  # nothing connected, or already deleted
-                signal.disconnect()
-        if self._progress_bar is not None:
-            self._progress_bar.close()
-            self._progress_bar = None
-        self._connecting.done.wait(timeout)  # a connection under way: close what it made
-        self._connecting.close()
-        self._disconnect()
+        """Stop the background work before the widget goes (``EngineClient.close``)."""
+        self.client.close(timeout)
 
     # ------------------------------------------------------------ choices
 
     def _models(self, _=None):
-        return self._engine_names or [NONE]
+        return self.client.names or [NONE]
 
     def _image_layers(self, _=None):
         return image_layer_names(self.viewer)
@@ -507,7 +307,7 @@ class EditWidget(Container):
         return first, last + 1
 
     def run(self, _=None):
-        from napari.utils import notifications, progress
+        from napari.utils import notifications
 
         from ..compute import EditRequest
 
@@ -520,35 +320,13 @@ class EditWidget(Container):
             notifications.show_error(str(exc))
             return
         method, model_name, source_name = self.method.value, self.model.value, self.image.value
-        cancel, relay, done, engine = threading.Event(), self._relay, threading.Event(), self.engine
-        self._cancel, self._run_done, self._run = cancel, done, (source_name, method)
-        request = EditRequest(method, kwargs.pop("image"), model_name, kwargs)
-
-        def report(step):
-            try:
-                relay.step.emit(step)
-            except RuntimeError:  # the widget is gone: stop at the next step
-                cancel.set()
-
-        def wait():
-            try:
-                outcome = engine.submit(request, report, cancel).result()
-            except Exception as exc:  # noqa: BLE001 - every failure becomes one notification
-                outcome = exc
-            try:
-                relay.outcome.emit(outcome)
-            except RuntimeError:  # the widget is gone
-                pass
-            finally:
-                done.set()
-
+        self._run = (source_name, method)
+        self.client.start(
+            EditRequest(method, kwargs.pop("image"), model_name, kwargs), f"{method} on {source_name}"
+        )
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.compute.enabled = self.address.enabled = False  # the edit runs there until it ends
         self.status.value = f"{method}: loading {model_name}..."
-        self._first_step_at = None
-        # napari's activity dock shows it with the time left; the total is known from the first step.
-        self._progress_bar = progress(total=0, desc=f"{method} on {source_name}")
-        threading.Thread(target=wait, name="napari-medit edit", daemon=True).start()
         self._add_preview(self.viewer.layers[source_name])
 
     def _add_preview(self, source):
@@ -565,28 +343,15 @@ class EditWidget(Container):
         )
 
     def cancel(self, _=None):
-        self._cancel.set()
+        self.client.cancel()
         self.status.value = "cancelling..."
 
     # ------------------------------------------------------------ results (GUI thread)
 
     def _on_step(self, progress):
-        if self._cancel.is_set() or self._run is None:
+        if self.client.cancelled or self._run is None:
             return  # cancelling, or a step that arrived after the run's outcome
-        now = time.monotonic()
-        if self._first_step_at is None:
-            self._first_step_at, self._first_step = now, progress.step
-            if self._progress_bar is not None:
-                self._progress_bar.total = progress.total
-        if self._progress_bar is not None:
-            self._progress_bar.update(progress.step - self._progress_bar.n)
-        done_since = progress.step - self._first_step
-        left = (
-            f", {(now - self._first_step_at) / done_since * (progress.total - progress.step):.0f} s left"
-            if done_since
-            else ""
-        )
-        self.status.value = f"step {progress.step} / {progress.total}{left}"
+        self.status.value = self.client.step_text(progress)
         estimate = progress.preview()  # every few steps (compute.PREVIEW_EVERY) and the last
         if estimate is not None and self._preview is not None and self._preview in self.viewer.layers:
             planes = (
@@ -645,10 +410,8 @@ class EditWidget(Container):
                     metadata={"edit": result.provenance},
                 )
             )
-        for (
-            map_name,
-            values,
-        ) in result.maps.items():  # InstructX2X: its guidance map, as a heatmap over the result
+        # InstructX2X: its guidance map, as a heatmap over the result
+        for map_name, values in result.maps.items():
             tasks.append(
                 lambda map_name=map_name, values=values: self.viewer.add_image(
                     values,
@@ -707,10 +470,7 @@ class EditWidget(Container):
             self.run_button.enabled, self.cancel_button.enabled = self.ready, False
             self.compute.enabled = self.address.enabled = True
 
-        if self._progress_bar is not None:
-            self._progress_bar.close()
-            self._progress_bar = None
-
+        self.client.finish()
         self._queue_gui(remove_preview, ready)
 
     def _queue_gui(self, *tasks):

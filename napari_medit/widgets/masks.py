@@ -14,7 +14,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, PushButton
 
 from ..catalogue import MASK_ROLES, METHODS, MedEditParams, name_like
-from .edit import NONE, image_layer_names, layer_image, show_failure, status_label
+from .common import NONE, image_layer_names, layer_image, show_failure, status_label
 
 if TYPE_CHECKING:
     import napari

@@ -1,0 +1,40 @@
+"""What every napari-medit dock widget shares: the "(none)" choice, a status line, layer helpers
+and the one way a failure is shown."""
+
+from __future__ import annotations
+
+from magicgui.widgets import Label
+
+from ..io.layers import from_layer
+
+NONE = "(none)"
+
+
+def status_label(text: str = "") -> Label:
+    """A status line whose text never resizes the dock: a long message (a file name, a metric) would
+    otherwise widen the dock and squeeze the canvas."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label = Label(value=text)
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+    label.native.setWordWrap(False)
+    return label
+
+
+def image_layer_names(viewer) -> list[str]:
+    """The viewer's Image layers, for an image picker (NONE when there is none)."""
+    return [layer.name for layer in viewer.layers if type(layer).__name__ == "Image"] or [NONE]
+
+
+def layer_image(layer):
+    """The MedicalImage behind an image layer, in the layer's own orientation (axial slices along axis 0
+    for volumes napari-medit read), so masks painted on the layers line up and results go back as shown."""
+    return from_layer(layer.data, layer.metadata, layer.scale, layer.translate, file_order=False)
+
+
+def show_failure(status: Label, message: str) -> None:
+    """One error notification saying what is wrong and how to fix it; the widget's status says 'failed'."""
+    from napari.utils import notifications
+
+    notifications.show_error(message)
+    status.value = "failed"
