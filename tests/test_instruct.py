@@ -182,6 +182,12 @@ def test_without_a_region_the_instruction_names_its_template(pix2pix):
     np.testing.assert_array_equal(result.image.array[~template], image[~template])
 
 
+def relevance_of(model, x0, size=(4, 4)) -> torch.Tensor:
+    """The relevance map of ``model`` (a stand-in returning eps) on ``x0``: empty texts, defaults."""
+    text = torch.zeros(1, 1, 1)
+    return relevance_map(model, x0, x0, text, text, InstructX2XParams(), NoiseSource([0]), None, size)[0, 0]
+
+
 def test_a_pixel_space_models_relevance_is_pooled_to_the_references_grid():
     class Ramp:  # a per-pixel checkerboard difference: pooled over 8 x 8 cells it is flat
         schedule = type("S", (), {"num_train_timesteps": 1000, "add_noise": lambda self, x, n, t: x})()
@@ -195,17 +201,7 @@ def test_a_pixel_space_models_relevance_is_pooled_to_the_references_grid():
             return eps
 
     x0 = torch.zeros(1, 1, 32, 32, dtype=torch.float64)
-    out = relevance_map(
-        Ramp(),
-        x0,
-        x0,
-        torch.zeros(1, 1, 1),
-        torch.zeros(1, 1, 1),
-        InstructX2XParams(),
-        NoiseSource([0]),
-        None,
-        (4, 4),
-    )[0, 0]
+    out = relevance_of(Ramp(), x0)
     # each 8 x 8 cell: mean checker 1 + its column index; min-max over 1..4 -> 0, 1/3, 2/3, 1 per column
     torch.testing.assert_close(out, torch.tensor([0, 1 / 3, 2 / 3, 1], dtype=out.dtype).expand(4, 4))
 
@@ -237,17 +233,7 @@ def test_relevance_map_clips_high_outliers_and_spans_zero_to_one():
             return eps
 
     x0 = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
-    out = relevance_map(
-        Difference(),
-        x0,
-        x0,
-        torch.zeros(1, 1, 1),
-        torch.zeros(1, 1, 1),
-        InstructX2XParams(),
-        NoiseSource([0]),
-        None,
-        (4, 4),
-    )[0, 0]
+    out = relevance_of(Difference(), x0)
     values = torch.arange(16, dtype=torch.float64)
     values[0] = 1000.0
     q1, q3 = torch.quantile(values, 0.25), torch.quantile(values, 0.75)

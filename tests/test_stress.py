@@ -3,6 +3,7 @@ model-under-test contract, the report's schema, resuming, and bad input."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -167,16 +168,10 @@ def cases(tmp_path_factory):
 def test_a_stress_test_writes_its_report_and_resumes(tmp_path, cases):
     model = scripted(tmp_path, 0.8)
     out = tmp_path / "run"
-    report = stress_test(
-        "manifestation",
-        model_under_test=model,
-        data=cases,
-        editor="demo-cxr",
-        out=out,
-        workers=0,
-        steps=3,
-        show_progress=False,
+    run = functools.partial(
+        stress_test, "manifestation", model_under_test=model, data=cases, editor="demo-cxr", out=out
     )
+    report = run(workers=0, steps=3, show_progress=False)
     on_disk = json.loads((out / "report.json").read_text())
     for key in ("scenario", "metric", "original", "edited", "n_generated", "n_kept", "cases", "filter"):
         assert key in on_disk, key
@@ -210,16 +205,7 @@ def test_a_stress_test_writes_its_report_and_resumes(tmp_path, cases):
     # An interruption: one edit's sidecar is gone; a second run redoes that edit only.
     first = on_disk["cases"][0]["id"]
     (out / "edits" / f"{first}.json").unlink()
-    stress_test(
-        "manifestation",
-        model_under_test=model,
-        data=cases,
-        editor="demo-cxr",
-        out=out,
-        workers=0,
-        steps=3,
-        show_progress=False,
-    )
+    run(workers=0, steps=3, show_progress=False)
     summary = {r["id"]: r["status"] for r in json.loads((out / "edits" / "summary.json").read_text())}
     assert summary == {first: "done", on_disk["cases"][1]["id"]: "skipped"}
 
@@ -236,16 +222,7 @@ def test_a_stress_test_writes_its_report_and_resumes(tmp_path, cases):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Path, "write_text", dies_halfway)
         with pytest.raises(OSError, match="No space left"):
-            stress_test(
-                "manifestation",
-                model_under_test=model,
-                data=cases,
-                editor="demo-cxr",
-                out=out,
-                workers=0,
-                steps=3,
-                show_progress=False,
-            )
+            run(workers=0, steps=3, show_progress=False)
     assert {name: (out / name).read_bytes() for name in reports} == reports
     assert not list(out.rglob(f"{PARTIAL_PREFIX}*"))
 

@@ -120,6 +120,14 @@ class EditInputs:
     progress: Progress
     conditions: torch.Tensor | None  # the mask channels the model reads beside x_t, if any
 
+    def call(self, method: Callable[..., torch.Tensor], **arguments) -> torch.Tensor:
+        """``method(denoiser, x0, params=, noise=, progress=, conditions=, **arguments)``: the
+        signature every method's function shares, with what only it takes (its masks) added."""
+        shared = dict(
+            params=self.params, noise=self.noise, progress=self.progress, conditions=self.conditions
+        )
+        return method(self.denoiser, self.x0, **shared, **arguments)
+
 
 @dataclass
 class Edited:

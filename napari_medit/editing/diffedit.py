@@ -65,13 +65,4 @@ def diffedit(
 
 def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point: masks by role, on the model's grid."""
-    edited = diffedit(
-        inputs.denoiser,
-        inputs.x0,
-        edit_mask=inputs.masks["edit_mask"],
-        params=inputs.params,
-        noise=inputs.noise,
-        progress=inputs.progress,
-        conditions=inputs.conditions,
-    )
-    return Edited([edited])
+    return Edited([inputs.call(diffedit, edit_mask=inputs.masks["edit_mask"])])

@@ -128,13 +128,4 @@ def model_scheduler(denoiser: Denoiser, method: str):
 
 def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point (the method takes no masks)."""
-    edited = instruct(
-        inputs.denoiser,
-        inputs.x0,
-        image=inputs.image,
-        params=inputs.params,
-        noise=inputs.noise,
-        progress=inputs.progress,
-        conditions=inputs.conditions,
-    )
-    return Edited([edited])
+    return Edited([inputs.call(instruct, image=inputs.image)])

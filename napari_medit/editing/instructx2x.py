@@ -136,13 +136,4 @@ def relevance_map(
 def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point: the region (roi_mask, or the instruction's template) on the model's
     grid."""
-    return instructx2x(
-        inputs.denoiser,
-        inputs.x0,
-        image=inputs.image,
-        region=inputs.masks["roi_mask"],
-        params=inputs.params,
-        noise=inputs.noise,
-        progress=inputs.progress,
-        conditions=inputs.conditions,
-    )
+    return inputs.call(instructx2x, image=inputs.image, region=inputs.masks["roi_mask"])

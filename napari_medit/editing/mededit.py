@@ -37,14 +37,13 @@ def mededit(
     x0: torch.Tensor,
     *,
     inpaint_mask: torch.Tensor,
-    pathology_mask: torch.Tensor,
-    brain_mask: torch.Tensor,
     params: MedEditParams,
     noise: NoiseSource,
     progress: Progress,
+    conditions: torch.Tensor,
 ) -> torch.Tensor:
-    channels = {"pathology_mask": pathology_mask, "brain_mask": brain_mask}
-    conditions = torch.cat([channels[name] for name in denoiser.condition_names], dim=1)
+    """``conditions``: the model's mask channels, the pathology and brain masks in the order it was
+    trained with (``condition_names``); ``inpaint_mask`` the region regenerated."""
     timesteps = denoiser.schedule.timesteps(params.steps)
     return repaint_loop(
         denoiser,
@@ -61,14 +60,4 @@ def mededit(
 
 def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point; ``inpaint_mask`` comes from the catalogue's mask hook."""
-    edited = mededit(
-        inputs.denoiser,
-        inputs.x0,
-        inpaint_mask=inputs.masks["inpaint_mask"],
-        pathology_mask=inputs.masks["pathology_mask"],
-        brain_mask=inputs.masks["brain_mask"],
-        params=inputs.params,
-        noise=inputs.noise,
-        progress=inputs.progress,
-    )
-    return Edited([edited])
+    return Edited([inputs.call(mededit, inpaint_mask=inputs.masks["inpaint_mask"])])

@@ -138,14 +138,4 @@ def _eight_bit(x: torch.Tensor, value_range: tuple[float, float]) -> torch.Tenso
 
 def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point: masks by role, on the model's grid."""
-    versions = pie(
-        inputs.denoiser,
-        inputs.x0,
-        roi_mask=inputs.masks["roi_mask"],
-        params=inputs.params,
-        noise=inputs.noise,
-        progress=inputs.progress,
-        conditions=inputs.conditions,
-        image=inputs.image,
-    )
-    return Edited(versions)  # one per progression step
+    return Edited(inputs.call(pie, roi_mask=inputs.masks["roi_mask"], image=inputs.image))  # one per step

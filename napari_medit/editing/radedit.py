@@ -70,16 +70,6 @@ def radedit(
 
 def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point: masks by role, on the model's grid."""
-    everywhere = torch.ones_like(inputs.x0[:, :1])
-    edited = radedit(
-        inputs.denoiser,
-        inputs.x0,
-        # no edit mask: the whole image (paper, Sec. 4.2)
-        edit_mask=inputs.masks.get("edit_mask", everywhere),
-        keep_mask=inputs.masks.get("keep_mask", 0 * everywhere),
-        params=inputs.params,
-        noise=inputs.noise,
-        progress=inputs.progress,
-        conditions=inputs.conditions,
-    )
-    return Edited([edited])
+    everywhere = torch.ones_like(inputs.x0[:, :1])  # no edit mask: the whole image (paper, Sec. 4.2)
+    masks = {"edit_mask": everywhere, "keep_mask": 0 * everywhere, **inputs.masks}
+    return Edited([inputs.call(radedit, edit_mask=masks["edit_mask"], keep_mask=masks["keep_mask"])])

@@ -118,13 +118,4 @@ def repaint(
 
 def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point: the naive baseline inpaints the undilated pathology mask."""
-    edited = repaint(
-        inputs.denoiser,
-        inputs.x0,
-        inpaint_mask=inputs.masks["pathology_mask"],
-        params=inputs.params,
-        noise=inputs.noise,
-        progress=inputs.progress,
-        conditions=inputs.conditions,
-    )
-    return Edited([edited])
+    return Edited([inputs.call(repaint, inpaint_mask=inputs.masks["pathology_mask"])])

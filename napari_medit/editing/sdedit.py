@@ -42,13 +42,4 @@ def sdedit(
 
 def run(inputs: EditInputs) -> Edited:
     """The catalogue's entry point: masks by role, on the model's grid."""
-    edited = sdedit(
-        inputs.denoiser,
-        inputs.x0,
-        mask=inputs.masks.get("edit_mask"),
-        params=inputs.params,
-        noise=inputs.noise,
-        progress=inputs.progress,
-        conditions=inputs.conditions,
-    )
-    return Edited([edited])
+    return Edited([inputs.call(sdedit, mask=inputs.masks.get("edit_mask"))])
