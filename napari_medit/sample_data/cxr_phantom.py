@@ -35,7 +35,8 @@ random stream), so ``seed`` with and without a finding is a matched pair.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -884,147 +885,177 @@ def generate_cxr_phantom(
     to it), so the same seed with and without a finding forms a matched pair.
     """
     _validate(
-        size,
-        seed,
-        effusion,
-        cardiomegaly,
-        opacity,
-        pneumothorax,
-        chest_drain,
-        effusion_size,
-        opacity_kind,
-        pneumothorax_size,
-        drain_target,
-    )
+        size, seed, effusion, cardiomegaly, opacity, pneumothorax, chest_drain,
+        effusion_size, opacity_kind, pneumothorax_size, drain_target,
+    )  # fmt: skip
     size, seed, cardiomegaly = int(size), int(seed), bool(cardiomegaly)
     # Independent streams: a finding never perturbs anatomy, noise or another finding.
     anat_rng, noise_rng, eff_rng, opa_rng, ptx_rng, drain_rng = np.random.default_rng(seed).spawn(6)
-    anat = _sample_anatomy(anat_rng, size, cardiomegaly)
-    frame = anat.frame
-    x, y = frame.coords()
-
-    soft = _body_thickness(anat, x, y)
-    lung_sd = _lung_sds(anat, x, y)
-    central_sd = _central_sd(anat, x, y)
-    # Lung air is partly hidden behind the heart and mediastinum, not removed.
-    open_lung = _RETROCARDIAC + (1.0 - _RETROCARDIAC) * _sqrt_profile(-central_sd, 0.025)
-    aeration = {side: _lung_depth(lung, lung_sd[side], y) * open_lung for side, lung in anat.lungs.items()}
-    lungs_mask = (np.minimum(lung_sd["right"], lung_sd["left"]) < 0) & (central_sd > 0)
-    air_fraction = np.full_like(x, _LUNG_AIR)
-    extra = np.zeros_like(x)  # line integral added by findings
-    vessels = anat.vessels
-    vessel_hidden = np.zeros_like(x, bool)
-    texture = _texture(anat)
-    masks: dict[str, np.ndarray] = {}
-    info: dict = {
-        "effusion": effusion,
-        "effusion_size": None,
-        "cardiomegaly": cardiomegaly,
-        "opacity": opacity,
-        "opacity_kind": None,
-        "pneumothorax": pneumothorax,
-        "pneumothorax_size": None,
-        "chest_drain": chest_drain,
-        "drain_target": None,
-    }
-
+    scene = _Scene.of(_sample_anatomy(anat_rng, size, cardiomegaly))
+    scene.info.update(
+        effusion=effusion, effusion_size=None, cardiomegaly=cardiomegaly, opacity=opacity, opacity_kind=None,
+        pneumothorax=pneumothorax, pneumothorax_size=None, chest_drain=chest_drain, drain_target=None,
+    )  # fmt: skip
     if effusion is not None:
-        amount = float(effusion_size if effusion_size is not None else eff_rng.uniform(0.25, 0.6))
-        sides = _SIDES if effusion == "both" else (effusion,)
-        mask = np.zeros_like(lungs_mask)
-        for side in sides:
-            fluid = _effusion_fraction(anat.lungs[side], x, y, amount)
-            aeration[side] = aeration[side] * (1.0 - 0.97 * fluid)
-            mask |= (fluid > 0.5) & (lung_sd[side] < 0) & (central_sd > 0)
-        masks["effusion"] = mask
-        info["effusion_size"] = round(amount, 4)
-
+        _add_effusion(scene, eff_rng, effusion, effusion_size)
     if opacity is not None:
-        kind = opacity_kind or str(opa_rng.choice(_OPACITY_KINDS))
-        lung = anat.lungs[opacity]
-        cx, cy = _pick_lung_point(opa_rng, anat, lung)
-        inside = (lung_sd[opacity] < 0) & (central_sd > 0)
-        if kind == "nodule":
-            chord, mask = _nodule(opa_rng, cx, cy, x, y)
-            extra += _MU_SOFT * 2.0 * chord  # exaggerated a little so small nodules read
-        else:
-            filled = _consolidation(opa_rng, cx, cy, x, y, texture) * (lung_sd[opacity] < 0)
-            aeration[opacity] = aeration[opacity] * (1.0 - 0.8 * filled)
-            mask = filled > 0.5
-        masks["opacity"] = mask & inside
-        info["opacity_kind"] = kind
-
+        _add_opacity(scene, opa_rng, opacity, opacity_kind)
     if pneumothorax is not None:
-        shrink = float(pneumothorax_size if pneumothorax_size is not None else ptx_rng.uniform(0.15, 0.3))
-        lung = anat.lungs[pneumothorax]
-        collapsed_sd = _collapsed_lung_sd(lung, x, y, shrink)
-        in_lung = lung_sd[pneumothorax] < 0
-        gap = in_lung & (collapsed_sd > 0)
-        air_fraction[gap] = _PTX_AIR
-        air_fraction[in_lung & ~gap] = _COLLAPSED_AIR
-        vessel_hidden |= gap
-        vessels = _collapse_vessels(vessels, lung, shrink)
-        # Visceral pleura seen tangentially: a thin white line.
-        line_w = max(0.003, 0.7 / frame.px)
-        extra += (
-            _MU_SOFT
-            * 0.05
-            * np.exp(-((collapsed_sd / line_w) ** 2))
-            * (lung_sd[pneumothorax] < -line_w)
-            * open_lung
-        )
-        masks["pneumothorax"] = gap & (central_sd > 0)
-        info["pneumothorax_size"] = round(shrink, 4)
-
-    drain_mask = np.zeros_like(lungs_mask)
+        _add_pneumothorax(scene, ptx_rng, pneumothorax, pneumothorax_size)
+    drain_mask = np.zeros_like(scene.lungs_mask)
     if chest_drain is not None:
-        target = drain_target
-        if target is None:
-            if effusion in (chest_drain, "both"):
-                target = "base"
-            elif pneumothorax == chest_drain:
-                target = "apex"
-            else:
-                target = str(drain_rng.choice(("apex", "base")))
-        else:
-            drain_rng.uniform()  # keep the stream position independent of the argument
-        tube, drain_mask = _chest_drain(drain_rng, anat, anat.lungs[chest_drain], target)
-        extra += _MU_BONE * 3.0 * tube
-        info["drain_target"] = target
+        drain_mask = _add_drain(scene, drain_rng, chest_drain, drain_target, effusion, pneumothorax)
+    image = _expose(np.clip(_line_integral(scene), 0.0, None), noise_rng, scene.anat.frame)
+    masks, info = _anatomy_masks(scene, drain_mask, cardiomegaly), scene.info
+    info["gastric_bubble"] = scene.anat.gastric_bubble is not None
+    info["seed"], info["size"] = seed, size
+    return CXRPhantom(image=image, masks=masks, findings=info)
 
-    aerated = aeration["right"] + aeration["left"]
+
+@dataclass
+class _Scene:
+    """What rendering accumulates: the anatomy's fields, then what each finding changes in them."""
+
+    anat: Any
+    x: np.ndarray
+    y: np.ndarray
+    soft: np.ndarray  # body thickness
+    lung_sd: dict  # signed distance to each lung
+    central_sd: np.ndarray  # signed distance to the heart and mediastinum
+    open_lung: np.ndarray
+    aeration: dict  # per lung, 0 (filled) to 1 (aerated)
+    lungs_mask: np.ndarray
+    air_fraction: np.ndarray
+    extra: np.ndarray  # line integral added by findings
+    vessels: Any
+    vessel_hidden: np.ndarray
+    texture: np.ndarray
+    masks: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, anat) -> _Scene:
+        x, y = anat.frame.coords()
+        lung_sd, central_sd = _lung_sds(anat, x, y), _central_sd(anat, x, y)
+        # Lung air is partly hidden behind the heart and mediastinum, not removed.
+        open_lung = _RETROCARDIAC + (1.0 - _RETROCARDIAC) * _sqrt_profile(-central_sd, 0.025)
+        aeration = {
+            side: _lung_depth(lung, lung_sd[side], y) * open_lung for side, lung in anat.lungs.items()
+        }
+        return cls(
+            anat=anat, x=x, y=y, soft=_body_thickness(anat, x, y), lung_sd=lung_sd, central_sd=central_sd,
+            open_lung=open_lung, aeration=aeration,
+            lungs_mask=(np.minimum(lung_sd["right"], lung_sd["left"]) < 0) & (central_sd > 0),
+            air_fraction=np.full_like(x, _LUNG_AIR), extra=np.zeros_like(x), vessels=anat.vessels,
+            vessel_hidden=np.zeros_like(x, bool), texture=_texture(anat),
+        )  # fmt: skip
+
+
+def _add_effusion(scene: _Scene, rng, effusion: str, effusion_size: float | None) -> None:
+    amount = float(effusion_size if effusion_size is not None else rng.uniform(0.25, 0.6))
+    sides = _SIDES if effusion == "both" else (effusion,)
+    mask = np.zeros_like(scene.lungs_mask)
+    for side in sides:
+        fluid = _effusion_fraction(scene.anat.lungs[side], scene.x, scene.y, amount)
+        scene.aeration[side] = scene.aeration[side] * (1.0 - 0.97 * fluid)
+        mask |= (fluid > 0.5) & (scene.lung_sd[side] < 0) & (scene.central_sd > 0)
+    scene.masks["effusion"] = mask
+    scene.info["effusion_size"] = round(amount, 4)
+
+
+def _add_opacity(scene: _Scene, rng, opacity: str, opacity_kind: str | None) -> None:
+    kind = opacity_kind or str(rng.choice(_OPACITY_KINDS))
+    lung = scene.anat.lungs[opacity]
+    cx, cy = _pick_lung_point(rng, scene.anat, lung)
+    inside = (scene.lung_sd[opacity] < 0) & (scene.central_sd > 0)
+    if kind == "nodule":
+        chord, mask = _nodule(rng, cx, cy, scene.x, scene.y)
+        scene.extra += _MU_SOFT * 2.0 * chord  # exaggerated a little so small nodules read
+    else:
+        filled = _consolidation(rng, cx, cy, scene.x, scene.y, scene.texture) * (scene.lung_sd[opacity] < 0)
+        scene.aeration[opacity] = scene.aeration[opacity] * (1.0 - 0.8 * filled)
+        mask = filled > 0.5
+    scene.masks["opacity"] = mask & inside
+    scene.info["opacity_kind"] = kind
+
+
+def _add_pneumothorax(scene: _Scene, rng, pneumothorax: str, pneumothorax_size: float | None) -> None:
+    shrink = float(pneumothorax_size if pneumothorax_size is not None else rng.uniform(0.15, 0.3))
+    lung = scene.anat.lungs[pneumothorax]
+    collapsed_sd = _collapsed_lung_sd(lung, scene.x, scene.y, shrink)
+    in_lung = scene.lung_sd[pneumothorax] < 0
+    gap = in_lung & (collapsed_sd > 0)
+    scene.air_fraction[gap] = _PTX_AIR
+    scene.air_fraction[in_lung & ~gap] = _COLLAPSED_AIR
+    scene.vessel_hidden |= gap
+    scene.vessels = _collapse_vessels(scene.vessels, lung, shrink)
+    # Visceral pleura seen tangentially: a thin white line.
+    line_w = max(0.003, 0.7 / scene.anat.frame.px)
+    scene.extra += (
+        _MU_SOFT
+        * 0.05
+        * np.exp(-((collapsed_sd / line_w) ** 2))
+        * (scene.lung_sd[pneumothorax] < -line_w)
+        * scene.open_lung
+    )
+    scene.masks["pneumothorax"] = gap & (scene.central_sd > 0)
+    scene.info["pneumothorax_size"] = round(shrink, 4)
+
+
+def _add_drain(scene: _Scene, rng, chest_drain: str, target, effusion, pneumothorax) -> np.ndarray:
+    """A chest drain on ``chest_drain``'s side; its target defaults to what it would treat there."""
+    if target is None:
+        if effusion in (chest_drain, "both"):
+            target = "base"
+        elif pneumothorax == chest_drain:
+            target = "apex"
+        else:
+            target = str(rng.choice(("apex", "base")))
+    else:
+        rng.uniform()  # keep the stream position independent of the argument
+    tube, drain_mask = _chest_drain(rng, scene.anat, scene.anat.lungs[chest_drain], target)
+    scene.extra += _MU_BONE * 3.0 * tube
+    scene.info["drain_target"] = target
+    return drain_mask
+
+
+def _line_integral(scene: _Scene) -> np.ndarray:
+    """Attenuation along each ray: soft tissue less the lungs' air, vessels, bone and the findings."""
+    anat, x, y = scene.anat, scene.x, scene.y
+    aerated = scene.aeration["right"] + scene.aeration["left"]
     bone = _spine(anat, x, y) + _humeri(anat, x, y)
     _ribs(anat, bone)
     _clavicles(anat, bone)
-    vessel_map = _splat_vessels(frame, vessels) * np.where(vessel_hidden, 0.0, np.clip(aerated, 0.0, 1.0))
-
-    line_integral = (
-        _MU_SOFT * soft * (1.0 - 0.72 * air_fraction * aerated * (1.0 + 0.06 * texture))
-        - _MU_SOFT * 0.9 * (_airways(anat, x, y) + _gastric_bubble(anat, x, y)) * (soft > 0)
+    vessel_map = _splat_vessels(anat.frame, scene.vessels) * np.where(
+        scene.vessel_hidden, 0.0, np.clip(aerated, 0.0, 1.0)
+    )
+    return (
+        _MU_SOFT * scene.soft * (1.0 - 0.72 * scene.air_fraction * aerated * (1.0 + 0.06 * scene.texture))
+        - _MU_SOFT * 0.9 * (_airways(anat, x, y) + _gastric_bubble(anat, x, y)) * (scene.soft > 0)
         + _MU_SOFT * 2.0 * vessel_map
         + _MU_BONE * bone
-        + extra
+        + scene.extra
     )
-    image = _expose(np.clip(line_integral, 0.0, None), noise_rng, frame)
 
-    heart_mask = (anat.heart.sd(x, y) < 0) & (y < _diaphragm_y(anat, x))
-    masks["lungs"] = lungs_mask
+
+def _anatomy_masks(scene: _Scene, drain_mask: np.ndarray, cardiomegaly: bool) -> dict[str, np.ndarray]:
+    """The findings' masks with the anatomy's, their union as ``finding``; the cardiothoracic ratio."""
+    anat, masks = scene.anat, scene.masks
+    heart_mask = (anat.heart.sd(scene.x, scene.y) < 0) & (scene.y < _diaphragm_y(anat, scene.x))
+    masks["lungs"] = scene.lungs_mask
     masks["heart"] = heart_mask
-    masks["body"] = soft > 0
+    masks["body"] = scene.soft > 0
     masks["drain"] = drain_mask
-    finding = np.zeros_like(lungs_mask)
+    finding = np.zeros_like(scene.lungs_mask)
     for name in ("effusion", "opacity", "pneumothorax", "drain"):
         if name in masks:
             finding |= masks[name]
     if cardiomegaly:
         finding |= heart_mask
     masks["finding"] = finding
-
-    thorax = _extent(lungs_mask)
-    info["cardiothoracic_ratio"] = round(_extent(heart_mask) / thorax, 4) if thorax else None
-    info["gastric_bubble"] = anat.gastric_bubble is not None
-    info["seed"], info["size"] = seed, size
-    return CXRPhantom(image=image, masks=masks, findings=info)
+    thorax = _extent(scene.lungs_mask)
+    scene.info["cardiothoracic_ratio"] = round(_extent(heart_mask) / thorax, 4) if thorax else None
+    return masks
 
 
 def _expose(line_integral, rng, frame: _Frame):

@@ -118,23 +118,10 @@ def stress_test(
         seed, steps: the edits' seed and RadEdit steps (None: the paper's 100).
         device, download, trust_remote_code: how the editor loads (``napari_medit.backends.load_model``).
     """
-    from ..backends import ModelLoadError
     from ..batch import run_batch
-    from ..findings import FindingsClassifier
-    from ..io import read_image
 
     spec = scenario(name)
-    try:
-        method = EditMethod(method)
-    except ValueError:
-        raise StressTestError(
-            f"unknown edit method {method!r}; choose one of: {', '.join(m.value for m in EditMethod)}"
-        ) from None
-    if method is EditMethod.instructx2x and spec.instruction is None:
-        raise StressTestError(
-            f"the {spec.scenario.value} scenario removes a finding whose side the data does not "
-            "state, which an instruction needs; use --method radedit"
-        )
+    method = _edit_method(spec, method)
     if n is not None and n < 1:
         raise StressTestError(f"--n must be at least 1, got {n}")
     if filter_threshold is None:
@@ -144,19 +131,7 @@ def stress_test(
     # Everything that can be refused is refused before anything is written.
     tested = ModelUnderTest.load(model_under_test, spec.task, input_size)
     cases = read_cases(data, spec.needs)[:n]
-    if filter_encoder:
-        judge = EditingScoreFilter(load_encoder(filter_encoder), filter_encoder, spec, filter_threshold)
-    else:
-        try:
-            classifier = FindingsClassifier.load(filter_classifier)
-        except ModelLoadError as exc:
-            raise StressTestError(str(exc)) from None
-        if spec.finding not in classifier.findings:
-            raise StressTestError(
-                f"the filter classifier {classifier.name} does not detect {spec.finding!r} "
-                f"(it detects {', '.join(classifier.findings)})"
-            )
-        judge = ClassifierFilter(classifier, spec, filter_threshold)
+    judge = _edit_filter(spec, filter_classifier, filter_encoder, filter_threshold)
 
     out = Path(out)
     manifest = _write_edit_jobs(spec, method, cases, out, editor, seed, steps)
@@ -170,27 +145,7 @@ def stress_test(
         trust_remote_code=trust_remote_code,
         show_progress=show_progress,
     )
-    records = {r["id"]: r for r in summary.records}
-
-    rows = []
-    for case in cases:
-        record = records[case.id]
-        source = read_image(case.image).array
-        row = {"id": case.id, "image": str(case.image), "status": record["status"], "source": source}
-        if record["status"] == "failed":
-            rows.append({**row, "kept": False, "error": record.get("error")})
-            continue
-        edited_path = Path(record["outputs"][0])
-        edited = read_image(edited_path).array
-        rows.append(
-            {
-                **row,
-                "edited": str(edited_path),
-                **judge.judge(source, edited),
-                "provenance": record["provenance"],
-                "edited_array": edited,
-            }
-        )
+    rows = _judged(cases, {r["id"]: r for r in summary.records}, judge)
     report = _measure(spec, tested, cases, rows)
     report.update(
         {
@@ -219,6 +174,61 @@ def stress_test(
     # last: the run is complete
     write_text_atomically(out / "report.json", json.dumps(jsonable(final), indent=2))
     return final
+
+
+def _edit_method(spec, method: EditMethod | str) -> EditMethod:
+    """The edit method, refused where the scenario cannot use it."""
+    try:
+        method = EditMethod(method)
+    except ValueError:
+        raise StressTestError(
+            f"unknown edit method {method!r}; choose one of: {', '.join(m.value for m in EditMethod)}"
+        ) from None
+    if method is EditMethod.instructx2x and spec.instruction is None:
+        raise StressTestError(
+            f"the {spec.scenario.value} scenario removes a finding whose side the data does not "
+            "state, which an instruction needs; use --method radedit"
+        )
+    return method
+
+
+def _edit_filter(spec, filter_classifier: str, filter_encoder: str | None, threshold: float):
+    """The filter that decides which edits are kept: RadEdit's editing score when an encoder is
+    given, else the independent findings classifier; refused with one message when it cannot run."""
+    from ..backends import ModelLoadError
+    from ..findings import FindingsClassifier
+
+    if filter_encoder:
+        return EditingScoreFilter(load_encoder(filter_encoder), filter_encoder, spec, threshold)
+    try:
+        classifier = FindingsClassifier.load(filter_classifier)
+    except ModelLoadError as exc:
+        raise StressTestError(str(exc)) from None
+    if spec.finding not in classifier.findings:
+        raise StressTestError(
+            f"the filter classifier {classifier.name} does not detect {spec.finding!r} "
+            f"(it detects {', '.join(classifier.findings)})"
+        )
+    return ClassifierFilter(classifier, spec, threshold)
+
+
+def _judged(cases, records: dict, judge) -> list[dict]:
+    """One row per case: its edit (or why it failed) and what the filter said of it."""
+    from ..io import read_image
+
+    rows = []
+    for case in cases:
+        record = records[case.id]
+        source = read_image(case.image).array
+        row = {"id": case.id, "image": str(case.image), "status": record["status"], "source": source}
+        if record["status"] == "failed":
+            rows.append({**row, "kept": False, "error": record.get("error")})
+            continue
+        edited_path = Path(record["outputs"][0])
+        edited = read_image(edited_path).array
+        judged = {**judge.judge(source, edited), "provenance": record["provenance"], "edited_array": edited}
+        rows.append({**row, "edited": str(edited_path), **judged})
+    return rows
 
 
 def _write_edit_jobs(
