@@ -40,7 +40,7 @@ import numpy as np
 
 from .catalogue import LOCAL_WORKER, ComputeOptions
 from .io import MedicalImage
-from .results import EditCancelled, EditError, EditResult
+from .results import EditCancelled, EditError, EditResult, ModelLoadError
 
 PREVIEW_EVERY = 5  # steps between two previews of the current estimate (and the last step)
 CONNECT_TIMEOUT_S = 10.0
@@ -118,10 +118,14 @@ def cached_model(spec: str, compute: ComputeOptions = DEFAULTS) -> tuple[Any, bo
 def compute_edit(
     request: EditRequest, *, report: Callable[[StepUpdate], None] | None = None, cancel=None
 ) -> EditResult:
-    """Run ``request`` in this process with its (cached) model; ``report`` gets a ``StepUpdate`` per step."""
+    """Run ``request`` in this process with its (cached) model; ``report`` gets a ``StepUpdate`` per step.
+    A model that cannot be loaded is an ``EditError``, as any bad request (its message names the fix)."""
     from .editing import edit as edit_here
 
-    model, _ = cached_model(request.model, request.compute)
+    try:
+        model, _ = cached_model(request.model, request.compute)
+    except ModelLoadError as exc:
+        raise EditError(str(exc)) from None
     result = edit_here(
         request.method,
         request.image,
@@ -188,8 +192,6 @@ def _edit_task(request: EditRequest, channel: str):
     set."""
     from distributed import Event, Queue
 
-    from .backends import ModelLoadError
-
     try:
         updates, stop = Queue(channel), Event(channel)
         result = compute_edit(request, report=updates.put, cancel=_EventFlag(stop))
@@ -197,7 +199,7 @@ def _edit_task(request: EditRequest, channel: str):
     except Exception as exc:  # noqa: BLE001 - every failure goes back as text the client can read
         return _Failure(
             isinstance(exc, EditCancelled),
-            isinstance(exc, (EditError, ModelLoadError)),
+            isinstance(exc, EditError),
             str(exc) or type(exc).__name__,
             traceback.format_exc(limit=4),
         )
@@ -318,12 +320,8 @@ class _ThreadEdit(RunningEdit):
         self._thread.start()
 
     def _run(self, request, on_step):
-        from .backends import ModelLoadError
-
         try:
             self._outcome = compute_edit(request, report=on_step, cancel=self._stop)
-        except ModelLoadError as exc:
-            self._outcome = EditError(str(exc))
         except Exception as exc:  # noqa: BLE001 - handed to whoever waits for the result
             self._outcome = exc
 
