@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zlib
 from pathlib import Path
@@ -130,6 +131,7 @@ def test_the_napari_reader_hook_refuses_with_the_same_message(tmp_path, monkeypa
 
 def test_a_write_that_fails_halfway_leaves_the_previous_file_whole(tmp_path, monkeypatch):
     from napari_medit import MedicalImage, write_image
+    from napari_medit.io import formats
 
     target = write_image(tmp_path / "result.nii.gz", MedicalImage(np.ones((4, 5, 6), np.int16), np.eye(4)))
     before = target.read_bytes()
@@ -138,7 +140,11 @@ def test_a_write_that_fails_halfway_leaves_the_previous_file_whole(tmp_path, mon
         Path(path).write_bytes(before[: len(before) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("napari_medit.io.write_nifti", disk_full)
+    # the writer write_image reaches through the format table (napari_medit.io.formats)
+    nifti = dataclasses.replace(formats.NIFTI, write=disk_full)
+    monkeypatch.setattr(
+        formats, "FORMATS", tuple(nifti if f is formats.NIFTI else f for f in formats.FORMATS)
+    )
     with pytest.raises(OSError, match="No space left"):
         write_image(target, MedicalImage(np.zeros((4, 5, 6), np.int16), np.eye(4)))
     assert target.read_bytes() == before
