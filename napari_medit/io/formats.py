@@ -110,7 +110,8 @@ def format_of(path: str | os.PathLike) -> FileFormat | None:
 def writer_for(path: Path) -> FileFormat:
     """The format a result named ``path`` is written as by ``write_image``; ValueError naming the
     endings it takes."""
-    entry = next((entry for entry in FORMATS if path.name.lower().endswith(entry.written_suffixes)), None)
+    kind = output_kind(path)
+    entry = next((entry for entry in FORMATS if entry.kind is kind), None)
     if entry is None or entry.write is None:
         writable = [e for e in FORMATS if e.write is not None]
         raise ValueError(
