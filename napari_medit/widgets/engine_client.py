@@ -67,7 +67,6 @@ class EngineClient:
         self.relay.outcome.connect(on_outcome)
         self.engine = None  # napari_medit.compute's InProcess or Cluster, once connected
         self.names: list[str] = []  # the models the computing side has
-        self.ready = False
         self.place: str | None = ""  # where the latest attempt connects ("" before the first)
         self._connecting = _Connecting()
         self._connecting.done.set()
@@ -81,6 +80,11 @@ class EngineClient:
         self._first_step_at: float | None = None  # when the run's first step came, and its number
         self._first_step = 0
 
+    @property
+    def ready(self) -> bool:
+        """Connected, and the models there listed (an engine is adopted only then)."""
+        return self.engine is not None
+
     # ------------------------------------------------------------ connecting
 
     def connect(self, place: str | None) -> bool:
@@ -92,7 +96,6 @@ class EngineClient:
             return False
         self.place = place
         self.disconnect()
-        self.ready = False
         attempt = self._connecting = _Connecting()
 
         def connect():
@@ -122,7 +125,6 @@ class EngineClient:
             self.on_failure(attempt.error)
             return
         self.engine, self.names, attempt.engine = attempt.engine, attempt.names, None  # adopted
-        self.ready = True
         self.on_connected(self.names)
 
     def warm_up(self, name: str) -> None:
