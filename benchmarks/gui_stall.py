@@ -144,7 +144,8 @@ def boundary(steps: int) -> dict:
     import cloudpickle
 
     from napari_medit.catalogue import LOCAL_WORKER
-    from napari_medit.compute import EditRequest, _Box, compute_edit, connect, edit
+    from napari_medit.compute import EditRequest, compute_edit, connect, edit
+    from napari_medit.compute.wire import Box
     from napari_medit.sample_data import load_brain
 
     sample = load_brain()
@@ -158,7 +159,7 @@ def boundary(steps: int) -> dict:
         result = edit("mededit", image, model="demo-brain", scheduler=where, steps=steps, **masks)
         timings.setdefault(where or "here", []).append(time.perf_counter() - started)
     request = EditRequest("mededit", image, "demo-brain", {"steps": steps, **masks})
-    packed = _Box.pack(compute_edit(request), image.array)
+    packed = Box.pack(compute_edit(request), image.array)
     return {
         "steps": steps,
         "here_s": min(timings["here"]),

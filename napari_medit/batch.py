@@ -281,15 +281,15 @@ def run_item(
     item: BatchItem, *, threads: int | None, device: str | None, download: bool, trust_remote_code: bool
 ) -> dict[str, Any]:
     """One item on a worker: never raises, a failure becomes the item's record."""
+    import torch
+
     from .compute import cached_model
+    from .compute.worker import torch_threads
     from .jobs import run_job
 
     started = time.perf_counter()
     try:
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads or torch_threads())  # not a nanny's OMP_NUM_THREADS=1
         model, loaded_now = cached_model(
             item.model, ComputeOptions(device=device, download=download, trust_remote_code=trust_remote_code)
         )

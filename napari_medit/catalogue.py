@@ -441,6 +441,11 @@ class ComputeOptions:
 
         return self.scheduler or os.environ.get(SCHEDULER_ENVIRON) or None
 
+    def placed(self) -> ComputeOptions:
+        """These options with the place decided (``resolved_scheduler``): what a front end hands on, so
+        that nothing below it, a worker least of all, reads the environment again."""
+        return dataclasses.replace(self, scheduler=self.resolved_scheduler())
+
     def load_arguments(self) -> dict[str, Any]:
         """The keyword arguments ``napari_medit.backends.load_model`` takes for these options."""
         return {"device": self.device, "download": self.download, "trust_remote_code": self.trust_remote_code}

@@ -383,10 +383,11 @@ def edit_job(args):
 
 
 def compute_options(args) -> ComputeOptions:
-    """Where the command's edits run and how their model loads, as its options say."""
+    """Where the command's edits run (--scheduler, else $NAPARI_MEDIT_SCHEDULER, else here: decided
+    once, here) and how their model loads, as its options say."""
     return ComputeOptions(
         **{item.name: getattr(args, item.name) for item in catalogue.fields(ComputeOptions)}
-    )
+    ).placed()
 
 
 def _edit(args) -> int:

@@ -7,7 +7,6 @@ finished.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,22 +77,24 @@ class EditJob:
 
 
 def run_job(job: EditJob, model, callback=None, compute: ComputeOptions | None = None) -> dict[str, Any]:
-    """Read here, edit where ``compute`` says (``napari_medit.compute.edit``), write here; returns the
-    sidecar's content. ``model``: a loaded Denoiser (this process), or a name the computing side loads.
-    ``callback`` gets the edit's progress after every denoising step."""
-    from .compute import edit
+    """Read here, edit where ``compute.scheduler`` says (already resolved by the front end: None is this
+    process; ``napari_medit.compute.edit_at``), write here; returns the sidecar's content. ``model``: a
+    loaded Denoiser (this process), or a name the computing side loads. ``callback`` gets the edit's
+    progress after every denoising step."""
+    from .compute import edit_at
 
     job.check()
     image = read_image(job.image)
     check_output(job.out, job.output_format, image, job.overwrite)  # before the edit, not after
     masks = {name: read_mask(name, path, image) for name, path in job.masks.items()}
-    placement = dataclasses.asdict(compute) if compute is not None else {}
-    result = edit(
+    compute = compute or ComputeOptions()
+    result = edit_at(
+        compute.scheduler,
         job.method,
         image,
         model=model,
+        compute=compute,
         callback=callback,
-        **placement,
         **job.run.edit_arguments(),
         **masks,
         **job.parameters,

@@ -29,17 +29,24 @@ class EditCancelled(Exception):
 
 @dataclass
 class EditProgress:
-    """A denoising step done; the slices in work, as they lie in the source array (for any ``axis``)."""
+    """A denoising step done, wherever it ran; the slices in work, as they lie in the source array (for
+    any ``axis``). The one progress type every callback gets: from the engine, ``napari_medit.edit``, a
+    worker process or a cluster."""
 
     step: int
     total: int
     slices: list[int]  # indices along ``axis`` of the slices being edited right now, in preview() order
     axis: int  # the source array's axis they are slices of
-    render: Callable[[], np.ndarray] = field(repr=False)
+    render: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    estimate: np.ndarray | None = field(default=None, repr=False, compare=False)
 
-    def preview(self) -> np.ndarray:
-        """The current estimate of those slices in source units, (n, *the other two axes in array order)."""
-        return self.render()
+    def preview(self) -> np.ndarray | None:
+        """The current estimate of those slices in source units, (n, *the other two axes in array
+        order), rendered on first ask; None on a step that carries none (between the previews a
+        worker sends, or from one that was asked for none)."""
+        if self.estimate is None and self.render is not None:
+            self.estimate = np.asarray(self.render(), np.float32)
+        return self.estimate
 
 
 @dataclass

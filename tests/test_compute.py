@@ -72,7 +72,7 @@ def start_cluster(folder: Path, *, nanny: bool = True) -> tuple[str, list[subpro
 def stop(processes: list[subprocess.Popen]) -> None:
     from napari_medit import compute
 
-    compute._disconnect()  # the API's kept connections, before their scheduler goes
+    compute.places._disconnect()  # the API's kept connections, before their scheduler goes
     for process in processes:
         process.terminate()
     for process in processes:
@@ -217,7 +217,7 @@ def test_bad_requests_and_missing_models_come_back_as_one_message(cluster, chest
 
 
 def test_an_unreachable_scheduler_is_named_with_the_fix(monkeypatch):
-    monkeypatch.setattr("napari_medit.compute.CONNECT_TIMEOUT_S", 2.0)
+    monkeypatch.setattr("napari_medit.compute.cluster.CONNECT_TIMEOUT_S", 2.0)
     started = time.monotonic()
     with pytest.raises(
         ComputeError, match=r"cannot reach the dask scheduler at tcp://127.0.0.1:9.*dask scheduler"
@@ -230,7 +230,7 @@ def test_the_cli_says_so_when_the_scheduler_is_unreachable(monkeypatch, tmp_path
     from napari_medit import write_image
     from napari_medit.cli import main
 
-    monkeypatch.setattr("napari_medit.compute.CONNECT_TIMEOUT_S", 2.0)
+    monkeypatch.setattr("napari_medit.compute.cluster.CONNECT_TIMEOUT_S", 2.0)
     sample = load_cxr()
     for name, image in sample.items():
         write_image(tmp_path / f"{name}.png", image)
@@ -264,7 +264,7 @@ def test_a_cluster_of_other_versions_is_refused(cluster, monkeypatch):
         def version(name):
             return "0.0.1-other" if name == "napari-medit" else metadata.version(name)
 
-    monkeypatch.setattr("napari_medit.compute.metadata", OtherVersions)
+    monkeypatch.setattr("napari_medit.compute.worker.metadata", OtherVersions)
     with pytest.raises(ComputeError, match=r"other versions.*napari-medit .* there, 0.0.1-other here"):
         Cluster(cluster)
 

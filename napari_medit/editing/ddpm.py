@@ -21,6 +21,8 @@ refused, naming the setting.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +76,15 @@ class NoiseSchedule:
             _clip_range(scheduler, setting),
             type(scheduler).__name__.startswith(("DDPM", "RePaint")),
         )
+
+    def own(self) -> NoiseSchedule:
+        """This schedule with a scheduler object of its own, for one edit: ``set_timesteps`` rewrites
+        the scheduler's timesteps and multistep schedulers (PNDM, DPM-Solver) keep a history on it."""
+        if self.scheduler is None:
+            return self
+        from_config = getattr(type(self.scheduler), "from_config", None)
+        fresh = from_config(self.scheduler.config) if from_config else copy.deepcopy(self.scheduler)  # MONAI
+        return dataclasses.replace(self, scheduler=fresh)
 
     def settings(self) -> dict[str, Any]:
         """What the engine takes from the scheduler, for provenance."""

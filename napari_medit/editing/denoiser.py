@@ -14,7 +14,9 @@ denoiser whose exact answers make strong tests possible.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
@@ -38,13 +40,22 @@ class Denoiser:
     image_conditioned: bool = False  # the prior image (its latent) follows x_t on channels (InstructPix2Pix)
     preprocessing: Preprocessing = Preprocessing()  # how slices are fit to the grid and intensities mapped
     schedule: NoiseSchedule
-    evaluations: int = 0  # forward passes so far, counted per batch item
+    evaluations: int = 0  # forward passes so far, counted per batch item (an edit's own view counts its own)
     compute_dtype: torch.dtype | None = None  # the network's arithmetic during an edit (None: its own)
 
-    @contextlib.contextmanager
-    def computing_in(self, dtype: torch.dtype, *, compiled: bool = False):
+    def for_edit(self, dtype: torch.dtype | None = None, *, compiled: bool = False) -> Denoiser:
+        """This model as one edit uses it: the weights shared, read-only, with every other edit (in
+        other threads of a worker too); what an edit changes, its own: a scheduler of its own (diffusers'
+        schedulers keep their timesteps and multistep history on the object, and are not thread-safe),
+        an evaluation count from zero, and the network's precision and compilation."""
+        own = copy.copy(self)
+        own.schedule = self.schedule.own()
+        own.evaluations = 0
+        own._configure(dtype, compiled)
+        return own
+
+    def _configure(self, dtype: torch.dtype | None, compiled: bool) -> None:
         """A model without a network (the analytic one) computes in its own precision, uncompiled."""
-        yield self
 
     @property
     def text_conditioned(self) -> bool:
@@ -131,8 +142,12 @@ class NetworkDenoiser(Denoiser):
     _hash: str | None = None
     memory_format: torch.memory_format = torch.contiguous_format  # the network's and its inputs' layout
     compile_backend: str = "inductor"  # torch.compile's own default (the tests trace with "eager")
-    _compiled_network: Callable | None = None  # compiled once per loaded model, on first use
     _run_compiled: bool = False
+
+    def __init__(self):
+        # The compiled network is made once per loaded model and shared by its edits' views.
+        self._compiled: dict[str, Callable] = {}
+        self._compile_lock = threading.Lock()
 
     def use_memory_format(self, memory_format: torch.memory_format) -> NetworkDenoiser:
         """Lay the network's weights (and, at each call, its inputs) out as ``memory_format``; a
@@ -147,26 +162,23 @@ class NetworkDenoiser(Denoiser):
     def _laid_out(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=self.memory_format) if x.ndim == 4 else x
 
-    @contextlib.contextmanager
-    def computing_in(self, dtype: torch.dtype, *, compiled: bool = False):
-        """The network's forward passes autocast to ``dtype`` inside the block (weights stay float32,
-        so one loaded model serves every precision); float32 turns autocast off. ``compiled``: they
-        go through ``torch.compile`` of the network, compiled on the first pass and kept with the
-        model, so later edits on it pay nothing more (a new batch size or precision recompiles)."""
-        before = self.compute_dtype, self._run_compiled
+    def _configure(self, dtype: torch.dtype | None, compiled: bool) -> None:
+        """The edit's forward passes autocast to ``dtype`` (weights stay float32, so one loaded model
+        serves every precision); float32 turns autocast off. ``compiled``: they go through
+        ``torch.compile`` of the network, compiled on the first pass and kept with the loaded model,
+        so later edits on it pay nothing more (a new batch size or precision recompiles)."""
         self.compute_dtype, self._run_compiled = dtype, compiled
-        try:
-            yield self
-        finally:
-            self.compute_dtype, self._run_compiled = before
 
     def _forward(self) -> Callable:
-        """The network as this block runs it: itself, or its compiled form."""
+        """The network as this edit runs it: itself, or its compiled form."""
         if not self._run_compiled:
             return self.network
-        if self._compiled_network is None:
-            self._compiled_network = torch.compile(self.network, backend=self.compile_backend)
-        return self._compiled_network
+        with self._compile_lock:
+            if self.compile_backend not in self._compiled:
+                self._compiled[self.compile_backend] = _Serialised(
+                    torch.compile(self.network, backend=self.compile_backend), self._compile_lock
+                )
+            return self._compiled[self.compile_backend]
 
     def _autocast(self, device: torch.device):
         if self.compute_dtype in (None, torch.float32):
@@ -191,6 +203,18 @@ class NetworkDenoiser(Denoiser):
         return None if self.text_encoder is None else self.text_encoder(list(prompts))
 
 
+class _Serialised:
+    """A compiled network called by one thread at a time: dynamo recompiles in place when a call misses
+    its guards (a new batch size, precision), and torch.compile is not thread-safe while it does."""
+
+    def __init__(self, compiled: Callable, lock: threading.Lock):
+        self.compiled, self.lock = compiled, lock
+
+    def __call__(self, *args, **kwargs):
+        with self.lock:
+            return self.compiled(*args, **kwargs)
+
+
 class DiffusersDenoiser(NetworkDenoiser):
     """diffusers ``UNet2DModel`` (pixel space, optional mask channels) or
     ``UNet2DConditionModel`` (cross-attention text), optionally inside a VAE."""
@@ -208,6 +232,7 @@ class DiffusersDenoiser(NetworkDenoiser):
         preprocessing: Preprocessing = Preprocessing(),
         image_conditioned: bool = False,
     ):
+        super().__init__()
         self.unet, self.vae, self.text_encoder = unet.eval(), vae, text_encoder
         self.preprocessing = preprocessing
         self.schedule = NoiseSchedule.from_scheduler(scheduler)
@@ -279,6 +304,7 @@ class MonaiDenoiser(NetworkDenoiser):
         text_encoder: TextEncoder | None = None,
         preprocessing: Preprocessing = Preprocessing(),
     ):
+        super().__init__()
         self.model, self.text_encoder = model.eval(), text_encoder
         self.preprocessing = preprocessing
         self.schedule = NoiseSchedule.from_scheduler(scheduler)

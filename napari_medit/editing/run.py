@@ -39,7 +39,7 @@ def edit(
     *,
     model: Denoiser,
     seed: int = 0,
-    axis: int | str = 0,
+    axis: int | str = RUN.axis,
     slices: tuple[int, int] | None = None,
     batch_size: int | None = None,
     slice_noise: SliceNoise | str = RUN.slice_noise,
@@ -102,15 +102,16 @@ def edit(
         compile_network=compile_network,
         **options,
     )
-    started, evaluations_before = time.perf_counter(), model.evaluations
-    outputs, maps, scheduler = run_plan(plan, model, callback=callback, cancel=cancel)
+    started = time.perf_counter()
+    own = model.for_edit(plan.precision, compiled=plan.compile_network)  # shares only the weights
+    outputs, maps, scheduler = run_plan(plan, own, callback=callback, cancel=cancel)
     return assemble(
         plan,
-        model,
+        own,
         outputs,
         maps,
         seconds=time.perf_counter() - started,
-        evaluations=model.evaluations - evaluations_before,
+        evaluations=own.evaluations,
         scheduler=scheduler,
     )
 
@@ -156,7 +157,7 @@ def plan_edit(
     *,
     model: Denoiser,
     seed: int = 0,
-    axis: int | str = 0,
+    axis: int | str = RUN.axis,
     slices: tuple[int, int] | None = None,
     batch_size: int | None = None,
     slice_noise: SliceNoise | str = RUN.slice_noise,
@@ -255,7 +256,8 @@ def run_plan(
     callback: Callable[[EditProgress], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> tuple[list[np.ndarray], dict[str, np.ndarray], dict | None]:
-    """Every chosen slice through the method in batches; one float64 stack per output version
+    """Every chosen slice through the method in batches (``model``: the edit's own view of the loaded
+    model, ``Denoiser.for_edit``); one float64 stack per output version
     (PIE: one per progression step), the source's values on the slices not chosen; the maps
     the method computed (float32 stacks, 0 on the slices not chosen); and the scheduler it
     sampled with when that is not the model's own (its provenance settings), else None."""
@@ -265,15 +267,14 @@ def run_plan(
     pending = [plan.chosen[i : i + size] for i in range(0, len(plan.chosen), size)]
     progress = Progress(cancel=cancel, chunks=len(pending))
     maps = {name: np.zeros(plan.stack.shape, np.float32) for name in plan.spec.produces}
-    with model.computing_in(plan.precision, compiled=plan.compile_network):
-        try:
-            outputs, scheduler = _run_chunks(run, plan, model, pending, together, progress, callback, maps)
-        except _compile_errors(plan) as exc:
-            raise EditError(
-                f"torch.compile could not compile {model.name} on this machine ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); run without compile_network "
-                "(its compiler needs a C++ toolchain on CPU, Triton on CUDA)"
-            ) from exc
+    try:
+        outputs, scheduler = _run_chunks(run, plan, model, pending, together, progress, callback, maps)
+    except _compile_errors(plan) as exc:
+        raise EditError(
+            f"torch.compile could not compile {model.name} on this machine ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); run without compile_network "
+            "(its compiler needs a C++ toolchain on CPU, Triton on CUDA)"
+        ) from exc
     return outputs, maps, scheduler
 
 
@@ -402,6 +403,7 @@ def assemble(
         "napari_medit": __version__,
         "torch": str(torch.__version__),  # a TorchVersion would make unpickling the result import torch
         "device": str(model.device),
+        "torch_threads": torch.get_num_threads(),  # float sums, hence the last bits, depend on the split
         "platform": platform.platform(),
         "model_evaluations": evaluations,
         "seconds": round(seconds, 3),

@@ -322,7 +322,8 @@ class EditWidget(Container):
         method, model_name, source_name = self.method.value, self.model.value, self.image.value
         self._run = (source_name, method)
         self.client.start(
-            EditRequest(method, kwargs.pop("image"), model_name, kwargs), f"{method} on {source_name}"
+            EditRequest(method, kwargs.pop("image"), model_name, kwargs, previews=True),
+            f"{method} on {source_name}",
         )
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.compute.enabled = self.address.enabled = False  # the edit runs there until it ends

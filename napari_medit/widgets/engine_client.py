@@ -20,16 +20,38 @@ CONNECT_POLL_MS = 100  # how often the GUI looks whether the engine is connected
 
 
 class _Connecting:
-    """One attempt to connect to where edits run, made in a background thread."""
+    """One attempt to connect to where edits run, made in a background thread. Whoever finishes last
+    closes what it made when nobody will adopt it: the thread, if the attempt was abandoned (the user
+    chose another place, or closed) before it finished; else ``abandon()``."""
 
     def __init__(self):
         self.done = threading.Event()
         self.engine = None  # InProcess or Cluster, until the client adopts it
         self.names: list[str] = []  # the models there
         self.error = ""
+        self._lock = threading.Lock()
+        self._abandoned = False
 
-    def close(self) -> None:
-        engine, self.engine = self.engine, None
+    def finish(self, engine, names: list[str], error: str) -> None:
+        """In the thread: the attempt's outcome; an engine nobody will adopt is closed here."""
+        with self._lock:
+            orphan = engine if (error or self._abandoned) else None
+            self.engine, self.names, self.error = (None if orphan else engine), names, error
+        if orphan is not None:
+            orphan.close()
+        self.done.set()
+
+    def adopt(self):
+        """The engine, handed over once (None: failed or abandoned)."""
+        with self._lock:
+            engine, self.engine = self.engine, None
+            return engine
+
+    def abandon(self) -> None:
+        """Nobody will adopt this attempt: close its engine now if it has one, else when it finishes."""
+        with self._lock:
+            self._abandoned = True
+            engine, self.engine = self.engine, None
         if engine is not None:
             engine.close()
 
@@ -95,22 +117,22 @@ class EngineClient:
         if place == self.place and (self.engine is not None or not self._connecting.done.is_set()):
             return False
         self.place = place
+        self._connecting.abandon()  # an attempt still under way closes what it makes itself
         self.disconnect()
         attempt = self._connecting = _Connecting()
 
         def connect():
             from ..compute import Cluster, ComputeError, InProcess
 
+            engine, names, error = None, [], ""
             try:
-                attempt.engine = InProcess() if place is None else Cluster(place)
-                attempt.names = attempt.engine.models()
+                engine = InProcess() if place is None else Cluster(place)
+                names = engine.models()
             except ComputeError as exc:
-                attempt.error = str(exc)
+                error = str(exc)
             except Exception as exc:  # noqa: BLE001 - a broken cluster: said in the status, nothing added
-                attempt.error = f"{place}: cannot list the models there ({exc})"
-            if attempt.error or attempt is not self._connecting:  # failed, or another choice since
-                attempt.close()
-            attempt.done.set()
+                error = f"{place}: cannot list the models there ({exc})"
+            attempt.finish(engine, names, error)
 
         threading.Thread(target=connect, name="napari-medit connect", daemon=True).start()
         self._timer.start()
@@ -124,7 +146,10 @@ class EngineClient:
         if attempt.error:
             self.on_failure(attempt.error)
             return
-        self.engine, self.names, attempt.engine = attempt.engine, attempt.names, None  # adopted
+        engine = attempt.adopt()
+        if engine is None:  # abandoned meanwhile
+            return
+        self.engine, self.names = engine, attempt.names
         self.on_connected(self.names)
 
     def warm_up(self, name: str) -> None:
@@ -213,6 +238,5 @@ class EngineClient:
             with contextlib.suppress(TypeError, RuntimeError):  # nothing connected, or already deleted
                 signal.disconnect()
         self.finish()
-        self._connecting.done.wait(timeout)  # a connection under way: close what it made
-        self._connecting.close()
+        self._connecting.abandon()  # a connection under way closes what it made when it finishes
         self.disconnect()
