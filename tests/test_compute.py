@@ -125,7 +125,7 @@ def here(chest):
 def test_the_api_edits_on_the_worker_bit_identical_to_this_process(cluster, chest, here):
     image, masks = chest
     steps = []
-    result = radedit(image, masks, scheduler=cluster, callback=steps.append)
+    result = radedit(image, masks, scheduler=cluster, callback=steps.append, previews=True)
     assert result.provenance["computed_on"]["process"] != os.getpid()
     np.testing.assert_array_equal(result.image.array, here.image.array)
     np.testing.assert_array_equal(result.difference, here.difference)
@@ -138,6 +138,17 @@ def test_the_api_edits_on_the_worker_bit_identical_to_this_process(cluster, ches
         s for s in range(1, steps[-1].total + 1) if s % 5 == 0 or s == steps[-1].total
     ]
     assert previews[-1].estimate.shape == (1, *image.array.shape)
+
+
+def test_steps_carry_no_preview_unless_one_is_asked_for(cluster, chest):
+    """The CLI's progress bar asks for none: no decode is run for it and a step is a few bytes."""
+    import pickle
+
+    image, masks = chest
+    steps = []
+    radedit(image, masks, scheduler=cluster, callback=steps.append)
+    assert steps and all(s.preview() is None for s in steps)
+    assert max(len(pickle.dumps(s)) for s in steps) < 1024
 
 
 def test_the_cli_edits_on_the_worker_like_this_process(cluster, chest, tmp_path, capsys):

@@ -43,3 +43,9 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     result, t1 = scope["result"], scope["t1"]
     np.testing.assert_array_equal(result.image.affine, t1.affine)
     assert result.provenance["method"] == "mededit" and result.provenance["parameters"]["steps"] == 2
+    # the plane demo-brain was trained on, as the CLI and the manifest default to: what changed lies in
+    # the axial slices the provenance lists (the voxel axis running inferior-superior)
+    assert result.provenance["axis"] == "axial"
+    axial = int(np.argmax(np.abs(t1.affine[2, :3])))
+    changed = (result.image.array != t1.array).any(axis=tuple(a for a in range(3) if a != axial))
+    assert 0 < changed.sum() <= len(result.provenance["slices"])
