@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import enum
 import json
+import os
 import sys
 
 from . import catalogue
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return args.run(args)
+    except BrokenPipeError:  # `napari-medit models | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except (ImageReadError, ValueError, OSError) as exc:
         print(f"napari-medit: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

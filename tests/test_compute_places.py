@@ -344,3 +344,13 @@ def test_the_api_the_cli_and_a_manifest_give_one_result_with_every_run_option_le
     np.testing.assert_array_equal(cli.array, api.image.array)
     np.testing.assert_array_equal(batch.array, api.image.array)
     assert summary.records[0]["provenance"]["axis"] == "axial"
+
+
+def test_a_closed_pipe_is_not_an_error():
+    """`napari-medit models | head -1`: the reader went away before the listing was written."""
+    models = subprocess.Popen(
+        [sys.executable, "-m", "napari_medit.cli", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    models.stdout.close()  # before it writes: its first write finds no reader
+    _, errors = models.communicate(timeout=120)
+    assert models.returncode == 0 and errors.decode().strip() == ""
