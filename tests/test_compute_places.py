@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_batch import write_manifest
+from test_compute import stop
 
 from napari_medit import compute
 from napari_medit.batch import run_batch
@@ -56,24 +57,13 @@ def wait_for_worker(address: str, **security) -> None:
         client.wait_for_workers(1, timeout=60)
 
 
-def stop(*processes: subprocess.Popen) -> None:
-    compute.places._disconnect()  # kept connections go before their scheduler
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     address, scheduler = start_scheduler(tmp_path_factory.mktemp("cluster"))
     worker = start_worker(address)
     wait_for_worker(address)
     yield address
-    stop(worker, scheduler)
+    stop([worker, scheduler])
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +195,7 @@ def test_a_scheduler_with_no_worker_says_how_to_start_one(tmp_path, files):
             )
         assert time.monotonic() - started < 30
     finally:
-        stop(scheduler)
+        stop([scheduler])
 
 
 def test_a_local_worker_that_dies_at_start_says_why_at_once(tmp_path, monkeypatch):
@@ -299,7 +289,7 @@ def test_tls_from_a_throwaway_ca_runs_an_edit_and_each_misconfiguration_is_one_l
             monkeypatch.undo()
             dask.config.refresh()
     finally:
-        stop(worker, scheduler, plain_scheduler)
+        stop([worker, scheduler, plain_scheduler])
 
 
 # ---------------------------------------------------------------- one set of defaults
