@@ -27,6 +27,7 @@ from .metrics import EDITING_SCORE_THRESHOLD
 from .stress.scenarios import ADDITION_RISE, REMOVAL_THRESHOLD, EditMethod, Scenario
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 DEMO_CASES = 12  # stress-test --demo without --n
 
 
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return args.run(args)
+    except KeyboardInterrupt:  # Ctrl-C: an edit under way was told to stop where it runs (compute)
+        print("napari-medit: interrupted (an edit under way was stopped where it ran)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `napari-medit models | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0

@@ -133,6 +133,17 @@ def test_a_two_thread_worker_gives_every_method_exactly_what_this_process_gives(
     assert outputs(there) == here
 
 
+def test_a_worker_started_as_the_docs_say_computes_what_the_local_worker_computes(cluster, files):
+    """The docs' worker runs under its nanny's OMP_NUM_THREADS=1; every edit sets torch's threads itself."""
+    image = read_image(files / "cxr.png")
+    run = {"model": "demo-cxr", "steps": 4, "strength": 0.5, "seed": 5}
+    docs = compute.edit("sdedit", image, scheduler=cluster, **run)
+    local = compute.edit("sdedit", image, scheduler="local", **run)
+    assert docs.provenance["computed_on"] != local.provenance["computed_on"]
+    assert docs.provenance["torch_threads"] == local.provenance["torch_threads"]
+    np.testing.assert_array_equal(docs.image.array, local.image.array)
+
+
 def test_the_exported_variable_is_read_once_by_batch_and_the_stress_tests(
     cluster, files, tmp_path, monkeypatch
 ):
@@ -163,23 +174,30 @@ def test_the_exported_variable_is_read_once_by_batch_and_the_stress_tests(
 def test_ctrl_c_in_edit_cancels_the_workers_task_and_frees_it(cluster, files, tmp_path):
     from distributed import Client
 
+    def edits_running(client) -> list[str]:
+        return [key for keys in client.processing().values() for key in keys if "napari-medit-edit" in key]
+
     command = [sys.executable, "-m", "napari_medit.cli", "edit", "sdedit", "--image", str(files / "cxr.png")]
     command += ["--model", "demo-cxr", "--steps", "1000", "--strength", "1", "--scheduler", cluster]
-    edit = subprocess.Popen([*command, "--out", str(tmp_path / "cf.png")], stderr=subprocess.PIPE)
-    with Client(cluster, timeout=30) as client:
+    with open(tmp_path / "stderr.txt", "w+") as errors, Client(cluster, timeout=30) as client:
+        edit = subprocess.Popen([*command, "--out", str(tmp_path / "cf.png")], stderr=errors)
         deadline = time.monotonic() + 120
-        while not any(client.processing().values()) and time.monotonic() < deadline:
+        while not edits_running(client) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert any(client.processing().values()), "the edit never started on the worker"
+        assert edits_running(client), "the edit never started on the worker"
         time.sleep(2)  # a few steps in
         edit.send_signal(signal.SIGINT)
-        edit.wait(30)
+        assert edit.wait(30) == 130
         interrupted = time.monotonic()
-        while any(client.processing().values()) and time.monotonic() - interrupted < 30:
+        while edits_running(client) and time.monotonic() - interrupted < 30:
             time.sleep(0.1)
-        assert not any(client.processing().values()), "the worker still computes the abandoned edit"
+        assert not edits_running(client), "the worker still computes the abandoned edit"
         assert time.monotonic() - interrupted < 10  # within a step or so, not 1000 steps
-    assert edit.returncode != 0 and not (tmp_path / "cf.png").exists()
+        errors.seek(0)
+        assert errors.read().strip().splitlines()[-1] == (
+            "napari-medit: interrupted (an edit under way was stopped where it ran)"
+        )
+    assert not (tmp_path / "cf.png").exists()
 
 
 def test_a_scheduler_with_no_worker_says_how_to_start_one(tmp_path, files):

@@ -118,3 +118,23 @@ def test_the_model_cache_bound_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv(MODELS_KEPT_ENVIRON, "many")
     with pytest.raises(EditError, match=MODELS_KEPT_ENVIRON):
         cache.get("e")
+
+
+def test_this_process_lets_its_models_go_when_its_place_closes(monkeypatch):
+    """The Edit widget's 'this process' is napari's own: closing it returns the models' memory."""
+    from napari_medit.compute import MODELS, InProcess
+
+    held = []
+
+    def load_model(spec, **_):
+        model = tiny_models.pixel_unet()
+        held.append(weakref.ref(model.network))
+        return model
+
+    monkeypatch.setattr("napari_medit.backends.load_model", load_model)
+    place = InProcess()
+    place.warm_up("tiny")
+    assert "tiny" in MODELS.loaded()
+    place.close()
+    gc.collect()
+    assert MODELS.loaded() == [] and held[0]() is None

@@ -271,6 +271,17 @@ class EditWidget(Container):
         point = layer.world_to_data(self.viewer.dims.point[-layer.ndim :])
         return int(np.clip(round(float(point[array_axis])), 0, layer.data.shape[array_axis] - 1))
 
+    def _slices_on_screen(self, layer) -> list[int] | None:
+        """The slice in view along the edit's axis, when the viewer shows that plane in 2D: the worker
+        previews it alone. None (every slice in work): a 2D image, a 3D view, or another plane shown."""
+        if layer.ndim != 3 or self.viewer.dims.ndisplay != 2:
+            return None
+        array_axis, _ = self._array_axis(layer)
+        leading = self.viewer.dims.ndim - layer.ndim  # the viewer's dims before the layer's own
+        if array_axis + leading in self.viewer.dims.displayed:
+            return None
+        return [self._current_index(layer, array_axis)]
+
     # ------------------------------------------------------------ running
 
     def request(self) -> dict:
@@ -321,10 +332,11 @@ class EditWidget(Container):
             return
         method, model_name, source_name = self.method.value, self.model.value, self.image.value
         self._run = (source_name, method)
-        self.client.start(
-            EditRequest(method, kwargs.pop("image"), model_name, kwargs, previews=True),
-            f"{method} on {source_name}",
+        on_screen = self._slices_on_screen(self.viewer.layers[source_name])
+        request = EditRequest(
+            method, kwargs.pop("image"), model_name, kwargs, previews=True, preview_slices=on_screen
         )
+        self.client.start(request, f"{method} on {source_name}")
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.compute.enabled = self.address.enabled = False  # the edit runs there until it ends
         self.status.value = f"{method}: loading {model_name}..."
