@@ -355,11 +355,13 @@ def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
         "status": record["status"],
         "error": record.get("error", ""),
         "method": record.get("method", ""),
-        "output": (record.get("outputs") or [""])[-1],
+        "output": (record.get("provenance", {}).get("result_files") or record.get("outputs") or [""])[0],
     }
     provenance = record.get("provenance", {})
     for key in ("seed", "seconds", "model_evaluations"):
         row[key] = provenance.get(key, "")
+    row["samples"] = len(provenance.get("samples") or [None]) if provenance else ""
+    row.update(_flatten(provenance.get("variability") or {}, "variability_"))
     row["model"] = provenance.get("model", {}).get("name", "") if provenance else ""
     row.update(_flatten(jsonable(record.get("metrics", {}))))
     return row

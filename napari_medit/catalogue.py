@@ -394,6 +394,11 @@ class RunOptions:
         "the denoising network's arithmetic: auto is float16 on CUDA, bfloat16 on a CPU with "
         "native bfloat16 (AVX512-BF16 or AMX), else float32; VAEs and text encoders stay float32",
     )
+    samples: int = parameter(
+        1,
+        "samples of the edit, each with its own seed (the first: the run's seed), and a per-voxel "
+        "standard deviation map over them: how much of the edit is the model's and how much one draw's",
+    )
     compile_network: bool = parameter(
         False,
         "compile the denoising network with torch.compile: about 1.4x faster per pass on CPU after a "
@@ -404,6 +409,7 @@ class RunOptions:
     def validate(self) -> None:
         parse_slices(self.slices)  # refuses text that is not A:B
         check_slice_options(self.noise_correlation_mm, self.through_plane_smoothing)
+        check_samples(self.samples)
 
     def edit_arguments(self) -> dict[str, Any]:
         """The keyword arguments ``napari_medit.editing.edit`` takes for these options."""
@@ -459,6 +465,20 @@ def check_slice_options(noise_correlation_mm: float, through_plane_smoothing: fl
         raise ValueError(
             f"through_plane_smoothing must be between 0 (off) and 1, got {through_plane_smoothing}"
         )
+
+
+def check_samples(samples: int) -> None:
+    """ValueError unless ``samples`` is a whole number of at least 1."""
+    if isinstance(samples, bool) or int(samples) != samples or samples < 1:
+        raise ValueError(f"samples must be a whole number of at least 1, got {samples}")
+
+
+def sample_seeds(seed: int, samples: int) -> list[int]:
+    """The seeds of ``samples`` samples of one edit: the run's own first (sample 1 is the edit without
+    samples), then seeds drawn from it by numpy's SeedSequence (independent streams, not seed + 1, which
+    another run's sample 1 would share)."""
+    spawned = np.random.SeedSequence(seed).generate_state(max(samples - 1, 0), np.uint32)
+    return [int(seed), *(int(s) for s in spawned)]
 
 
 def parse_axis(text: str | int) -> int | str:

@@ -104,15 +104,38 @@ def run_job(job: EditJob, model, callback=None, compute: ComputeOptions | None =
     written = []
     for index, version in enumerate(versions, start=1):
         path = job.out if index == len(versions) else suffixed(job.out, f"_step{index:02d}")
-        written += write_output(path, version, job.output_format, job.overwrite)
+        written += (files := write_output(path, version, job.output_format, job.overwrite))
+    result_files = [str(p) for p in files]
+    for index, sample in enumerate(result.samples or [], start=1):
+        if index > 1:  # sample 1 is the result itself
+            path = suffixed(job.out, f"_sample{index:02d}")
+            written += write_output(path, sample, job.output_format, job.overwrite)
     map_files = {name: write_map(job.out, name, values, result.image) for name, values in result.maps.items()}
+    if result.variability is not None:
+        map_files["std"] = write_variability(job, result)
     record = {
         "outputs": [str(p) for p in [*written, *map_files.values()]],
+        "result_files": result_files,  # the edit's result itself (sample 1; PIE's last step)
         **result.provenance,
         "maps": {name: str(path) for name, path in map_files.items()},
     }
     write_text_atomically(job.sidecar, json.dumps(record, indent=2))
     return record
+
+
+def write_variability(job: EditJob, result) -> Path:
+    """The samples' per-voxel standard deviation beside the result, as ``<out>_std``: float32 where the
+    format holds it (NIfTI, MGZ); a derived DICOM series in the source's stored units for DICOM; and
+    ``<out>_std.nii.gz`` for a PNG result, whose whole numbers would round the spread away."""
+    import numpy as np
+
+    image = result.image.with_array(result.variability.astype(np.float32), map="std")
+    kind = job.output_format
+    if kind is OutputFormat.png:
+        return write_image(suffixed(job.out, "_std", NIFTI.written_suffixes[0]), image)
+    if kind is OutputFormat.dicom:
+        return write_output(suffixed(job.out, "_std"), image, kind, job.overwrite)[0]
+    return write_image(suffixed(job.out, "_std"), image)
 
 
 def write_map(out: Path, name: str, values, image) -> Path:

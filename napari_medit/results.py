@@ -62,3 +62,7 @@ class EditResult:
     # maps the method computed (catalogue.MAP_ROLES)
     maps: dict[str, np.ndarray] = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)  # napari_medit.metrics.edit_metrics; JSON form in provenance
+    # Several samples of the edit (run option ``samples``): each one's result on the source's grid, sample 1
+    # being ``image``, and the per-voxel standard deviation over them (float32; 0 where nothing may change).
+    samples: list[MedicalImage] | None = None
+    variability: np.ndarray | None = None

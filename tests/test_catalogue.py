@@ -49,6 +49,7 @@ OTHER_RUN = {
     "noise_correlation_mm": 4.5,
     "through_plane_smoothing": 0.25,
     "precision": catalogue.Precision.bfloat16,
+    "samples": 3,
     "compile_network": True,
 }
 

@@ -140,6 +140,16 @@ def test_the_api_edits_on_the_worker_bit_identical_to_this_process(cluster, ches
     assert previews[-1].estimate.shape == (1, *image.array.shape)
 
 
+def test_samples_and_their_spread_come_back_from_the_worker_as_computed_here(cluster, chest):
+    image, masks = chest
+    there, here = radedit(image, masks, scheduler=cluster, samples=2), radedit(image, masks, samples=2)
+    assert there.provenance["samples"] == here.provenance["samples"]
+    for remote, local in zip(there.samples, here.samples, strict=True):
+        np.testing.assert_array_equal(remote.array, local.array)
+    np.testing.assert_array_equal(there.variability, here.variability)
+    assert there.variability.shape == image.array.shape and there.variability.max() > 0
+
+
 def test_steps_carry_no_preview_unless_one_is_asked_for(cluster, chest):
     """The CLI's progress bar asks for none: no decode is run for it and a step is a few bytes."""
     import pickle

@@ -249,6 +249,7 @@ OTHER_RUN_OPTIONS = [
     ("noise_correlation_mm", 2.0),
     ("through_plane_smoothing", 0.5),
     *[("precision", kind) for kind in Precision],
+    ("samples", 2),
     ("compile_network", True),
 ]
 # Besides each method's case model, the model kinds that take a method down another path: a VAE

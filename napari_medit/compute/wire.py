@@ -64,10 +64,12 @@ class Box:
     @classmethod
     def pack(cls, result: EditResult, source: np.ndarray) -> Box:
         versions = result.progression or [result.image]
+        samples = result.samples or []
+        zeros = [] if result.variability is None else [result.variability]
         changed = np.zeros(source.shape, bool)
-        for version in versions:
+        for version in (*versions, *samples):
             changed |= ~_same(version.array, source)
-        for values in (result.difference, *result.maps.values()):
+        for values in (result.difference, *result.maps.values(), *zeros):
             changed |= values != 0
         found = np.nonzero(changed)
         box = tuple(slice(int(i.min()), int(i.max()) + 1) if i.size else slice(0, 0) for i in found)
@@ -79,6 +81,8 @@ class Box:
             progression=cut if result.progression else None,
             maps={k: v[box] for k, v in result.maps.items()},
             masks={},
+            samples=[replace(sample, array=sample.array[box]) for sample in samples] or None,
+            variability=None if result.variability is None else result.variability[box],
         )
         masks = {k: (np.packbits(np.asarray(m, bool)), m.shape) for k, m in result.masks.items()}
         return cls(trimmed, box, masks)
@@ -97,6 +101,7 @@ class Box:
             k: np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
             for k, (bits, shape) in self.masks.items()
         }
+        samples = [replace(v, array=filled(v.array, source.array)) for v in result.samples or []]
         return replace(
             result,
             image=versions[-1],
@@ -104,6 +109,8 @@ class Box:
             progression=versions if result.progression else None,
             maps={k: filled(v, zeros) for k, v in result.maps.items()},
             masks=masks,
+            samples=[versions[-1], *samples[1:]] if samples else None,
+            variability=None if result.variability is None else filled(result.variability, zeros),
         )
 
 

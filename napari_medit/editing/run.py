@@ -46,6 +46,7 @@ def edit(
     noise_correlation_mm: float = RUN.noise_correlation_mm,
     through_plane_smoothing: float = RUN.through_plane_smoothing,
     precision: Precision | str = RUN.precision,
+    samples: int = RUN.samples,
     compile_network: bool = RUN.compile_network,
     callback: Callable[[EditProgress], None] | None = None,
     cancel: threading.Event | None = None,
@@ -74,6 +75,12 @@ def edit(
         precision: the denoising network's arithmetic: 'auto' (float16 on CUDA, bfloat16 on a CPU
             with native bfloat16, else float32), 'float32', 'bfloat16' or 'float16'. VAEs and
             text encoders compute in float32; compositing is exact in any precision.
+        samples: N samples of the edit, each with its own seed (``catalogue.sample_seeds``: the first is
+            ``seed``, so sample 1 is the edit without samples), bit for bit what a single edit with
+            that seed gives; ``result.samples`` holds them, ``result.variability`` their per-voxel
+            standard deviation. They run one after another on a CPU (a network's arithmetic depends
+            on its batch), batched together on a GPU when ``batch_size`` is automatic (equal to
+            single edits there up to float rounding).
         compile_network: run the denoising network through ``torch.compile`` (compiled on the
             first pass and kept with the loaded model): faster per pass, after a compile that
             pays only on long runs (benchmarks/compile.py gives the break-even).
@@ -99,21 +106,29 @@ def edit(
         noise_correlation_mm=noise_correlation_mm,
         through_plane_smoothing=through_plane_smoothing,
         precision=precision,
+        samples=samples,
         compile_network=compile_network,
         **options,
     )
     started = time.perf_counter()
     own = model.for_edit(plan.precision, compiled=plan.compile_network)  # shares only the weights
-    outputs, maps, scheduler = run_plan(plan, own, callback=callback, cancel=cancel)
-    return assemble(
-        plan,
-        own,
-        outputs,
-        maps,
-        seconds=time.perf_counter() - started,
-        evaluations=own.evaluations,
-        scheduler=scheduler,
-    )
+    share_batches = own.device.type == "cuda" and batch_size is None
+    sampled = plan.sampled(share_batches, _default_batch(own, len(plan.chosen) * len(plan.seeds)))
+    outputs, maps, scheduler = run_plan(sampled, own, callback=callback, cancel=cancel)
+    per_sample = sampled.split(outputs, maps)
+    results = [
+        assemble(
+            plan.for_seed(seed),
+            own,
+            sample_outputs,
+            sample_maps,
+            seconds=time.perf_counter() - started,
+            evaluations=own.evaluations // len(plan.seeds),  # every sample does the same work
+            scheduler=scheduler,
+        )
+        for seed, (sample_outputs, sample_maps) in zip(plan.seeds, per_sample, strict=True)
+    ]
+    return results[0] if len(results) == 1 else with_samples(results, plan, per_sample[0][1])
 
 
 @dataclass
@@ -142,13 +157,74 @@ class EditPlan:
     through_plane_smoothing: float
     precision: torch.dtype  # the network's arithmetic, resolved for the model's device
     compile_network: bool
+    seeds: list[int]  # one per sample; the first is ``seed``
+    # Several samples laid out as one plan (``sampled``): ``stack`` holds a copy per sample, ``copy_stride``
+    # slices apart (one spare slice between copies, so no two samples' slices are neighbours), and
+    # ``groups`` the slices each sample edits (batches never mix two; None: they may).
+    copy_stride: int | None = None
+    groups: list[list[int]] | None = None
 
     @property
     def planar(self) -> bool:
         return self.source.array.ndim == 2
 
+    @property
+    def slice_count(self) -> int:
+        """Slices along the sliced axis of the source (of one copy, for a sampled plan)."""
+        return self.stack.shape[0] if self.copy_stride is None else self.copy_stride - 1
+
     def in_source_order(self, chunk: list[int], planes: np.ndarray | None = None):
-        return _in_source_order(chunk, planes, axis=self.axis, back=self.back, count=self.stack.shape[0])
+        if self.copy_stride is not None:
+            chunk = [i % self.copy_stride for i in chunk]
+        return _in_source_order(chunk, planes, axis=self.axis, back=self.back, count=self.slice_count)
+
+    def for_seed(self, seed: int) -> EditPlan:
+        """This plan as a single edit with ``seed``."""
+        noise = slice_mixtures(
+            self.slice_noise,
+            seed,
+            self.stack.shape[0],
+            spacing_mm=self.slice_spacing_mm,
+            correlation_mm=self.noise_correlation_mm,
+        )
+        return dataclasses.replace(self, seed=seed, noise=noise, seeds=[seed])
+
+    def sampled(self, share_batches: bool, shared_batch_size: int) -> EditPlan:
+        """Every sample as one plan: the stack, masks and noise repeated per seed. Each sample keeps a
+        single edit's batches (bit-identical to it) unless ``share_batches`` (then ``shared_batch_size``)."""
+        if len(self.seeds) == 1:
+            return self
+        stride, copies = self.stack.shape[0] + 1, len(self.seeds)
+
+        def repeated(stack: np.ndarray) -> np.ndarray:
+            return np.concatenate([np.concatenate([stack, stack[:1]])] * copies)
+
+        noise = []
+        for seed in self.seeds:
+            own = self.for_seed(seed).noise
+            noise += [*own, own[0]]  # the spare slice is never edited: its noise is never drawn
+        groups = [[i + k * stride for i in self.chosen] for k in range(copies)]
+        return dataclasses.replace(
+            self,
+            stack=repeated(self.stack),
+            masks={name: repeated(mask) for name, mask in self.masks.items()},
+            chosen=[i for group in groups for i in group],
+            noise=noise,
+            copy_stride=stride,
+            groups=None if share_batches else groups,
+            batch_size=shared_batch_size if share_batches else self.batch_size,
+        )
+
+    def split(self, outputs: list[np.ndarray], maps: dict[str, np.ndarray]):
+        """A sampled plan's outputs and maps, per sample, as a single edit's would be."""
+        if self.copy_stride is None:
+            return [(outputs, maps)]
+        count = self.slice_count
+        starts = range(0, self.stack.shape[0], self.copy_stride)
+        return [
+            ([v[k : k + count] for v in outputs], {name: m[k : k + count] for name, m in maps.items()})
+            for k in starts
+        ]
 
 
 def plan_edit(
@@ -164,6 +240,7 @@ def plan_edit(
     noise_correlation_mm: float = RUN.noise_correlation_mm,
     through_plane_smoothing: float = RUN.through_plane_smoothing,
     precision: Precision | str = RUN.precision,
+    samples: int = RUN.samples,
     compile_network: bool = RUN.compile_network,
     **options: Any,
 ) -> EditPlan:
@@ -175,6 +252,7 @@ def plan_edit(
         if not isinstance(precision, Precision):
             precision = catalogue.parse_value(RunOptions, "precision", precision)
         check_slice_options(noise_correlation_mm, through_plane_smoothing)
+        catalogue.check_samples(samples)
     except ValueError as exc:
         raise EditError(str(exc)) from None
     source = image if isinstance(image, MedicalImage) else MedicalImage(np.asarray(image), np.eye(4))
@@ -246,6 +324,7 @@ def plan_edit(
         through_plane_smoothing=through_plane_smoothing,
         precision=network_precision(precision, model.device),
         compile_network=bool(compile_network),
+        seeds=catalogue.sample_seeds(seed, int(samples)),
     )
 
 
@@ -263,8 +342,10 @@ def run_plan(
     sampled with when that is not the model's own (its provenance settings), else None."""
     run = plan.spec.load_runner()
     together = plan.through_plane_smoothing > 0  # neighbours must be in the batch they are smoothed with
-    size = len(plan.chosen) if together else plan.batch_size
-    pending = [plan.chosen[i : i + size] for i in range(0, len(plan.chosen), size)]
+    pending = []
+    for group in plan.groups or [plan.chosen]:  # a sample's slices: batched as a single edit's would be
+        size = len(group) if together else plan.batch_size
+        pending += [group[i : i + size] for i in range(0, len(group), size)]
     progress = Progress(cancel=cancel, chunks=len(pending))
     maps = {name: np.zeros(plan.stack.shape, np.float32) for name in plan.spec.produces}
     try:
@@ -340,13 +421,8 @@ def assemble(
     back in the source's voxel order and dtype, with metrics and provenance."""
     spec, stack = plan.spec, plan.stack
     maps = maps or {}
-    # a computed mask (name ending in _mask) is a region: a native pixel is in it when its value is at least
-    # half
-    masks = {**plan.masks, **{k: m >= 0.5 for k, m in maps.items() if k.endswith("_mask")}}
-    editable = spec.editable(masks)
-    if not plan.grid.covers_all:  # a centre crop: what the model never saw stays as it was
-        covered = plan.grid.covered()[None]
-        editable = covered if editable is None else editable & covered
+    masks = _masks_used(plan, maps)
+    editable = _editable(plan, masks)
     stacked_results = [
         _composite(stack, out, editable, plan.chosen, plan.source.array.dtype) for out in outputs
     ]
@@ -359,17 +435,9 @@ def assemble(
         slice_axis=0,
         slices=None if plan.planar else plan.chosen,
     )
-    results = [r[0] if plan.planar else np.moveaxis(r, 0, plan.axis) for r in stacked_results]
-    used_masks = {k: (m[0] if plan.planar else np.moveaxis(m, 0, plan.axis)) for k, m in masks.items()}
-    method_maps = {
-        k: (m[0] if plan.planar else np.moveaxis(m, 0, plan.axis))
-        for k, m in maps.items()
-        if not k.endswith("_mask")
-    }
-    if plan.back is not None:  # from the plane's orientation back to the image's voxel order
-        results = [apply_orientation(r, plan.back) for r in results]
-        used_masks = {k: apply_orientation(m, plan.back) for k, m in used_masks.items()}
-        method_maps = {k: apply_orientation(m, plan.back) for k, m in method_maps.items()}
+    results = [_in_source_voxels(plan, r) for r in stacked_results]
+    used_masks = {k: _in_source_voxels(plan, m) for k, m in masks.items()}
+    method_maps = {k: _in_source_voxels(plan, m) for k, m in maps.items() if not k.endswith("_mask")}
     provenance = {
         "method": spec.name,
         "reference": spec.reference,
@@ -420,6 +488,59 @@ def assemble(
         masks=used_masks,
         maps=method_maps,
         metrics=metrics,
+    )
+
+
+def _masks_used(plan: EditPlan, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # a computed mask (name ending in _mask) is a region: a native pixel is in it when its value is at least
+    # half
+    return {**plan.masks, **{k: m >= 0.5 for k, m in maps.items() if k.endswith("_mask")}}
+
+
+def _editable(plan: EditPlan, masks: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Where the method may change the stacked slices (None: everywhere on the chosen slices)."""
+    editable = plan.spec.editable(masks)
+    if not plan.grid.covers_all:  # a centre crop: what the model never saw stays as it was
+        covered = plan.grid.covered()[None]
+        editable = covered if editable is None else editable & covered
+    return editable
+
+
+def _in_source_voxels(plan: EditPlan, stacked: np.ndarray) -> np.ndarray:
+    """A stack in the slicing orientation back in the image's own voxel order (exact)."""
+    values = stacked[0] if plan.planar else np.moveaxis(stacked, 0, plan.axis)
+    return values if plan.back is None else apply_orientation(values, plan.back)
+
+
+def with_samples(results: list[EditResult], plan: EditPlan, maps: dict[str, np.ndarray]) -> EditResult:
+    """Sample 1's result carrying every sample, their per-voxel standard deviation (float32, on the
+    source's grid) and its summary inside the editable region, against the edit's own size there."""
+    source = plan.source.array.astype(np.float64)
+    values = np.stack([r.image.array.astype(np.float64) for r in results])
+    # Shifted by sample 1: where every sample kept the source the deviations are 0.0 exactly, and so is the
+    # standard deviation (a mean of equal floats need not equal them).
+    variability = np.std(values - values[0], axis=0).astype(np.float32)
+    editable = _editable(plan, _masks_used(plan, maps))
+    region_stack = np.zeros(plan.stack.shape, bool)
+    region_stack[plan.chosen] = True if editable is None else editable[plan.chosen]
+    region = _in_source_voxels(plan, region_stack)
+    change = np.abs(values - source).mean(axis=0)[region]
+    spread = variability[region].astype(np.float64)
+    summary = {
+        "std_mean": float(spread.mean()) if spread.size else 0.0,
+        "std_p95": float(np.percentile(spread, 95)) if spread.size else 0.0,
+        "change_mean": float(change.mean()) if change.size else 0.0,
+        "change_p95": float(np.percentile(change, 95)) if change.size else 0.0,
+        "voxels": int(region.sum()),
+    }
+    first = results[0]
+    provenance = {**first.provenance, "samples": list(plan.seeds), "variability": summary}
+    return dataclasses.replace(
+        first,
+        image=first.image.with_array(first.image.array, edit=provenance),
+        provenance=provenance,
+        samples=[r.image for r in results],
+        variability=variability,
     )
 
 

@@ -437,12 +437,51 @@ class EditWidget(Container):
                     **placement,
                 )
             )
+        if result.samples:  # every sample as one stack, its first axis a slider; their spread as a heatmap
+            tasks += self._sample_layers(result, name, source)
         self._queue_gui(*tasks)
         ssim = result.metrics.get("outside", {}).get("ssim")
         fidelity = (
             f"; SSIM outside the region {ssim:.3f}" if isinstance(ssim, float) and np.isfinite(ssim) else ""
         )
-        self.status.value = f"{method}: done in {result.provenance['seconds']:.1f} s{fidelity}"
+        spread = result.provenance.get("variability")
+        spread = (
+            f"; {len(result.samples)} samples: spread (std) {spread['std_mean']:.3g} mean, "
+            f"{spread['std_p95']:.3g} p95 against a change of {spread['change_mean']:.3g} mean"
+            if spread
+            else ""
+        )
+        self.status.value = f"{method}: done in {result.provenance['seconds']:.1f} s{fidelity}{spread}"
+
+    def _sample_layers(self, result, name: str, source) -> list:
+        """The samples as one layer (a slider over them, sample 1 first) and their per-voxel standard
+        deviation as a hidden heat-coloured overlay beside the difference map."""
+        samples = np.stack([sample.array for sample in result.samples])
+        high = float(result.variability.max()) or 1.0
+        return [
+            lambda: self.viewer.add_image(
+                samples,
+                name=f"{name} samples",
+                colormap="gray",
+                contrast_limits=display_range(result.image),
+                visible=False,
+                scale=(1, *source.scale),
+                translate=(0, *source.translate),
+                metadata={"edit": result.provenance, "seeds": result.provenance["samples"]},
+            ),
+            lambda: self.viewer.add_image(
+                result.variability,
+                name=f"{name} std",
+                colormap="inferno",
+                blending="additive",
+                opacity=0.6,
+                contrast_limits=(0.0, high),
+                visible=False,
+                scale=source.scale,
+                translate=source.translate,
+                metadata={"edit": result.provenance, "variability_of": name},
+            ),
+        ]
 
     def _show_result(self, image, name: str, metadata: dict, placement: dict):
         """The result as a layer: the preview layer, already on the source's grid, becomes it. Swapping
