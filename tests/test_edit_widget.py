@@ -177,6 +177,27 @@ def test_cxr_methods_through_the_widget(cxr_viewer, qtbot, method, settings):
     assert result.metadata["edit"]["metrics"]["changed_voxels"] > 0
 
 
+def test_samples_through_the_widget_add_a_stack_of_samples_and_their_spread(cxr_viewer, qtbot):
+    viewer, widget, _ = cxr_viewer
+    widget.method.value, widget.model.value, widget.image.value = "radedit", "demo-cxr", "cxr"
+    widget.parameter("steps").value = 4
+    widget.run_options.samples.value = 3
+    result = run_and_wait(widget, qtbot, "cxr radedit")
+    qtbot.waitUntil(lambda: "cxr radedit std" in viewer.layers, timeout=10_000)
+    stack, spread = viewer.layers["cxr radedit samples"], viewer.layers["cxr radedit std"]
+    assert stack.data.shape == (3, *result.data.shape)  # a slider over the samples, sample 1 first
+    np.testing.assert_array_equal(stack.data[0], result.data)
+    assert not (stack.data[1] == stack.data[2]).all()
+    np.testing.assert_array_equal(stack.scale[1:], result.scale)
+    np.testing.assert_array_equal(spread.scale, result.scale)
+    np.testing.assert_array_equal(spread.translate, result.translate)
+    keep = viewer.layers["keep_mask"].data > 0
+    assert not spread.visible and (spread.data[keep] == 0).all() and spread.data.max() > 0
+    np.testing.assert_allclose(spread.data, stack.data.astype(np.float64).std(axis=0), atol=1e-4)
+    assert "3 samples: spread (std)" in widget.status.value
+    assert result.metadata["edit"]["samples"] == stack.metadata["seeds"]
+
+
 def test_pie_through_the_masks_and_edit_widgets_adds_a_progression_stack(cxr_viewer, qtbot):
     viewer, widget, masks = cxr_viewer
     masks.image.value, masks.method.value = "cxr", "pie"

@@ -39,6 +39,7 @@ RUN_FORM_FIELDS = (
     "noise_correlation_mm",
     "through_plane_smoothing",
     "precision",
+    "samples",
     "compile_network",
 )
 
