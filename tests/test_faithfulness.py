@@ -255,10 +255,10 @@ def pndm():
 
 
 def test_pie_reference_loop_is_run_pie_with_the_models_own_scheduler():
-    """Written from run_pie.py and its pipeline, with PNDM: each iteration noises the previous 8-bit image
-    to timesteps[steps - int(steps * strength)], replaces the outside of the ROI by the original noised
-    (one noise) to t before every step but the first, steps PLMS, blends 0.01 / 0.75, then decodes to an
-    8-bit image."""
+    """Written from run_pie.py and its pipeline, with PNDM: each iteration (a call of the pipeline, with
+    draws of its own) noises the previous 8-bit image to timesteps[steps - int(steps * strength)],
+    replaces the outside of the ROI by the original noised (one noise per call) to t before every step
+    but the first, steps PLMS, blends 0.01 / 0.75, then decodes to an 8-bit image."""
     model = RecordingDenoiser(pndm(), resolution=8, means={"": 0.0, "effusion": 0.7})
     x0 = torch.linspace(-0.9, 0.9, 64, dtype=torch.float64).reshape(1, 1, 8, 8)
     roi = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
@@ -270,9 +270,9 @@ def test_pie_reference_loop_is_run_pie_with_the_models_own_scheduler():
 
     noise = NoiseSource([5])  # the same streams, drawn in the loop's order
     scheduler, text = pndm(), model.embed(["effusion", ""], 1)
-    known_noise = noise.draw((1, 8, 8), "known")
     current, expected = x0, []
     for _ in range(2):
+        known_noise = noise.draw((1, 8, 8), "known")  # drawn anew by every call of the pipeline
         scheduler.set_timesteps(10)
         timesteps = scheduler.timesteps[10 - 5 :]
         x = scheduler.add_noise(current, noise.draw((1, 8, 8), "img2img").double(), timesteps[:1])
@@ -331,6 +331,22 @@ def test_pie_reference_loop_reencodes_an_eight_bit_image_with_a_vae_sample():
     assert not np.array_equal(first.image.array, other.image.array)
     np.testing.assert_array_equal(first.image.array[~roi], image[~roi])
     assert len(first.progression) == 2
+
+
+def test_pie_reference_loop_draws_the_originals_vae_samples_and_known_noise_anew_every_iteration(monkeypatch):
+    """run_pie.py calls its pipeline once per iteration, and each call encodes the original and draws its
+    noise again: the same distribution as one draw per run, other draws."""
+    kinds, draw = [], NoiseSource.draw
+    monkeypatch.setattr(
+        NoiseSource, "draw", lambda self, shape, kind="": kinds.append(kind) or draw(self, shape, kind)
+    )
+    roi = np.zeros((16, 16), bool)
+    roi[4:12, 4:12] = True
+    image = np.random.default_rng(3).random((16, 16)).astype(np.float32)
+    run = dict(roi_mask=roi, prompt="effusion", iterations=3, steps=6, strength=0.5, loop="reference")
+    edit("pie", image, model=tiny_models.text_unet(vae=True), **run)
+    per_call = ["vae-original", "vae-known", "known", "vae", "img2img"]
+    assert [kind for kind in kinds if kind in per_call] == per_call * 3
 
 
 # ---------------------------------------------------------------- 4. MedEdit's baselines as its paper ran

@@ -537,3 +537,35 @@ def test_a_bin_file_that_unpickles_to_code_is_refused(tmp_path):
     with pytest.raises(ModelLoadError, match=r"unet: could not load it .*tensors only"):
         load_model(tmp_path / "ix2x")
     assert not marker.exists()
+
+
+SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+
+
+@pytest.mark.parametrize(
+    "folder",
+    [
+        # a public InstructPix2Pix folder's: Euler ancestral, linspace spacing (999 ... 0)
+        ("EulerAncestralDiscreteScheduler", {**SD_BETAS, "timestep_spacing": "linspace"}),
+        # a folder that clips, spaces trailing and sets alpha to one
+        (
+            "DDIMScheduler",
+            {**SD_BETAS, "clip_sample": True, "timestep_spacing": "trailing", "set_alpha_to_one": True},
+        ),
+    ],
+)
+def test_instructx2x_samples_on_sd_v1_4s_ddim_with_the_folders_betas(folder):
+    """rse_x2x.py builds its DDIM from sd-v1-4's config whatever the folder ships: 100 steps run
+    991, 981, ..., 1, unclipped, with alpha_bar of 'after t = 0' from t = 0; the betas are the model's."""
+    import diffusers
+
+    from napari_medit.editing.instructx2x import reference_ddim
+
+    kind, config = folder
+    theirs = getattr(diffusers, kind)(**config)
+    ddim = reference_ddim(theirs)
+    ddim.set_timesteps(100)
+    assert [int(t) for t in ddim.timesteps[:2]] == [991, 981] and int(ddim.timesteps[-1]) == 1
+    assert ddim.config.clip_sample is False and ddim.config.set_alpha_to_one is False
+    assert float(ddim.final_alpha_cumprod) == float(theirs.alphas_cumprod[0])
+    torch.testing.assert_close(ddim.alphas_cumprod, theirs.alphas_cumprod)

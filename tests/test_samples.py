@@ -176,3 +176,18 @@ def test_a_batch_records_the_samples_and_their_spread(tmp_path):
     assert (tmp_path / "out" / "three_sample03.png").exists() and (
         tmp_path / "out" / "three_std.nii.gz"
     ).exists()
+
+
+def test_samples_sharing_model_calls_equal_single_edits_up_to_rounding(monkeypatch):
+    """A GPU's path, taken here on the CPU: the samples of a 2D edit go through the network together."""
+    from napari_medit.editing import run
+
+    monkeypatch.setattr(run, "samples_share_batches", lambda model, batch_size: True)
+    model, image = tiny_models.pixel_unet(), np.linspace(100, 900, 256, dtype=np.float32).reshape(16, 16)
+    batches = []
+    model.network.register_forward_hook(lambda module, inputs, output: batches.append(inputs[0].shape[0]))
+    many = edit("sdedit", image, model=model, strength=0.5, steps=4, samples=3)
+    assert set(batches) == {3}  # every call carried the three samples
+    for seed, sample in zip(many.provenance["samples"], many.samples, strict=True):
+        single = edit("sdedit", image, model=model, strength=0.5, steps=4, seed=seed).image.array
+        np.testing.assert_allclose(sample.array, single, rtol=0, atol=1e-3 * float(np.ptp(image)))

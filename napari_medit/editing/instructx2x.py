@@ -94,12 +94,24 @@ def instructx2x(
     )
 
 
+# What rse_x2x.py's DDIM takes from CompVis sd-v1-4's scheduler config, whatever the folder ships.
+SD14_DDIM = {
+    "timestep_spacing": "leading",
+    "steps_offset": 1,
+    "set_alpha_to_one": False,
+    "clip_sample": False,
+}
+# What it keeps of the model's own: the noise schedule it was trained on and what it predicts.
+MODEL_SCHEDULE = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+MODEL_SCHEDULE += ("rescale_betas_zero_snr", "prediction_type")
+
+
 def reference_ddim(scheduler) -> DDIMScheduler:
-    """The reference samples with DDIM whatever the model folder ships (its converter writes PNDM):
-    a DDIMScheduler on the folder's betas and offsets. ``clip_sample`` as the folder says, else off,
-    as in the CompVis sd-v1-4 config the reference builds its DDIM from (DDIM's own default clips)."""
-    config = dict(scheduler.config)
-    return DDIMScheduler.from_config({**config, "clip_sample": bool(config.get("clip_sample", False))})
+    """The reference samples with DDIM whatever the model folder ships (its converter writes PNDM, a
+    public InstructPix2Pix folder Euler ancestral): the folder's betas, and sd-v1-4's spacing, offset,
+    final alpha and no clipping (100 steps: 991, 981, ..., 1), as rse_x2x.py builds it."""
+    kept = {k: v for k, v in scheduler.config.items() if k in MODEL_SCHEDULE and v is not None}
+    return DDIMScheduler(**kept, **SD14_DDIM)
 
 
 def relevance_map(

@@ -16,7 +16,8 @@ Two loops (``PIEParams.loop``):
   timesteps; every iteration starts from the previous one's decoded, clamped
   8-bit image, re-encoded with a VAE *sample*; the original's latents are VAE
   samples too, the known region drawn with its own noise (one noise for all
-  timesteps), the start with another. The known region joins at the level of the
+  timesteps), the start with another, all drawn anew each iteration (each is a
+  call of the pipeline). The known region joins at the level of the
   sample it replaces: the reference does this right.
 - ``latent``, napari-medit's own for pixel-space models: DDIM (eta), the
   iterations chained in model space with no 8-bit round trip, and the known
@@ -106,13 +107,13 @@ def _reference_loop(denoiser, image, roi_mask, params, noise, progress, conditio
     def noised(z, fresh, t):
         return scheduler.add_noise(z, fresh, torch.tensor([t]))
 
-    z_original = latents(image, "vae-original")  # the end-of-iteration blend's reference
-    z_known = latents(image, "vae-known")  # the known region, noised to each timestep with one noise
-    known_noise = noise.draw(shape, "known")
     # a stochastic scheduler's draws, seeded per slice
     step_options = scheduler_step_options(scheduler, noise)
     current, progression = image, []
-    for _ in range(params.iterations):
+    for _ in range(params.iterations):  # each one a call of the reference's pipeline: its draws are new
+        z_original = latents(image, "vae-original")  # the end-of-iteration blend's reference
+        z_known = latents(image, "vae-known")  # the known region, noised to each timestep with one noise
+        known_noise = noise.draw(shape, "known")
         scheduler.set_timesteps(params.steps)  # a fresh multistep history (PNDM keeps one)
         x = noised(latents(current, "vae"), noise.draw(shape, "img2img"), timesteps[0])
         for i, t in enumerate(timesteps):

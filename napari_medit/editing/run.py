@@ -112,10 +112,11 @@ def edit(
     )
     started = time.perf_counter()
     own = model.for_edit(plan.precision, compiled=plan.compile_network)  # shares only the weights
-    share_batches = own.device.type == "cuda" and batch_size is None
-    sampled = plan.sampled(share_batches, _default_batch(own, len(plan.chosen) * len(plan.seeds)))
+    sampled = plan.sampled(
+        samples_share_batches(own, batch_size), _default_batch(own, len(plan.chosen) * len(plan.seeds))
+    )
     outputs, maps, scheduler = run_plan(sampled, own, callback=callback, cancel=cancel)
-    per_sample = sampled.split(outputs, maps)
+    per_sample = sampled.split(outputs, maps, plan)
     results = [
         assemble(
             plan.for_seed(seed),
@@ -162,6 +163,7 @@ class EditPlan:
     # slices apart (one spare slice between copies, so no two samples' slices are neighbours), and
     # ``groups`` the slices each sample edits (batches never mix two; None: they may).
     copy_stride: int | None = None
+    copy_start: int = 0  # a copy holds the source's slices copy_start .. copy_start + copy_stride - 2
     groups: list[list[int]] | None = None
 
     @property
@@ -170,12 +172,14 @@ class EditPlan:
 
     @property
     def slice_count(self) -> int:
-        """Slices along the sliced axis of the source (of one copy, for a sampled plan)."""
-        return self.stack.shape[0] if self.copy_stride is None else self.copy_stride - 1
+        """The source's slices along the sliced axis (one for a 2D image)."""
+        if self.planar:
+            return 1
+        return self.source.array.shape[self.axis if self.back is None else int(self.back[0, 0])]
 
     def in_source_order(self, chunk: list[int], planes: np.ndarray | None = None):
-        if self.copy_stride is not None:
-            chunk = [i % self.copy_stride for i in chunk]
+        if self.copy_stride is not None:  # a sampled plan's slice -> the source slice it is a copy of
+            chunk = [self.copy_start + i % self.copy_stride for i in chunk]
         return _in_source_order(chunk, planes, axis=self.axis, back=self.back, count=self.slice_count)
 
     def for_seed(self, seed: int) -> EditPlan:
@@ -194,16 +198,19 @@ class EditPlan:
         single edit's batches (bit-identical to it) unless ``share_batches`` (then ``shared_batch_size``)."""
         if len(self.seeds) == 1:
             return self
-        stride, copies = self.stack.shape[0] + 1, len(self.seeds)
+        # A copy holds the span of the chosen slices (their gaps kept: smoothing's neighbours stay the
+        # source's), then one spare slice.
+        start, stop = min(self.chosen), max(self.chosen) + 1
+        stride, copies = stop - start + 1, len(self.seeds)
 
         def repeated(stack: np.ndarray) -> np.ndarray:
-            return np.concatenate([np.concatenate([stack, stack[:1]])] * copies)
+            return np.concatenate([np.concatenate([stack[start:stop], stack[start : start + 1]])] * copies)
 
         noise = []
         for seed in self.seeds:
-            own = self.for_seed(seed).noise
+            own = self.for_seed(seed).noise[start:stop]
             noise += [*own, own[0]]  # the spare slice is never edited: its noise is never drawn
-        groups = [[i + k * stride for i in self.chosen] for k in range(copies)]
+        groups = [[i - start + k * stride for i in self.chosen] for k in range(copies)]
         return dataclasses.replace(
             self,
             stack=repeated(self.stack),
@@ -211,20 +218,30 @@ class EditPlan:
             chosen=[i for group in groups for i in group],
             noise=noise,
             copy_stride=stride,
+            copy_start=start,
             groups=None if share_batches else groups,
             batch_size=shared_batch_size if share_batches else self.batch_size,
         )
 
-    def split(self, outputs: list[np.ndarray], maps: dict[str, np.ndarray]):
-        """A sampled plan's outputs and maps, per sample, as a single edit's would be."""
+    def split(self, outputs: list[np.ndarray], maps: dict[str, np.ndarray], whole: EditPlan):
+        """A sampled plan's outputs and maps, per sample, as the single edit ``whole`` would give them."""
         if self.copy_stride is None:
             return [(outputs, maps)]
-        count = self.slice_count
-        starts = range(0, self.stack.shape[0], self.copy_stride)
-        return [
-            ([v[k : k + count] for v in outputs], {name: m[k : k + count] for name, m in maps.items()})
-            for k in starts
-        ]
+        span = slice(self.copy_start, self.copy_start + self.copy_stride - 1)
+
+        def filled(part: np.ndarray, background: np.ndarray) -> np.ndarray:
+            out = background.copy()
+            out[span] = part
+            return out
+
+        per_sample = []
+        for k in range(0, self.stack.shape[0], self.copy_stride):
+            copy = slice(k, k + self.copy_stride - 1)
+            source = whole.stack.astype(np.float64)
+            versions = [filled(v[copy], source) for v in outputs]
+            zeros = np.zeros(whole.stack.shape, np.float32)
+            per_sample.append((versions, {name: filled(m[copy], zeros) for name, m in maps.items()}))
+        return per_sample
 
 
 def plan_edit(
@@ -515,17 +532,24 @@ def _in_source_voxels(plan: EditPlan, stacked: np.ndarray) -> np.ndarray:
 def with_samples(results: list[EditResult], plan: EditPlan, maps: dict[str, np.ndarray]) -> EditResult:
     """Sample 1's result carrying every sample, their per-voxel standard deviation (float32, on the
     source's grid) and its summary inside the editable region, against the edit's own size there."""
-    source = plan.source.array.astype(np.float64)
-    values = np.stack([r.image.array.astype(np.float64) for r in results])
+    # Only the edited slices can differ: the rest of the map is 0 without computing it.
+    slab = [slice(None)] * plan.source.array.ndim
+    if not plan.planar:
+        axis, indices, _ = plan.in_source_order(plan.chosen)
+        slab[axis] = indices
+    slab = tuple(slab)
+    source = plan.source.array[slab].astype(np.float64)
+    values = np.stack([r.image.array[slab].astype(np.float64) for r in results])
     # Shifted by sample 1: where every sample kept the source the deviations are 0.0 exactly, and so is the
     # standard deviation (a mean of equal floats need not equal them).
-    variability = np.std(values - values[0], axis=0).astype(np.float32)
+    variability = np.zeros(plan.source.array.shape, np.float32)
+    variability[slab] = np.std(values - values[0], axis=0)
     editable = _editable(plan, _masks_used(plan, maps))
     region_stack = np.zeros(plan.stack.shape, bool)
     region_stack[plan.chosen] = True if editable is None else editable[plan.chosen]
-    region = _in_source_voxels(plan, region_stack)
+    region = _in_source_voxels(plan, region_stack)[slab]
     change = np.abs(values - source).mean(axis=0)[region]
-    spread = variability[region].astype(np.float64)
+    spread = variability[slab][region].astype(np.float64)
     summary = {
         "std_mean": float(spread.mean()) if spread.size else 0.0,
         "std_p95": float(np.percentile(spread, 95)) if spread.size else 0.0,
@@ -757,6 +781,12 @@ def _in_source_order(chunk: list[int], planes: np.ndarray | None = None, *, axis
     if planes is not None:  # apply_orientation flips the sub-stack too, so its order matches ``indices``
         planes = np.moveaxis(apply_orientation(planes, back), source_axis, 0)
     return source_axis, indices, planes
+
+
+def samples_share_batches(model: Denoiser, batch_size: int | None) -> bool:
+    """Whether several samples may share model calls: on a GPU with an automatic batch size, where
+    batching pays. Elsewhere each sample keeps a single edit's batches and equals it bit for bit."""
+    return model.device.type == "cuda" and batch_size is None
 
 
 def _default_batch(model: Denoiser, count: int) -> int:
