@@ -58,8 +58,9 @@ def main() -> None:
     lines = [
         "# Samples of an edit: N samples against N single edits",
         "",
-        f"`python benchmarks/samples.py --counts {' '.join(map(str, args.counts))}` on {platform.platform()}, "
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads; models loaded before timing.",
+        f"`python benchmarks/samples.py --counts {' '.join(map(str, args.counts))}` on "
+        f"{platform.platform()}, torch {torch.__version__} with {torch.get_num_threads()} threads; "
+        "models loaded before timing.",
         "",
         "| edit | N | N samples, s | N single edits, s | ratio | spread (std) mean / p95 | change mean |",
         "|---|---|---|---|---|---|---|",
