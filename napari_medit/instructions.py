@@ -170,13 +170,26 @@ def hemithorax(lungs: np.ndarray, side: Side) -> np.ndarray:
 
 PSEUDO_MASK_PREFIX = "pseudo_mask_"  # InstructX2X's inference/masks/pseudo_mask_<Finding>.npy
 PSEUDO_MASK_PATTERN = f"{PSEUDO_MASK_PREFIX}*.npy"
+# rse_x2x.py's VALID_CATEGORIES, as it lists them (two with a trailing space, which it matches as written).
+# An instruction naming one is edited in that category's pseudo mask, pseudo_mask_<Category Title>.npy,
+# and in the whole image when that file does not exist (the reference ships 8 of the 31).
+PSEUDO_MASK_CATEGORIES = (
+    "fracture", "thymoma", "tortuosity of the descending aorta ", "blunting of the costophrenic angle",
+    "atelectasis", "hilar congestion", "hernia", "cardiomegaly", "consolidation", "Effusion",
+    "tortuosity of the thoracic aorta ", "vascular congestion", "pleural thickening", "granuloma",
+    "lung opacity", "contusion", "hypertensive heart disease", "heart failure", "gastric distention",
+    "pneumomediastinum", "calcification", "infection", "air collection", "pneumonia",
+    "enlargement of the cardiac silhouette", "edema", "emphysema", "scoliosis", "hypoxemia",
+    "hematoma", "pneumothorax",
+)  # fmt: skip
 
 
 def pseudo_mask_region(folder: str | Path, text: str, shape: tuple[int, int]) -> np.ndarray:
-    """InstructX2X's own region for an instruction: the union (maximum) of the released pseudo
-    masks whose finding the text names (case-insensitive, as its reference matches them), each
-    resampled bilinearly from its grid to ``shape`` and cut at one half; the whole image when the
-    text names none of them. ValueError names a missing folder or a file that is not a 2D mask."""
+    """InstructX2X's own region for an instruction, as rse_x2x.py's ``integrate_masks`` builds it: the
+    union (maximum) of the pseudo masks of the categories the text names (``PSEUDO_MASK_CATEGORIES``,
+    matched case-insensitively anywhere in the text), each resampled bilinearly from its grid to
+    ``shape`` and cut at one half; the whole image when the text names no category, or names one
+    without a mask file. ValueError names a missing folder or a file that is not a 2D mask."""
     from scipy.ndimage import zoom
 
     folder = Path(folder).expanduser()
@@ -187,8 +200,12 @@ def pseudo_mask_region(folder: str | Path, text: str, shape: tuple[int, int]) ->
             "inference/masks folder, or leave it empty for napari-medit's templates"
         )
     lowered = text.lower()
-    named = [f for f in files if f.stem.removeprefix(PSEUDO_MASK_PREFIX).lower() in lowered]
-    if not named:
+    named = [
+        folder / f"{PSEUDO_MASK_PREFIX}{c.title()}.npy"
+        for c in PSEUDO_MASK_CATEGORIES
+        if c.lower() in lowered
+    ]
+    if not named or not all(path.is_file() for path in named):
         return np.ones(shape, bool)
     union = np.zeros(shape, np.float64)
     for path in named:

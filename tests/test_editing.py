@@ -297,6 +297,18 @@ def test_every_method_runs_on_a_volume_with_every_run_option(method, model, monk
         axis = 1 if options["axis"] == "coronal" else options["axis"]  # the affine is diagonal: RAS order
         untouched = [i for i in range(volume.shape[axis]) if i not in result.edited_slices]
         np.testing.assert_array_equal(np.take(out, untouched, axis), np.take(volume, untouched, axis))
+        assert took_effect(name, value, result.provenance), (name, value)
+
+
+def took_effect(name: str, value, provenance: dict) -> bool:
+    """What the edit records of a run option it was given: an option read and dropped fails here."""
+    if name == "slices":
+        return provenance["slices"] == list(range(*(int(v) for v in value.split(":"))))
+    if name == "samples":
+        return provenance["samples"][0] == provenance["seed"] and len(provenance["samples"]) == value
+    if name == "precision":  # auto: float32 on a CPU without native bfloat16, bfloat16 on one with it
+        return value is Precision.auto or provenance["precision"] == value.value
+    return provenance[name] == getattr(value, "value", value)
 
 
 @pytest.mark.parametrize("method", list(CASES))

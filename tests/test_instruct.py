@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from napari_medit.backends import ModelLoadError, load_model
-from napari_medit.catalogue import METHODS, InstructParams, InstructX2XParams
+from napari_medit.catalogue import InstructParams, InstructX2XParams
 from napari_medit.editing import EditError, edit
 from napari_medit.editing.control import NoiseSource, Progress
 from napari_medit.editing.instruct import instruct
@@ -172,6 +172,12 @@ def test_region_specific_editing_changes_nothing_outside_its_thresholded_map(pix
     np.testing.assert_array_equal(again.image.array, result.image.array)
     other = edit("instructx2x", image, model=pix2pix, prompt=PROMPT, roi_mask=roi, steps=8, seed=4)
     assert not np.array_equal(other.maps["guidance_map"], guidance)
+
+
+def test_a_threshold_of_zero_takes_every_pixel_as_the_reference_does(pix2pix):
+    """rse_x2x.py keeps pixels whose guidance is >= tau: at tau = 0, every one, the map's zeros too."""
+    result = edit("instructx2x", chest(), model=pix2pix, prompt=PROMPT, steps=2, threshold=0.0)
+    assert result.masks["guidance_mask"].all()
 
 
 def test_without_a_region_the_instruction_names_its_template(pix2pix):
@@ -341,13 +347,6 @@ def test_cardiac_template_covers_the_enlarged_heart():
         assert (heart & template).sum() > 0.85 * heart.sum()
 
 
-def test_methods_are_in_the_catalogue():
-    assert METHODS["instruct"].edits_from_prior and METHODS["instructx2x"].produces == (
-        "guidance_map",
-        "guidance_mask",
-    )
-
-
 def test_cli_writes_the_guidance_map_beside_the_result(tmp_path):
     import json
 
@@ -472,6 +471,24 @@ def test_instructx2x_region_from_its_released_pseudo_masks(tmp_path, pix2pix):
     np.testing.assert_array_equal(region, pseudo_mask_region(tmp_path / "masks", PROMPT, image.shape))
     np.testing.assert_array_equal(result.image.array[~region], image[~region])
     assert result.provenance["parameters"]["pseudo_masks"] == str(tmp_path / "masks")
+
+
+def test_a_category_named_without_a_pseudo_mask_file_edits_the_whole_image(tmp_path):
+    """rse_x2x.py: an instruction naming one of its 31 categories that has no mask file (it ships 8)
+    falls back to the whole image, whatever else it names; a word outside the list selects nothing."""
+    from napari_medit.instructions import PSEUDO_MASK_CATEGORIES, pseudo_mask_region
+
+    assert len(PSEUDO_MASK_CATEGORIES) == 31
+    folder = tmp_path / "masks"
+    effusion, _ = released_pseudo_masks(folder)
+    edema = np.zeros((512, 512), np.float32)
+    edema[100:300, 100:400] = 1
+    np.save(folder / "pseudo_mask_Edema.npy", edema)
+    assert pseudo_mask_region(folder, "edema and heart failure", (512, 512)).all()
+    np.testing.assert_array_equal(pseudo_mask_region(folder, "worsening edema", (512, 512)), edema > 0)
+    np.save(folder / "pseudo_mask_Flurbosis.npy", np.zeros((512, 512), np.float32))  # not a category
+    assert pseudo_mask_region(folder, "flurbosis", (8, 8)).all()
+    np.testing.assert_array_equal(pseudo_mask_region(folder, "effusion and flurbosis", (512, 512)), effusion)
 
 
 def test_a_pseudo_mask_folder_that_is_not_one_fails_clearly(tmp_path, pix2pix):

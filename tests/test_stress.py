@@ -185,6 +185,12 @@ def test_a_stress_test_writes_its_report_and_resumes(tmp_path, cases):
         assert on_disk["edited"]["accuracy"] == 0.0 and on_disk["edited"]["positive rate"] == 1.0
     kept = [c for c in on_disk["cases"] if c["kept"]]
     assert on_disk["n_kept"] == len(kept)
+    # each case edited with its own seed, drawn from the run's and its id, and recorded
+    from napari_medit.stress.run import case_seed
+
+    seeds = [case["seed"] for case in on_disk["cases"]]
+    assert seeds == [case_seed(0, case["id"]) for case in on_disk["cases"]] and len(set(seeds)) == len(seeds)
+    assert [case["provenance"]["seed"] for case in on_disk["cases"]] == seeds and on_disk["seed"] == 0
     for case in on_disk["cases"]:
         assert (
             case["provenance"]["method"] == "radedit"

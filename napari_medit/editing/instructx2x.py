@@ -64,7 +64,7 @@ def instructx2x(
     guidance_map = map_ * F.interpolate(
         region.to(map_.dtype), size=size, mode="bilinear", align_corners=False
     )
-    guidance_mask = (guidance_map > params.threshold).to(x0.dtype)
+    guidance_mask = (guidance_map >= params.threshold).to(x0.dtype)  # rse_x2x.py: >= tau
     keep = 1 - binarised(to_latent_grid(guidance_mask, denoiser.latent_factor))
 
     scheduler.set_timesteps(params.steps)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,7 +116,8 @@ def stress_test(
             e.g. ``napari_medit.stress.biovil:biovil_t``): when given, the filter is RadEdit's editing
             score instead, kept at ``filter_threshold`` or above (None: the paper's 0.2).
         input_size: the model under test's input side when it has no ``input_size`` attribute.
-        seed, steps: the edits' seed and RadEdit steps (None: the paper's 100).
+        seed, steps: the run's seed, from which each case's own is drawn (``case_seed``: recorded per
+            case in the report), and RadEdit's steps (None: the paper's 100).
         device, download, trust_remote_code: how the editor loads (``napari_medit.backends.load_model``).
     """
     from ..batch import run_batch
@@ -145,7 +147,7 @@ def stress_test(
         trust_remote_code=trust_remote_code,
         show_progress=show_progress,
     )
-    rows = _judged(cases, {r["id"]: r for r in summary.records}, judge)
+    rows = _judged(cases, {r["id"]: r for r in summary.records}, judge, seed)
     report = _measure(spec, tested, cases, rows)
     report.update(
         {
@@ -157,6 +159,7 @@ def stress_test(
             "method": method.value,
             "prompt": spec.prompt if method is EditMethod.radedit else spec.instruction,
             "filter": judge.describe(),
+            "seed": seed,  # each case edits with its own seed, drawn from this one (case_seed; cases' "seed")
             "n_generated": sum(r["status"] != "failed" for r in rows),
             "n_failed": sum(r["status"] == "failed" for r in rows),
             "n_kept": sum(r["kept"] for r in rows),
@@ -212,15 +215,28 @@ def _edit_filter(spec, filter_classifier: str, filter_encoder: str | None, thres
     return ClassifierFilter(classifier, spec, threshold)
 
 
-def _judged(cases, records: dict, judge) -> list[dict]:
-    """One row per case: its edit (or why it failed) and what the filter said of it."""
+def case_seed(seed: int, case_id: str) -> int:
+    """A case's own seed, drawn from the run's seed and the case's id: a set of counterfactuals then
+    samples the edit's distribution (one bad draw cannot sink every case), and a case keeps its seed in
+    any subset or order of the cases."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(case_id.encode())]).generate_state(1)[0])
+
+
+def _judged(cases, records: dict, judge, seed: int) -> list[dict]:
+    """One row per case: its seed, its edit (or why it failed) and what the filter said of it."""
     from ..io import read_image
 
     rows = []
     for case in cases:
         record = records[case.id]
         source = read_image(case.image).array
-        row = {"id": case.id, "image": str(case.image), "status": record["status"], "source": source}
+        row = {
+            "id": case.id,
+            "image": str(case.image),
+            "seed": case_seed(seed, case.id),
+            "status": record["status"],
+            "source": source,
+        }
         if record["status"] == "failed":
             rows.append({**row, "kept": False, "error": record.get("error")})
             continue
@@ -265,7 +281,7 @@ def _write_edit_jobs(
                 editor,
                 *(str(paths[role].resolve()) for role in roles),
                 prompt,
-                str(seed),
+                str(case_seed(seed, case.id)),
             ]
             + ([str(steps)] if steps else [])
         )
