@@ -117,7 +117,7 @@ class EngineClient:
         if place == self.place and (self.engine is not None or not self._connecting.done.is_set()):
             return False
         self.place = place
-        self._connecting.abandon()  # an attempt still under way closes what it makes itself
+        _in_background(self._connecting.abandon)  # an attempt still under way closes what it makes itself
         self.disconnect()
         attempt = self._connecting = _Connecting()
 
@@ -165,9 +165,10 @@ class EngineClient:
         threading.Thread(target=load, name="napari-medit warm-up", daemon=True).start()
 
     def disconnect(self) -> None:
+        """Let go of the engine; it closes in the background (a worker process takes seconds to stop)."""
         engine, self.engine = self.engine, None
         if engine is not None:
-            engine.close()
+            _in_background(engine.close)
 
     # ------------------------------------------------------------ running
 
@@ -229,14 +230,34 @@ class EngineClient:
             self.progress_bar.close()
             self.progress_bar = None
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop the background work: cancel a run and wait for it (one denoising step), disconnect the
-        signals, and stop the worker process, so nothing is left running."""
+    def close(self, timeout: float = 10.0) -> threading.Thread:
+        """Stop the background work without waiting on the GUI thread: cancel a run, disconnect the
+        signals, abandon a connection under way; a thread of its own waits for the run to stop (one
+        denoising step, at most ``timeout``) and then stops the worker process, so nothing is left
+        running. That thread is not a daemon: the interpreter waits for it at exit. Returns it."""
         self.cancel_event.set()
-        self.run_done.wait(timeout)
         for signal in (self.relay.step, self.relay.outcome):
             with contextlib.suppress(TypeError, RuntimeError):  # nothing connected, or already deleted
                 signal.disconnect()
         self.finish()
-        self._connecting.abandon()  # a connection under way closes what it made when it finishes
-        self.disconnect()
+        attempt, engine, run_done = self._connecting, self.engine, self.run_done
+        self.engine = None
+
+        def stop():
+            attempt.abandon()  # a connection under way closes what it made when it finishes
+            run_done.wait(timeout)
+            if engine is not None:
+                engine.close()
+
+        return _in_background(stop)
+
+
+CLOSER_THREAD = "napari-medit close"
+
+
+def _in_background(stop: Callable[[], None]) -> threading.Thread:
+    """Run ``stop`` (closing an engine: seconds) off the GUI thread, in a thread the interpreter joins at
+    exit, so napari closes at once and the worker process still stops behind it."""
+    thread = threading.Thread(target=stop, name=CLOSER_THREAD, daemon=False)
+    thread.start()
+    return thread
