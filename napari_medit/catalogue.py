@@ -41,14 +41,20 @@ class Follows:
 
 
 def parameter(
-    default: Any, source: str, *, follows: Follows | None = None, automatic: str | None = None
+    default: Any,
+    source: str,
+    *,
+    follows: Follows | None = None,
+    automatic: str | None = None,
+    minimum: float | None = None,
 ) -> Any:
     """A method parameter and where its default comes from (shown as help text and tooltips).
 
     ``follows``: the default (None) is computed from another parameter when none is given.
     ``automatic``: what a None default means when it is decided at run time (e.g. from the model).
+    ``minimum``: the least value a form offers (the checks that refuse less live with the options).
     """
-    metadata = {"source": source, "follows": follows, "automatic": automatic}
+    metadata = {"source": source, "follows": follows, "automatic": automatic, "minimum": minimum}
     return field(default=default, metadata=metadata)
 
 
@@ -398,6 +404,7 @@ class RunOptions:
         1,
         "samples of the edit, each with its own seed (the first: the run's seed), and a per-voxel "
         "standard deviation map over them: how much of the edit is the model's and how much one draw's",
+        minimum=1,
     )
     compile_network: bool = parameter(
         False,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_medit.widgets.edit import Compute
+from napari_medit.widgets.edit import Compute, Scope
 
 PLUGIN = "napari-medit"
 
@@ -268,6 +268,28 @@ def test_masks_widget_brain_mask_and_inpainting_mask(brain_widget, qtbot):
     assert masks.check() == ["brain_mask ('brain_mask') is empty: paint the region first"]
 
 
+def test_every_control_says_what_it_is(brain_widget):
+    """Every field of every form is named as the catalogue names it (a check box by its text), no
+    group is labelled with a class name, and a value decided at run time reads 'automatic', not 0."""
+    from magicgui.widgets import CheckBox
+
+    from napari_medit.catalogue import METHODS, RunOptions
+
+    _, widget = brain_widget
+    for form in (*widget.parameters.values(), widget.run_options):
+        for control in form:
+            shown = control.text if isinstance(control, CheckBox) else control.label
+            assert shown.startswith(control.name.replace("_", " ")), control.name
+    classes = {RunOptions.__name__, *(spec.params.__name__ for spec in METHODS.values())}
+    assert not classes & {control.label for control in widget}
+    assert (widget.parameter_box.label, widget.run_options.label) == ("parameters", "run options")
+    assert widget.run_options.batch_size.label == "batch size (0: automatic)"
+    widget.method.value = "mededit"
+    assert widget.parameter("dilation").label == "dilation (0: automatic)"  # MedEdit's 25 px at 128, scaled
+    assert widget.run_options.seed.label == "seed"  # a 0 that means 0
+    assert widget.run_options.samples.min == 1 and widget.run_options.samples.value == 1
+
+
 def test_parameter_forms_hold_each_papers_defaults_with_their_sources(brain_widget):
     from napari_medit.catalogue import METHODS
     from napari_medit.widgets.forms import form_values
@@ -311,7 +333,7 @@ def test_current_slice_scope_edits_only_the_slice_in_view(brain_widget, qtbot):
     lesion_slices = np.flatnonzero(viewer.layers["lesion_mask"].data.any(axis=(1, 2)))
     in_view = int(lesion_slices[len(lesion_slices) // 2])
     viewer.dims.set_point(0, source.data_to_world([in_view, 0, 0])[0])
-    widget.scope.value = "current slice"
+    widget.scope.value = Scope.current
     widget.parameter("steps").value = 3
     result = run_and_wait(widget, qtbot, "t1 mededit")
     changed = np.flatnonzero((result.data != source.data).any(axis=(1, 2)))
@@ -329,7 +351,7 @@ def test_a_coronal_slice_range_edits_those_array_slices(brain_widget, qtbot):
     widget.axis.value = "coronal"
     array_axis, _ = plane_axis(from_layer(source.data, source.metadata, file_order=False).affine, "coronal")
     touched = np.flatnonzero(np.moveaxis(viewer.layers["lesion_mask"].data, array_axis, 0).any(axis=(1, 2)))
-    widget.scope.value = "slice range"
+    widget.scope.value = Scope.range
     assert not widget.first.native.isHidden() and widget.first.max == source.data.shape[array_axis] - 1
     widget.first.value, widget.last.value = int(touched[0]), int(touched[0]) + 1
     widget.parameter("steps").value = 3
@@ -344,7 +366,7 @@ def test_a_bad_slice_range_notifies(brain_widget, monkeypatch, qtbot):
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)  # the chosen model loaded
     shown = []
     monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
-    widget.scope.value = "slice range"
+    widget.scope.value = Scope.range
     widget.first.value, widget.last.value = 40, 30
     names = [layer.name for layer in viewer.layers]
     widget.run()
@@ -498,7 +520,7 @@ def test_every_parameter_can_be_set_from_the_widget(brain_widget):
     assert set(RUN_FORM_FIELDS) == set(OTHER_RUN) - {"axis", "slices"}  # those two: the scope widgets
     for field in RUN_FORM_FIELDS:
         getattr(widget.run_options, field).value = OTHER_RUN[field]
-    widget.axis.value, widget.scope.value = "coronal", "slice range"
+    widget.axis.value, widget.scope.value = "coronal", Scope.range
     widget.first.value, widget.last.value = 3, 4
     request = widget.request()
     assert {field: request[field] for field in RUN_FORM_FIELDS} == {f: OTHER_RUN[f] for f in RUN_FORM_FIELDS}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from napari_medit.catalogue import METHODS
+from napari_medit.widgets.edit import Scope
 
 PLUGIN = "napari-medit"
 # A few steps each: enough to run every part of the method, not to make a good edit.
@@ -74,7 +75,7 @@ def test_every_method_through_masks_edit_and_compare(
         for role in spec.masks:
             edit.masks[role].value = f"{image} {role}"
         if sample == "brain":
-            edit.scope.value = "current slice"
+            edit.scope.value = Scope.current
         for key, value in SHORT[method].items():
             edit.parameter(key).value = value
         edit.run()

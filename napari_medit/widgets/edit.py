@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     import napari
 
 GUI_TASK_GAP_MS = 20  # between layer insertions: long enough for queued input and paint events to run
-SCOPES = ("slices the mask touches", "current slice", "slice range")
 # Run options the form holds (axis and slices: the scope widgets).
 RUN_FORM_FIELDS = (
     "seed",
@@ -42,6 +41,14 @@ RUN_FORM_FIELDS = (
     "samples",
     "compile_network",
 )
+
+
+class Scope(str, enum.Enum):
+    """Which slices of a volume the Edit widget edits."""
+
+    touched = "slices the mask touches"
+    current = "current slice"
+    range = "slice range"
 
 
 class Compute(str, enum.Enum):
@@ -90,8 +97,10 @@ class EditWidget(Container):
         }
         # One form per method and one for the run options, from the catalogue (no torch needed).
         self.parameters = {name: method_form(spec) for name, spec in METHODS.items()}
-        self.parameter_box = Container(labels=False, widgets=list(self.parameters.values()))
-        self.run_options = parameter_form(RunOptions, only=RUN_FORM_FIELDS)
+        self.parameter_box = Container(
+            labels=False, widgets=list(self.parameters.values()), label="parameters"
+        )
+        self.run_options = parameter_form(RunOptions, only=RUN_FORM_FIELDS, label="run options")
         self.axis = ComboBox(
             label="slice along",
             choices=self._axes,
@@ -99,7 +108,10 @@ class EditWidget(Container):
             "orientation it was trained on",
         )
         self.scope = ComboBox(
-            label="slices", choices=SCOPES, value=SCOPES[0], tooltip="which slices along that axis are edited"
+            label="slices",
+            choices=[(scope.value, scope) for scope in Scope],
+            value=Scope.touched,
+            tooltip="which slices along that axis are edited",
         )
         self.first = SpinBox(label="first slice", min=0, max=0, value=0)
         self.last = SpinBox(label="last slice", min=0, max=0, value=0)
@@ -250,7 +262,7 @@ class EditWidget(Container):
     def _scope_changed(self, _=None):
         layer = self._source_layer()
         volume = layer is not None and layer.ndim == 3
-        ranged = volume and self.scope.value == "slice range"
+        ranged = volume and self.scope.value is Scope.range
         self.first.visible = self.last.visible = ranged
         if volume:
             array_axis, _ = self._array_axis(layer)
@@ -304,10 +316,10 @@ class EditWidget(Container):
 
     def _slice_range(self, layer) -> tuple[int, int] | None:
         """[start, stop) along the plane, from array indices (None: the slices the method's mask touches)."""
-        if self.scope.value == SCOPES[0]:
+        if self.scope.value is Scope.touched:
             return None
         array_axis, counts_backwards = self._array_axis(layer)
-        if self.scope.value == "current slice":
+        if self.scope.value is Scope.current:
             first = last = self._current_index(layer, array_axis)
         else:
             first, last = self.first.value, self.last.value

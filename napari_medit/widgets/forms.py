@@ -10,10 +10,12 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEd
 
 from .. import catalogue
 
+AUTOMATIC = "automatic"  # what a form shows for a value decided at run time
 
-def parameter_form(params: type, only: tuple[str, ...] | None = None) -> Container:
+
+def parameter_form(params: type, only: tuple[str, ...] | None = None, label: str = "") -> Container:
     """A form for a parameters dataclass of the catalogue: its defaults, where they come from as tooltips,
-    and defaults that follow another parameter kept in step with it."""
+    and defaults that follow another parameter kept in step with it; ``label`` names the group."""
     widgets = []
     for item in catalogue.fields(params):
         if only is not None and item.name not in only:
@@ -24,25 +26,32 @@ def parameter_form(params: type, only: tuple[str, ...] | None = None) -> Contain
         if follows is not None:
             value = follows.rule(getattr(params(), follows.other))
             tooltip += f" (follows {follows.other}: {follows.says})"
+        least = item.metadata.get("minimum") or 0
         if issubclass(kind, enum.Enum):
-            automatic = [("automatic", None)] if value is None else []  # the tooltip says what it decides
+            automatic = [(AUTOMATIC, None)] if value is None else []  # the tooltip says what it decides
             widget = ComboBox(choices=[*automatic, *((m.value, m) for m in kind)], value=value)
         elif kind is bool:
             widget = CheckBox(value=value)
         elif kind is str:
             widget = LineEdit(value=value or "")
         elif kind is int:
-            widget = SpinBox(value=0 if value is None else value, min=0, max=2**31 - 1)
+            widget = SpinBox(value=0 if value is None else value, min=least, max=2**31 - 1)
         elif kind is float:
-            widget = FloatSpinBox(value=value, min=0.0, max=1000.0, step=0.05)
+            widget = FloatSpinBox(value=value, min=float(least), max=1000.0, step=0.05)
         else:
             raise TypeError(f"no form widget for {params.__name__}.{item.name}: {kind}")
+        name = item.name.replace("_", " ")
+        shown = name
         if value is None:  # decided at run time: 0, empty text or 'automatic' stands for it
-            empty = "automatic" if issubclass(kind, enum.Enum) else "empty" if kind is str else 0
+            empty = AUTOMATIC if issubclass(kind, enum.Enum) else "empty" if kind is str else "0"
             tooltip += f" ({empty}: {item.metadata['automatic']})"
-        widget.name, widget.label, widget.tooltip = item.name, item.name.replace("_", " "), tooltip
+            if kind is int:  # a spin box cannot show a word: its label says what its 0 means
+                shown = f"{name} (0: {AUTOMATIC})"
+        widget.name, widget.label, widget.tooltip = item.name, shown, tooltip
+        if isinstance(widget, CheckBox):
+            widget.text = name  # a check box shows its text, not a form label
         widgets.append(widget)
-    form = Container(widgets=widgets, labels=True, name=params.__name__)
+    form = Container(widgets=widgets, labels=True, name=params.__name__, label=label)
     for item in catalogue.fields(params):
         follows = item.metadata.get("follows")
         if follows is not None and item.name in form.asdict():
