@@ -362,3 +362,15 @@ def test_a_closed_pipe_is_not_an_error():
     models.stdout.close()  # before it writes: its first write finds no reader
     _, errors = models.communicate(timeout=120)
     assert models.returncode == 0 and errors.decode().strip() == ""
+
+
+def test_the_cli_answers_a_tls_address_without_settings_in_one_line_and_exits_at_once(files, tmp_path):
+    """No half-made dask client is left behind to hang the interpreter's exit (Client.__del__)."""
+    command = [sys.executable, "-m", "napari_medit.cli", "edit", "sdedit", "--image", str(files / "cxr.png")]
+    command += ["--model", "demo-cxr", "--out", str(tmp_path / "cf.png"), "--scheduler", "tls://127.0.0.1:9"]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DASK_DISTRIBUTED__COMM__TLS")}
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environ)
+    assert done.returncode == 2 and time.monotonic() - started < 20
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("napari-medit: error: tls://127.0.0.1:9 asks for TLS, and this machine has no TLS")
