@@ -86,7 +86,11 @@ def measure(compute, steps: int = 60, idle_seconds: float = 3.0) -> dict:
         probe.start()  # opening the widget started connecting in the background
         warm_start = time.perf_counter()
         spin_until(lambda: widget.ready, 120)  # connected, the worker's models listed
-        widget.method.value, widget.model.value, widget.image.value = "mededit", "demo-brain", "t1"
+        widget.method.value, widget.model.value, widget.image.value = (
+            "mededit",
+            "demo-brain",
+            widget.viewer.layers["t1"],
+        )
         spin_until(lambda: False, 8.0)  # the chosen model loads where edits run
         widget.parameter("steps").value = steps
         warmup = probe.stalls() | {"seconds": time.perf_counter() - warm_start}

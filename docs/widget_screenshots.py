@@ -38,7 +38,11 @@ def brain() -> None:
     masks.show_inpainting_mask()
     masks.check()
     _, widget = viewer.window.add_plugin_dock_widget("napari-medit", "Edit", tabify=True)
-    widget.method.value, widget.model.value, widget.image.value = "mededit", "demo-brain", "brain_t1"
+    widget.method.value, widget.model.value, widget.image.value = (
+        "mededit",
+        "demo-brain",
+        widget.viewer.layers["brain_t1"],
+    )
     spin(120, lambda: widget.ready)
     widget.parameter("steps").value = 100
     widget.run()

@@ -88,7 +88,7 @@ def edited_brain(make_napari_viewer, qtbot):
     viewer.open_sample(PLUGIN, "brain")
     edit = open_edit_widget(viewer, qtbot)
     _, compare = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare")
-    edit.method.value, edit.model.value, edit.image.value = "mededit", "demo-brain", "t1"
+    edit.method.value, edit.model.value, edit.image.value = "mededit", "demo-brain", edit.viewer.layers["t1"]
     edit.parameter("steps").value = 3
     run_and_wait(edit, qtbot, "t1 mededit")
     qtbot.waitUntil(lambda: "t1 mededit difference" in viewer.layers, timeout=10_000)

@@ -21,15 +21,15 @@ def brain_widget(make_napari_viewer, qtbot):
     widget = open_edit_widget(viewer, qtbot)
     widget.method.value = "mededit"
     widget.model.value = "demo-brain"
-    widget.image.value = "t1"
+    widget.image.value = widget.viewer.layers["t1"]
     return viewer, widget
 
 
 def test_mededit_through_the_widget_adds_aligned_layers(brain_widget, qtbot):
     viewer, widget = brain_widget
     assert (
-        widget.masks["pathology_mask"].value == "lesion_mask"
-        and widget.masks["brain_mask"].value == "brain_mask"
+        widget.masks["pathology_mask"].value.name == "lesion_mask"
+        and widget.masks["brain_mask"].value.name == "brain_mask"
     )
     source = viewer.layers["t1"]
     before = source.data.copy()
@@ -45,6 +45,38 @@ def test_mededit_through_the_widget_adds_aligned_layers(brain_widget, qtbot):
     np.testing.assert_array_equal(source.data, before)  # the source layer is never modified
     lesion = viewer.layers["lesion_mask"].data > 0
     assert (result.data[lesion] != source.data[lesion]).any()
+
+
+def test_the_result_follows_its_source_layer_renamed_and_a_removed_one_is_said(
+    brain_widget, qtbot, monkeypatch
+):
+    viewer, widget = brain_widget
+    source = viewer.layers["t1"]
+    widget.parameter("steps").value = 3
+    widget.run()
+    source.name = "t1 renamed mid-run"  # and moved: the picker holds the layer, not its name
+    viewer.layers.move(viewer.layers.index(source), 0)
+    assert widget.image.value is source
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    assert "t1 renamed mid-run mededit" in viewer.layers
+    assert viewer.layers["t1 renamed mid-run mededit"].metadata["source_layer"] == "t1 renamed mid-run"
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    names = [layer.name for layer in viewer.layers]
+    widget.parameter("steps").value = 20
+    widget.run()
+    qtbot.waitUntil(lambda: widget.status.value.startswith("step"), timeout=60_000)
+    viewer.layers.remove(source)
+    # the edit runs on to its end; its outcome finds no source and says so
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=300_000)
+    assert shown == ["the layer 't1 renamed mid-run' was removed during the edit: nothing was added"]
+    assert [layer.name for layer in viewer.layers] == [n for n in names if n != "t1 renamed mid-run"]
+
+
+def test_rgb_images_are_not_offered(brain_widget):
+    viewer, widget = brain_widget
+    viewer.add_image(np.zeros((8, 8, 3), np.uint8), name="photo", rgb=True)
+    assert viewer.layers["photo"] not in widget.image.choices and viewer.layers["t1"] in widget.image.choices
 
 
 def test_cancel_leaves_no_layer(brain_widget, qtbot):
@@ -73,7 +105,7 @@ def test_bad_input_notifies_and_changes_nothing(brain_widget, qtbot, monkeypatch
     viewer, widget = brain_widget
     shown = []
     monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
-    widget.masks["pathology_mask"].value = "(none)"
+    widget.masks["pathology_mask"].value = None
     names = [layer.name for layer in viewer.layers]
     widget.run()
     qtbot.waitUntil(lambda: bool(shown) and widget.run_button.enabled, timeout=60_000)
@@ -93,8 +125,12 @@ def test_layers_not_read_by_napari_medit_keep_their_layout(make_napari_viewer, q
     widget = open_edit_widget(viewer, qtbot)
     widget.compute.value = Compute.this_process  # today's thread worker, kept for debugging
     qtbot.waitUntil(lambda: widget.ready, timeout=120_000)
-    widget.method.value, widget.model.value, widget.image.value = "sdedit", "demo-cxr", "scan"
-    assert widget.masks["edit_mask"].value == "edit_mask"
+    widget.method.value, widget.model.value, widget.image.value = (
+        "sdedit",
+        "demo-cxr",
+        widget.viewer.layers["scan"],
+    )
+    assert widget.masks["edit_mask"].value.name == "edit_mask"
     assert widget.axis.choices == (0, 1, 2)  # no affine: array axes, not anatomical planes
     widget.parameter("steps").value = 40  # SDEdit's default strength 0.1: 4 denoising steps
     widget.run()
@@ -120,7 +156,7 @@ def test_the_view_picker_looks_across_slices_of_volumes_only(brain_widget):
     widget.view.value = "coronal"  # the edits are axial: this plane shows them slice against slice
     assert tuple(viewer.dims.displayed) == (0, 2) and widget.status.value.startswith("coronal view")
     viewer.add_image(np.zeros((32, 40), np.float32), name="flat")
-    widget.image.value = "flat"
+    widget.image.value = widget.viewer.layers["flat"]
     assert widget.view.native.isHidden() and widget.axis.native.isHidden()
 
 
@@ -156,9 +192,13 @@ def run_and_wait(widget, qtbot, layer_name):
 )
 def test_cxr_methods_through_the_widget(cxr_viewer, qtbot, method, settings):
     viewer, widget, _ = cxr_viewer
-    widget.method.value, widget.model.value, widget.image.value = method, "demo-cxr", "cxr"
+    widget.method.value, widget.model.value, widget.image.value = (
+        method,
+        "demo-cxr",
+        widget.viewer.layers["cxr"],
+    )
     if method == "repaint":
-        widget.masks["pathology_mask"].value = "edit_mask"
+        widget.masks["pathology_mask"].value = widget.viewer.layers["edit_mask"]
     for key, value in settings.items():
         widget.parameter(key).value = value
     source = viewer.layers["cxr"]
@@ -179,7 +219,11 @@ def test_cxr_methods_through_the_widget(cxr_viewer, qtbot, method, settings):
 
 def test_samples_through_the_widget_add_a_stack_of_samples_and_their_spread(cxr_viewer, qtbot):
     viewer, widget, _ = cxr_viewer
-    widget.method.value, widget.model.value, widget.image.value = "radedit", "demo-cxr", "cxr"
+    widget.method.value, widget.model.value, widget.image.value = (
+        "radedit",
+        "demo-cxr",
+        widget.viewer.layers["cxr"],
+    )
     widget.parameter("steps").value = 4
     widget.run_options.samples.value = 3
     result = run_and_wait(widget, qtbot, "cxr radedit")
@@ -208,8 +252,12 @@ def test_pie_through_the_masks_and_edit_widgets_adds_a_progression_stack(cxr_vie
     assert masks.check() == ["roi_mask ('cxr roi_mask') is empty: paint the region first"]
     roi.data = (viewer.layers["edit_mask"].data > 0).astype(np.uint8)  # "painting" the ROI
     assert masks.check() == []
-    widget.method.value, widget.model.value, widget.image.value = "pie", "demo-cxr", "cxr"
-    assert widget.masks["roi_mask"].value == "cxr roi_mask"
+    widget.method.value, widget.model.value, widget.image.value = (
+        "pie",
+        "demo-cxr",
+        widget.viewer.layers["cxr"],
+    )
+    assert widget.masks["roi_mask"].value.name == "cxr roi_mask"
     widget.parameter("steps").value, widget.parameter("prompt").value = 4, "Pleural effusion"
     result = run_and_wait(widget, qtbot, "cxr pie")
     qtbot.waitUntil(lambda: "cxr pie progression" in viewer.layers, timeout=10_000)
@@ -221,8 +269,14 @@ def test_pie_through_the_masks_and_edit_widgets_adds_a_progression_stack(cxr_vie
 
 def test_instructx2x_through_the_widget_adds_its_guidance_map(cxr_viewer, qtbot):
     viewer, widget, _ = cxr_viewer
-    widget.method.value, widget.model.value, widget.image.value = "instructx2x", "demo-cxr-instruct", "cxr"
-    widget.masks["roi_mask"].value = "edit_mask"  # the region picker: the effusion's edit mask
+    widget.method.value, widget.model.value, widget.image.value = (
+        "instructx2x",
+        "demo-cxr-instruct",
+        widget.viewer.layers["cxr"],
+    )
+    widget.masks["roi_mask"].value = widget.viewer.layers[
+        "edit_mask"
+    ]  # the region picker: the effusion's edit mask
     for name, value in dict(
         prompt="remove the right pleural effusion",
         steps=4,
@@ -445,7 +499,8 @@ if during_run:
     deadline = time.monotonic() + 120
     while not widget.ready and time.monotonic() < deadline:
         app.processEvents(); time.sleep(0.01)
-    widget.method.value, widget.model.value, widget.image.value = "mededit", "demo-brain", "t1"
+    widget.method.value, widget.model.value = "mededit", "demo-brain"
+    widget.image.value = viewer.layers["t1"]
     widget.parameter("steps").value = 400
     widget.run()
     bar = widget.client.progress_bar

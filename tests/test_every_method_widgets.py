@@ -71,9 +71,13 @@ def test_every_method_through_masks_edit_and_compare(
                 brain if role in ("brain_mask", "lung_mask") else region
             ).astype(np.uint8)
         assert masks.check() == [], method
-        edit.method.value, edit.model.value, edit.image.value = method, MODELS.get(method, "demo-cxr"), image
+        edit.method.value, edit.model.value, edit.image.value = (
+            method,
+            MODELS.get(method, "demo-cxr"),
+            edit.viewer.layers[image],
+        )
         for role in spec.masks:
-            edit.masks[role].value = f"{image} {role}"
+            edit.masks[role].value = edit.viewer.layers[f"{image} {role}"]
         if sample == "brain":
             edit.scope.value = Scope.current
         for key, value in SHORT[method].items():
@@ -118,7 +122,7 @@ for name in ("Masks", "Compare", "Data", "Image info"):
 wait(lambda: widget.ready)
 print("compute:", widget.compute.value.value, "models:", ",".join(widget.model.choices))
 for method, model, image, steps in (("radedit", "demo-cxr", "cxr", 3), ("mededit", "demo-brain", "t1", 3)):
-    widget.method.value, widget.model.value, widget.image.value = method, model, image
+    widget.method.value, widget.model.value, widget.image.value = method, model, widget.viewer.layers[image]
     widget.parameter("steps").value = steps
     widget.run()
     wait(lambda: widget.run_button.enabled and widget.status.value.split(":")[0] in (method, "failed"))

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, LineEdit, PushButton, SpinBox
+from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 
 from ..catalogue import LOCAL_WORKER, MASK_ROLES, METHODS, SCHEDULER_ENVIRON, RunOptions, name_like
 from ..io.image import PLANES, plane_axis
 from ..io.layers import display_range
 from ._viewer_parts import plane_view
-from .common import NONE, image_layer_names, layer_image, show_failure, status_label
+from .common import NONE, layer_image, show_failure, status_label
 from .engine_client import EngineClient
 from .forms import form_values, method_form, parameter_form
 
@@ -88,7 +89,9 @@ class EditWidget(Container):
         self.model = ComboBox(
             label="model", choices=self._models, tooltip="the models the computing side has"
         )
-        self.image = ComboBox(label="image", choices=self._image_layers)
+        # Pickers hold the layers themselves: a renamed or reordered layer stays picked. napari calls
+        # reset_choices when layers come and go (add_dock_widget wires it).
+        self.image = ComboBox(label="image", choices=self._grey_images)
         self.masks = {
             role: ComboBox(
                 label=role.replace("_", " "), choices=self._label_layers, tooltip=MASK_ROLES[role].says
@@ -148,11 +151,9 @@ class EditWidget(Container):
         self.compute.changed.connect(self._compute_changed)
         self.address.native.editingFinished.connect(self._compute_changed)
         self.model.changed.connect(self._warm_up)
-        self.viewer.layers.events.inserted.connect(self._refresh_choices)
-        self.viewer.layers.events.removed.connect(self._refresh_choices)
         self._preview = None
         self._gui_tasks: list = []
-        self._run: tuple | None = None  # (source layer name, method) of the edit under way
+        self._run: tuple | None = None  # (source layer, method) of the edit under way
         self._show_relevant()
         self._image_changed()
         self._compute_changed()
@@ -213,14 +214,21 @@ class EditWidget(Container):
     def _models(self, _=None):
         return self.client.names or [NONE]
 
-    def _image_layers(self, _=None):
-        return image_layer_names(self.viewer)
+    def _grey_images(self, _=None):
+        """The Image layers an edit can take (grey: RGB is colour the methods do not edit), by layer."""
+        return [
+            (layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image) and not layer.rgb
+        ]
 
     def _label_layers(self, _=None):
-        return [NONE] + [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Labels"]
+        return [
+            (NONE, None),
+            *((layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)),
+        ]
 
     def _source_layer(self):
-        return self.viewer.layers[self.image.value] if self.image.value in self.viewer.layers else None
+        layer = self.image.value
+        return layer if layer is not None and layer in self.viewer.layers else None
 
     def _axes(self, _=None):
         """Anatomical planes for volumes read with their affine, array axes for other volumes."""
@@ -231,18 +239,19 @@ class EditWidget(Container):
             return [(plane, plane) for plane in PLANES]
         return [(f"axis {axis}", axis) for axis in range(3)]
 
-    def _refresh_choices(self, event=None):
-        for box in (self.image, *self.masks.values()):
-            box.reset_choices()
+    def reset_choices(self, event=None):
+        """Every picker's choices anew (napari calls this when layers change), then the masks guessed."""
+        super().reset_choices()
         self._guess_masks()
 
     def _guess_masks(self):
         """Pre-select layers whose names say what they are (lesion -> pathology, and so on)."""
-        for name, box in self.masks.items():
-            if box.value == NONE:
-                match = name_like(name, box.choices)
+        for role, box in self.masks.items():
+            if box.value is None:
+                layers = {layer.name: layer for layer in box.choices if layer is not None}
+                match = name_like(role, layers)
                 if match:
-                    box.value = match
+                    box.value = layers[match]
 
     def _show_relevant(self, _=None):
         wanted = METHODS[self.method.value].masks
@@ -309,8 +318,11 @@ class EditWidget(Container):
             kwargs["axis"] = self.axis.value
             kwargs["slices"] = self._slice_range(layer)
         for name in METHODS[self.method.value].masks:
-            if self.masks[name].value != NONE:
-                kwargs[name] = np.asarray(self.viewer.layers[self.masks[name].value].data)
+            mask = self.masks[name].value
+            if mask is not None:
+                if mask not in self.viewer.layers:
+                    raise ValueError(f"the {name} layer {mask.name!r} was removed: pick another")
+                kwargs[name] = np.asarray(mask.data)
         kwargs.update(form_values(self.parameters[self.method.value]))
         return kwargs
 
@@ -343,17 +355,17 @@ class EditWidget(Container):
         except ValueError as exc:
             notifications.show_error(str(exc))
             return
-        method, model_name, source_name = self.method.value, self.model.value, self.image.value
-        self._run = (source_name, method)
-        on_screen = self._slices_on_screen(self.viewer.layers[source_name])
+        method, model_name, source = self.method.value, self.model.value, self.image.value
+        self._run = (source, method)
+        on_screen = self._slices_on_screen(source)
         request = EditRequest(
             method, kwargs.pop("image"), model_name, kwargs, previews=True, preview_slices=on_screen
         )
-        self.client.start(request, f"{method} on {source_name}")
+        self.client.start(request, f"{method} on {source.name}")
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.compute.enabled = self.address.enabled = False  # the edit runs there until it ends
         self.status.value = f"{method}: loading {model_name}..."
-        self._add_preview(self.viewer.layers[source_name])
+        self._add_preview(source)
 
     def _add_preview(self, source):
         """The preview layer, added now (in answer to the click) rather than mid-run: a float copy of the
@@ -389,19 +401,19 @@ class EditWidget(Container):
             self._preview.refresh()
 
     def _on_outcome(self, outcome):
-        (source_name, method), self._run = self._run, None
+        (source, method), self._run = self._run, None
         if isinstance(outcome, Exception):
             self._on_error(outcome)
-        elif source_name not in self.viewer.layers:
+        elif source not in self.viewer.layers:  # the layer itself: renamed or moved, it is still there
             show_failure(
-                self.status, f"the layer {source_name!r} was removed during the edit: nothing was added"
+                self.status, f"the layer {source.name!r} was removed during the edit: nothing was added"
             )
         else:
-            self._on_result(outcome, source_name, method)
+            self._on_result(outcome, source, method)
         self._on_finished()
 
-    def _on_result(self, result, source_name, method):
-        source = self.viewer.layers[source_name]
+    def _on_result(self, result, source, method):
+        source_name = source.name  # as it is called now
         name = f"{source_name} {method}"
         placement = {"scale": source.scale, "translate": source.translate}
         metadata = {**source.metadata, "edit": result.provenance}
