@@ -76,19 +76,25 @@ def test_an_edits_scheduler_is_its_own_and_the_models_is_left_as_loaded():
 # ---------------------------------------------------------------- the model cache
 
 
-def test_the_model_cache_keeps_its_bound_and_lets_evicted_models_go(monkeypatch):
+@pytest.fixture
+def loaded(monkeypatch) -> list[weakref.ref]:
+    """load_model replaced by a tiny UNet; a weak reference to each network loaded: dead once freed."""
+    networks = []
+
+    def load_model(spec, **_):
+        model = tiny_models.pixel_unet()
+        networks.append(weakref.ref(model.network))
+        return model
+
+    monkeypatch.setattr("napari_medit.backends.load_model", load_model)
+    return networks
+
+
+def test_the_model_cache_keeps_its_bound_and_lets_evicted_models_go(loaded):
     """Three models in turn with a bound of one: each load evicts the one before, whose memory is
     returned (nothing holds it any more)."""
     from napari_medit.compute import ModelCache
 
-    loaded = []
-
-    def load_model(spec, **_):
-        model = tiny_models.pixel_unet()
-        loaded.append(weakref.ref(model.network))
-        return model
-
-    monkeypatch.setattr("napari_medit.backends.load_model", load_model)
     cache = ModelCache(limit=1)
     for name in ("a", "b", "c"):
         model, now = cache.get(name, ComputeOptions())
@@ -120,21 +126,13 @@ def test_the_model_cache_bound_comes_from_the_environment(monkeypatch):
         cache.get("e")
 
 
-def test_this_process_lets_its_models_go_when_its_place_closes(monkeypatch):
+def test_this_process_lets_its_models_go_when_its_place_closes(loaded):
     """The Edit widget's 'this process' is napari's own: closing it returns the models' memory."""
     from napari_medit.compute import MODELS, InProcess
 
-    held = []
-
-    def load_model(spec, **_):
-        model = tiny_models.pixel_unet()
-        held.append(weakref.ref(model.network))
-        return model
-
-    monkeypatch.setattr("napari_medit.backends.load_model", load_model)
     place = InProcess()
     place.warm_up("tiny")
     assert "tiny" in MODELS.loaded()
     place.close()
     gc.collect()
-    assert MODELS.loaded() == [] and held[0]() is None
+    assert MODELS.loaded() == [] and loaded[0]() is None

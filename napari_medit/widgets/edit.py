@@ -435,19 +435,7 @@ class EditWidget(Container):
             ),
         ]
         if result.progression:  # PIE: every step as one stack, its first axis a slider
-            steps = np.stack([version.array for version in result.progression])
-            tasks.append(
-                lambda: self.viewer.add_image(
-                    steps,
-                    name=f"{name} progression",
-                    colormap="gray",
-                    contrast_limits=display_range(result.image),
-                    visible=False,
-                    scale=(1, *source.scale),
-                    translate=(0, *source.translate),
-                    metadata={"edit": result.provenance},
-                )
-            )
+            tasks.append(self._stack_layer(result.progression, f"{name} progression", source, result))
         # InstructX2X: its guidance map, as a heatmap over the result
         for map_name, values in result.maps.items():
             tasks.append(
@@ -478,22 +466,27 @@ class EditWidget(Container):
         )
         self.status.value = f"{method}: done in {result.provenance['seconds']:.1f} s{fidelity}{spread}"
 
+    def _stack_layer(self, versions, name: str, source, result, **metadata):
+        """Versions of the result (PIE's steps, the samples) as one hidden layer, its first axis a slider."""
+        stack = np.stack([version.array for version in versions])
+        return lambda: self.viewer.add_image(
+            stack,
+            name=name,
+            colormap="gray",
+            contrast_limits=display_range(result.image),
+            visible=False,
+            scale=(1, *source.scale),
+            translate=(0, *source.translate),
+            metadata={"edit": result.provenance, **metadata},
+        )
+
     def _sample_layers(self, result, name: str, source) -> list:
         """The samples as one layer (a slider over them, sample 1 first) and their per-voxel standard
         deviation as a hidden heat-coloured overlay beside the difference map."""
-        samples = np.stack([sample.array for sample in result.samples])
         high = float(result.variability.max()) or 1.0
+        seeds = result.provenance["samples"]
         return [
-            lambda: self.viewer.add_image(
-                samples,
-                name=f"{name} samples",
-                colormap="gray",
-                contrast_limits=display_range(result.image),
-                visible=False,
-                scale=(1, *source.scale),
-                translate=(0, *source.translate),
-                metadata={"edit": result.provenance, "seeds": result.provenance["samples"]},
-            ),
+            self._stack_layer(result.samples, f"{name} samples", source, result, seeds=seeds),
             lambda: self.viewer.add_image(
                 result.variability,
                 name=f"{name} std",
