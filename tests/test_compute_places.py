@@ -180,7 +180,13 @@ def test_ctrl_c_in_edit_cancels_the_workers_task_and_frees_it(cluster, files, tm
     command = [sys.executable, "-m", "napari_medit.cli", "edit", "sdedit", "--image", str(files / "cxr.png")]
     command += ["--model", "demo-cxr", "--steps", "1000", "--strength", "1", "--scheduler", cluster]
     with open(tmp_path / "stderr.txt", "w+") as errors, Client(cluster, timeout=30) as client:
-        edit = subprocess.Popen([*command, "--out", str(tmp_path / "cf.png")], stderr=errors)
+        # A test run started in the background (nohup make test &) ignores SIGINT, and so would the child:
+        # give it the default disposition, as a terminal's foreground job has.
+        edit = subprocess.Popen(
+            [*command, "--out", str(tmp_path / "cf.png")],
+            stderr=errors,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         deadline = time.monotonic() + 120
         while not edits_running(client) and time.monotonic() < deadline:
             time.sleep(0.2)
