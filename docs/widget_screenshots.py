@@ -34,7 +34,7 @@ def brain() -> None:
         viewer.open(str(SAMPLES / f"{name}.nii.gz"), plugin="napari-medit")
     viewer.dims.set_current_step(0, 62)
     _, masks = viewer.window.add_plugin_dock_widget("napari-medit", "Masks", tabify=True)
-    masks.image.value, masks.method.value = "brain_t1", "mededit"
+    masks.image.value, masks.method.value = masks.viewer.layers["brain_t1"], "mededit"
     masks.show_inpainting_mask()
     masks.check()
     _, widget = viewer.window.add_plugin_dock_widget("napari-medit", "Edit", tabify=True)
@@ -68,7 +68,7 @@ def cxr_masks() -> None:
     viewer.window.resize(1500, 950)
     viewer.open_sample("napari-medit", "cxr")
     _, masks = viewer.window.add_plugin_dock_widget("napari-medit", "Masks")
-    masks.image.value, masks.method.value = "cxr", "radedit"
+    masks.image.value, masks.method.value = masks.viewer.layers["cxr"], "radedit"
     masks.check()
     spin(1)
     viewer.screenshot(str(IMAGES / "napari_masks_widget.png"), canvas_only=False)

@@ -174,7 +174,7 @@ def test_dicom_series_masks_as_seg_and_result_as_dicom_in_the_widgets(data_widge
     viewer, data = data_widget
     [image] = data.open(oblique_series["folder"])
     _, masks = viewer.window.add_plugin_dock_widget(PLUGIN, "Masks")
-    masks.image.value, masks.method.value = image.name, "radedit"
+    masks.image.value, masks.method.value = image, "radedit"
     masks.create_masks()
     edit_layer, keep_layer = (viewer.layers[f"{image.name} {role}"] for role in ("edit_mask", "keep_mask"))
     edit_layer.data[2:5, 3:8, 2:6] = 1

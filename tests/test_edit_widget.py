@@ -244,7 +244,7 @@ def test_samples_through_the_widget_add_a_stack_of_samples_and_their_spread(cxr_
 
 def test_pie_through_the_masks_and_edit_widgets_adds_a_progression_stack(cxr_viewer, qtbot):
     viewer, widget, masks = cxr_viewer
-    masks.image.value, masks.method.value = "cxr", "pie"
+    masks.image.value, masks.method.value = masks.viewer.layers["cxr"], "pie"
     masks.create_masks()
     roi = viewer.layers["cxr roi_mask"]
     assert roi.data.shape == viewer.layers["cxr"].data.shape and not roi.data.any()
@@ -304,7 +304,7 @@ def test_masks_widget_brain_mask_and_inpainting_mask(brain_widget, qtbot):
 
     viewer, _ = brain_widget
     _, masks = viewer.window.add_plugin_dock_widget(PLUGIN, "Masks")
-    masks.image.value, masks.method.value = "t1", "mededit"
+    masks.image.value, masks.method.value = masks.viewer.layers["t1"], "mededit"
     masks.add_brain_mask()
     auto = viewer.layers["t1 brain_mask (auto)"].data > 0
     reference = viewer.layers["brain_mask"].data > 0
@@ -435,7 +435,7 @@ def test_masks_widget_loads_mask_files_on_the_image_grid(brain_widget, tmp_path,
 
     viewer, _ = brain_widget
     _, masks = viewer.window.add_plugin_dock_widget(PLUGIN, "Masks")
-    masks.image.value, masks.method.value = "t1", "mededit"
+    masks.image.value, masks.method.value = masks.viewer.layers["t1"], "mededit"
     assert masks.role.choices == ("pathology_mask", "brain_mask")
     samples = Path(__file__).parents[1] / "napari_medit" / "sample_data"
     layer = masks.load_mask(samples / "lesion_mask.nii.gz", "pathology_mask")
@@ -595,7 +595,7 @@ import napari
 viewer = napari.Viewer(show=False)
 viewer.open_sample("napari-medit", "brain")
 _, masks = viewer.window.add_plugin_dock_widget("napari-medit", "Masks")
-masks.image.value, masks.method.value = "t1", "mededit"
+masks.image.value, masks.method.value = masks.viewer.layers["t1"], "mededit"
 masks.show_inpainting_mask()
 print(int(viewer.layers["t1 inpainting_mask"].data.sum() > 0), "torch" in sys.modules)
 viewer.close()

@@ -64,7 +64,7 @@ def test_every_method_through_masks_edit_and_compare(
         )
         viewer.dims.set_point(0, source.data_to_world([in_view, 0, 0])[0])
     for method, spec in METHODS.items():
-        masks.image.value, masks.method.value = image, method
+        masks.image.value, masks.method.value = masks.viewer.layers[image], method
         masks.create_masks()
         for role in spec.masks:
             viewer.layers[f"{image} {role}"].data = (
@@ -171,7 +171,7 @@ def test_the_masks_widget_makes_every_method_s_masks(make_napari_viewer, method,
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 40), np.float32), name="scan")
     _, masks = viewer.window.add_plugin_dock_widget(PLUGIN, "Masks")
-    masks.image.value, masks.method.value = "scan", method
+    masks.image.value, masks.method.value = masks.viewer.layers["scan"], method
     spec = METHODS[method]
     masks.create_masks()
     for role in spec.masks:

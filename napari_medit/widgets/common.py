@@ -26,6 +26,14 @@ def image_layer_names(viewer) -> list[str]:
     return [layer.name for layer in viewer.layers if type(layer).__name__ == "Image"] or [NONE]
 
 
+def grey_images(viewer) -> list[tuple[str, object]]:
+    """The Image layers napari-medit edits (grey: the methods do not edit colour), as picker choices that
+    hold the layers themselves, so a renamed or moved layer stays picked."""
+    from napari.layers import Image
+
+    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image) and not layer.rgb]
+
+
 def layer_image(layer):
     """The MedicalImage behind an image layer, in the layer's own orientation (axial slices along axis 0
     for volumes napari-medit read), so masks painted on the layers line up and results go back as shown."""

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, LineEdit, PushButton, SpinBox
-from napari.layers import Image, Labels
+from napari.layers import Labels
 from qtpy.QtCore import QTimer
 
 from ..catalogue import LOCAL_WORKER, MASK_ROLES, METHODS, SCHEDULER_ENVIRON, RunOptions, name_like
 from ..io.image import PLANES, plane_axis
 from ..io.layers import display_range
 from ._viewer_parts import plane_view
-from .common import NONE, layer_image, show_failure, status_label
+from .common import NONE, grey_images, layer_image, show_failure, status_label
 from .engine_client import EngineClient
 from .forms import form_values, method_form, parameter_form
 
@@ -91,7 +91,7 @@ class EditWidget(Container):
         )
         # Pickers hold the layers themselves: a renamed or reordered layer stays picked. napari calls
         # reset_choices when layers come and go (add_dock_widget wires it).
-        self.image = ComboBox(label="image", choices=self._grey_images)
+        self.image = ComboBox(label="image", choices=lambda _: grey_images(self.viewer))
         self.masks = {
             role: ComboBox(
                 label=role.replace("_", " "), choices=self._label_layers, tooltip=MASK_ROLES[role].says
@@ -213,12 +213,6 @@ class EditWidget(Container):
 
     def _models(self, _=None):
         return self.client.names or [NONE]
-
-    def _grey_images(self, _=None):
-        """The Image layers an edit can take (grey: RGB is colour the methods do not edit), by layer."""
-        return [
-            (layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image) and not layer.rgb
-        ]
 
     def _label_layers(self, _=None):
         return [

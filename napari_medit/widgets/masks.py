@@ -14,7 +14,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, PushButton
 
 from ..catalogue import MASK_ROLES, METHODS, MedEditParams, name_like
-from .common import NONE, image_layer_names, layer_image, show_failure, status_label
+from .common import grey_images, layer_image, show_failure, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -26,7 +26,8 @@ class MasksWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self.image = ComboBox(label="image", choices=self._image_layers)
+        # the layer itself (a renamed one stays picked); napari calls reset_choices as layers change
+        self.image = ComboBox(label="image", choices=lambda _: grey_images(self.viewer))
         self.method = ComboBox(label="method", choices=list(METHODS), value="mededit")
         self.create_button = PushButton(
             text="Create empty masks",
@@ -78,19 +79,14 @@ class MasksWidget(Container):
         self.brain_button.changed.connect(self.add_brain_mask)
         self.inpaint_button.changed.connect(self.show_inpainting_mask)
         self.check_button.changed.connect(self.check)
-        self.viewer.layers.events.inserted.connect(lambda _: self.image.reset_choices())
-        self.viewer.layers.events.removed.connect(lambda _: self.image.reset_choices())
 
     def _roles(self, _=None):
         return list(METHODS[self.method.value].masks)
 
-    def _image_layers(self, _=None):
-        return image_layer_names(self.viewer)
-
     def _source(self):
-        if self.image.value == NONE:
+        if self.image.value is None or self.image.value not in self.viewer.layers:
             raise ValueError("open or select an image layer first")
-        return self.viewer.layers[self.image.value]
+        return self.image.value
 
     def _add_labels(self, data, name, color, source):
         return self.viewer.add_labels(
@@ -104,7 +100,7 @@ class MasksWidget(Container):
     def _mask_layer(self, role: str):
         """The Labels layer for ``role``: the one named '<image> <role>' or, failing that, like the role."""
         labels = {layer.name: layer for layer in self.viewer.layers if type(layer).__name__ == "Labels"}
-        exact = f"{self.image.value} {role}"
+        exact = f"{self._source().name} {role}"
         name = exact if exact in labels else name_like(role, labels)
         return labels.get(name)
 
@@ -191,7 +187,10 @@ class MasksWidget(Container):
         from qtpy.QtWidgets import QFileDialog
 
         path, _ = QFileDialog.getSaveFileName(
-            self.native, "Save the masks as DICOM SEG", f"{self.image.value} masks.dcm", "DICOM SEG (*.dcm)"
+            self.native,
+            "Save the masks as DICOM SEG",
+            f"{self._source().name} masks.dcm",
+            "DICOM SEG (*.dcm)",
         )
         if path:
             self.save_seg(path)
