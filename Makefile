@@ -11,9 +11,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Qt's xcb platform plugin needs these on a bare Debian machine; xvfb-run gives tests a display;
-# dicom3tools' dciodvfy checks the DICOM napari-medit writes against the standard's IODs.
+# dicom3tools' dciodvfy checks the DICOM napari-medit writes against the standard's IODs; openssl makes
+# the throwaway CA of docs/tls-certificates.sh, which the TLS test runs as written.
 DEBIAN_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-cursor0 \
-	libxkbcommon-x11-0 libgl1 libegl1 libdbus-1-3 libfontconfig1 dicom3tools
+	libxkbcommon-x11-0 libgl1 libegl1 libdbus-1-3 libfontconfig1 dicom3tools openssl
 DEMO_OUT ?= demo_output
 
 .PHONY: test lint docs demo benchmark install system-packages clean
