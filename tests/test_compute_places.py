@@ -223,12 +223,16 @@ def test_a_scheduler_with_no_worker_says_how_to_start_one(tmp_path, files):
 
 
 def test_a_local_worker_that_dies_at_start_says_why_at_once(tmp_path, monkeypatch):
-    broken = tmp_path / "python"
-    broken.write_text(
-        "#!/bin/sh\necho 'ImportError: libcuda.so.1: cannot open shared object file' >&2\nexit 3\n"
+    # The worker process's `python -m dask` finds a dask that fails as a broken CUDA install would
+    # (on PYTHONPATH, which the worker inherits: nothing to execute from a temporary folder).
+    broken = tmp_path / "broken" / "dask"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("")
+    (broken / "__main__.py").write_text(
+        "import sys\nprint('ImportError: libcuda.so.1: cannot open shared object file', file=sys.stderr)\n"
+        "sys.exit(3)\n"
     )
-    broken.chmod(0o755)
-    monkeypatch.setattr("napari_medit.compute.cluster.sys.executable", str(broken))
+    monkeypatch.setenv("PYTHONPATH", str(broken.parent))
     started = time.monotonic()
     with pytest.raises(ComputeError, match=r"(?s)exited at start \(status 3\).*libcuda\.so\.1"):
         Cluster("local")
