@@ -234,12 +234,11 @@ class EditPlan:
             out[span] = part
             return out
 
+        source, zeros = whole.stack.astype(np.float64), np.zeros(whole.stack.shape, np.float32)
         per_sample = []
         for k in range(0, self.stack.shape[0], self.copy_stride):
             copy = slice(k, k + self.copy_stride - 1)
-            source = whole.stack.astype(np.float64)
             versions = [filled(v[copy], source) for v in outputs]
-            zeros = np.zeros(whole.stack.shape, np.float32)
             per_sample.append((versions, {name: filled(m[copy], zeros) for name, m in maps.items()}))
         return per_sample
 
