@@ -406,6 +406,14 @@ class RunOptions:
         "standard deviation map over them: how much of the edit is the model's and how much one draw's",
         minimum=1,
     )
+    cache_interval: int = parameter(
+        1,
+        "reuse the network's deep features for N-1 of every N steps of a run (DeepCache; 1: off, exact): "
+        "each reused step computes only the shallow branch, about a fifth of a pass; refreshed at every "
+        "jump, inversion and new batch. 3 measured: ~2.2x faster, 35-40 dB against exact inside the "
+        "editable region, outside voxels unchanged (benchmarks/speed.py)",
+        minimum=1,
+    )
     compile_network: bool = parameter(
         False,
         "compile the denoising network with torch.compile: about 1.4x faster per pass on CPU after a "
@@ -416,7 +424,8 @@ class RunOptions:
     def validate(self) -> None:
         parse_slices(self.slices)  # refuses text that is not A:B
         check_slice_options(self.noise_correlation_mm, self.through_plane_smoothing)
-        check_samples(self.samples)
+        check_count("samples", self.samples)
+        check_count("cache_interval", self.cache_interval)
 
     def edit_arguments(self) -> dict[str, Any]:
         """The keyword arguments ``napari_medit.editing.edit`` takes for these options."""
@@ -474,10 +483,10 @@ def check_slice_options(noise_correlation_mm: float, through_plane_smoothing: fl
         )
 
 
-def check_samples(samples: int) -> None:
-    """ValueError unless ``samples`` is a whole number of at least 1."""
-    if isinstance(samples, bool) or int(samples) != samples or samples < 1:
-        raise ValueError(f"samples must be a whole number of at least 1, got {samples}")
+def check_count(name: str, value: int) -> None:
+    """ValueError unless the run option ``name`` is a whole number of at least 1."""
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, got {value}")
 
 
 def sample_seeds(seed: int, samples: int) -> list[int]:

@@ -50,6 +50,7 @@ OTHER_RUN = {
     "through_plane_smoothing": 0.25,
     "precision": catalogue.Precision.bfloat16,
     "samples": 3,
+    "cache_interval": 3,
     "compile_network": True,
 }
 

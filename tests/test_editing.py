@@ -250,6 +250,7 @@ OTHER_RUN_OPTIONS = [
     ("through_plane_smoothing", 0.5),
     *[("precision", kind) for kind in Precision],
     ("samples", 2),
+    ("cache_interval", 2),
     ("compile_network", True),
 ]
 # Besides each method's case model, the model kinds that take a method down another path: a VAE

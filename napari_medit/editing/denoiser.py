@@ -23,6 +23,7 @@ import torch
 
 from ..preprocessing import Preprocessing
 from .ddpm import NoiseSchedule
+from .feature_cache import FeatureCache, walk_of
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]  # prompts -> (B, tokens, dim)
 
@@ -42,20 +43,30 @@ class Denoiser:
     schedule: NoiseSchedule
     evaluations: int = 0  # forward passes so far, counted per batch item (an edit's own view counts its own)
     compute_dtype: torch.dtype | None = None  # the network's arithmetic during an edit (None: its own)
+    feature_cache: FeatureCache | None = None  # an edit's deep features reused between steps (None: off)
 
-    def for_edit(self, dtype: torch.dtype | None = None, *, compiled: bool = False) -> Denoiser:
+    def for_edit(
+        self, dtype: torch.dtype | None = None, *, compiled: bool = False, cache_interval: int = 1
+    ) -> Denoiser:
         """This model as one edit uses it: the weights shared, read-only, with every other edit (in
         other threads of a worker too); what an edit changes, its own: a scheduler of its own (diffusers'
         schedulers keep their timesteps and multistep history on the object, and are not thread-safe),
-        an evaluation count from zero, and the network's precision and compilation."""
+        an evaluation count from zero, the network's precision and compilation, and its feature cache.
+        ValueError when the model cannot cache features (``cache_interval`` > 1)."""
         own = copy.copy(self)
         own.schedule = self.schedule.own()
         own.evaluations = 0
         own._configure(dtype, compiled)
+        own.feature_cache = None
+        if cache_interval > 1:
+            own._start_cache(cache_interval)
         return own
 
     def _configure(self, dtype: torch.dtype | None, compiled: bool) -> None:
         """A model without a network (the analytic one) computes in its own precision, uncompiled."""
+
+    def _start_cache(self, interval: int) -> None:
+        raise ValueError(f"cache_interval reuses a network's features; {self.name} has no network: use 1")
 
     @property
     def text_conditioned(self) -> bool:
@@ -145,8 +156,8 @@ class NetworkDenoiser(Denoiser):
     _run_compiled: bool = False
 
     def __init__(self):
-        # The compiled network is made once per loaded model and shared by its edits' views.
-        self._compiled: dict[str, Callable] = {}
+        # Compiled forms are made once per loaded model and shared by its edits' views.
+        self._compiled: dict[tuple[str, str], Callable] = {}
         self._compile_lock = threading.Lock()
 
     def use_memory_format(self, memory_format: torch.memory_format) -> NetworkDenoiser:
@@ -169,16 +180,30 @@ class NetworkDenoiser(Denoiser):
         so later edits on it pay nothing more (a new batch size or precision recompiles)."""
         self.compute_dtype, self._run_compiled = dtype, compiled
 
-    def _forward(self) -> Callable:
-        """The network as this edit runs it: itself, or its compiled form."""
+    def _start_cache(self, interval: int) -> None:
+        self._walk = walk_of(self.network)  # refuses a network it cannot cut, before the edit starts
+        self.feature_cache = FeatureCache(interval)
+
+    def _as_run(self, name: str, function: Callable) -> Callable:
+        """``function`` as this edit runs it: itself, or its compiled form (kept as ``name``)."""
         if not self._run_compiled:
-            return self.network
+            return function
+        key = (name, self.compile_backend)
         with self._compile_lock:
-            if self.compile_backend not in self._compiled:
-                self._compiled[self.compile_backend] = _Serialised(
-                    torch.compile(self.network, backend=self.compile_backend), self._compile_lock
-                )
-            return self._compiled[self.compile_backend]
+            if key not in self._compiled:
+                compiled = torch.compile(function, backend=self.compile_backend)
+                self._compiled[key] = _Serialised(compiled, self._compile_lock)
+            return self._compiled[key]
+
+    def _forward(self) -> Callable:
+        """The network as this edit runs it."""
+        return self._as_run("network", self.network)
+
+    def _cached(self, x, timesteps, t: float, context) -> torch.Tensor:
+        """The network's output through the edit's feature cache."""
+        whole = self._as_run("whole", self._walk.whole)
+        shallow = self._as_run("shallow", self._walk.shallow)
+        return self.feature_cache(whole, shallow, x, timesteps, float(t), context)
 
     def _autocast(self, device: torch.device):
         if self.compute_dtype in (None, torch.float32):
@@ -282,8 +307,12 @@ class DiffusersDenoiser(NetworkDenoiser):
         # Karras-style schedulers (Euler) may ask for a timestep between two integers.
         step_type = torch.long if float(t).is_integer() else torch.float32
         timestep = torch.full((x.shape[0],), t, device=x.device, dtype=step_type)
-        dtype, x, unet = self.unet.dtype, self._laid_out(x), self._forward()
+        dtype, x = self.unet.dtype, self._laid_out(x)
         with self._autocast(x.device):
+            if self.feature_cache is not None:
+                context = None if text is None else text.to(dtype)
+                return self._cached(x.to(dtype), timestep, t, context).float()
+            unet = self._forward()
             if text is None:
                 return unet(x.to(dtype), timestep).sample.float()
             return unet(x.to(dtype), timestep, encoder_hidden_states=text.to(dtype)).sample.float()
@@ -319,4 +348,6 @@ class MonaiDenoiser(NetworkDenoiser):
         dtype, x = next(self.model.parameters()).dtype, self._laid_out(x)
         context = None if text is None else text.to(dtype)
         with self._autocast(x.device):
+            if self.feature_cache is not None:
+                return self._cached(x.to(dtype), timesteps, t, context).float()
             return self._forward()(x.to(dtype), timesteps=timesteps, context=context).float()

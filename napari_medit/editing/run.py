@@ -47,6 +47,7 @@ def edit(
     through_plane_smoothing: float = RUN.through_plane_smoothing,
     precision: Precision | str = RUN.precision,
     samples: int = RUN.samples,
+    cache_interval: int = RUN.cache_interval,
     compile_network: bool = RUN.compile_network,
     callback: Callable[[EditProgress], None] | None = None,
     cancel: threading.Event | None = None,
@@ -81,6 +82,10 @@ def edit(
             standard deviation. They run one after another on a CPU (a network's arithmetic depends
             on its batch), batched together on a GPU when ``batch_size`` is automatic (equal to
             single edits there up to float rounding).
+        cache_interval: N > 1 reuses the network's deep features for N-1 of every N calls of a run
+            (DeepCache, ``editing.feature_cache``): faster, not exact inside the editable region
+            (benchmarks/speed.py gives speed and PSNR); compositing, hence every voxel outside it,
+            is untouched. 1 (default): off, the exact network.
         compile_network: run the denoising network through ``torch.compile`` (compiled on the
             first pass and kept with the loaded model): faster per pass, after a compile that
             pays only on long runs (benchmarks/compile.py gives the break-even).
@@ -107,11 +112,17 @@ def edit(
         through_plane_smoothing=through_plane_smoothing,
         precision=precision,
         samples=samples,
+        cache_interval=cache_interval,
         compile_network=compile_network,
         **options,
     )
     started = time.perf_counter()
-    own = model.for_edit(plan.precision, compiled=plan.compile_network)  # shares only the weights
+    try:  # shares only the weights
+        own = model.for_edit(
+            plan.precision, compiled=plan.compile_network, cache_interval=plan.cache_interval
+        )
+    except ValueError as exc:
+        raise EditError(str(exc)) from None
     sampled = plan.sampled(
         samples_share_batches(own, batch_size), _default_batch(own, len(plan.chosen) * len(plan.seeds))
     )
@@ -157,6 +168,7 @@ class EditPlan:
     noise_correlation_mm: float
     through_plane_smoothing: float
     precision: torch.dtype  # the network's arithmetic, resolved for the model's device
+    cache_interval: int  # 1: the exact network; N: deep features reused for N-1 of every N calls
     compile_network: bool
     seeds: list[int]  # one per sample; the first is ``seed``
     # Several samples laid out as one plan (``sampled``): ``stack`` holds a copy per sample, ``copy_stride``
@@ -257,6 +269,7 @@ def plan_edit(
     through_plane_smoothing: float = RUN.through_plane_smoothing,
     precision: Precision | str = RUN.precision,
     samples: int = RUN.samples,
+    cache_interval: int = RUN.cache_interval,
     compile_network: bool = RUN.compile_network,
     **options: Any,
 ) -> EditPlan:
@@ -268,7 +281,8 @@ def plan_edit(
         if not isinstance(precision, Precision):
             precision = catalogue.parse_value(RunOptions, "precision", precision)
         check_slice_options(noise_correlation_mm, through_plane_smoothing)
-        catalogue.check_samples(samples)
+        catalogue.check_count("samples", samples)
+        catalogue.check_count("cache_interval", cache_interval)
     except ValueError as exc:
         raise EditError(str(exc)) from None
     source = image if isinstance(image, MedicalImage) else MedicalImage(np.asarray(image), np.eye(4))
@@ -339,6 +353,7 @@ def plan_edit(
         noise_correlation_mm=noise_correlation_mm,
         through_plane_smoothing=through_plane_smoothing,
         precision=network_precision(precision, model.device),
+        cache_interval=int(cache_interval),
         compile_network=bool(compile_network),
         seeds=catalogue.sample_seeds(seed, int(samples)),
     )
@@ -472,6 +487,8 @@ def assemble(
         else None,
         "through_plane_smoothing": plan.through_plane_smoothing,
         "precision": str(plan.precision).removeprefix("torch."),
+        "cache_interval": plan.cache_interval,
+        "feature_cache": None if model.feature_cache is None else model.feature_cache.describe(),
         "compile_network": plan.compile_network,
         "slice_spacing_mm": None if plan.planar else round(plan.slice_spacing_mm, 6),
         "axis": plan.plane or plan.axis,

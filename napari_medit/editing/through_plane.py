@@ -26,6 +26,7 @@ micro-batches of ``max_batch`` items.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -70,6 +71,7 @@ class ThroughPlaneSmoothing(Denoiser):
     device = property(lambda self: self.inner.device)
     weights_hash = property(lambda self: self.inner.weights_hash)
     evaluations = property(lambda self: self.inner.evaluations)
+    feature_cache = property(lambda self: self.inner.feature_cache)
 
     def encode_text(self, prompts):
         return self.inner.encode_text(prompts)
@@ -84,19 +86,20 @@ class ThroughPlaneSmoothing(Denoiser):
         return self.inner.encode_prior(images)
 
     def __call__(self, x_t, t: float, text=None, conditions=None) -> torch.Tensor:
-        pieces = range(0, x_t.shape[0], self.max_batch)
-        eps = torch.cat(
-            [
-                self.inner(
-                    x_t[i : i + self.max_batch],
-                    t,
-                    None if text is None else text[i : i + self.max_batch],
-                    None if conditions is None else conditions[i : i + self.max_batch],
+        cache, pieces = self.inner.feature_cache, []
+        for i in range(0, x_t.shape[0], self.max_batch):
+            # Each piece of the batch is a stream of its own for a feature cache: at one timestep the
+            # pieces follow each other, and each must reuse its own features at the next.
+            with contextlib.nullcontext() if cache is None else cache.stream(i):
+                pieces.append(
+                    self.inner(
+                        x_t[i : i + self.max_batch],
+                        t,
+                        None if text is None else text[i : i + self.max_batch],
+                        None if conditions is None else conditions[i : i + self.max_batch],
+                    )
                 )
-                for i in pieces
-            ]
-        )
-        return self.regularised(x_t, eps, t)
+        return self.regularised(x_t, torch.cat(pieces), t)
 
     def regularised(self, x_t: torch.Tensor, eps: torch.Tensor, t: float) -> torch.Tensor:
         """eps' whose clean estimate is one smoothing step along the slices (the module docstring)."""

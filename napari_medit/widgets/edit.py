@@ -40,6 +40,7 @@ RUN_FORM_FIELDS = (
     "through_plane_smoothing",
     "precision",
     "samples",
+    "cache_interval",
     "compile_network",
 )
 
