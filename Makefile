@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 # dicom3tools' dciodvfy checks the DICOM napari-medit writes against the standard's IODs; openssl makes
 # the throwaway CA of docs/tls-certificates.sh, which the TLS test runs as written.
 DEBIAN_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-cursor0 \
-	libxkbcommon-x11-0 libgl1 libegl1 libdbus-1-3 libfontconfig1 dicom3tools openssl
+	libxkbcommon-x11-0 libgl1 libegl1 libdbus-1-3 libfontconfig1 dicom3tools openssl g++
 DEMO_OUT ?= demo_output
 
 .PHONY: test lint docs demo benchmark install system-packages clean

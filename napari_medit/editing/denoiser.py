@@ -16,8 +16,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import os
+import platform
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -191,6 +194,7 @@ class NetworkDenoiser(Denoiser):
         key = (name, self.compile_backend)
         with self._compile_lock:
             if key not in self._compiled:
+                persistent_compile_cache()
                 compiled = torch.compile(function, backend=self.compile_backend)
                 self._compiled[key] = _Serialised(compiled, self._compile_lock)
             return self._compiled[key]
@@ -226,6 +230,39 @@ class NetworkDenoiser(Denoiser):
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor | None:
         return None if self.text_encoder is None else self.text_encoder(list(prompts))
+
+
+COMPILE_CACHE_ENVIRON = "TORCHINDUCTOR_CACHE_DIR"  # torch's own variable: where Inductor keeps its caches
+
+
+def persistent_compile_cache() -> Path:
+    """Where torch.compile keeps what it compiled, so that the next process on this machine loads it
+    instead of compiling again: Inductor's FX graph and AOTAutograd caches (on by default in torch) move
+    from /tmp into the user's cache folder, one folder per torch version and CPU. Inside it, Inductor
+    keys each entry on the traced graph, its input shapes and dtypes, its settings and the compiler, so
+    a new network or shape compiles afresh; weights are inputs of the graph, so new weights reuse it.
+    A folder the user set in $TORCHINDUCTOR_CACHE_DIR is kept."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get(COMPILE_CACHE_ENVIRON)  # torch writes its /tmp default here when it first looks
+    if chosen and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):
+        return Path(chosen)
+    machine = hashlib.sha256(f"{platform.machine()} {_cpu_flags()}".encode()).hexdigest()[:12]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = base / "napari-medit" / "torch-compile" / f"torch-{torch.__version__}-{machine}"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ[COMPILE_CACHE_ENVIRON] = str(folder)  # read by Inductor when it first compiles
+    return folder
+
+
+def _cpu_flags() -> str:
+    """The CPU's name and instruction sets (Linux); the platform's processor string elsewhere."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    wanted = ("model name", "flags")
+    return " ".join(dict(line.split(":", 1) for line in info if line.startswith(wanted)).values())
 
 
 class _Serialised:
