@@ -298,7 +298,7 @@ def test_instructx2x_through_the_widget_adds_its_guidance_map(cxr_viewer, qtbot)
     assert result.metadata["edit"]["parameters"]["threshold"] == 0.2
 
 
-def test_masks_widget_brain_mask_and_inpainting_mask(brain_widget, qtbot):
+def test_masks_widget_brain_mask_and_inpainting_mask(brain_widget, qtbot, monkeypatch):
     from napari_medit.catalogue import MedEditParams
     from napari_medit.masks import native_inpainting_mask
 
@@ -311,12 +311,32 @@ def test_masks_widget_brain_mask_and_inpainting_mask(brain_widget, qtbot):
     dice = 2 * (auto & reference).sum() / (auto.sum() + reference.sum())
     assert dice > 0.85, dice
     np.testing.assert_array_equal(viewer.layers["t1 brain_mask (auto)"].scale, viewer.layers["t1"].scale)
+    # The preview follows the Edit widget: its model (as the place where edits run answered for it)...
+    _, widget = brain_widget
+    qtbot.waitUntil(lambda: "demo-brain" in widget.client.facts, timeout=60_000)
+    resolution = widget.client.facts["demo-brain"].resolution
     masks.show_inpainting_mask()
     shown = viewer.layers["t1 inpainting_mask"].data > 0
     lesion = viewer.layers["lesion_mask"].data > 0
-    expected = native_inpainting_mask(lesion, reference, MedEditParams().kernel_size(64), 64)
+    expected = native_inpainting_mask(lesion, reference, MedEditParams().kernel_size(resolution), resolution)
     np.testing.assert_array_equal(shown, expected)
     assert (shown & ~lesion).any() and not (shown & ~reference).any()  # dilated, within the brain
+    assert f"on the {resolution} px model grid; demo-brain on local" in masks.status.value
+    # ... and its MedEdit dilation, in model-grid pixels.
+    widget.parameter("dilation").value = 5
+    masks.show_inpainting_mask()
+    narrower = viewer.layers["t1 inpainting_mask"].data > 0
+    np.testing.assert_array_equal(narrower, native_inpainting_mask(lesion, reference, 5, resolution))
+    assert narrower.sum() < shown.sum() and "dilation 5 px" in masks.status.value
+    widget.parameter("dilation").value = 0  # automatic again
+    # A model the place where edits run has not answered for yet: said, nothing drawn.
+    shown_errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown_errors.append)
+    widget.client.facts.clear()
+    masks.show_inpainting_mask()
+    assert shown_errors == [
+        "the Edit widget's model demo-brain is still loading on local: try again in a moment"
+    ]
     assert masks.check() == []
     viewer.layers["brain_mask"].data = np.zeros_like(viewer.layers["brain_mask"].data)
     assert masks.check() == ["brain_mask ('brain_mask') is empty: paint the region first"]

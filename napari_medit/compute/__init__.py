@@ -32,7 +32,7 @@ from ..io import MedicalImage
 from ..results import EditProgress, EditResult
 from .cluster import TORCH_WORKER_ENVIRON, Cluster, worker_command
 from .places import InProcess, Place, RunningEdit, connect, edit_at
-from .wire import ComputeError, EditRequest
+from .wire import ComputeError, EditRequest, ModelFacts
 from .worker import (
     MODELS,
     MODELS_KEPT_ENVIRON,
@@ -54,6 +54,7 @@ __all__ = [
     "EditRequest",
     "InProcess",
     "ModelCache",
+    "ModelFacts",
     "Place",
     "RunningEdit",
     "available_models",

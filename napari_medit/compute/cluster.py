@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..catalogue import LOCAL_WORKER, ComputeOptions
 from ..results import EditCancelled, EditProgress, EditResult
-from .wire import ComputeError, EditRequest, Failure
+from .wire import ComputeError, EditRequest, Failure, ModelFacts
 from .worker import DEFAULTS, VERSIONED, available_models, edit_task, installed_versions, load_task
 
 CONNECT_TIMEOUT_S = 10.0
@@ -190,11 +190,12 @@ class Cluster:
         """The models the workers see (model folders and hub caches are paths on their machine)."""
         return self._ask(available_models)
 
-    def warm_up(self, model: str, compute: ComputeOptions = DEFAULTS, timeout: float | None = None) -> None:
-        """Import the engine and load ``model`` on a worker, so the first edit starts at once."""
-        self._ask(
-            load_task, model, compute, timeout=timeout or ASK_TIMEOUT_S * 10
-        )  # a hub model loads slowly
+    def warm_up(
+        self, model: str, compute: ComputeOptions = DEFAULTS, timeout: float | None = None
+    ) -> ModelFacts:
+        """Import the engine and load ``model`` on a worker, so the first edit starts at once; the
+        model's facts come back."""
+        return self._ask(load_task, model, compute, timeout=timeout or ASK_TIMEOUT_S * 10)  # hub: slow
 
     def submit(
         self,

@@ -16,7 +16,7 @@ from ..catalogue import ComputeOptions
 from ..io import MedicalImage
 from ..results import EditError, EditProgress, EditResult
 from .cluster import Cluster
-from .wire import EditRequest
+from .wire import EditRequest, ModelFacts
 from .worker import DEFAULTS, MODELS, available_models, compute_edit, load_task
 
 
@@ -39,8 +39,8 @@ class Place(Protocol):
         """The model names and folders the computing machine has."""
         ...
 
-    def warm_up(self, model: str, compute: ComputeOptions = DEFAULTS) -> None:
-        """Load ``model`` there, so the first edit starts at once."""
+    def warm_up(self, model: str, compute: ComputeOptions = DEFAULTS) -> ModelFacts:
+        """Load ``model`` there, so the first edit starts at once; what a client sizes things by."""
         ...
 
     def submit(
@@ -65,8 +65,8 @@ class InProcess:
     def models(self) -> list[str]:
         return available_models()
 
-    def warm_up(self, model: str, compute: ComputeOptions = DEFAULTS) -> None:
-        load_task(model, compute)
+    def warm_up(self, model: str, compute: ComputeOptions = DEFAULTS) -> ModelFacts:
+        return load_task(model, compute)
 
     def submit(
         self,

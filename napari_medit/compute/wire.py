@@ -35,6 +35,14 @@ class EditRequest:
     preview_slices: list[int] | None = None
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a client sizes things by, for a model loaded where edits run (no weights travel)."""
+
+    name: str
+    resolution: int  # the model's grid, in image pixels (MedEdit's dilation scales with it)
+
+
 @dataclass
 class Failure:
     """An edit that failed where it ran, as plain text: its exception's type may need torch to unpickle."""

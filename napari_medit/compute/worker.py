@@ -18,7 +18,7 @@ import numpy as np
 
 from ..catalogue import ComputeOptions
 from ..results import EditCancelled, EditError, EditProgress, EditResult, ModelLoadError
-from .wire import Box, EditRequest, Failure
+from .wire import Box, EditRequest, Failure, ModelFacts
 
 PREVIEW_EVERY = 5  # steps between two previews of the current estimate (and the last step)
 VERSIONED = ("napari-medit", "numpy", "torch", "dask", "distributed")  # must agree on both sides
@@ -152,9 +152,11 @@ def reporting(
     return on_step
 
 
-def load_task(model: str, compute: ComputeOptions) -> None:
-    """Load ``model`` into this process's cache (a task: the model itself stays on the worker)."""
-    cached_model(model, compute)
+def load_task(model: str, compute: ComputeOptions) -> ModelFacts:
+    """Load ``model`` into this process's cache (a task: the model itself stays on the worker); its
+    facts go back to the client."""
+    loaded, _ = cached_model(model, compute)
+    return ModelFacts(name=loaded.name, resolution=int(loaded.resolution))
 
 
 def available_models() -> list[str]:

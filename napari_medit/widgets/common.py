@@ -10,6 +10,14 @@ from ..io.layers import from_layer
 NONE = "(none)"
 
 
+def viewer_identity(viewer) -> int:
+    """One number per napari viewer: napari hands each plugin widget its own proxy of the viewer (a
+    ``PublicOnlyProxy``), so widgets of one viewer compare what the proxies wrap."""
+    while hasattr(type(viewer), "__wrapped__"):
+        viewer = viewer.__wrapped__
+    return id(viewer)
+
+
 def status_label(text: str = "") -> Label:
     """A status line whose text never resizes the dock: a long message (a file name, a metric) would
     otherwise widen the dock and squeeze the canvas."""

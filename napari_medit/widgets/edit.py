@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import os
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +24,7 @@ from ..catalogue import LOCAL_WORKER, MASK_ROLES, METHODS, SCHEDULER_ENVIRON, Ru
 from ..io.image import PLANES, plane_axis
 from ..io.layers import display_range
 from ._viewer_parts import plane_view
-from .common import NONE, grey_images, layer_image, show_failure, status_label
+from .common import NONE, grey_images, layer_image, show_failure, status_label, viewer_identity
 from .engine_client import EngineClient
 from .forms import form_values, method_form, parameter_form
 
@@ -61,10 +62,15 @@ class Compute(str, enum.Enum):
     this_process = "this process"  # a thread in napari's process (debugging): torch is imported here
 
 
+# Each viewer's Edit widget, for the widgets that follow its choices (the Masks widget's preview).
+_EDIT_WIDGETS: weakref.WeakValueDictionary[int, EditWidget] = weakref.WeakValueDictionary()
+
+
 class EditWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
+        _EDIT_WIDGETS[viewer_identity(napari_viewer)] = self
         self.client = EngineClient(
             self.native,
             on_connected=self._connected,
@@ -169,6 +175,30 @@ class EditWidget(Container):
     def parameter(self, name: str):
         """The current method's widget for parameter ``name`` (tests and scripts set values through it)."""
         return self.parameters[self.method.value][name]
+
+    @classmethod
+    def of(cls, viewer) -> EditWidget | None:
+        """The Edit widget docked in ``viewer``, if one is."""
+        return _EDIT_WIDGETS.get(viewer_identity(viewer))
+
+    def mededit_sizing(self) -> tuple[dict, int, str]:
+        """What MedEdit's inpainting mask is sized by in this widget: its MedEdit parameters (the form's
+        values), the chosen model's resolution where edits run, and a description of both.
+        ValueError when no model is chosen or it is not loaded there yet."""
+        name = self.model.value
+        if name in (None, NONE):
+            raise ValueError("choose a MedEdit model in the Edit widget first")
+        facts = self.client.facts.get(name)
+        if facts is None:
+            place = self.client.place or "this process"
+            raise ValueError(
+                f"the Edit widget's model {name} is still loading on {place}: try again in a moment"
+            )
+        return (
+            form_values(self.parameters["mededit"]),
+            facts.resolution,
+            f"{name} on {self.client.place or 'this process'}",
+        )
 
     # ------------------------------------------------------------ where edits run
 

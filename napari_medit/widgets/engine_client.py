@@ -13,8 +13,12 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from qtpy.QtCore import QObject, QTimer, Signal
+
+if TYPE_CHECKING:
+    from ..compute import ModelFacts
 
 CONNECT_POLL_MS = 100  # how often the GUI looks whether the engine is connected
 
@@ -52,6 +56,7 @@ class _Connecting:
         with self._lock:
             self._abandoned = True
             engine, self.engine = self.engine, None
+        self.facts = {}
         if engine is not None:
             engine.close()
 
@@ -89,6 +94,7 @@ class EngineClient:
         self.relay.outcome.connect(on_outcome)
         self.engine = None  # napari_medit.compute's InProcess or Cluster, once connected
         self.names: list[str] = []  # the models the computing side has
+        self.facts: dict[str, ModelFacts] = {}  # the models loaded there, as they answered
         self.place: str | None = ""  # where the latest attempt connects ("" before the first)
         self._connecting = _Connecting()
         self._connecting.done.set()
@@ -153,20 +159,24 @@ class EngineClient:
         self.on_connected(self.names)
 
     def warm_up(self, name: str) -> None:
-        """Load model ``name`` where edits run while the user sets up (errors show when it runs)."""
+        """Load model ``name`` where edits run while the user sets up (errors show when it runs); its
+        facts join ``facts`` (a dict item set from the loading thread: atomic, read on the GUI thread)."""
         if self.engine is None:
             return
         engine = self.engine
 
         def load():
             with contextlib.suppress(Exception):  # a broken model is reported when the user runs it
-                engine.warm_up(name)
+                facts = engine.warm_up(name)
+                if engine is self.engine:  # still the place the widget shows
+                    self.facts[name] = facts
 
         threading.Thread(target=load, name="napari-medit warm-up", daemon=True).start()
 
     def disconnect(self) -> None:
         """Let go of the engine; it closes in the background (a worker process takes seconds to stop)."""
         engine, self.engine = self.engine, None
+        self.facts = {}
         if engine is not None:
             _in_background(engine.close)
 

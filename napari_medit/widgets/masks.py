@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import ComboBox, Container, PushButton
 
-from ..catalogue import MASK_ROLES, METHODS, MedEditParams, name_like
+from ..catalogue import MASK_ROLES, METHODS, name_like
 from .common import grey_images, layer_image, show_failure, status_label
 
 if TYPE_CHECKING:
@@ -231,37 +231,49 @@ class MasksWidget(Container):
         self.status.value = f"brain mask: {int(mask.sum())} voxels; correct it by painting"
 
     def show_inpainting_mask(self, _=None):
-        """What MedEdit will regenerate, for the model chosen in the Edit widget's sense: its resolution."""
+        """What MedEdit will regenerate, as the Edit widget will run it: its MedEdit dilation and its
+        model's resolution where edits run (a remote worker answers for its model); with no Edit widget
+        open, the default dilation at demo-brain's resolution."""
+        from .edit import EditWidget
+
         try:
             source = self._source()
             pathology, brain = self._mask_layer("pathology_mask"), self._mask_layer("brain_mask")
             if pathology is None or brain is None:
                 raise ValueError("MedEdit needs a pathology mask and a brain mask layer first")
-            resolution = self._model_resolution()
+            edit_widget = EditWidget.of(self.viewer)
+            if edit_widget is None:
+                values, resolution, sized_by = (
+                    {},
+                    self._bundled_resolution(),
+                    "demo-brain: no Edit widget open",
+                )
+            else:
+                values, resolution, sized_by = edit_widget.mededit_sizing()
+            params = METHODS["mededit"].make_params(values)
         except ValueError as exc:
             return self._fail(str(exc))
         masks = {"pathology_mask": np.asarray(pathology.data) > 0, "brain_mask": np.asarray(brain.data) > 0}
         # the catalogue's own hook: exactly the mask MedEdit will use
-        inpaint = METHODS["mededit"].prepare_masks(
-            masks, MedEditParams(), resolution, masks["brain_mask"].shape
-        )["inpaint_mask"]
+        inpaint = METHODS["mededit"].prepare_masks(masks, params, resolution, masks["brain_mask"].shape)[
+            "inpaint_mask"
+        ]
         name = f"{source.name} inpainting_mask"
         if name in self.viewer.layers:
             self.viewer.layers[name].data = inpaint.astype(np.uint8)
         else:
             layer = self._add_labels(inpaint, name, INPAINT_COLOR, source)
             layer.opacity = 0.4
-        self.status.value = f"inpainting mask: {int(inpaint.sum())} voxels (model grid {resolution} px)"
+        self.status.value = (
+            f"inpainting mask: {int(inpaint.sum())} voxels (dilation {params.kernel_size(resolution)} px "
+            f"on the {resolution} px model grid; {sized_by})"
+        )
 
-    def _model_resolution(self) -> int:
-        from ..backends import describe, model_folders
+    @staticmethod
+    def _bundled_resolution() -> int:
+        from ..backends.registry import BUNDLED, describe
 
-        folders = model_folders()
-        for name in ("demo-brain", *folders):
-            described = describe(folders[name]) if name in folders else {"methods": ()}
-            if "mededit" in described["methods"]:
-                return int(described["resolution"])
-        raise ValueError("no MedEdit model found to size the dilation for")
+        return int(describe(BUNDLED / "demo-brain")["resolution"])
 
     def check(self, _=None) -> list[str]:
         """Every problem the chosen method's masks have, as one notification; [] when they are fine."""
