@@ -25,7 +25,7 @@ def test_open_a_volume_with_its_geometry_and_presets(data_widget):
 
     viewer, widget = data_widget
     layers = widget.open(SAMPLES / "brain_t1.nii.gz")
-    assert [layer.name for layer in layers] == ["brain_t1"] and widget.image.value == "brain_t1"
+    assert [layer.name for layer in layers] == ["brain_t1"] and widget.image.value.name == "brain_t1"
     layer = viewer.layers["brain_t1"]
     np.testing.assert_allclose(layer.metadata["_source_affine"], nib.load(SAMPLES / "brain_t1.nii.gz").affine)
     image = from_layer(layer.data, layer.metadata, file_order=False)
@@ -37,6 +37,11 @@ def test_open_a_volume_with_its_geometry_and_presets(data_widget):
     assert layer.contrast_limits[0] > 100  # ...which the tissue preset leaves out
     widget.contrast.value = "full range"
     np.testing.assert_allclose(layer.contrast_limits, (image.array.min(), image.array.max()))
+    layer.name = "renamed"  # the picker holds the layer: still picked, presets still apply
+    widget.reset_choices()
+    assert widget.image.value is layer
+    widget.contrast.value = "MRI tissue"
+    np.testing.assert_allclose(layer.contrast_limits, display_range(image, "MRI tissue"))
 
 
 def test_mri_tissue_preset_ignores_the_background():
@@ -97,7 +102,7 @@ def edited_brain(make_napari_viewer, qtbot):
 
 def test_compare_before_after_opacity_difference_side_by_side(edited_brain):
     viewer, compare = edited_brain
-    assert compare.result.value == "t1 mededit"  # the newest result is picked up
+    assert compare.result.value.name == "t1 mededit"  # the newest result is picked up
     result, source, difference = (viewer.layers[n] for n in ("t1 mededit", "t1", "t1 mededit difference"))
     compare.toggle_before_after()
     assert not result.visible and source.visible
@@ -115,6 +120,12 @@ def test_compare_before_after_opacity_difference_side_by_side(edited_brain):
     compare.side_by_side.value = False
     assert not grid(viewer).enabled
     assert {layer.name for layer in viewer.layers if layer.visible} == visible_before
+    # The picker holds the layer: renamed, it stays picked and compared.
+    result.name = "my counterfactual"
+    compare.reset_choices()
+    assert compare.result.value is result
+    compare.opacity.value = 0.7
+    assert result.opacity == pytest.approx(0.7)
 
 
 def test_the_view_looks_across_the_edited_slices(edited_brain):
@@ -205,7 +216,7 @@ def test_dicom_series_masks_as_seg_and_result_as_dicom_in_the_widgets(data_widge
         translate=image.translate,
         metadata={**image.metadata, "edit": {"method": "radedit", "seed": 0}, "source_layer": image.name},
     )
-    compare.result.value = "cf"
+    compare.result.value = viewer.layers["cf"]
     written = compare.save(tmp_path / "cf.dcm")
     assert written[-1].name == "cf.json" and (tmp_path / "cf").is_dir()
     back = read_image(tmp_path / "cf").reoriented()

@@ -91,7 +91,7 @@ def test_every_method_through_masks_edit_and_compare(
         )
         assert edit.status.value.startswith(f"{method}: done"), (method, edit.status.value)
         result = viewer.layers[f"{image} {method}"]
-        qtbot.waitUntil(lambda name=result.name: compare.result.value == name, timeout=10_000)
+        qtbot.waitUntil(lambda name=result.name: compare.result.value.name == name, timeout=10_000)
         saved = compare.save(tmp_path / f"{method}.{'png' if sample == 'cxr' else 'nii.gz'}")
         assert saved, method
         shown_again, _, _ = to_layer_data(read_image(saved[0]), "reread", "image")  # as the reader shows it

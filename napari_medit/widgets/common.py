@@ -29,11 +29,6 @@ def status_label(text: str = "") -> Label:
     return label
 
 
-def image_layer_names(viewer) -> list[str]:
-    """The viewer's Image layers, for an image picker (NONE when there is none)."""
-    return [layer.name for layer in viewer.layers if type(layer).__name__ == "Image"] or [NONE]
-
-
 def grey_images(viewer) -> list[tuple[str, object]]:
     """The Image layers napari-medit edits (grey: the methods do not edit colour), as picker choices that
     hold the layers themselves, so a renamed or moved layer stays picked."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, PushButton
 
 from ._viewer_parts import grid, plane_view
-from .common import NONE, show_failure, status_label
+from .common import show_failure, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -28,6 +28,7 @@ class CompareWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
+        # the result layer itself (a renamed one stays picked)
         self.result = ComboBox(label="result", choices=self._results)
         self.before_after = PushButton(
             text="Before / after", tooltip="show the source or the edit, in the same place"
@@ -65,39 +66,44 @@ class CompareWidget(Container):
         self.side_by_side.changed.connect(self.set_side_by_side)
         self.save_button.changed.connect(self._ask_and_save)
         self.result.changed.connect(self._result_changed)
-        self.viewer.layers.events.inserted.connect(self._layers_changed)
-        self.viewer.layers.events.removed.connect(self._layers_changed)
         self._hidden_for_side_by_side: list[str] = []
 
     def _results(self, _=None):
-        names = [layer.name for layer in self.viewer.layers if "source_layer" in layer.metadata]
-        return names or [NONE]
+        return [(layer.name, layer) for layer in self.viewer.layers if "source_layer" in layer.metadata]
 
-    def _layers_changed(self, event=None):
-        latest = self._results()[-1]
-        self.result.reset_choices()
-        if event is not None and getattr(event, "type", "") == "inserted" and latest != NONE:
-            self.result.value = latest  # a new result: compare it
+    def reset_choices(self, event=None):
+        """napari calls it as layers come and go: a new result is picked, to compare it at once."""
+        known = set(map(id, self.result.choices))
+        super().reset_choices(event)
+        new = [layer for layer in self.result.choices if id(layer) not in known]
+        if new:
+            self.result.value = new[-1]
+
+    def _picked(self):
+        """The picked result layer while it is open, else None."""
+        layer = self.result.value
+        return layer if layer is not None and layer in self.viewer.layers else None
 
     def _pair(self):
         """(result, source) layers; ValueError naming what is missing."""
-        if self.result.value not in self.viewer.layers:
+        result = self._picked()
+        if result is None:
             raise ValueError("no result to compare: run an edit first")
-        result = self.viewer.layers[self.result.value]
         source = result.metadata["source_layer"]
         if source not in self.viewer.layers:
             raise ValueError(f"the source layer '{source}' of '{result.name}' is no longer open")
         return result, self.viewer.layers[source]
 
+    def _difference_layer(self):
+        result = self._picked()
+        name = None if result is None else f"{result.name} difference"
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
     def _result_changed(self, _=None):
-        if self.result.value in self.viewer.layers:
-            result = self.viewer.layers[self.result.value]
+        result = self._picked()
+        if result is not None:
             self.opacity.value = result.opacity
-            difference = (
-                self.viewer.layers[f"{result.name} difference"]
-                if f"{result.name} difference" in self.viewer.layers
-                else None
-            )
+            difference = self._difference_layer()
             self.difference.value = bool(difference is not None and difference.visible)
 
     # ------------------------------------------------------------ comparing
@@ -112,15 +118,17 @@ class CompareWidget(Container):
         self.status.value = f"showing {result.name if result.visible else source.name}"
 
     def _set_opacity(self, value: float):
-        if self.result.value in self.viewer.layers:
-            self.viewer.layers[self.result.value].opacity = value
+        result = self._picked()
+        if result is not None:
+            result.opacity = value
 
     def _show_difference(self, shown: bool):
-        name = f"{self.result.value} difference"
-        if name in self.viewer.layers:
-            self.viewer.layers[name].visible = shown
+        difference = self._difference_layer()
+        if difference is not None:
+            difference.visible = shown
         elif shown:
-            self._fail(f"'{name}' is not open")
+            result = self._picked()
+            self._fail("no result picked" if result is None else f"'{result.name} difference' is not open")
 
     def set_side_by_side(self, on: bool):
         """Source and result in napari's grid, everything else hidden meanwhile (and shown again after)."""
@@ -154,12 +162,12 @@ class CompareWidget(Container):
         from ..io.dicom import SOURCE_FILES
         from ..io.formats import save_dialog_filter
 
-        layer = self.viewer.layers[self.result.value] if self.result.value in self.viewer.layers else None
+        layer = self._picked()
         dicom = layer is not None and SOURCE_FILES in layer.metadata
         path, _ = QFileDialog.getSaveFileName(
             self.native,
             "Save the edited image",
-            f"{self.result.value}.{'dcm' if dicom else 'nii.gz'}",
+            f"{layer.name if layer is not None else 'edit'}.{'dcm' if dicom else 'nii.gz'}",
             # A DICOM source: DICOM first (a 2D result is one file, a series the folder NAME beside it).
             save_dialog_filter(dicom=dicom),
         )

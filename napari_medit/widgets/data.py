@@ -15,7 +15,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, PushButton
 from ..io.formats import open_dialog_filter
 from ..io.layers import CONTRAST_PRESETS, display_range, from_layer
 from ._viewer_parts import camera, text_overlay
-from .common import image_layer_names, show_failure, status_label
+from .common import grey_images, show_failure, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -36,7 +36,8 @@ class DataWidget(Container):
         self.open_folder_button = PushButton(
             text="Open DICOM series folder...", tooltip="one series: slices sorted by position into a volume"
         )
-        self.image = ComboBox(label="image", choices=self._image_layers)
+        # the layer itself (a renamed one stays picked); napari calls reset_choices as layers change
+        self.image = ComboBox(label="image", choices=lambda _: grey_images(self.viewer))
         self.contrast = ComboBox(
             label="contrast",
             choices=list(CONTRAST_PRESETS),
@@ -64,14 +65,6 @@ class DataWidget(Container):
         self.open_folder_button.changed.connect(lambda: self._ask_and_open(folder=True))
         self.contrast.changed.connect(self.apply_contrast)
         self.radiological.changed.connect(self.set_radiological)
-        self.viewer.layers.events.inserted.connect(self._layers_changed)
-        self.viewer.layers.events.removed.connect(self._layers_changed)
-
-    def _image_layers(self, _=None):
-        return image_layer_names(self.viewer)
-
-    def _layers_changed(self, event=None):
-        self.image.reset_choices()
 
     # ------------------------------------------------------------ opening
 
@@ -104,7 +97,8 @@ class DataWidget(Container):
             cause = exc.__cause__ or exc
             return self._fail(str(cause))
         if layers:
-            self.image.value = layers[-1].name
+            self.image.reset_choices()  # the new layer among the choices before napari's own reset
+            self.image.value = layers[-1]
             self.contrast.value = "as read"
             self.status.value = f"opened {', '.join(layer.name for layer in layers)}"
             notifications.show_info(self.status.value)
@@ -114,9 +108,9 @@ class DataWidget(Container):
 
     def apply_contrast(self, _=None):
         """Set the chosen image layer's contrast limits to the preset (the data is not touched)."""
-        if self.image.value not in self.viewer.layers:
+        layer = self.image.value
+        if layer is None or layer not in self.viewer.layers:
             return
-        layer = self.viewer.layers[self.image.value]
         image = from_layer(layer.data, layer.metadata, layer.scale, layer.translate, file_order=False)
         layer.contrast_limits = display_range(image, self.contrast.value)
         low, high = layer.contrast_limits
