@@ -1,0 +1,123 @@
+"""How often demo-cxr-instruct adds an effusion where it was asked: the population stress test's edit
+("add a right/left pleural effusion", InstructX2X inside the eroded lungs) on its phantom cases, one
+seed per case, both sides.
+
+    python benchmarks/instruct_sides.py [--cases 20] [--model demo-cxr-instruct] [--steps 100]
+                                        [--out benchmarks/results/instruct-sides-cpu.md]
+
+An edit succeeds when (1) the judge the stress test filters with (demo-cxr-findings) raises its
+effusion probability by 0.2 or more, and (2) the change lies at the base of the lung on the side
+asked: the centroid of |edit - source| is in that side's half of the image (a PA film: the
+patient's right on the image's left) and below the middle of the lungs' height.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _report import write_report
+
+from napari_medit.backends import load_model
+from napari_medit.editing import edit
+from napari_medit.findings import FindingsClassifier
+from napari_medit.stress.demo import demo_case
+from napari_medit.stress.run import case_seed
+from napari_medit.stress.scenarios import ADDITION_RISE, SCENARIOS, Scenario
+
+SIDES = ("right", "left")
+
+
+def where_it_changed(source: np.ndarray, edited: np.ndarray, lungs: np.ndarray) -> dict:
+    """The change's centroid: its image half, and whether it lies in the lower half of the lungs."""
+    change = np.abs(edited.astype(np.float64) - source.astype(np.float64))
+    if change.sum() == 0:
+        return {"half": None, "base": False}
+    rows, columns = np.indices(change.shape)
+    y, x = (float((axis * change).sum() / change.sum()) for axis in (rows, columns))
+    lung_rows = np.flatnonzero(lungs.any(axis=1))
+    middle = (lung_rows.min() + lung_rows.max()) / 2
+    return {"half": "image left" if x < change.shape[1] / 2 else "image right", "base": y > middle}
+
+
+def judge_edit(classifier, source, edited, lungs, side: str) -> dict:
+    before, after = (classifier.probabilities(image)["effusion"] for image in (source, edited))
+    place = where_it_changed(source, edited, lungs)
+    asked = "image left" if side == "right" else "image right"  # PA: the patient's right on the left
+    return {
+        "rise": after - before,
+        "side_ok": place["half"] == asked,
+        "base": place["base"],
+        "success": after - before >= ADDITION_RISE and place["half"] == asked and place["base"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=20)
+    parser.add_argument("--model", default="demo-cxr-instruct")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed; each case's is derived from it")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    spec = SCENARIOS[Scenario.population]
+    model, classifier = load_model(args.model), FindingsClassifier.load("demo-cxr-findings")
+    rows, started = [], time.perf_counter()
+    for index in range(args.cases):
+        image, masks = demo_case(Scenario.population, 10_000 + index)
+        roi = spec.edit_masks(masks)["edit_mask"]
+        for side in SIDES:
+            case = f"population-{index:03d}-{side}"
+            result = edit(
+                "instructx2x",
+                image,
+                model=model,
+                prompt=spec.instruction.format(side=side),
+                roi_mask=roi,
+                steps=args.steps,
+                seed=case_seed(args.seed, case),
+            )
+            verdict = judge_edit(classifier, image, result.image.array, masks["lung_mask"], side)
+            rows.append({"case": case, "side": side, **verdict})
+            print(
+                case,
+                {k: (round(v, 3) if isinstance(v, float) else v) for k, v in verdict.items()},
+                flush=True,
+            )
+    seconds = time.perf_counter() - started
+
+    def rate(chosen, key="success") -> str:
+        hits = sum(row[key] for row in chosen)
+        return f"{hits}/{len(chosen)} ({100 * hits / len(chosen):.0f}%)"
+
+    lines = [
+        f"# {args.model}: an effusion added where it was asked",
+        "",
+        f"`python benchmarks/instruct_sides.py --cases {args.cases} --model {args.model} "
+        f"--steps {args.steps}` on {platform.platform()}, torch {torch.__version__}; {seconds / 60:.1f} min.",
+        "",
+        "| side asked | success | probability +0.2 | change on the side asked | at the lung base |",
+        "|---|---|---|---|---|",
+    ]
+    for side in (*SIDES, None):
+        chosen = [row for row in rows if side is None or row["side"] == side]
+        rises = [dict(row, rose=row["rise"] >= ADDITION_RISE) for row in chosen]
+        lines.append(
+            f"| {side or 'both'} | {rate(chosen)} | {rate(rises, 'rose')} | {rate(chosen, 'side_ok')} | "
+            f"{rate(chosen, 'base')} |"
+        )
+    lines += [
+        "",
+        "Each case's seed is the stress test's own (`stress.run.case_seed` of the run's seed and the",
+        "case id), so a row here is the edit `napari-medit stress-test population --demo` makes.",
+    ]
+    write_report(lines, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
