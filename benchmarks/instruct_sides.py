@@ -18,7 +18,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from _report import write_report
 
@@ -27,32 +26,20 @@ from napari_medit.editing import edit
 from napari_medit.findings import FindingsClassifier
 from napari_medit.stress.demo import demo_case
 from napari_medit.stress.run import case_seed
-from napari_medit.stress.scenarios import ADDITION_RISE, SCENARIOS, Scenario
+from napari_medit.stress.scenarios import ADDITION_RISE, SCENARIOS, SIDE_ON_IMAGE, Scenario, where_it_changed
 
 SIDES = ("right", "left")
 
 
-def where_it_changed(source: np.ndarray, edited: np.ndarray, lungs: np.ndarray) -> dict:
-    """The change's centroid: its image half, and whether it lies in the lower half of the lungs."""
-    change = np.abs(edited.astype(np.float64) - source.astype(np.float64))
-    if change.sum() == 0:
-        return {"half": None, "base": False}
-    rows, columns = np.indices(change.shape)
-    y, x = (float((axis * change).sum() / change.sum()) for axis in (rows, columns))
-    lung_rows = np.flatnonzero(lungs.any(axis=1))
-    middle = (lung_rows.min() + lung_rows.max()) / 2
-    return {"half": "image left" if x < change.shape[1] / 2 else "image right", "base": y > middle}
-
-
 def judge_edit(classifier, source, edited, lungs, side: str) -> dict:
     before, after = (classifier.probabilities(image)["effusion"] for image in (source, edited))
-    place = where_it_changed(source, edited, lungs)
-    asked = "image left" if side == "right" else "image right"  # PA: the patient's right on the left
+    half, base = where_it_changed(source, edited, lungs)
+    side_ok = half == SIDE_ON_IMAGE[side]
     return {
         "rise": after - before,
-        "side_ok": place["half"] == asked,
-        "base": place["base"],
-        "success": after - before >= ADDITION_RISE and place["half"] == asked and place["base"],
+        "side_ok": side_ok,
+        "base": base,
+        "success": bool(after - before >= ADDITION_RISE and side_ok and base),
     }
 
 

@@ -136,8 +136,8 @@ def main() -> int:
         options = {**options, "precision": args.precision}
         exact, exact_seconds = timed_edit(name, image, model, options, args.repeats)
         lines.append(
-            f"| {label} | exact (default) | {exact_seconds:.1f} | 1.00x | exact | 0 | "
-            f"{exact.provenance['model_evaluations']} / 0 |"
+            f"| {label} | exact ({exact.provenance['precision']}) | {exact_seconds:.1f} | 1.00x | exact "
+            f"| 0 | {exact.provenance['model_evaluations']} / 0 |"
         )
         for lever, run in levers:
             result, seconds = timed_edit(name, image, model, options, args.repeats, **run)

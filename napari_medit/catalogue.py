@@ -409,9 +409,9 @@ class RunOptions:
     cache_interval: int = parameter(
         1,
         "reuse the network's deep features for N-1 of every N steps of a run (DeepCache; 1: off, exact): "
-        "each reused step computes only the shallow branch, about a fifth of a pass; refreshed at every "
-        "jump, inversion and new batch. 3 measured: ~2.2x faster, 35-40 dB against exact inside the "
-        "editable region, outside voxels unchanged (benchmarks/speed.py)",
+        "a reused step computes only the shallow branch, an eighth of a pass; refreshed at every jump, "
+        "inversion and new batch. 3 measured on a 2-core CPU: 2.2-2.4x faster, 35-51 dB against exact "
+        "inside the editable region, every voxel outside it unchanged (docs/speed.md)",
         minimum=1,
     )
     compile_network: bool = parameter(

@@ -85,7 +85,9 @@ def test_cancel_leaves_no_layer(brain_widget, qtbot):
     names = [layer.name for layer in viewer.layers]
     widget.run()
     qtbot.waitUntil(lambda: widget.status.value.startswith("step 1"), timeout=60_000)
-    # The preview layer shows the current estimate on the slices in work, the rest is the source.
+    # The preview layer comes with the first estimate and shows it on the slices in work, the rest is
+    # the source.
+    qtbot.waitUntil(lambda: "preview" in viewer.layers, timeout=60_000)
     preview, source = viewer.layers["preview"], viewer.layers["t1"].data
     qtbot.waitUntil(lambda: (preview.data != source).any(), timeout=60_000)
     lesion_slices = np.flatnonzero(viewer.layers["lesion_mask"].data.any(axis=(1, 2)))

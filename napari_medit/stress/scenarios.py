@@ -175,6 +175,24 @@ def scenario(name: str | Scenario) -> ScenarioSpec:
 # ---------------------------------------------------------------- metrics
 
 
+# A PA film shows the patient's right on the image's left: where a finding on each side appears.
+SIDE_ON_IMAGE = {"right": "image left", "left": "image right"}
+
+
+def where_it_changed(source: np.ndarray, edited: np.ndarray, lungs: np.ndarray) -> tuple[str | None, bool]:
+    """Where an edit changed a chest film: the image half holding the centroid of |edited - source|
+    ('image left' or 'image right'; None when nothing changed), and whether that centroid lies in
+    the lower half of the lungs' height (their base, where an effusion collects)."""
+    change = np.abs(np.asarray(edited, np.float64) - np.asarray(source, np.float64))
+    if change.sum() == 0:
+        return None, False
+    rows, columns = np.indices(change.shape)
+    y, x = ((axis * change).sum() / change.sum() for axis in (rows, columns))
+    lung_rows = np.flatnonzero(np.asarray(lungs).any(axis=1))
+    half = "image left" if x < change.shape[1] / 2 else "image right"
+    return half, bool(y > (lung_rows.min() + lung_rows.max()) / 2)
+
+
 def positive_rate(probabilities) -> float:
     """The fraction of cases a classifier calls positive."""
     values = np.asarray(probabilities, float)

@@ -390,11 +390,11 @@ class EditWidget(Container):
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.compute.enabled = self.address.enabled = False  # the edit runs there until it ends
         self.status.value = f"{method}: loading {model_name}..."
-        self._add_preview(source)
 
     def _add_preview(self, source):
-        """The preview layer, added now (in answer to the click) rather than mid-run: a float copy of the
-        source on its grid, whose slices in work show the current estimate as the run goes."""
+        """The preview layer, added when the first estimate arrives (not at the click, which then
+        answers at once): a float copy of the source on its grid, whose slices in work show the
+        current estimate as the run goes; at the end it becomes the result layer."""
         self._preview = self.viewer.add_image(
             np.asarray(source.data, np.float32),
             name="preview",
@@ -416,7 +416,9 @@ class EditWidget(Container):
             return  # cancelling, or a step that arrived after the run's outcome
         self.status.value = self.client.step_text(progress)
         estimate = progress.preview()  # every few steps (compute.PREVIEW_EVERY) and the last
-        if estimate is not None and self._preview is not None and self._preview in self.viewer.layers:
+        if estimate is not None and self._preview is None:
+            self._add_preview(self._run[0])
+        if estimate is not None and self._preview in self.viewer.layers:
             planes = (
                 np.moveaxis(self._preview.data, progress.axis, 0)
                 if self._preview.ndim == 3
