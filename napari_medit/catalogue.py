@@ -416,9 +416,9 @@ class RunOptions:
     )
     compile_network: bool = parameter(
         False,
-        "compile the denoising network with torch.compile: about 1.4x faster per pass on CPU after a "
-        "60-90 s compile, so it pays only on long runs (past ~300 forward passes: MedEdit's 1000 steps, many "
-        "slices; benchmarks/compile.py)",
+        "compile the denoising network with torch.compile, one graph per batch shape: 1.4x per pass at one "
+        "shape on CPU, 1.0-1.2x per edit (docs/speed.md); the first compile on a machine takes 1-2 "
+        "minutes and is kept in the user's cache folder, so later processes load it in seconds",
     )
 
     def validate(self) -> None:
