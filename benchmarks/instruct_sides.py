@@ -22,11 +22,9 @@ import torch
 from _report import write_report
 
 from napari_medit.backends import load_model
-from napari_medit.editing import edit
 from napari_medit.findings import FindingsClassifier
-from napari_medit.stress.demo import demo_case
-from napari_medit.stress.run import case_seed
-from napari_medit.stress.scenarios import ADDITION_RISE, SCENARIOS, SIDE_ON_IMAGE, Scenario, where_it_changed
+from napari_medit.stress.demo import demo_addition
+from napari_medit.stress.scenarios import ADDITION_RISE, SIDE_ON_IMAGE, where_it_changed
 
 SIDES = ("right", "left")
 
@@ -51,30 +49,16 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="the run's seed; each case's is derived from it")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    spec = SCENARIOS[Scenario.population]
     model, classifier = load_model(args.model), FindingsClassifier.load("demo-cxr-findings")
     rows, started = [], time.perf_counter()
     for index in range(args.cases):
-        image, masks = demo_case(Scenario.population, 10_000 + index)
-        roi = spec.edit_masks(masks)["edit_mask"]
         for side in SIDES:
             case = f"population-{index:03d}-{side}"
-            result = edit(
-                "instructx2x",
-                image,
-                model=model,
-                prompt=spec.instruction.format(side=side),
-                roi_mask=roi,
-                steps=args.steps,
-                seed=case_seed(args.seed, case),
-            )
-            verdict = judge_edit(classifier, image, result.image.array, masks["lung_mask"], side)
+            image, edited, masks = demo_addition(model, index, side, seed=args.seed, steps=args.steps)
+            verdict = judge_edit(classifier, image, edited, masks["lung_mask"], side)
             rows.append({"case": case, "side": side, **verdict})
-            print(
-                case,
-                {k: (round(v, 3) if isinstance(v, float) else v) for k, v in verdict.items()},
-                flush=True,
-            )
+            shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in verdict.items()}
+            print(case, shown, flush=True)
     seconds = time.perf_counter() - started
 
     def rate(chosen, key="success") -> str:

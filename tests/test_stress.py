@@ -440,27 +440,13 @@ def test_demo_cxr_instruct_adds_the_effusion_where_it_was_asked(index):
     mirrored image, a side word lost on the way to the text encoder, or a model that paints one side
     whatever is asked fails it. (The model gets 21 of 40 such cases right: benchmarks/instruct_sides.py.)"""
     from napari_medit.backends import load_model
-    from napari_medit.editing import edit
     from napari_medit.findings import FindingsClassifier
-    from napari_medit.stress.demo import demo_case
-    from napari_medit.stress.run import case_seed
-    from napari_medit.stress.scenarios import ADDITION_RISE, SIDE_ON_IMAGE, Scenario, where_it_changed
+    from napari_medit.stress.demo import demo_addition
+    from napari_medit.stress.scenarios import ADDITION_RISE, SIDE_ON_IMAGE, where_it_changed
 
-    spec, model = SCENARIOS[Scenario.population], load_model("demo-cxr-instruct")
-    judge = FindingsClassifier.load("demo-cxr-findings")
-    image, masks = demo_case(Scenario.population, 10_000 + index)
-    roi = spec.edit_masks(masks)["edit_mask"]
+    model, judge = load_model("demo-cxr-instruct"), FindingsClassifier.load("demo-cxr-findings")
     for side in ("right", "left"):
-        case = f"population-{index:03d}-{side}"
-        edited = edit(
-            "instructx2x",
-            image,
-            model=model,
-            prompt=spec.instruction.format(side=side),
-            roi_mask=roi,
-            seed=case_seed(0, case),
-            precision="float32",
-        ).image.array
-        assert where_it_changed(image, edited, masks["lung_mask"]) == (SIDE_ON_IMAGE[side], True), case
+        image, edited, masks = demo_addition(model, index, side, precision="float32")
+        assert where_it_changed(image, edited, masks["lung_mask"]) == (SIDE_ON_IMAGE[side], True), side
         before, after = (judge.probabilities(x)["effusion"] for x in (image, edited))
-        assert after - before >= ADDITION_RISE, case
+        assert after - before >= ADDITION_RISE, side

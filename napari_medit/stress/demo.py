@@ -85,6 +85,29 @@ def write_demo_cases(scenario: Scenario, count: int, folder: Path, first_seed: i
     return table
 
 
+def demo_addition(model, index: int, side: str, seed: int = 0, **run) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The population scenario's instruction edit of demo case ``index``, asking for an effusion on
+    ``side``, with the seed its stress test gives that case (``run.case_seed`` of ``seed``):
+    (source, edited, the case's masks). ``run``: further run options (precision, steps)."""
+    from ..editing import edit
+    from .run import case_seed
+    from .scenarios import SCENARIOS
+
+    spec = SCENARIOS[Scenario.population]
+    image, masks = demo_case(Scenario.population, 10_000 + index)
+    case = f"population-{index:03d}-{side}"
+    result = edit(
+        "instructx2x",
+        image,
+        model=model,
+        prompt=spec.instruction.format(side=side),
+        roi_mask=spec.edit_masks(masks)["edit_mask"],
+        seed=case_seed(seed, case),
+        **run,
+    )
+    return image, result.image.array, masks
+
+
 # ---------------------------------------------------------------- the biased models
 
 
