@@ -218,3 +218,45 @@ def test_a_single_checkpoint_file_is_told_what_to_do(tmp_path, name, advice, no_
     (tmp_path / name).write_bytes(b"not really")
     with pytest.raises(ModelLoadError, match=f"single checkpoint file.*{advice}"):
         load_model(tmp_path / name)
+
+
+def test_a_composed_folder_takes_the_unet_from_one_folder_and_the_rest_from_another(tmp_path, no_network):
+    """As PIE's run_pie.py composes its model: the fine-tune's UNet, sd-v1-4's VAE, text encoder,
+    tokenizer and scheduler. Here the 'fine-tune' is a UNet with other weights."""
+    from napari_medit.backends import describe
+
+    unet, vae, tokenizer, text = tiny_parts()
+    base = tmp_path / "sd-v1-4"
+    unet.save_pretrained(base / "unet")
+    vae.save_pretrained(base / "vae")
+    tokenizer.save_pretrained(base / "tokenizer")
+    text.save_pretrained(base / "text_encoder")
+    DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False).save_pretrained(base / "scheduler")
+    (base / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    tuned = tiny_parts()[0]
+    with torch.no_grad():
+        for weights in tuned.parameters():
+            weights.add_(1.0)
+    tuned.save_pretrained(tmp_path / "pie-checkpoint" / "unet")
+    composed = tmp_path / "models" / "pie-on-sd"
+    composed.mkdir(parents=True)
+    medit = {"format": "napari-medit-model/1", "backend": "stable-diffusion-parts", "name": "pie-on-sd"}
+    (composed / "medit.json").write_text(
+        json.dumps({**medit, "unet": "../../pie-checkpoint/unet", "parts": str(base)})
+    )
+
+    model = load_model(composed)
+    for mine, theirs in zip(model.unet.parameters(), tuned.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    for mine, theirs in zip(model.vae.parameters(), vae.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    assert model.name == "pie-on-sd" and model.text_conditioned and model.resolution == 16
+    described = describe(composed)
+    assert described["resolution"] == 16 and described["text_conditioned"] and "pie" in described["methods"]
+    # A part that is not there is named, with the folder it was looked for in.
+    (composed / "medit.json").write_text(json.dumps({**medit, "unet": "../../nowhere", "parts": str(base)}))
+    with pytest.raises(ModelLoadError, match=r"needs the folders .*nowhere"):
+        load_model(composed)
+    (composed / "medit.json").write_text(json.dumps(medit))
+    with pytest.raises(ModelLoadError, match="'unet' is missing: the UNet's folder"):
+        load_model(composed)

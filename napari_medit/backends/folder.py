@@ -34,7 +34,7 @@ import torch
 from ..editing.denoiser import Denoiser, DiffusersDenoiser, MonaiDenoiser
 from ..preprocessing import Preprocessing
 from ..results import ModelLoadError
-from .registry import CONFIG_NAME
+from .registry import CONFIG_NAME, PARTS_BACKEND
 
 FORMAT = "napari-medit-model/1"
 
@@ -91,6 +91,8 @@ def _load(path, device, trust_remote_code: bool, download: bool) -> Denoiser:
     if config.get("format") != FORMAT:
         raise ModelLoadError(f"{config_path}: unknown format {config.get('format')!r}; expected {FORMAT!r}")
     backend = config.get("backend")
+    if backend == PARTS_BACKEND:  # no preprocessing of its own: Stable Diffusion's
+        return _to_device(presets.load_composed_folder(folder, config, trust_remote_code), device)
     try:
         config["preprocessing"] = Preprocessing.from_config(config.get("preprocessing"))
     except ValueError as exc:
@@ -101,7 +103,9 @@ def _load(path, device, trust_remote_code: bool, download: bool) -> Denoiser:
         elif backend == "diffusers":
             denoiser = _load_diffusers(folder, config, trust_remote_code)
         else:
-            raise ModelLoadError(f"{config_path}: backend must be 'diffusers' or 'monai', got {backend!r}")
+            raise ModelLoadError(
+                f"{config_path}: backend must be 'diffusers', 'monai' or '{PARTS_BACKEND}', got {backend!r}"
+            )
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, ModelLoadError):
             raise

@@ -109,25 +109,48 @@ def load_radedit(download: bool = False, trust_remote_code: bool = False, text_a
     )
 
 
-def load_pipeline_folder(folder: Path, trust_remote_code: bool = False):
-    """A Stable Diffusion-style folder: UNet2DConditionModel, AutoencoderKL, text encoder, scheduler."""
+def load_composed_folder(folder: Path, config: dict, trust_remote_code: bool = False):
+    """A Stable Diffusion model composed as PIE's run_pie.py composes it: the UNet from one folder (the
+    fine-tune) and the VAE, text encoder, tokenizer and scheduler from another (sd-v1-4). ``config`` is
+    the folder's medit.json: ``{"backend": "stable-diffusion-parts", "unet": PATH, "parts": PATH}``,
+    relative paths read from ``folder``."""
+    paths = {}
+    for key, says in (("unet", "the UNet's folder"), ("parts", "the folder of the other parts")):
+        if not config.get(key):
+            raise ModelLoadError(f"{folder / 'medit.json'}: {key!r} is missing: {says}")
+        paths[key] = (folder / Path(config[key]).expanduser()).resolve()
+    return load_pipeline_folder(
+        paths["parts"], trust_remote_code, unet_folder=paths["unet"], name=config.get("name", folder.name)
+    )
+
+
+def load_pipeline_folder(
+    folder: Path, trust_remote_code: bool = False, unet_folder: Path | None = None, name: str | None = None
+):
+    """A Stable Diffusion-style folder: UNet2DConditionModel, AutoencoderKL, text encoder, scheduler;
+    with ``unet_folder``, the UNet from there instead of ``folder / 'unet'``."""
     import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from ..editing import DiffusersDenoiser
     from .text import TransformersTextEncoder
 
-    missing = [
-        p for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / p).is_dir()
-    ]
+    unet_folder = unet_folder or folder / "unet"
+    parts = {
+        "vae": folder / "vae",
+        "text_encoder": folder / "text_encoder",
+        "tokenizer": folder / "tokenizer",
+    }
+    parts = {"unet": unet_folder, **parts, "scheduler": folder / "scheduler"}
+    missing = [str(path) for path in parts.values() if not path.is_dir()]
     if missing:
-        raise ModelLoadError(f"{folder}: a Stable Diffusion-style folder needs {', '.join(missing)}/")
+        raise ModelLoadError(f"{folder}: a Stable Diffusion model needs the folders {', '.join(missing)}")
     # Published folders hold safetensors or, as diffusers' converters write by default (InstructX2X's
     # does), PyTorch .bin files: diffusers and transformers read those with torch.load(weights_only=True),
     # which refuses any pickled object that is not a tensor.
     part = "unet"
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
+        unet = UNet2DConditionModel.from_pretrained(unet_folder, local_files_only=True)
         part = "vae"
         vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
         part = "text_encoder"
@@ -137,7 +160,7 @@ def load_pipeline_folder(folder: Path, trust_remote_code: bool = False):
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         raise ModelLoadError(
-            f"{folder / part}: could not load it ({reason}); its weights must be safetensors or "
+            f"{parts[part]}: could not load it ({reason}); its weights must be safetensors or "
             "a .bin of tensors only (nothing that unpickles to code)"
         ) from exc
     scheduler_config = diffusers.DDIMScheduler.load_config(folder / "scheduler")
@@ -155,7 +178,7 @@ def load_pipeline_folder(folder: Path, trust_remote_code: bool = False):
     return DiffusersDenoiser(
         unet,
         scheduler,
-        name=folder.name,
+        name=name or folder.name,
         text_encoder=text,
         vae=vae,
         preprocessing=preprocessing.STABLE_DIFFUSION,

@@ -77,11 +77,33 @@ def single_file_problem(path: Path) -> str:
     )
 
 
+PARTS_BACKEND = "stable-diffusion-parts"  # a folder whose UNet and other parts come from two folders
+
+
+def _composed(folder: Path, config: dict) -> dict:
+    """A composed folder's facts, from its parts' configs: text-conditioned, its resolution and whether
+    its UNet reads a prior image (InstructPix2Pix); what cannot be read stays unknown."""
+    try:
+        unet_folder, parts = (folder / Path(config[key]).expanduser() for key in ("unet", "parts"))
+        unet = json.loads((unet_folder / "config.json").read_text())
+        vae = json.loads((parts / "vae" / "config.json").read_text())
+    except (KeyError, TypeError, OSError, ValueError):
+        return {"text_encoder": {}}
+    factor = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
+    return {
+        "text_encoder": {},
+        "resolution": int(unet.get("sample_size", 0)) * factor or None,
+        "image_conditioned": unet.get("in_channels") == 2 * vae.get("latent_channels", 4),
+    }
+
+
 def describe(folder: Path) -> dict:
     """What a model folder is, read from its config alone (no weights are loaded)."""
     from ..catalogue import METHODS
 
     config = json.loads((folder / CONFIG_NAME).read_text())
+    if config.get("backend") == PARTS_BACKEND:
+        config = {**config, **_composed(folder, config)}
     conditions = list(config.get("condition_names", []))
     text = (folder / "text_encoder").is_dir() or "text_encoder" in config
     image_conditioned = bool(config.get("image_conditioned", False))
