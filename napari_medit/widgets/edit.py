@@ -62,6 +62,8 @@ class Compute(str, enum.Enum):
     this_process = "this process"  # a thread in napari's process (debugging): torch is imported here
 
 
+_PREVIEW_PENDING = object()  # the preview layer is on its way (queued for the next event-loop turn)
+
 # Each viewer's Edit widget, for the widgets that follow its choices (the Masks widget's preview).
 _EDIT_WIDGETS: weakref.WeakValueDictionary[int, EditWidget] = weakref.WeakValueDictionary()
 
@@ -391,6 +393,10 @@ class EditWidget(Container):
         self.compute.enabled = self.address.enabled = False  # the edit runs there until it ends
         self.status.value = f"{method}: loading {model_name}..."
 
+    def _add_pending_preview(self):
+        if self._run is not None and self._preview is _PREVIEW_PENDING:  # not ended meanwhile
+            self._add_preview(self._run[0])
+
     def _add_preview(self, source):
         """The preview layer, added when the first estimate arrives (not at the click, which then
         answers at once): a float copy of the source on its grid, whose slices in work show the
@@ -417,7 +423,11 @@ class EditWidget(Container):
         self.status.value = self.client.step_text(progress)
         estimate = progress.preview()  # every few steps (compute.PREVIEW_EVERY) and the last
         if estimate is not None and self._preview is None:
-            self._add_preview(self._run[0])
+            # Adding and first drawing a layer are the longest stalls of a run: the preview layer comes
+            # in an event-loop turn of its own, and shows the estimates from the next one on.
+            self._preview = _PREVIEW_PENDING
+            self._queue_gui(self._add_pending_preview)
+            return
         if estimate is not None and self._preview in self.viewer.layers:
             planes = (
                 np.moveaxis(self._preview.data, progress.axis, 0)
