@@ -1,7 +1,6 @@
 """Published-model presets, offline: tiny random models saved in the real file layouts."""
 
 import json
-import socket
 
 import pytest
 import torch
@@ -83,15 +82,6 @@ def cache_radedit_parts(cache, monkeypatch):
     text_dir = cache_snapshot(cache, RADEDIT_TEXT)
     tokenizer.save_pretrained(text_dir)
     text.save_pretrained(text_dir)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("something tried to reach the network")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def test_radedit_preset_loads_from_the_cache_offline(tmp_path, monkeypatch, no_network):
@@ -210,7 +200,7 @@ def test_the_radedit_preset_can_run_its_text_encoder_without_the_attention_mask(
 @pytest.mark.parametrize(
     "name, advice",
     [
-        ("x2x.ckpt", "convert_original_stable_diffusion_to_diffusers"),
+        ("x2x.bin", "Stable Diffusion 1.x .ckpt/.safetensors files .* as they are"),
         ("mededit.pt", "napari-medit import-mededit .*mededit.pt --out FOLDER"),
     ],
 )

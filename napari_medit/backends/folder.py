@@ -46,7 +46,8 @@ def load_model(
     download: bool = False,
 ) -> Denoiser:
     """Load a model: a napari-medit model folder, a bundled or NAPARI_MEDIT_MODELS name
-    (``demo-brain``, ``demo-cxr``), a preset (``radedit``), a Stable Diffusion-style folder, or a
+    (``demo-brain``, ``demo-cxr``), a preset (``radedit``), a Stable Diffusion-style folder, a Stable
+    Diffusion 1.x checkpoint file in its original layout (``.ckpt``, ``.safetensors``), or a
     hub repository, ``hub:ORG/NAME`` or ``ORG/NAME`` when no such local folder exists
     (``microsoft/radedit`` is the radedit preset). Only ``download=True`` lets anything reach the network, and
     ``trust_remote_code`` (off unless the user opts in) lets a text encoder run code shipped
@@ -60,6 +61,7 @@ def load_model(
 def _load(path, device, trust_remote_code: bool, download: bool) -> Denoiser:
     from . import presets
     from .registry import hub_repository, resolve
+    from .single_file import SINGLE_FILE_SUFFIXES, load_stable_diffusion_checkpoint
 
     spec = str(path)
     if spec in presets.PRESETS:
@@ -76,6 +78,9 @@ def _load(path, device, trust_remote_code: bool, download: bool) -> Denoiser:
     if repository is not None:  # offline unless download=True: a missing repository fails at once
         folder = presets.fetch(repository, download)
         return _to_device(presets.load_pipeline_folder(folder, trust_remote_code), device)
+    single_file = Path(spec).expanduser()
+    if single_file.is_file() and single_file.suffix in SINGLE_FILE_SUFFIXES:
+        return _to_device(load_stable_diffusion_checkpoint(single_file), device)
     folder = resolve(path)
     if not (folder / CONFIG_NAME).is_file() and (folder / "model_index.json").is_file():
         return _to_device(presets.load_pipeline_folder(folder, trust_remote_code), device)

@@ -69,11 +69,9 @@ def single_file_problem(path: Path) -> str:
             f"`napari-medit import-mededit {path} --out FOLDER` (once), then pass FOLDER"
         )
     return (
-        f"{path}: a single checkpoint file; napari-medit loads model folders. An InstructPix2Pix or Stable "
-        "Diffusion .ckpt/.safetensors becomes one with diffusers' "
-        "convert_original_stable_diffusion_to_diffusers "
-        "script (InstructX2X's models/convert_ckpt_to_diffusers does it for its checkpoints); pass that "
-        "folder"
+        f"{path}: a single checkpoint file of a kind napari-medit does not load; it loads model folders, "
+        "MedEdit .pt checkpoints through `napari-medit import-mededit`, and Stable Diffusion 1.x "
+        ".ckpt/.safetensors files (InstructX2X's, InstructPix2Pix's) as they are"
     )
 
 
