@@ -21,6 +21,7 @@ import time
 
 PROBE_MS = 10
 TARGET_MS = 100
+FIRST_PREVIEW_S = 1.0  # after the preview layer appears: its first draw falls in this window
 
 
 class StallProbe:
@@ -112,14 +113,27 @@ def measure(compute, steps: int = 60, idle_seconds: float = 3.0) -> dict:
         click_ms = (time.perf_counter() - clicked) * 1000
         spin_until(lambda: widget.status.value.startswith("step"), 600)
         first_step = time.perf_counter()
+        spin_until(lambda: "preview" in viewer.layers, 600)
+        preview_added = time.perf_counter()
         spin_until(lambda: "t1 mededit difference" in viewer.layers and widget.run_button.enabled, 600)
         probe.stop()
-        # Start-up: the preview layer's first paint and the worker preparing the slices (model cached).
+        # Start-up: the worker preparing the slices (model cached) until the first step arrives.
         starting = probe.stalls(clicked + click_ms / 1000, first_step)
         starting["seconds"] = first_step - clicked
-        editing = probe.stalls(first_step, returned[0])
+        # The first preview: its layer added and first drawn (the second after it is counted here).
+        drawn = preview_added + FIRST_PREVIEW_S
+        first_preview = probe.stalls(first_step, drawn)
+        editing = probe.stalls(drawn, returned[0])
         editing["seconds"] = returned[0] - first_step
         results = probe.stalls(returned[0])
+        add_layer_ms = _add_layer_ms(viewer, app)
+        # Closing napari mid-edit: the GUI thread's share (the worker stops behind it).
+        widget.run()
+        spin_until(lambda: widget.status.value.startswith("step"), 600)
+        closing = time.perf_counter()
+        viewer.close()
+        close_ms = (time.perf_counter() - closing) * 1000
+        viewer = None
         return {
             "compute": compute.value,
             "heavy": sorted(name for name in HEAVY if name in sys.modules),
@@ -129,15 +143,18 @@ def measure(compute, steps: int = 60, idle_seconds: float = 3.0) -> dict:
             "idle": idle,
             "click_ms": click_ms,
             "starting": starting,
+            "first_preview": first_preview,
             "editing": editing,
+            "close_ms": close_ms,
             "results": results,
             "steps": steps,
             "slices": len(viewer.layers["t1 mededit"].metadata["edit"]["slices"]),
-            "add_layer_ms": _add_layer_ms(viewer, app),
+            "add_layer_ms": add_layer_ms,
             "target_ms": TARGET_MS,
         }
     finally:
-        viewer.close()
+        if viewer is not None:
+            viewer.close()
 
 
 def boundary(steps: int) -> dict:
@@ -192,14 +209,16 @@ PHASES = (
     ("warmup", "warm-up: connect, list the models, load the model where edits run"),
     ("idle", "idle"),
     ("click", "click: Run handler (request sent, preview layer added)"),
-    ("starting", "start-up: click to first step (preview layer drawn)"),
+    ("starting", "start-up: click to the first step"),
+    ("first_preview", f"first preview: its layer added and drawn (the {FIRST_PREVIEW_S:.0f} s after)"),
     ("editing", "denoising, preview every 5 steps"),
     ("results", "results: the preview layer becomes the result, difference layer added"),
+    ("close", "closing napari mid-edit (GUI thread; the worker stops behind it)"),
 )
 
 
 def _phase_ms(figures: dict, phase: str) -> float:
-    if phase in ("open", "click"):
+    if phase in ("open", "click", "close"):
         return figures[f"{phase}_ms"]  # the GUI thread is busy for all of it: one stall
     return figures[phase]["max_stall_ms"]
 
@@ -209,8 +228,8 @@ def report(runs: list[dict], crossing: dict) -> str:
     header = " | ".join(f"{run['compute']} max stall ms" for run in runs)
     lines = [
         f"MedEdit on demo-brain through the Edit widget ({first['slices']} slices, {first['steps']} steps), "
-        f"{PROBE_MS} ms QTimer probe; stall = tick gap - {PROBE_MS} ms (open and click: the handler's own "
-        f"time):",
+        f"{PROBE_MS} ms QTimer probe; stall = tick gap - {PROBE_MS} ms (open, click and close: the handler's "
+        f"own time):",
         "",
         f"| phase | {header} |",
         "|---|" + "---:|" * len(runs),

@@ -31,6 +31,30 @@ MODELS = {
 }
 
 
+def said_last(count: int = 3) -> list[str]:
+    """napari's latest notifications (a failed edit's message is there)."""
+    from napari.utils.notifications import notification_manager
+
+    return [record.message for record in notification_manager.records[-count:]]
+
+
+def wait_for_outcome(qtbot, edit, method: str, seconds: float = 120):
+    """Until the edit's outcome is shown and Run is enabled again; else what the widget was doing."""
+    from pytestqt.exceptions import TimeoutError as QtTimeout
+
+    def ended():
+        return edit.run_button.enabled and edit.status.value.split(":")[0] in (method, "failed", "cancelled")
+
+    try:
+        qtbot.waitUntil(ended, timeout=int(seconds * 1000))
+    except QtTimeout:
+        raise AssertionError(
+            f"{method}: no outcome within {seconds:.0f} s; status {edit.status.value!r}, run button "
+            f"{'on' if edit.run_button.enabled else 'off'}, running {edit._run}, engine ready {edit.ready}, "
+            f"GUI tasks queued {len(edit._gui_tasks)}, last notifications {said_last()}"
+        ) from None
+
+
 def test_every_method_has_a_short_run_here():
     assert set(SHORT) == set(METHODS)  # a new method joins this file
 
@@ -83,13 +107,8 @@ def test_every_method_through_masks_edit_and_compare(
         for key, value in SHORT[method].items():
             edit.parameter(key).value = value
         edit.run()
-        qtbot.waitUntil(
-            lambda method=method: (
-                edit.run_button.enabled and edit.status.value.split(":")[0] in (method, "failed", "cancelled")
-            ),
-            timeout=300_000,
-        )
-        assert edit.status.value.startswith(f"{method}: done"), (method, edit.status.value)
+        wait_for_outcome(qtbot, edit, method)
+        assert edit.status.value.startswith(f"{method}: done"), (method, edit.status.value, said_last())
         result = viewer.layers[f"{image} {method}"]
         qtbot.waitUntil(lambda name=result.name: compare.result.value.name == name, timeout=10_000)
         saved = compare.save(tmp_path / f"{method}.{'png' if sample == 'cxr' else 'nii.gz'}")

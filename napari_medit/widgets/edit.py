@@ -379,8 +379,8 @@ class EditWidget(Container):
             return
         try:
             kwargs = self.request()
-        except ValueError as exc:
-            notifications.show_error(str(exc))
+        except ValueError as exc:  # refused at the click: said in the status too, where the user looks
+            show_failure(self.status, str(exc))
             return
         method, model_name, source = self.method.value, self.model.value, self.image.value
         self._run = (source, method)
@@ -439,15 +439,17 @@ class EditWidget(Container):
 
     def _on_outcome(self, outcome):
         (source, method), self._run = self._run, None
-        if isinstance(outcome, Exception):
-            self._on_error(outcome)
-        elif source not in self.viewer.layers:  # the layer itself: renamed or moved, it is still there
-            show_failure(
-                self.status, f"the layer {source.name!r} was removed during the edit: nothing was added"
-            )
-        else:
-            self._on_result(outcome, source, method)
-        self._on_finished()
+        try:
+            if isinstance(outcome, Exception):
+                self._on_error(outcome)
+            elif source not in self.viewer.layers:  # the layer itself: renamed or moved, it is still there
+                show_failure(
+                    self.status, f"the layer {source.name!r} was removed during the edit: nothing was added"
+                )
+            else:
+                self._on_result(outcome, source, method)
+        finally:  # whatever showing it raised, the widget is ready for the next edit
+            self._on_finished()
 
     def _on_result(self, result, source, method):
         source_name = source.name  # as it is called now
