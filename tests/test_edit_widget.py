@@ -344,6 +344,32 @@ def test_masks_widget_brain_mask_and_inpainting_mask(brain_widget, qtbot, monkey
     assert masks.check() == ["brain_mask ('brain_mask') is empty: paint the region first"]
 
 
+def test_a_step_whose_progress_bar_hands_over_the_outcome_neither_hides_it_nor_writes_into_it(
+    brain_widget, monkeypatch
+):
+    """napari's progress bar processes Qt events when it moves, so the edit's outcome can be handled in
+    the middle of a step's own handling. The step then stops there: the status keeps the outcome, and
+    the estimate it carries is not written into the layer (the preview, about to become the result)."""
+    from napari_medit.results import EditError, EditProgress
+
+    viewer, widget = brain_widget
+    source = viewer.layers["t1"]
+    widget._run = (source, "mededit")
+    preview = widget._preview = widget._add_preview(source)
+    before = preview.data.copy()
+    step_text = widget.client.step_text
+
+    def handing_over_the_outcome(progress):
+        widget._on_outcome(EditError("the worker stopped"))
+        return step_text(progress)
+
+    monkeypatch.setattr(widget.client, "step_text", handing_over_the_outcome)
+    estimate = np.full((1, *source.data.shape[1:]), 7.0, np.float32)
+    widget._on_step(EditProgress(5, 5, [source.data.shape[0] // 2], 0, estimate=estimate))
+    assert widget.status.value == "failed"
+    np.testing.assert_array_equal(preview.data, before)
+
+
 def test_every_control_says_what_it_is(brain_widget):
     """Every field of every form is named as the catalogue names it (a check box by its text), no
     group is labelled with a class name, and a value decided at run time reads 'automatic', not 0."""
@@ -352,7 +378,7 @@ def test_every_control_says_what_it_is(brain_widget):
     from napari_medit.catalogue import METHODS, RunOptions
 
     _, widget = brain_widget
-    for form in (*widget.parameters.values(), widget.run_options):
+    for form in (*(widget.form(name) for name in METHODS), widget.run_options):
         for control in form:
             shown = control.text if isinstance(control, CheckBox) else control.label
             assert shown.startswith(control.name.replace("_", " ")), control.name
@@ -372,15 +398,13 @@ def test_parameter_forms_hold_each_papers_defaults_with_their_sources(brain_widg
 
     _, widget = brain_widget
     for name, method in METHODS.items():
-        form = widget.parameters[name]
+        form = widget.form(name)
         values = form_values(form)
         assert not values.pop("preset", None)  # the method's own paper defaults
         assert method.make_params(values) == method.make_params({})  # followers resolved alike
         assert all(w.tooltip for w in form), name
     widget.method.value = "radedit"
-    assert (
-        not widget.parameters["radedit"].native.isHidden() and widget.parameters["mededit"].native.isHidden()
-    )
+    assert not widget.form("radedit").native.isHidden() and widget.form("mededit").native.isHidden()
     widget.parameter("steps").value = 50
     assert widget.parameter("skip").value == 18  # the reference code's 36 of 100
     widget.method.value = "mededit"

@@ -107,11 +107,10 @@ class EditWidget(Container):
             )
             for role in MASK_ROLES
         }
-        # One form per method and one for the run options, from the catalogue (no torch needed).
-        self.parameters = {name: method_form(spec) for name, spec in METHODS.items()}
-        self.parameter_box = Container(
-            labels=False, widgets=list(self.parameters.values()), label="parameters"
-        )
+        # One form per method, built when the method is first chosen (all eight at open would hold the
+        # GUI thread ~80 ms more), and one for the run options; from the catalogue (no torch needed).
+        self._forms: dict[str, Container] = {}
+        self.parameter_box = Container(labels=False, label="parameters")
         self.run_options = parameter_form(RunOptions, only=RUN_FORM_FIELDS, label="run options")
         self.axis = ComboBox(
             label="slice along",
@@ -176,7 +175,15 @@ class EditWidget(Container):
 
     def parameter(self, name: str):
         """The current method's widget for parameter ``name`` (tests and scripts set values through it)."""
-        return self.parameters[self.method.value][name]
+        return self.form(self.method.value)[name]
+
+    def form(self, method: str) -> Container:
+        """``method``'s parameter form, built the first time it is asked for."""
+        if method not in self._forms:
+            self._forms[method] = form = method_form(METHODS[method])
+            form.visible = method == self.method.value
+            self.parameter_box.append(form)
+        return self._forms[method]
 
     @classmethod
     def of(cls, viewer) -> EditWidget | None:
@@ -197,7 +204,7 @@ class EditWidget(Container):
                 f"the Edit widget's model {name} is still loading on {place}: try again in a moment"
             )
         return (
-            form_values(self.parameters["mededit"]),
+            form_values(self.form("mededit")),
             facts.resolution,
             f"{name} on {self.client.place or 'this process'}",
         )
@@ -284,7 +291,8 @@ class EditWidget(Container):
         wanted = METHODS[self.method.value].masks
         for name, box in self.masks.items():
             box.visible = name in wanted
-        for name, form in self.parameters.items():
+        self.form(self.method.value)
+        for name, form in self._forms.items():
             form.visible = name == self.method.value
         self._guess_masks()
 
@@ -350,7 +358,7 @@ class EditWidget(Container):
                 if mask not in self.viewer.layers:
                     raise ValueError(f"the {name} layer {mask.name!r} was removed: pick another")
                 kwargs[name] = np.asarray(mask.data)
-        kwargs.update(form_values(self.parameters[self.method.value]))
+        kwargs.update(form_values(self.form(self.method.value)))
         return kwargs
 
     def _slice_range(self, layer) -> tuple[int, int] | None:
@@ -394,14 +402,20 @@ class EditWidget(Container):
         self.status.value = f"{method}: loading {model_name}..."
 
     def _add_pending_preview(self):
-        if self._run is not None and self._preview is _PREVIEW_PENDING:  # not ended meanwhile
-            self._add_preview(self._run[0])
+        run = self._run
+        if run is None or self._preview is not _PREVIEW_PENDING:
+            return  # the run ended before its turn came
+        layer = self._add_preview(run[0])
+        if self._run is run and self._preview is _PREVIEW_PENDING:
+            self._preview = layer
+        elif layer in self.viewer.layers:  # the run ended while napari added it (napari processes events)
+            self.viewer.layers.remove(layer)
 
     def _add_preview(self, source):
         """The preview layer, added when the first estimate arrives (not at the click, which then
         answers at once): a float copy of the source on its grid, whose slices in work show the
         current estimate as the run goes; at the end it becomes the result layer."""
-        self._preview = self.viewer.add_image(
+        return self.viewer.add_image(
             np.asarray(source.data, np.float32),
             name="preview",
             colormap="gray",
@@ -418,9 +432,15 @@ class EditWidget(Container):
     # ------------------------------------------------------------ results (GUI thread)
 
     def _on_step(self, progress):
-        if self.client.cancelled or self._run is None:
+        run = self._run
+        if self.client.cancelled or run is None:
             return  # cancelling, or a step that arrived after the run's outcome
-        self.status.value = self.client.step_text(progress)
+        text = self.client.step_text(progress)
+        if self._run is not run:
+            # napari's progress bar processes Qt events as it moves: the outcome (or more) was handled
+            # meanwhile; this step must neither hide it nor write its estimate into the result
+            return
+        self.status.value = text
         estimate = progress.preview()  # every few steps (compute.PREVIEW_EVERY) and the last
         if estimate is not None and self._preview is None:
             # Adding and first drawing a layer are the longest stalls of a run: the preview layer comes
