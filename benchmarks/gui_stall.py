@@ -127,9 +127,11 @@ def measure(compute, steps: int = 60, idle_seconds: float = 3.0) -> dict:
         editing["seconds"] = returned[0] - first_step
         results = probe.stalls(returned[0])
         add_layer_ms = _add_layer_ms(viewer, app)
+        edit = viewer.layers["t1 mededit"].metadata["edit"]
         # Closing napari mid-edit: the GUI thread's share (the worker stops behind it).
         widget.run()
         spin_until(lambda: widget.status.value.startswith("step"), 600)
+        layers_at_close = len(viewer.layers)
         closing = time.perf_counter()
         viewer.close()
         close_ms = (time.perf_counter() - closing) * 1000
@@ -137,7 +139,7 @@ def measure(compute, steps: int = 60, idle_seconds: float = 3.0) -> dict:
         return {
             "compute": compute.value,
             "heavy": sorted(name for name in HEAVY if name in sys.modules),
-            "seconds": viewer.layers["t1 mededit"].metadata["edit"]["seconds"],
+            "seconds": edit["seconds"],
             "open_ms": open_ms,
             "warmup": warmup,
             "idle": idle,
@@ -146,9 +148,10 @@ def measure(compute, steps: int = 60, idle_seconds: float = 3.0) -> dict:
             "first_preview": first_preview,
             "editing": editing,
             "close_ms": close_ms,
+            "napari_close_ms": _napari_close_ms(layers_at_close),
             "results": results,
             "steps": steps,
-            "slices": len(viewer.layers["t1 mededit"].metadata["edit"]["slices"]),
+            "slices": len(edit["slices"]),
             "add_layer_ms": add_layer_ms,
             "target_ms": TARGET_MS,
         }
@@ -204,6 +207,25 @@ def _add_layer_ms(viewer, app) -> float:
     return seconds * 1000
 
 
+def _napari_close_ms(layer_count: int) -> float:
+    """napari's own cost of closing a viewer holding as many layers (the brain sample and copies), with no
+    napari-medit widget, for comparison with closing mid-edit."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=True)
+    viewer.open_sample("napari-medit", "brain")
+    data = viewer.layers["t1"].data
+    while len(viewer.layers) < layer_count:
+        viewer.add_image(data, name=f"copy {len(viewer.layers)}", contrast_limits=(0, 1))
+    for _ in range(20):
+        QApplication.instance().processEvents()
+        time.sleep(0.01)
+    start = time.perf_counter()
+    viewer.close()
+    return (time.perf_counter() - start) * 1000
+
+
 PHASES = (
     ("open", "widget open (building it and its forms; GUI thread)"),
     ("warmup", "warm-up: connect, list the models, load the model where edits run"),
@@ -246,7 +268,8 @@ def report(runs: list[dict], crossing: dict) -> str:
             f"open excluded)"
             for run in runs
         ),
-        f"- napari adding one volume layer to an idle viewer here: {first['add_layer_ms']:.0f} ms.",
+        f"- napari adding one volume layer to an idle viewer here: {first['add_layer_ms']:.0f} ms; closing a "
+        f"viewer with as many layers and no napari-medit widget: {first['napari_close_ms']:.0f} ms.",
         "",
         f"The boundary, MedEdit {crossing['steps']} steps on the brain sample through the API (warm, best of "
         f"two):",

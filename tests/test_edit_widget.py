@@ -549,8 +549,8 @@ if during_run:
     widget.image.value = viewer.layers["t1"]
     widget.parameter("steps").value = 400
     widget.run()
-    bar = widget.client.progress_bar
-    while bar is not None and bar.n < 2 and time.monotonic() < deadline:
+    bar = widget.client.progress_bar  # napari's progress bar comes in the turn after the click
+    while (bar is None or bar.n < 2) and time.monotonic() < deadline:
         app.processEvents(); time.sleep(0.01)  # the run is denoising
         bar = widget.client.progress_bar
     run_done = widget.client.run_done

@@ -101,6 +101,12 @@ class EngineClient:
         self._timer = QTimer(owner)
         self._timer.setInterval(CONNECT_POLL_MS)
         self._timer.timeout.connect(self._check_connected)
+        # napari's progress bar takes ~90 ms to appear (its activity dock processes events): it comes in
+        # the event-loop turn after the click, which then answers at once
+        self._progress_timer = QTimer(owner)
+        self._progress_timer.setSingleShot(True)
+        self._progress_timer.timeout.connect(self._show_progress)
+        self._description = ""
         self.cancel_event = threading.Event()
         self.run_done = threading.Event()  # set while no edit's thread is waiting
         self.run_done.set()
@@ -185,8 +191,6 @@ class EngineClient:
     def start(self, request, description: str) -> None:
         """Submit ``request`` (a ``compute.EditRequest``) and wait for it in a thread; its steps and
         outcome arrive through the callbacks. napari's progress bar shows it as ``description``."""
-        from napari.utils import progress
-
         cancel, relay, done, engine = threading.Event(), self.relay, threading.Event(), self.engine
         self.cancel_event, self.run_done = cancel, done
 
@@ -208,10 +212,16 @@ class EngineClient:
             finally:
                 done.set()
 
-        self._first_step_at = None
-        # napari's activity dock shows it with the time left; the total is known from the first step.
-        self.progress_bar = progress(total=0, desc=description)
+        self._first_step_at, self._description = None, description
         threading.Thread(target=wait, name="napari-medit edit", daemon=True).start()
+        self._progress_timer.start(0)
+
+    def _show_progress(self) -> None:
+        """napari's activity dock shows the run with the time left (the total comes with the steps)."""
+        from napari.utils import progress
+
+        if self.progress_bar is None and not self.run_done.is_set():  # not ended before its turn
+            self.progress_bar = progress(total=0, desc=self._description)
 
     @property
     def cancelled(self) -> bool:
@@ -225,9 +235,9 @@ class EngineClient:
         now = time.monotonic()
         if self._first_step_at is None:
             self._first_step_at, self._first_step = now, step.step
-            if self.progress_bar is not None:
-                self.progress_bar.total = step.total
         if self.progress_bar is not None:
+            if self.progress_bar.total != step.total:
+                self.progress_bar.total = step.total
             self.progress_bar.update(step.step - self.progress_bar.n)
         done_since = step.step - self._first_step
         seconds_each = (now - self._first_step_at) / done_since if done_since else None
@@ -246,6 +256,8 @@ class EngineClient:
         denoising step, at most ``timeout``) and then stops the worker process, so nothing is left
         running. That thread is not a daemon: the interpreter waits for it at exit. Returns it."""
         self.cancel_event.set()
+        with contextlib.suppress(RuntimeError):  # its owner already deleted: so is the timer
+            self._progress_timer.stop()
         for signal in (self.relay.step, self.relay.outcome):
             with contextlib.suppress(TypeError, RuntimeError):  # nothing connected, or already deleted
                 signal.disconnect()
