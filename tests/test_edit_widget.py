@@ -572,6 +572,32 @@ print("clean exit")
 """
 
 
+def test_switching_compute_mid_connect_leaves_no_worker_process(make_napari_viewer, qtbot):
+    """The worker process the widget was starting is stopped by the abandoned attempt itself, behind
+    the GUI, while the widget connects to the new place."""
+    import psutil
+
+    def workers() -> set[int]:
+        found = set()
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if "dask" in child.cmdline() and "worker" in child.cmdline():
+                    found.add(child.pid)
+            except psutil.Error:  # gone meanwhile
+                pass
+        return found
+
+    before = workers()
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Edit")  # starts a worker process
+    qtbot.waitUntil(lambda: bool(workers() - before), timeout=60_000)
+    assert not widget.ready  # still connecting there
+    widget.compute.value = Compute.this_process
+    qtbot.waitUntil(lambda: widget.ready, timeout=120_000)
+    assert widget.client.place is None
+    qtbot.waitUntil(lambda: not workers() - before, timeout=60_000)
+
+
 @pytest.mark.parametrize("moment", ["warm-up", "run"])
 def test_closing_the_viewer_mid_warm_up_or_mid_run_exits_cleanly(moment, tmp_path):
     """Closing napari while the Edit widget works in the background used to abort the process
