@@ -615,9 +615,10 @@ def test_closing_the_viewer_mid_warm_up_or_mid_run_exits_cleanly(moment, tmp_pat
     if moment == "run":
         assert "run stopped: True" in done.stdout  # cancelled and waited for, not left running
     assert "processes left: 0" in done.stdout
-    # the GUI thread does not wait for the run to stop (up to a step) nor the worker (up to 10 s)
+    # the GUI thread does not wait for the run to stop (up to a step) nor the worker (up to 10 s): napari
+    # closes within a second
     (took,) = [float(line.split()[2]) for line in done.stdout.splitlines() if line.startswith("close took")]
-    assert took < 3.0, done.stdout
+    assert took < 1.0, done.stdout  # 0.16 s mid warm-up, 0.40 s mid-run here
     for sign in ("has been deleted", "Traceback", "Aborted"):
         assert sign not in done.stderr, done.stderr[-2000:]
 
