@@ -1,5 +1,7 @@
 """The Edit dock widget driving the engine on the demo models, in a real viewer."""
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -97,10 +99,27 @@ def test_cancel_leaves_no_layer(brain_widget, qtbot):
         -len(lesion_slices) // 4
     )  # 1000 steps a batch of 4 slices
     assert " s left" in widget.status.value
+    assert gc.get_freeze_count() > 0  # napari's objects sit out full collections while the edit runs
     widget.cancel()
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
     assert [layer.name for layer in viewer.layers] == names
     assert widget.status.value == "cancelled" and widget.client.progress_bar is None
+    assert gc.get_freeze_count() == 0  # and are handed back when it ends
+
+
+def test_full_collections_are_held_while_any_edit_runs_and_resumed_after_the_last():
+    from napari_medit.widgets.common import QuietCollector
+
+    assert gc.get_freeze_count() == 0
+    QuietCollector.hold()
+    assert gc.get_freeze_count() > 0
+    QuietCollector.hold()  # a second viewer's edit
+    QuietCollector.release()
+    assert gc.get_freeze_count() > 0  # the other edit still runs
+    QuietCollector.release()
+    assert gc.get_freeze_count() == 0
+    QuietCollector.release()  # one release too many (a widget closed twice) changes nothing
+    assert gc.get_freeze_count() == 0
 
 
 def test_bad_input_notifies_and_changes_nothing(brain_widget, qtbot, monkeypatch):

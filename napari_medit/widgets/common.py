@@ -3,6 +3,9 @@ and the one way a failure is shown."""
 
 from __future__ import annotations
 
+import gc
+import threading
+
 from magicgui.widgets import Label
 
 from ..io.layers import from_layer
@@ -16,6 +19,34 @@ def viewer_identity(viewer) -> int:
     while hasattr(type(viewer), "__wrapped__"):
         viewer = viewer.__wrapped__
     return id(viewer)
+
+
+class QuietCollector:
+    """Keeps Python's full garbage collections short while edits run. napari's process holds some
+    300,000 objects; a full (oldest-generation) collection scans them all, ~200 ms on the GUI thread at
+    whatever allocation sets it off (adding the preview layer, in benchmarks/gui_stall.py). While any
+    edit runs, the objects that existed when it started are frozen (``gc.freeze``: left out of every
+    collection, not freed); when the last one ends they are handed back, so nothing that became garbage
+    meanwhile is kept for good."""
+
+    _lock = threading.Lock()
+    _runs = 0
+
+    @classmethod
+    def hold(cls) -> None:
+        with cls._lock:
+            cls._runs += 1
+            if cls._runs == 1:
+                gc.freeze()
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._lock:
+            if cls._runs == 0:
+                return
+            cls._runs -= 1
+            if cls._runs == 0:
+                gc.unfreeze()
 
 
 def status_label(text: str = "") -> Label:

@@ -24,7 +24,15 @@ from ..catalogue import LOCAL_WORKER, MASK_ROLES, METHODS, SCHEDULER_ENVIRON, Ru
 from ..io.image import PLANES, plane_axis
 from ..io.layers import display_range
 from ._viewer_parts import plane_view
-from .common import NONE, grey_images, layer_image, show_failure, status_label, viewer_identity
+from .common import (
+    NONE,
+    QuietCollector,
+    grey_images,
+    layer_image,
+    show_failure,
+    status_label,
+    viewer_identity,
+)
 from .engine_client import EngineClient
 from .forms import form_values, method_form, parameter_form
 
@@ -160,6 +168,7 @@ class EditWidget(Container):
         self.address.native.editingFinished.connect(self._compute_changed)
         self.model.changed.connect(self._warm_up)
         self._preview = None
+        self._holding_collector = False  # this widget's run keeps full collections short (QuietCollector)
         self._gui_tasks: list = []
         self._run: tuple | None = None  # (source layer, method) of the edit under way
         self._show_relevant()
@@ -241,8 +250,14 @@ class EditWidget(Container):
         if self.model.value != NONE:
             self.client.warm_up(self.model.value)
 
+    def _release_collector(self) -> None:
+        if self._holding_collector:
+            self._holding_collector = False
+            QuietCollector.release()
+
     def _on_destroyed(self, _=None):
         self._gui_tasks.clear()
+        self._release_collector()
         self.close_engine()
 
     def close_engine(self, timeout: float = 10.0) -> None:
@@ -396,6 +411,9 @@ class EditWidget(Container):
         request = EditRequest(
             method, kwargs.pop("image"), model_name, kwargs, previews=True, preview_slices=on_screen
         )
+        if not self._holding_collector:  # until the outcome is shown: no full collection stalls the GUI
+            QuietCollector.hold()
+            self._holding_collector = True
         self.client.start(request, f"{method} on {source.name}")
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.compute.enabled = self.address.enabled = False  # the edit runs there until it ends
@@ -598,6 +616,7 @@ class EditWidget(Container):
         def ready():
             self.run_button.enabled, self.cancel_button.enabled = self.ready, False
             self.compute.enabled = self.address.enabled = True
+            self._release_collector()
 
         self.client.finish()
         self._queue_gui(remove_preview, ready)
