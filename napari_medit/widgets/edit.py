@@ -173,7 +173,12 @@ class EditWidget(Container):
         self._run: tuple | None = None  # (source layer, method) of the edit under way
         self._show_relevant()
         self._image_changed()
-        self._compute_changed()
+        # Connecting starts once napari has docked the widget: its thread imports dask and starts the
+        # scheduler, and would otherwise compete for the GIL with the docking itself (~2x longer).
+        self._connect_timer = QTimer(self.native)
+        self._connect_timer.setSingleShot(True)
+        self._connect_timer.timeout.connect(self._compute_changed)
+        self._connect_timer.start(0)
         # Closing the dock or the viewer mid-run (or mid-connect) cancels the edit and stops the worker.
         self.native.destroyed.connect(self._on_destroyed)
 
