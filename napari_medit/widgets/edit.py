@@ -84,7 +84,7 @@ class EditWidget(Container):
         self.client = EngineClient(
             self.native,
             on_connected=self._connected,
-            on_failure=lambda message: show_failure(self.status, message),
+            on_failure=self._connect_failed,
             on_step=self._on_step,
             on_outcome=self._on_outcome,
         )
@@ -168,7 +168,7 @@ class EditWidget(Container):
         self.address.native.editingFinished.connect(self._compute_changed)
         self.model.changed.connect(self._warm_up)
         self._preview = None
-        self._holding_collector = False  # this widget's run keeps full collections short (QuietCollector)
+        self._holds: set[str] = set()  # 'connect', 'run': full collections kept short (QuietCollector)
         self._gui_tasks: list = []
         self._run: tuple | None = None  # (source layer, method) of the edit under way
         self._show_relevant()
@@ -241,10 +241,18 @@ class EditWidget(Container):
             return  # the edit runs where it started (the compute widgets are disabled until it ends)
         # connected there or on the way (the address field also says so when it loses focus): nothing to do
         if self.client.connect(place):
+            # the connecting thread imports dask and starts a scheduler here: its allocations would set off
+            # full collections of napari's objects, holding the GIL for ~200 ms (benchmarks/gui_stall.py)
+            self._hold_collector("connect")
             self.run_button.enabled = False
             self.status.value = f"connecting to {place or 'this process'}..."
 
+    def _connect_failed(self, message: str) -> None:
+        self._release_collector("connect")
+        show_failure(self.status, message)
+
     def _connected(self, names: list[str]) -> None:
+        self._release_collector("connect")
         self.model.reset_choices()
         self.run_button.enabled = self._run is None
         self.status.value = ""
@@ -255,10 +263,17 @@ class EditWidget(Container):
         if self.model.value != NONE:
             self.client.warm_up(self.model.value)
 
-    def _release_collector(self) -> None:
-        if self._holding_collector:
-            self._holding_collector = False
-            QuietCollector.release()
+    def _hold_collector(self, reason: str) -> None:
+        if reason not in self._holds:
+            self._holds.add(reason)
+            QuietCollector.hold()
+
+    def _release_collector(self, reason: str | None = None) -> None:
+        """Hand back what ``reason`` held (None: everything this widget held)."""
+        for held in [reason] if reason is not None else list(self._holds):
+            if held in self._holds:
+                self._holds.discard(held)
+                QuietCollector.release()
 
     def _on_destroyed(self, _=None):
         self._gui_tasks.clear()
@@ -416,9 +431,7 @@ class EditWidget(Container):
         request = EditRequest(
             method, kwargs.pop("image"), model_name, kwargs, previews=True, preview_slices=on_screen
         )
-        if not self._holding_collector:  # until the outcome is shown: no full collection stalls the GUI
-            QuietCollector.hold()
-            self._holding_collector = True
+        self._hold_collector("run")  # until the outcome is shown: no full collection stalls the GUI
         self.client.start(request, f"{method} on {source.name}")
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.compute.enabled = self.address.enabled = False  # the edit runs there until it ends
@@ -621,7 +634,7 @@ class EditWidget(Container):
         def ready():
             self.run_button.enabled, self.cancel_button.enabled = self.ready, False
             self.compute.enabled = self.address.enabled = True
-            self._release_collector()
+            self._release_collector("run")
 
         self.client.finish()
         self._queue_gui(remove_preview, ready)
