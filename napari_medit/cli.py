@@ -249,7 +249,8 @@ def _add_train_command(commands) -> None:
         "--init-from",
         metavar="MODEL",
         help="cxr-instruct: start from this text-to-image model (e.g. demo-cxr), as InstructPix2Pix "
-        "starts from Stable Diffusion; the prior's input channel starts at zero",
+        "starts from Stable Diffusion (the prior's input channel starts at zero), or train an "
+        "instruction model of the same shape on (e.g. demo-cxr-instruct)",
     )
     train.add_argument("--device", default="cpu")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -274,6 +274,32 @@ def test_instruction_model_starts_as_the_text_to_image_model_it_is_initialised_f
         assert unchanged((unet, other), before)
 
 
+def test_an_instruction_model_trains_on_from_its_own_weights(tmp_path):
+    # --init-from demo-cxr-instruct: every weight as it was saved, the prior's channel included
+    from napari_medit.training.cxr import train_cxr
+    from napari_medit.training.cxr_instruct import build, initialise_from, train_cxr_instruct, vocabulary
+
+    def config(name):
+        return TrainConfig(
+            out=tmp_path / name, steps=2, batch_size=2, warmup=1, validate_every=10_000, checkpoint_every=10
+        )
+
+    text_to_image = train_cxr(config("cxr"), resolution=32)
+    instruct = train_cxr_instruct(config("instruct"), resolution=32, init_from=text_to_image)
+    released = load_model(instruct)
+    assert torch.count_nonzero(released.unet.conv_in.weight[:, 1]) > 0  # trained: no longer the donor
+
+    unet, text_encoder, _ = build(32, vocabulary(), in_channels=2)
+    initialise_from(unet, text_encoder, instruct)
+    for ours, theirs in ((unet, released.unet), (text_encoder.model, released.text_encoder.model)):
+        saved = theirs.state_dict()
+        assert all(torch.equal(value, saved[name]) for name, value in ours.state_dict().items())
+
+    three_channels, encoder, _ = build(32, vocabulary(), in_channels=3)
+    with pytest.raises(ValueError, match="reads 2 channels"):
+        initialise_from(three_channels, encoder, instruct)
+
+
 def test_init_from_is_refused_for_models_that_train_from_scratch(tmp_path, capsys):
     from napari_medit.cli import EXIT_BAD_INPUT, main
 

@@ -55,7 +55,6 @@ def read_state(path: Path) -> dict:
 
 def check_layout(path: Path, state: dict) -> int:
     """Refuse what is not an SD 1.x checkpoint, naming what it is; the UNet's input channels."""
-    prefixes = {key.split(".", 1)[0] for key in state}
     if any(key.startswith(OPEN_CLIP_PREFIX) for key in state):
         raise ModelLoadError(
             f"{path}: a Stable Diffusion 2.x checkpoint (OpenCLIP text encoder); napari-medit loads 1.x "
@@ -68,10 +67,11 @@ def check_layout(path: Path, state: dict) -> int:
         if not any(key.startswith(prefix) for key in state)
     ]
     if missing:
+        prefixes = sorted({key.split(".", 1)[0] for key in state})
         raise ModelLoadError(
             f"{path}: not a Stable Diffusion 1.x checkpoint: no {', no '.join(missing)} weights "
-            f"(it holds {', '.join(sorted(prefixes)[:6]) or 'nothing'}); a MedEdit checkpoint becomes a "
-            f"model folder with `napari-medit import-mededit {path} --out FOLDER`"
+            f"(it holds {', '.join(prefixes[:6]) or 'nothing'}); single files load only as SD 1.x "
+            "checkpoints in their original layout: pass any other model as a folder (docs/models.md)"
         )
     return int(state[f"{UNET_PREFIX}input_blocks.0.0.weight"].shape[1])
 

@@ -197,7 +197,11 @@ def initialise_from(unet, text_encoder, source: str | Path) -> None:
     """Copy a text-to-image model's weights into the instruction model, InstructPix2Pix's way
     (Brooks et al. 2023, section 3.2): every UNet weight, with the input convolution's new
     channel (the prior) set to zero; the text encoder's layers, and the token embeddings of
-    the words both vocabularies share (the others keep their random initialisation)."""
+    the words both vocabularies share (the others keep their random initialisation).
+
+    ``source`` may also be an instruction model of the same shape (e.g. demo-cxr-instruct): its
+    weights are then taken as they are, so that a released model trains on. The optimiser's state
+    starts afresh; ``--resume`` is the way to continue a run exactly."""
     from ..backends import load_model
 
     donor = load_model(source)
@@ -205,12 +209,14 @@ def initialise_from(unet, text_encoder, source: str | Path) -> None:
         raise ValueError(f"{source}: not a text-conditioned diffusers model; start from one such as demo-cxr")
     weights = donor.unet.state_dict()
     conv_in = weights["conv_in.weight"]
-    if conv_in.shape[1] != 1:
+    if conv_in.shape[1] == 1:
+        prior = torch.zeros_like(conv_in).expand(-1, unet.conv_in.in_channels - 1, -1, -1)
+        weights["conv_in.weight"] = torch.cat([conv_in, prior], dim=1)
+    elif conv_in.shape[1] != unet.conv_in.in_channels:
         raise ValueError(
-            f"{source}: its UNet reads {conv_in.shape[1]} channels; a text-to-image model reads 1"
+            f"{source}: its UNet reads {conv_in.shape[1]} channels; start from a text-to-image model "
+            f"(1 channel) or an instruction model ({unet.conv_in.in_channels} channels)"
         )
-    prior = torch.zeros_like(conv_in).expand(-1, unet.conv_in.in_channels - 1, -1, -1)
-    weights["conv_in.weight"] = torch.cat([conv_in, prior], dim=1)
     if mismatch := _first_mismatch(unet, weights):
         raise ValueError(
             f"{source}: its UNet has another shape than this instruction model's "

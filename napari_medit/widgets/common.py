@@ -22,30 +22,31 @@ def viewer_identity(viewer) -> int:
 
 
 class QuietCollector:
-    """Keeps Python's full garbage collections short while edits run. napari's process holds some
-    300,000 objects; a full (oldest-generation) collection scans them all, ~200 ms on the GUI thread at
-    whatever allocation sets it off (adding the preview layer, in benchmarks/gui_stall.py). While any
-    edit runs, the objects that existed when it started are frozen (``gc.freeze``: left out of every
-    collection, not freed); when the last one ends they are handed back, so nothing that became garbage
-    meanwhile is kept for good."""
+    """Keeps Python's full garbage collections short while the GUI thread must stay quick: while
+    edits run and while a widget connects to its engine. napari's process holds some 300,000 objects;
+    a full (oldest-generation) collection scans them all, ~200 ms on the GUI thread at whatever
+    allocation sets it off (adding the preview layer, in benchmarks/gui_stall.py). While any hold
+    lasts, the objects that existed when the first began are frozen (``gc.freeze``: left out of every
+    collection, not freed); when the last hold ends they are handed back, so nothing that became
+    garbage meanwhile is kept for good."""
 
     _lock = threading.Lock()
-    _runs = 0
+    _holds = 0
 
     @classmethod
     def hold(cls) -> None:
         with cls._lock:
-            cls._runs += 1
-            if cls._runs == 1:
+            cls._holds += 1
+            if cls._holds == 1:
                 gc.freeze()
 
     @classmethod
     def release(cls) -> None:
         with cls._lock:
-            if cls._runs == 0:
+            if cls._holds == 0:
                 return
-            cls._runs -= 1
-            if cls._runs == 0:
+            cls._holds -= 1
+            if cls._holds == 0:
                 gc.unfreeze()
 
 
