@@ -403,12 +403,31 @@ def test_every_control_says_what_it_is(brain_widget):
             assert shown.startswith(control.name.replace("_", " ")), control.name
     classes = {RunOptions.__name__, *(spec.params.__name__ for spec in METHODS.values())}
     assert not classes & {control.label for control in widget}
-    assert (widget.parameter_box.label, widget.run_options.label) == ("parameters", "run options")
+    assert (widget.parameter_box.label, widget.run_options_box.label) == ("parameters", "run options")
     assert widget.run_options.batch_size.label == "batch size (0: automatic)"
     widget.method.value = "mededit"
     assert widget.parameter("dilation").label == "dilation (0: automatic)"  # MedEdit's 25 px at 128, scaled
     assert widget.run_options.seed.label == "seed"  # a 0 that means 0
     assert widget.run_options.samples.min == 1 and widget.run_options.samples.value == 1
+
+
+def test_forms_asked_for_before_their_turn_are_built_at_once_and_kept(make_napari_viewer, qtbot, monkeypatch):
+    # The parameter forms are built in the event-loop turns after the widget opens; a script that
+    # sets them first gets them at once, and the later turns neither rebuild nor reset them.
+    monkeypatch.setenv("NAPARI_MEDIT_SCHEDULER", "")
+    from napari_medit.widgets.edit import Compute
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Edit")
+    widget.compute.value = Compute.scheduler  # with no address: nothing connects
+    widget.run_options.seed.value = 7
+    widget.parameter("steps").value = 3
+    qtbot.waitUntil(lambda: not widget._later, timeout=10_000)
+    assert widget.run_options.seed.value == 7 and widget.parameter("steps").value == 3
+    assert [len(widget.run_options_box), len(widget.parameter_box)] == [1, 1]
+    order = [control.label for control in widget]
+    assert order.index("view") < order.index("run options") < len(order) - 3  # then Run, Cancel, status
+    assert widget.status.value == "type the scheduler's address"
 
 
 def test_parameter_forms_hold_each_papers_defaults_with_their_sources(brain_widget):

@@ -119,7 +119,8 @@ class EditWidget(Container):
         # GUI thread ~80 ms more), and one for the run options; from the catalogue (no torch needed).
         self._forms: dict[str, Container] = {}
         self.parameter_box = Container(labels=False, label="parameters")
-        self.run_options = parameter_form(RunOptions, only=RUN_FORM_FIELDS, label="run options")
+        self.run_options_box = Container(labels=False, label="run options")
+        self._run_options: Container | None = None
         self.axis = ComboBox(
             label="slice along",
             choices=self._axes,
@@ -152,7 +153,7 @@ class EditWidget(Container):
                 self.first,
                 self.last,
                 self.view,
-                self.run_options,
+                self.run_options_box,
                 self.run_button,
                 self.cancel_button,
                 self.status,
@@ -171,16 +172,33 @@ class EditWidget(Container):
         self._holds: set[str] = set()  # 'connect', 'run': full collections kept short (QuietCollector)
         self._gui_tasks: list = []
         self._run: tuple | None = None  # (source layer, method) of the edit under way
-        self._show_relevant()
+        self._show_masks()
         self._image_changed()
-        # Connecting starts once napari has docked the widget: its thread imports dask and starts the
-        # scheduler, and would otherwise compete for the GIL with the docking itself (~2x longer).
-        self._connect_timer = QTimer(self.native)
-        self._connect_timer.setSingleShot(True)
-        self._connect_timer.timeout.connect(self._compute_changed)
-        self._connect_timer.start(0)
+        # The two parameter forms (~10-15 ms each to build) are built in the event-loop turns after
+        # napari docks the widget, one a turn; asking for either builds it at once. Connecting comes
+        # last: its thread imports dask and starts the scheduler, and would otherwise compete for the
+        # GIL with the docking (~2x longer). (Placing the masks and slice controls later too was tried:
+        # each group placed after the first paint relayouts napari's window, 60-70 ms a turn.)
+        self._later = [self._show_form, lambda: self.run_options, self._compute_changed]
+        self._later_timer = QTimer(self.native)
+        self._later_timer.setSingleShot(True)
+        self._later_timer.timeout.connect(self._do_next_later)
+        self._later_timer.start(0)
         # Closing the dock or the viewer mid-run (or mid-connect) cancels the edit and stops the worker.
         self.native.destroyed.connect(self._on_destroyed)
+
+    def _do_next_later(self) -> None:
+        self._later.pop(0)()
+        if self._later:
+            self._later_timer.start(0)
+
+    @property
+    def run_options(self) -> Container:
+        """The run options' form (seed, batch size, precision, ...), built the first time it is asked for."""
+        if self._run_options is None:
+            self._run_options = parameter_form(RunOptions, only=RUN_FORM_FIELDS)
+            self.run_options_box.append(self._run_options)
+        return self._run_options
 
     @property
     def ready(self) -> bool:
@@ -323,13 +341,19 @@ class EditWidget(Container):
                     box.value = layers[match]
 
     def _show_relevant(self, _=None):
+        self._show_masks()
+        self._show_form()
+
+    def _show_masks(self) -> None:
         wanted = METHODS[self.method.value].masks
         for name, box in self.masks.items():
             box.visible = name in wanted
+        self._guess_masks()
+
+    def _show_form(self) -> None:
         self.form(self.method.value)
         for name, form in self._forms.items():
             form.visible = name == self.method.value
-        self._guess_masks()
 
     def _image_changed(self, _=None):
         self.axis.reset_choices()
