@@ -64,6 +64,23 @@ class StallProbe:
 HEAVY = ("torch", "diffusers", "monai", "transformers")
 
 
+def watch_first_paint(native):
+    """Records when ``native`` is first painted (``.at``, perf_counter seconds)."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class Filter(QObject):
+        at = None
+
+        def eventFilter(self, watched, event):
+            if event.type() == QEvent.Type.Paint and self.at is None:
+                self.at = time.perf_counter()
+            return False
+
+    watcher = Filter(native)
+    native.installEventFilter(watcher)
+    return watcher
+
+
 def measure(compute, steps: int = 60, idle_seconds: float = 3.0) -> dict:
     import sys
 
@@ -78,8 +95,10 @@ def measure(compute, steps: int = 60, idle_seconds: float = 3.0) -> dict:
             _, widget = viewer.window.add_plugin_dock_widget("napari-medit", "Edit")
         widget.compute.value = compute
         app = QApplication.instance()
-        app.processEvents()  # the dock's first layout and paint: until then the user sees nothing
-        open_ms = (time.perf_counter() - opening) * 1000  # the GUI thread is busy for all of it
+        painted = watch_first_paint(widget.run_button.native)  # the foot of the form: all of it laid out
+        while painted.at is None and time.perf_counter() - opening < 30:
+            app.processEvents()  # until the dock is first painted the user sees nothing
+        open_ms = (painted.at - opening) * 1000
         probe = StallProbe()
 
         def spin_until(condition, timeout):
