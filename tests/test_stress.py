@@ -438,7 +438,7 @@ def test_demo_cxr_instruct_adds_the_effusion_where_it_was_asked(index):
     """The population scenario's instruction edit, as its stress test runs it, on two phantom cases, both
     sides: the change lies at the lung base on the side asked, and the judge's probability rises. A
     mirrored image, a side word lost on the way to the text encoder, or a model that paints one side
-    whatever is asked fails it. (The model gets 21 of 40 such cases right: benchmarks/instruct_sides.py.)"""
+    whatever is asked fails it. (The model gets 39 of 40 such cases right: benchmarks/instruct_sides.py.)"""
     from napari_medit.backends import load_model
     from napari_medit.findings import FindingsClassifier
     from napari_medit.stress.demo import demo_addition
