@@ -98,6 +98,8 @@ def measure(compute, steps: int = 60, idle_seconds: float = 3.0) -> dict:
         painted = watch_first_paint(widget.run_button.native)  # the foot of the form: all of it laid out
         while painted.at is None and time.perf_counter() - opening < 30:
             app.processEvents()  # until the dock is first painted the user sees nothing
+        if painted.at is None:
+            raise RuntimeError("the Edit widget was not painted within 30 s: is the viewer shown?")
         open_ms = (painted.at - opening) * 1000
         probe = StallProbe()
 

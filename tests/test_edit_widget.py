@@ -414,9 +414,9 @@ def test_every_control_says_what_it_is(brain_widget):
 def test_forms_asked_for_before_their_turn_are_built_at_once_and_kept(make_napari_viewer, qtbot, monkeypatch):
     # The parameter forms are built in the event-loop turns after the widget opens; a script that
     # sets them first gets them at once, and the later turns neither rebuild nor reset them.
-    monkeypatch.setenv("NAPARI_MEDIT_SCHEDULER", "")
-    from napari_medit.widgets.edit import Compute
+    from napari_medit.catalogue import SCHEDULER_ENVIRON
 
+    monkeypatch.setenv(SCHEDULER_ENVIRON, "")
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Edit")
     widget.compute.value = Compute.scheduler  # with no address: nothing connects
